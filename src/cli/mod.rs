@@ -1,0 +1,6 @@
+//! The command line (work in progress).
+use std::process::ExitCode;
+
+pub fn main() -> ExitCode {
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,13 @@
+//! oxirelay: send email through OAuth2-protected SMTP.
+//!
+//! The map of modules and the contracts they keep is `DESIGN.md` (shared with
+//! the project); each module's header says what it owns.
+
+pub mod cli;
+pub mod config;
+pub mod oauth;
+pub mod sandbox;
+pub mod secret;
+pub mod smtp;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! JWT signing and JWKS (work in progress).

@@ -1,0 +1,1 @@
+//! The sandbox authorization server (work in progress).

@@ -1,0 +1,1 @@
+//! Sandbox certificates (work in progress).

@@ -1,0 +1,1 @@
+//! Sandbox inbox (work in progress).

@@ -1,0 +1,1 @@
+//! Sandbox SMTP server (work in progress).

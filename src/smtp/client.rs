@@ -1,0 +1,1 @@
+//! The upstream SMTP client (work in progress).

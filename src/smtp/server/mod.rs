@@ -1,0 +1,1 @@
+//! The SMTP server session (work in progress).
