@@ -1,1 +1,533 @@
-//! Configuration (work in progress).
+//! The configuration file: one TOML document whose names are fixed by
+//! DESIGN.md. Unknown keys are errors that name the key and the line (serde's
+//! `deny_unknown_fields` with toml's spans); secrets are references
+//! (`env:NAME`, `file:PATH`), and a literal secret is refused.
+
+use crate::oauth::preset::{GrantKind, ProviderKind};
+use crate::secret::{MasterKey, MasterKeyError, Secret};
+use crate::smtp::sasl::Mechanism;
+use serde::Deserialize;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_ENV: &str = "OXIRELAY_CONFIG";
+pub const MASTER_KEY_ENV: &str = "OXIRELAY_MASTER_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no account named {name:?} in the config; known accounts: {known}")]
+    UnknownAccount { name: String, known: String },
+    #[error("secret {reference}: {reason}")]
+    Secret { reference: String, reason: String },
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+}
+
+/// Where a secret lives. Deserialising a literal value fails: a config file
+/// is copied, committed and pasted into tickets, so it must not hold secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("env:") {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!(
+                    "{text:?} is not a valid environment variable reference"
+                ));
+            }
+            Ok(SecretRef::Env(name.to_string()))
+        } else if let Some(path) = text.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("file: needs a path".to_string());
+            }
+            Ok(SecretRef::File(PathBuf::from(path)))
+        } else {
+            Err("a secret must be a reference, \"env:NAME\" or \"file:/path\", never the value itself: \
+                 config files get copied and committed. Put the value in an environment variable or a \
+                 file readable only by the relay's user"
+                .to_string())
+        }
+    }
+
+    /// Reads the secret. Files must not be readable by group or others.
+    pub fn resolve(&self) -> Result<Secret, ConfigError> {
+        let fail = |reason: String| ConfigError::Secret {
+            reference: self.to_string(),
+            reason,
+        };
+        match self {
+            SecretRef::Env(name) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+                _ => Err(fail(format!("the environment variable {name} is not set"))),
+            },
+            SecretRef::File(path) => {
+                check_file_private(path).map_err(fail)?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let value = text.trim_end_matches(['\r', '\n']);
+                if value.is_empty() {
+                    return Err(fail(format!("{} is empty", path.display())));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+
+    fn rebase(&mut self, base: &Path) {
+        if let SecretRef::File(path) = self
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn check_file_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others (mode {mode:o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_file_private(_path: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        SecretRef::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Connect in plaintext, then STARTTLS (required) before anything else.
+    Starttls,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+    /// No TLS: only for loopback hosts marked `insecure_loopback`.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// The file this was read from, for messages and relative paths.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+        }
+    }
+}
+
+fn default_store_url() -> String {
+    "sqlite://oxirelay.db".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    #[serde(default = "default_master_key")]
+    pub master_key: SecretRef,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            master_key: default_master_key(),
+        }
+    }
+}
+
+fn default_master_key() -> SecretRef {
+    SecretRef::Env(MASTER_KEY_ENV.to_string())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub grant: GrantKind,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// Google service-account key (JSON) for the JWT bearer grant.
+    #[serde(default)]
+    pub service_account_key: Option<SecretRef>,
+    /// The mailbox: the SASL user.
+    pub user: String,
+    #[serde(default)]
+    pub send_as: Vec<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    #[serde(default)]
+    pub device_url: Option<String>,
+    #[serde(default)]
+    pub revoke_url: Option<String>,
+    #[serde(default)]
+    pub introspect_url: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// `host:port` of the upstream SMTP server (presets know theirs).
+    #[serde(default)]
+    pub smtp: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsMode>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub sasl: Option<Mechanism>,
+    /// Allows `http://` token endpoints and `tls = "none"`, for loopback hosts only.
+    #[serde(default)]
+    pub insecure_loopback: bool,
+    /// Seconds before expiry at which a token is refreshed (default: the preset's).
+    #[serde(default)]
+    pub refresh_skew_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub addr: String,
+    pub tls: TlsMode,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub allowed_from: Vec<String>,
+    pub account: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+}
+
+impl Config {
+    /// Reads the file named by `-c`, else `$OXIRELAY_CONFIG`, else `./oxirelay.toml`.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("oxirelay.toml"))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.path = path.to_path_buf();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.rebase_paths(&base);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Relative paths in a config file are relative to that file, so a
+    /// config and its CA or key files can move together.
+    fn rebase_paths(&mut self, base: &Path) {
+        self.secrets.master_key.rebase(base);
+        if let Some(rest) = self.store.url.strip_prefix("sqlite://") {
+            let file = Path::new(rest);
+            if file.is_relative() && !rest.starts_with(':') {
+                self.store.url = format!("sqlite://{}", base.join(file).display());
+            }
+        }
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for account in &mut self.accounts {
+            if let Some(secret) = &mut account.client_secret {
+                secret.rebase(base);
+            }
+            if let Some(secret) = &mut account.service_account_key {
+                secret.rebase(base);
+            }
+            if let Some(ca) = &mut account.ca_file {
+                rebase(ca);
+            }
+        }
+        for listener in &mut self.listeners {
+            if let Some(cert) = &mut listener.cert {
+                rebase(cert);
+            }
+            if let Some(key) = &mut listener.key {
+                rebase(key);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for account in &self.accounts {
+            if !seen.insert(account.name.as_str()) {
+                return Err(format!("account {:?} is defined twice", account.name));
+            }
+            crate::oauth::account::validate_account(account)
+                .map_err(|e| format!("account {:?}: {e}", account.name))?;
+        }
+        for user in &self.users {
+            if !seen.contains(user.account.as_str()) {
+                return Err(format!(
+                    "user {:?} refers to account {:?}, which is not defined",
+                    user.name, user.account
+                ));
+            }
+        }
+        for listener in &self.listeners {
+            if listener.tls == TlsMode::None && listener.allow_ips.is_empty() {
+                return Err(format!(
+                    "listener {}: tls = \"none\" needs allow_ips; a plaintext listener open to every address would let passwords cross the network unencrypted",
+                    listener.addr
+                ));
+            }
+            if listener.tls != TlsMode::None && (listener.cert.is_none() || listener.key.is_none())
+            {
+                return Err(format!(
+                    "listener {}: tls = {:?} needs cert and key (PEM files)",
+                    listener.addr, listener.tls
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn account(&self, name: &str) -> Result<&AccountConfig, ConfigError> {
+        self.accounts
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| ConfigError::UnknownAccount {
+                name: name.to_string(),
+                known: if self.accounts.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.accounts
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })
+    }
+
+    pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
+        Ok(match &self.secrets.master_key {
+            SecretRef::Env(name) => MasterKey::from_env(name)?,
+            SecretRef::File(path) => MasterKey::from_file(path)?,
+        })
+    }
+}
+
+/// toml's message already names the line, column and key; keep it and add
+/// the offending line so the reader sees it without opening the file.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().to_string();
+    match error.span() {
+        Some(span) => {
+            let line_number = text[..span.start].matches('\n').count() + 1;
+            let line = text.lines().nth(line_number - 1).unwrap_or_default();
+            format!("line {line_number}: {message}\n    {line}")
+        }
+        None => message,
+    }
+}
+
+/// True for 127.0.0.0/8, ::1 and "localhost".
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/oxirelay/oxirelay.toml"))
+    }
+
+    const GOOD_ACCOUNT: &str = r#"
+[[account]]
+name = "office"
+provider = "microsoft"
+grant = "client_credentials"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+client_secret = "env:OFFICE_CLIENT_SECRET"
+user = "noreply@contoso.com"
+"#;
+
+    #[test]
+    fn design_example_account_parses() {
+        let config = parse(GOOD_ACCOUNT).expect("valid");
+        assert_eq!(config.accounts[0].name, "office");
+        assert_eq!(config.store.url, "sqlite:///etc/oxirelay/oxirelay.db");
+    }
+
+    #[test]
+    fn literal_secret_is_refused_with_the_reason_and_line() {
+        let text = GOOD_ACCOUNT.replace("env:OFFICE_CLIENT_SECRET", "s3cr3t-value");
+        let err = parse(&text).expect_err("literal secret").to_string();
+        assert!(err.contains("never the value itself"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+        assert!(
+            !err.contains("s3cr3t-value\n") || err.contains("client_secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let text = format!("{GOOD_ACCOUNT}colour = \"blue\"\n");
+        let err = parse(&text).expect_err("unknown key").to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_listener_needs_allow_list() {
+        let text = "[[listener]]\naddr = \"0.0.0.0:25\"\ntls = \"none\"\n";
+        let err = parse(text)
+            .expect_err("open plaintext listener")
+            .to_string();
+        assert!(err.contains("allow_ips"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "value\n").expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let err = SecretRef::File(path.clone())
+                .resolve()
+                .expect_err("too open")
+                .to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        assert_eq!(
+            SecretRef::File(path).resolve().expect("readable").expose(),
+            "value"
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["10.0.0.1", "smtp.office365.com", "0.0.0.0"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! the project); each module's header says what it owns.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod oauth;
 pub mod sandbox;

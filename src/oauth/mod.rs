@@ -1,5 +1,11 @@
-//! OAuth2: provider presets, grants, the token broker, and bearer-token
-//! validation (shared by the sandbox and the broker's health checks).
+//! OAuth2: provider presets, accounts, grants, the token broker, and
+//! bearer-token validation (shared by the sandbox and the broker's checks).
 
+pub mod account;
+pub mod broker;
+pub mod discovery;
+pub mod explain;
+pub mod grant;
 pub mod jwt;
+pub mod preset;
 pub mod validate;

@@ -1,1 +1,149 @@
-//! The store (work in progress).
+//! The database behind one [`Store`] trait: accounts and their sealed tokens,
+//! and events; the queue joins them here. SQLite now, PostgreSQL behind the
+//! same trait later, so callers never name a backend.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::secret::SealedValue;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("the store URL {0:?} is not supported; use sqlite:///path/to/oxirelay.db")]
+    UnsupportedUrl(String),
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "the store holds a value oxirelay cannot read ({0}); was it written by a newer version?"
+    )]
+    Corrupt(String),
+}
+
+/// Where an account is in its token lifecycle (DESIGN.md contract 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    /// No token obtained yet.
+    New,
+    Valid,
+    /// Recent attempts failed for a reason that may pass; retried with backoff.
+    Failing,
+    /// The grant is dead (`invalid_grant`): a person must consent again.
+    NeedsConsent,
+    /// Tokens were revoked on purpose; nothing is requested until login.
+    Revoked,
+}
+
+impl AccountState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountState::New => "new",
+            AccountState::Valid => "valid",
+            AccountState::Failing => "failing",
+            AccountState::NeedsConsent => "needs_consent",
+            AccountState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "new" => AccountState::New,
+            "valid" => AccountState::Valid,
+            "failing" => AccountState::Failing,
+            "needs_consent" => AccountState::NeedsConsent,
+            "revoked" => AccountState::Revoked,
+            other => return Err(StoreError::Corrupt(format!("account state {other:?}"))),
+        })
+    }
+}
+
+impl fmt::Display for AccountState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An account's row: its state and its sealed tokens. `generation` grows by
+/// one with every write, and a write names the generation it read, so a
+/// slow refresh cannot overwrite a newer token (STYLE.md section 2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub account: String,
+    pub generation: i64,
+    pub state: AccountState,
+    pub state_reason: Option<String>,
+    pub refresh_token: Option<SealedValue>,
+    pub access_token: Option<SealedValue>,
+    /// Unix seconds.
+    pub access_expires_at: Option<i64>,
+    /// When the access token should be replaced (expiry minus skew).
+    pub access_refresh_at: Option<i64>,
+    pub granted_scope: Option<String>,
+    pub consented_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+    pub consecutive_failures: i64,
+    pub updated_at: i64,
+}
+
+impl TokenRecord {
+    pub fn new(account: &str) -> Self {
+        TokenRecord {
+            account: account.to_string(),
+            generation: 0,
+            state: AccountState::New,
+            state_reason: None,
+            refresh_token: None,
+            access_token: None,
+            access_expires_at: None,
+            access_refresh_at: None,
+            granted_scope: None,
+            consented_at: None,
+            last_success_at: None,
+            last_failure_at: None,
+            consecutive_failures: 0,
+            updated_at: crate::clock::now_unix(),
+        }
+    }
+}
+
+/// Something that happened, kept for operators and alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub at: i64,
+    pub kind: String,
+    pub account: Option<String>,
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn token_record(&self, account: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    async fn token_records(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Writes `record` if the stored row is still at `record.generation - 1`
+    /// (or absent when that is 0). Returns false, writing nothing, if
+    /// another writer got there first.
+    async fn save_token_record(&self, record: &TokenRecord) -> Result<bool, StoreError>;
+
+    async fn record_event(&self, event: &Event) -> Result<(), StoreError>;
+
+    async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError>;
+}
+
+/// Opens the store a URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}

@@ -1,0 +1,254 @@
+//! An account as the broker and the delivery code use it: the config entry
+//! with the preset's defaults filled in and every rule about endpoints and
+//! transport security checked once, here.
+
+use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host};
+use crate::oauth::preset::{GrantKind, Preset, ProviderKind, preset};
+use crate::secret::Secret;
+use crate::smtp::sasl::Mechanism;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// Endpoints of an authorization server, from the preset, the config or
+/// RFC 8414 discovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub token: Option<Url>,
+    pub authorize: Option<Url>,
+    pub device: Option<Url>,
+    pub revoke: Option<Url>,
+    pub introspect: Option<Url>,
+    pub jwks: Option<Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub preset: &'static Preset,
+    pub grant: GrantKind,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub service_account_key: Option<Secret>,
+    pub user: String,
+    pub send_as: Vec<String>,
+    pub tenant: Option<String>,
+    pub issuer: Option<Url>,
+    /// Endpoints known without discovery (preset or config).
+    pub endpoints: Endpoints,
+    pub scopes: Vec<String>,
+    pub smtp: SmtpTarget,
+    pub sasl: Mechanism,
+    pub insecure_loopback: bool,
+    pub refresh_skew: Duration,
+}
+
+impl Account {
+    /// Builds the runtime account, reading its secrets.
+    pub fn from_config(config: &AccountConfig) -> Result<Account, ConfigError> {
+        validate_account(config).map_err(|message| ConfigError::Invalid {
+            path: PathBuf::from(format!("account {:?}", config.name)),
+            message,
+        })?;
+        let preset = preset(config.provider);
+        let tenant = config.tenant.clone();
+        let template = |value: Option<&str>| -> Option<Url> {
+            let text = value?.replace("{tenant}", tenant.as_deref().unwrap_or("common"));
+            Url::parse(&text).ok()
+        };
+        let configured = |value: &Option<String>| value.as_deref().and_then(|u| Url::parse(u).ok());
+        let endpoints = Endpoints {
+            token: configured(&config.token_url).or_else(|| template(preset.token_url)),
+            authorize: configured(&config.authorize_url).or_else(|| template(preset.authorize_url)),
+            device: configured(&config.device_url).or_else(|| template(preset.device_url)),
+            revoke: configured(&config.revoke_url).or_else(|| template(preset.revoke_url)),
+            introspect: configured(&config.introspect_url),
+            jwks: configured(&config.jwks_url),
+        };
+        let (host, port) = smtp_host_port(config, preset)?;
+        Ok(Account {
+            name: config.name.clone(),
+            preset,
+            grant: config.grant,
+            client_id: config.client_id.clone(),
+            client_secret: config
+                .client_secret
+                .as_ref()
+                .map(|s| s.resolve())
+                .transpose()?,
+            service_account_key: config
+                .service_account_key
+                .as_ref()
+                .map(|s| s.resolve())
+                .transpose()?,
+            user: config.user.clone(),
+            send_as: config.send_as.clone(),
+            tenant,
+            issuer: configured(&config.issuer),
+            endpoints,
+            scopes: config.scopes.clone().unwrap_or_else(|| {
+                preset
+                    .scopes_for(config.grant)
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
+            smtp: SmtpTarget {
+                host,
+                port,
+                tls: config.tls.unwrap_or(preset.tls),
+                ca_file: config.ca_file.clone(),
+            },
+            sasl: config.sasl.unwrap_or(preset.sasl),
+            insecure_loopback: config.insecure_loopback,
+            refresh_skew: config
+                .refresh_skew_secs
+                .map(Duration::from_secs)
+                .unwrap_or(preset.refresh_skew),
+        })
+    }
+
+    /// The store's key for this account's sealed values: binding the
+    /// ciphertext to the account stops a row being copied to another.
+    pub fn seal_context(&self) -> String {
+        seal_context(&self.name)
+    }
+}
+
+pub fn seal_context(account: &str) -> String {
+    format!("oxirelay account {account}")
+}
+
+fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u16), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: PathBuf::from(format!("account {:?}", config.name)),
+        message,
+    };
+    match &config.smtp {
+        Some(text) => {
+            let (host, port) = text
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(format!("smtp = {text:?} must be host:port")))?;
+            let port = port
+                .parse()
+                .map_err(|_| invalid(format!("smtp = {text:?}: {port:?} is not a port number")))?;
+            Ok((
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port,
+            ))
+        }
+        None => preset
+            .smtp_host
+            .map(|h| (h.to_string(), preset.smtp_port))
+            .ok_or_else(|| invalid("a generic account needs smtp = \"host:port\"".to_string())),
+    }
+}
+
+/// Every rule a single account entry must meet; the message names the fix.
+pub fn validate_account(config: &AccountConfig) -> Result<(), String> {
+    let preset = preset(config.provider);
+    if let Some(reason) = preset.grant_refusal(config.grant) {
+        return Err(reason);
+    }
+    if config.provider == ProviderKind::Microsoft && config.tenant.is_none() {
+        return Err(
+            "Microsoft accounts need tenant = \"<your tenant>.onmicrosoft.com\" (or the tenant id)"
+                .to_string(),
+        );
+    }
+    if config.grant == GrantKind::ClientCredentials && config.client_secret.is_none() {
+        return Err(
+            "the client_credentials grant needs client_secret = \"env:NAME\" or \"file:PATH\""
+                .to_string(),
+        );
+    }
+    if config.grant == GrantKind::JwtBearer && config.service_account_key.is_none() {
+        return Err(
+            "the jwt_bearer grant needs service_account_key = \"file:/path/to/key.json\""
+                .to_string(),
+        );
+    }
+    if config.provider == ProviderKind::Generic
+        && config.issuer.is_none()
+        && config.token_url.is_none()
+    {
+        return Err(
+            "a generic account needs issuer (for RFC 8414 discovery) or token_url".to_string(),
+        );
+    }
+    if config.user.trim().is_empty() || !config.user.contains('@') {
+        return Err(format!(
+            "user = {:?} must be the mailbox address used as the SASL user",
+            config.user
+        ));
+    }
+    for (key, value) in [
+        ("issuer", &config.issuer),
+        ("token_url", &config.token_url),
+        ("authorize_url", &config.authorize_url),
+        ("device_url", &config.device_url),
+        ("revoke_url", &config.revoke_url),
+        ("introspect_url", &config.introspect_url),
+        ("jwks_url", &config.jwks_url),
+    ] {
+        if let Some(text) = value {
+            let url =
+                Url::parse(text).map_err(|e| format!("{key} = {text:?} is not a URL: {e}"))?;
+            require_secure_url(&url, config.insecure_loopback)
+                .map_err(|e| format!("{key}: {e}"))?;
+        }
+    }
+    if config.tls == Some(TlsMode::None) {
+        let host = config
+            .smtp
+            .as_deref()
+            .and_then(|s| s.rsplit_once(':'))
+            .map(|(h, _)| h)
+            .unwrap_or_default();
+        if !(config.insecure_loopback && is_loopback_host(host)) {
+            return Err("tls = \"none\" would send tokens unencrypted; it is allowed only with insecure_loopback = true and a loopback smtp host (the sandbox)".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// HTTPS for every OAuth request, except loopback hosts of an account
+/// marked `insecure_loopback` (the sandbox).
+pub fn require_secure_url(url: &Url, insecure_loopback: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if insecure_loopback && url.host_str().map(is_loopback_host).unwrap_or(false) => {
+            Ok(())
+        }
+        "http" if insecure_loopback => Err(format!(
+            "{url} is plain HTTP to a host that is not loopback; insecure_loopback allows http:// only for 127.0.0.1, ::1 and localhost"
+        )),
+        _ => Err(format!(
+            "{url} is not HTTPS; OAuth requests carry secrets and must use https://"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_only_for_marked_loopback() {
+        let url = |s| Url::parse(s).expect("url");
+        assert!(require_secure_url(&url("https://login.microsoftonline.com/x"), false).is_ok());
+        assert!(require_secure_url(&url("http://127.0.0.1:8080/token"), true).is_ok());
+        assert!(require_secure_url(&url("http://127.0.0.1:8080/token"), false).is_err());
+        assert!(require_secure_url(&url("http://id.example.net/token"), true).is_err());
+    }
+}

@@ -1,0 +1,782 @@
+//! The token broker: hands out access tokens per account and keeps them
+//! fresh (DESIGN.md contract 3).
+//!
+//! - One refresh per account however many deliveries wait: every caller
+//!   takes the account's slot lock, the first one refreshes, the rest find
+//!   the fresh token when their turn comes.
+//! - A token is replaced `refresh_skew` before it expires (never later than
+//!   half its lifetime), and a refresh that fails transiently falls back to
+//!   the current token while it is still valid.
+//! - A rotated refresh token is sealed and committed to the store before the
+//!   new access token is handed out; when a response carries no refresh
+//!   token, the old one is kept.
+//! - `invalid_grant` moves the account to `NeedsConsent` in the store: no
+//!   more requests (also after a restart) until a person consents again.
+//! - Other failures back off exponentially, so a broken provider sees a
+//!   handful of requests, not a storm.
+
+use crate::clock::{from_unix, now_unix, to_unix};
+use crate::oauth::account::{Account, Endpoints};
+use crate::oauth::discovery::{DiscoveryError, discover};
+use crate::oauth::grant::{
+    ClientAuth, GrantRequest, TokenEndpoint, TokenError, TokenResponse, http_client,
+};
+use crate::oauth::preset::{GrantKind, ProviderKind};
+use crate::secret::{Fingerprint, MasterKey, SealError, Secret};
+use crate::store::{AccountState, Event, Store, StoreError, TokenRecord};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Mutex, OnceCell, broadcast};
+
+/// Backoff after consecutive failures: 2 s doubling to at most 5 minutes.
+const BACKOFF_BASE: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How many times a lost compare-and-swap is retried before giving up.
+const MAX_WRITE_RACES: usize = 3;
+
+/// A usable access token. Holds its generation so that [`Broker::invalidate`]
+/// drops exactly this token and not a newer one another caller fetched.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub secret: Secret,
+    pub expires_at: SystemTime,
+    pub generation: i64,
+}
+
+impl AccessToken {
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.secret.fingerprint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no account named {0:?} is configured")]
+    UnknownAccount(String),
+    #[error(
+        "account {account} has no token yet: give consent once with `oxirelay account login {account}` (or import a refresh token with `oxirelay account import-token {account}`)"
+    )]
+    NotConsented { account: String },
+    #[error("account {account} needs consent again: {reason}")]
+    NeedsConsent { account: String, reason: String },
+    #[error(
+        "account {account} was revoked{reason}; run `oxirelay account login {account}` to consent again"
+    )]
+    Revoked { account: String, reason: String },
+    #[error("account {account} is failing ({reason}); next attempt {retry}")]
+    BackingOff {
+        account: String,
+        reason: String,
+        retry: String,
+    },
+    #[error("account {account}: {explanation}")]
+    Token {
+        account: String,
+        explanation: String,
+        #[source]
+        source: TokenError,
+    },
+    #[error("account {account}: {source}")]
+    Discovery {
+        account: String,
+        #[source]
+        source: DiscoveryError,
+    },
+    #[error("account {account} has no token endpoint; set token_url or issuer")]
+    NoTokenEndpoint { account: String },
+    #[error("account {account}: the {grant} grant is not available in this version")]
+    UnsupportedGrant { account: String, grant: GrantKind },
+    #[error("account {account}: {source}")]
+    Seal {
+        account: String,
+        #[source]
+        source: SealError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    /// Worth retrying later without a person doing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::BackingOff { .. } | BrokerError::Store(_) => true,
+            BrokerError::Token { source, .. } => source.is_transient(),
+            BrokerError::Discovery { source, .. } => {
+                matches!(source, DiscoveryError::Failed { .. })
+            }
+            _ => false,
+        }
+    }
+
+    /// A person must consent (or re-consent) before this account works.
+    pub fn needs_person(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::NotConsented { .. }
+                | BrokerError::NeedsConsent { .. }
+                | BrokerError::Revoked { .. }
+        )
+    }
+}
+
+/// What the broker tells listeners (the demo, the audit log, metrics).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerEvent {
+    pub account: String,
+    pub kind: BrokerEventKind,
+    pub token_fingerprint: Option<Fingerprint>,
+    pub expires_at: Option<i64>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerEventKind {
+    TokenIssued,
+    RefreshFailed,
+    NeedsConsent,
+    Consented,
+    TokenInvalidated,
+}
+
+impl BrokerEventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BrokerEventKind::TokenIssued => "token.issued",
+            BrokerEventKind::RefreshFailed => "token.refresh_failed",
+            BrokerEventKind::NeedsConsent => "account.needs_consent",
+            BrokerEventKind::Consented => "account.consented",
+            BrokerEventKind::TokenInvalidated => "token.invalidated",
+        }
+    }
+}
+
+struct Cached {
+    token: AccessToken,
+    refresh_at: SystemTime,
+}
+
+#[derive(Default)]
+struct SlotState {
+    cached: Option<Cached>,
+    backoff_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct AccountSlot {
+    account: Account,
+    http: reqwest::Client,
+    endpoints: OnceCell<Endpoints>,
+    state: Mutex<SlotState>,
+}
+
+pub struct Broker {
+    store: Arc<dyn Store>,
+    key: Arc<MasterKey>,
+    slots: HashMap<String, Arc<AccountSlot>>,
+    events: broadcast::Sender<BrokerEvent>,
+}
+
+impl Broker {
+    pub fn new(store: Arc<dyn Store>, key: Arc<MasterKey>, accounts: Vec<Account>) -> Self {
+        let slots = accounts
+            .into_iter()
+            .map(|account| {
+                let slot = AccountSlot {
+                    http: http_client(account.insecure_loopback),
+                    endpoints: OnceCell::new(),
+                    state: Mutex::new(SlotState::default()),
+                    account,
+                };
+                (slot.account.name.clone(), Arc::new(slot))
+            })
+            .collect();
+        let (events, _) = broadcast::channel(256);
+        Broker {
+            store,
+            key,
+            slots,
+            events,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.slots.get(name).map(|slot| &slot.account)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.slots.values().map(|slot| &slot.account)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<AccountSlot>, BrokerError> {
+        self.slots
+            .get(name)
+            .ok_or_else(|| BrokerError::UnknownAccount(name.to_string()))
+    }
+
+    /// The endpoints of an account, discovered once if the config gives an
+    /// issuer instead of URLs.
+    pub async fn endpoints(&self, name: &str) -> Result<Endpoints, BrokerError> {
+        let slot = self.slot(name)?;
+        self.endpoints_of(slot).await.cloned()
+    }
+
+    async fn endpoints_of<'a>(&self, slot: &'a AccountSlot) -> Result<&'a Endpoints, BrokerError> {
+        slot.endpoints
+            .get_or_try_init(|| async {
+                let account = &slot.account;
+                let configured = account.endpoints.clone();
+                match &account.issuer {
+                    Some(issuer) if account.preset.kind == ProviderKind::Generic => {
+                        let found = discover(&slot.http, issuer, account.insecure_loopback)
+                            .await
+                            .map_err(|source| BrokerError::Discovery {
+                                account: account.name.clone(),
+                                source,
+                            })?;
+                        // Explicit URLs in the config win over discovered ones.
+                        Ok(Endpoints {
+                            token: configured.token.or(found.token),
+                            authorize: configured.authorize.or(found.authorize),
+                            device: configured.device.or(found.device),
+                            revoke: configured.revoke.or(found.revoke),
+                            introspect: configured.introspect.or(found.introspect),
+                            jwks: configured.jwks.or(found.jwks),
+                        })
+                    }
+                    _ => Ok(configured),
+                }
+            })
+            .await
+    }
+
+    /// The token endpoint of an account with its client credentials.
+    pub async fn token_endpoint(&self, name: &str) -> Result<TokenEndpoint, BrokerError> {
+        let slot = self.slot(name)?;
+        self.token_endpoint_of(slot).await
+    }
+
+    async fn token_endpoint_of(&self, slot: &AccountSlot) -> Result<TokenEndpoint, BrokerError> {
+        let account = &slot.account;
+        let url = self
+            .endpoints_of(slot)
+            .await?
+            .token
+            .clone()
+            .ok_or_else(|| BrokerError::NoTokenEndpoint {
+                account: account.name.clone(),
+            })?;
+        Ok(TokenEndpoint {
+            url,
+            client_id: account.client_id.clone(),
+            client_secret: account.client_secret.clone(),
+            // Microsoft and Google document the secret in the body; RFC 6749
+            // requires every server to accept Basic, so generic uses that.
+            client_auth: match account.preset.kind {
+                ProviderKind::Generic => ClientAuth::Basic,
+                _ => ClientAuth::Post,
+            },
+            insecure_loopback: account.insecure_loopback,
+        })
+    }
+
+    pub fn http(&self, name: &str) -> Result<reqwest::Client, BrokerError> {
+        Ok(self.slot(name)?.http.clone())
+    }
+
+    /// A valid access token for `name`, refreshing it first if it is due.
+    pub async fn access_token(&self, name: &str) -> Result<AccessToken, BrokerError> {
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        let now = SystemTime::now();
+        if let Some(cached) = &state.cached
+            && now < cached.refresh_at
+        {
+            return Ok(cached.token.clone());
+        }
+        // Another process (or our previous run) may have stored a fresh token.
+        let record = self.store.token_record(name).await?;
+        if let Some(record) = &record {
+            self.refuse_if_dead(&slot.account, record)?;
+            if let Some(stored) = self.usable_stored_token(&slot.account, record, now)? {
+                let token = stored.token.clone();
+                state.cached = Some(stored);
+                return Ok(token);
+            }
+        }
+        if let Some(until) = state.backoff_until
+            && Instant::now() < until
+        {
+            if let Some(still_valid) = state.cached.as_ref().filter(|c| now < c.token.expires_at) {
+                return Ok(still_valid.token.clone());
+            }
+            return Err(BrokerError::BackingOff {
+                account: name.to_string(),
+                reason: state.last_error.clone().unwrap_or_default(),
+                retry: format!(
+                    "in {}s",
+                    until.saturating_duration_since(Instant::now()).as_secs()
+                ),
+            });
+        }
+        let record = record.unwrap_or_else(|| TokenRecord::new(name));
+        match self.refresh(slot, record).await {
+            Ok(cached) => {
+                state.backoff_until = None;
+                state.last_error = None;
+                let token = cached.token.clone();
+                state.cached = Some(cached);
+                Ok(token)
+            }
+            Err(error) => {
+                if error.is_transient() {
+                    let failures = self.note_failure(name, &error).await;
+                    state.backoff_until = Some(Instant::now() + backoff_delay(failures));
+                    state.last_error = Some(error.to_string());
+                    // Refreshing early leaves room for this: use the current
+                    // token while it is still valid.
+                    if let Some(still_valid) =
+                        state.cached.as_ref().filter(|c| now < c.token.expires_at)
+                    {
+                        return Ok(still_valid.token.clone());
+                    }
+                } else if !error.needs_person() {
+                    self.note_failure(name, &error).await;
+                    state.backoff_until = Some(Instant::now() + BACKOFF_MAX);
+                    state.last_error = Some(error.to_string());
+                }
+                state.cached = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Contract 4: the upstream refused `token`; forget it so that the next
+    /// call fetches a new one. A newer token is left alone.
+    pub async fn invalidate(&self, name: &str, token: &AccessToken) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        if state
+            .cached
+            .as_ref()
+            .is_some_and(|c| c.token.generation == token.generation)
+        {
+            state.cached = None;
+        }
+        for _ in 0..MAX_WRITE_RACES {
+            let Some(mut record) = self.store.token_record(name).await? else {
+                return Ok(());
+            };
+            if record.generation != token.generation || record.access_token.is_none() {
+                return Ok(());
+            }
+            record.access_token = None;
+            record.access_expires_at = None;
+            record.access_refresh_at = None;
+            record.generation += 1;
+            record.updated_at = now_unix();
+            if self.store.save_token_record(&record).await? {
+                self.emit(
+                    &slot.account,
+                    BrokerEventKind::TokenInvalidated,
+                    Some(token.fingerprint()),
+                    None,
+                    "the upstream server refused the token".to_string(),
+                )
+                .await;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the tokens of a fresh consent (authorization code, device code,
+    /// or an imported refresh token) and makes the account usable again.
+    pub async fn store_consent(
+        &self,
+        name: &str,
+        response: TokenResponse,
+    ) -> Result<AccessToken, BrokerError> {
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        for _ in 0..MAX_WRITE_RACES {
+            let record = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            let mut next = self.record_from_response(&slot.account, record, &response);
+            next.consented_at = Some(now_unix());
+            if self.store.save_token_record(&next).await? {
+                let cached = self.cached_from(&slot.account, &next, &response);
+                let token = cached.token.clone();
+                state.cached = Some(cached);
+                state.backoff_until = None;
+                state.last_error = None;
+                self.emit(
+                    &slot.account,
+                    BrokerEventKind::Consented,
+                    Some(token.fingerprint()),
+                    next.access_expires_at,
+                    format!(
+                        "granted scope: {}",
+                        next.granted_scope.as_deref().unwrap_or("(as requested)")
+                    ),
+                )
+                .await;
+                return Ok(token);
+            }
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    /// Replaces the stored refresh token (migration from another tool).
+    pub async fn import_refresh_token(
+        &self,
+        name: &str,
+        refresh_token: Secret,
+    ) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        for _ in 0..MAX_WRITE_RACES {
+            let mut record = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            record.generation += 1;
+            record.refresh_token = Some(
+                self.key
+                    .seal_secret(&slot.account.seal_context(), &refresh_token),
+            );
+            record.access_token = None;
+            record.access_expires_at = None;
+            record.access_refresh_at = None;
+            record.state = AccountState::Valid;
+            record.state_reason = None;
+            record.consecutive_failures = 0;
+            record.consented_at = Some(now_unix());
+            record.updated_at = now_unix();
+            if self.store.save_token_record(&record).await? {
+                state.cached = None;
+                state.backoff_until = None;
+                return Ok(());
+            }
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    fn refuse_if_dead(&self, account: &Account, record: &TokenRecord) -> Result<(), BrokerError> {
+        match record.state {
+            AccountState::NeedsConsent => Err(BrokerError::NeedsConsent {
+                account: account.name.clone(),
+                reason: record.state_reason.clone().unwrap_or_default(),
+            }),
+            AccountState::Revoked => Err(BrokerError::Revoked {
+                account: account.name.clone(),
+                reason: record
+                    .state_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn usable_stored_token(
+        &self,
+        account: &Account,
+        record: &TokenRecord,
+        now: SystemTime,
+    ) -> Result<Option<Cached>, BrokerError> {
+        let (Some(sealed), Some(expires_at), Some(refresh_at)) = (
+            &record.access_token,
+            record.access_expires_at,
+            record.access_refresh_at,
+        ) else {
+            return Ok(None);
+        };
+        if now >= from_unix(refresh_at) {
+            return Ok(None);
+        }
+        let secret = self
+            .key
+            .open_secret(&account.seal_context(), sealed)
+            .map_err(|source| BrokerError::Seal {
+                account: account.name.clone(),
+                source,
+            })?;
+        Ok(Some(Cached {
+            token: AccessToken {
+                secret,
+                expires_at: from_unix(expires_at),
+                generation: record.generation,
+            },
+            refresh_at: from_unix(refresh_at),
+        }))
+    }
+
+    /// Asks the token endpoint for a new access token and commits it.
+    async fn refresh(
+        &self,
+        slot: &AccountSlot,
+        mut record: TokenRecord,
+    ) -> Result<Cached, BrokerError> {
+        let account = &slot.account;
+        let endpoint = self.token_endpoint_of(slot).await?;
+        let refresh_token = match account.grant {
+            GrantKind::AuthorizationCode | GrantKind::DeviceCode => {
+                let sealed =
+                    record
+                        .refresh_token
+                        .as_ref()
+                        .ok_or_else(|| BrokerError::NotConsented {
+                            account: account.name.clone(),
+                        })?;
+                Some(
+                    self.key
+                        .open_secret(&account.seal_context(), sealed)
+                        .map_err(|source| BrokerError::Seal {
+                            account: account.name.clone(),
+                            source,
+                        })?,
+                )
+            }
+            GrantKind::ClientCredentials => None,
+            GrantKind::JwtBearer => {
+                return Err(BrokerError::UnsupportedGrant {
+                    account: account.name.clone(),
+                    grant: account.grant,
+                });
+            }
+        };
+        let grant = match &refresh_token {
+            Some(refresh_token) => GrantRequest::RefreshToken { refresh_token },
+            None => GrantRequest::ClientCredentials {
+                scopes: &account.scopes,
+            },
+        };
+        tracing::debug!(account = %account.name, grant = grant.grant_type(), "requesting a token");
+        let response = match endpoint.request(&slot.http, &grant).await {
+            Ok(response) => response,
+            Err(source) => return Err(self.token_failure(account, record, source).await),
+        };
+        for _ in 0..MAX_WRITE_RACES {
+            let next = self.record_from_response(account, record.clone(), &response);
+            if self.store.save_token_record(&next).await? {
+                let cached = self.cached_from(account, &next, &response);
+                tracing::info!(
+                    account = %account.name,
+                    token = %cached.token.fingerprint(),
+                    rotated = response.refresh_token.is_some() && refresh_token.is_some(),
+                    "access token issued"
+                );
+                self.emit(
+                    account,
+                    BrokerEventKind::TokenIssued,
+                    Some(cached.token.fingerprint()),
+                    next.access_expires_at,
+                    format!("grant {}", grant.grant_type()),
+                )
+                .await;
+                return Ok(cached);
+            }
+            // Someone else wrote meanwhile (another process, a consent):
+            // build on their row so their refresh token is not lost.
+            record = self
+                .store
+                .token_record(&account.name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(&account.name));
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    fn record_from_response(
+        &self,
+        account: &Account,
+        mut record: TokenRecord,
+        response: &TokenResponse,
+    ) -> TokenRecord {
+        let context = account.seal_context();
+        let received = to_unix(response.received_at);
+        // Without expires_in, assume the common one hour (RFC 6749 leaves it
+        // optional; every provider we know sends it).
+        let lifetime = response.expires_in.unwrap_or(Duration::from_secs(3600));
+        let skew = account.refresh_skew.min(lifetime / 2);
+        record.generation += 1;
+        record.access_token = Some(self.key.seal_secret(&context, &response.access_token));
+        record.access_expires_at = Some(received + lifetime.as_secs() as i64);
+        record.access_refresh_at = Some(received + (lifetime - skew).as_secs() as i64);
+        if let Some(rotated) = &response.refresh_token {
+            record.refresh_token = Some(self.key.seal_secret(&context, rotated));
+        }
+        if response.scope.is_some() {
+            record.granted_scope = response.scope.clone();
+        }
+        record.state = AccountState::Valid;
+        record.state_reason = None;
+        record.consecutive_failures = 0;
+        record.last_success_at = Some(received);
+        record.updated_at = now_unix();
+        record
+    }
+
+    fn cached_from(
+        &self,
+        _account: &Account,
+        record: &TokenRecord,
+        response: &TokenResponse,
+    ) -> Cached {
+        Cached {
+            token: AccessToken {
+                secret: response.access_token.clone(),
+                expires_at: from_unix(record.access_expires_at.unwrap_or_default()),
+                generation: record.generation,
+            },
+            refresh_at: from_unix(record.access_refresh_at.unwrap_or_default()),
+        }
+    }
+
+    async fn token_failure(
+        &self,
+        account: &Account,
+        record: TokenRecord,
+        source: TokenError,
+    ) -> BrokerError {
+        let explanation = match source.oauth_error() {
+            Some(oauth) => oauth.explain(&account.name),
+            None => source.to_string(),
+        };
+        if source.oauth_error().is_some_and(|e| e.needs_consent()) {
+            let error = BrokerError::NeedsConsent {
+                account: account.name.clone(),
+                reason: explanation.clone(),
+            };
+            let mut next = record;
+            next.generation += 1;
+            next.state = AccountState::NeedsConsent;
+            next.state_reason = Some(explanation.clone());
+            next.access_token = None;
+            next.access_expires_at = None;
+            next.access_refresh_at = None;
+            next.last_failure_at = Some(now_unix());
+            next.updated_at = now_unix();
+            if let Err(e) = self.store.save_token_record(&next).await {
+                tracing::error!(account = %account.name, error = %e, "cannot record that the account needs consent");
+            }
+            tracing::warn!(account = %account.name, "{error}");
+            self.emit(
+                account,
+                BrokerEventKind::NeedsConsent,
+                None,
+                None,
+                explanation,
+            )
+            .await;
+            return error;
+        }
+        BrokerError::Token {
+            account: account.name.clone(),
+            explanation,
+            source,
+        }
+    }
+
+    /// Records a failure in the store and returns the number in a row.
+    async fn note_failure(&self, name: &str, error: &BrokerError) -> u32 {
+        let Some(slot) = self.slots.get(name) else {
+            return 1;
+        };
+        let mut failures = 1;
+        for _ in 0..MAX_WRITE_RACES {
+            let Ok(current) = self.store.token_record(name).await else {
+                break;
+            };
+            let mut record = current.unwrap_or_else(|| TokenRecord::new(name));
+            record.generation += 1;
+            record.consecutive_failures += 1;
+            failures = u32::try_from(record.consecutive_failures).unwrap_or(u32::MAX);
+            if record.state != AccountState::NeedsConsent && record.state != AccountState::Revoked {
+                record.state = AccountState::Failing;
+            }
+            record.state_reason = Some(error.to_string());
+            record.last_failure_at = Some(now_unix());
+            record.updated_at = now_unix();
+            if matches!(self.store.save_token_record(&record).await, Ok(true)) {
+                break;
+            }
+        }
+        tracing::warn!(account = %name, failures, "{error}");
+        self.emit(
+            &slot.account,
+            BrokerEventKind::RefreshFailed,
+            None,
+            None,
+            error.to_string(),
+        )
+        .await;
+        failures
+    }
+
+    async fn emit(
+        &self,
+        account: &Account,
+        kind: BrokerEventKind,
+        token_fingerprint: Option<Fingerprint>,
+        expires_at: Option<i64>,
+        detail: String,
+    ) {
+        let event = Event {
+            at: now_unix(),
+            kind: kind.as_str().to_string(),
+            account: Some(account.name.clone()),
+            detail: match token_fingerprint {
+                Some(fp) => format!("{detail} (token {fp})"),
+                None => detail.clone(),
+            },
+        };
+        if let Err(e) = self.store.record_event(&event).await {
+            tracing::error!(error = %e, "cannot record an event");
+        }
+        // Nobody listening is fine.
+        let _ = self.events.send(BrokerEvent {
+            account: account.name.clone(),
+            kind,
+            token_fingerprint,
+            expires_at,
+            detail,
+        });
+    }
+}
+
+fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE
+        .saturating_mul(1u32 << exponent)
+        .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(2));
+        assert_eq!(backoff_delay(2), Duration::from_secs(4));
+        assert_eq!(backoff_delay(5), Duration::from_secs(32));
+        assert_eq!(backoff_delay(40), BACKOFF_MAX);
+    }
+}

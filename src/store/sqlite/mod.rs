@@ -1,0 +1,263 @@
+//! SQLite backend: one file, WAL journal with `synchronous=FULL` so that a
+//! committed transaction survives power loss (contract 1), created with mode
+//! 0600. Schema changes are numbered SQL files applied once each, in order.
+
+use super::{AccountState, Event, Store, StoreError, TokenRecord};
+use crate::secret::SealedValue;
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The schema, in order. A released file is never edited; add a new one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_accounts.sql"))];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            url: url.to_string(),
+            reason,
+        };
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| open_error(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // Several processes (serve, the CLI) share one file; wait for a
+            // writer rather than fail at once.
+            .busy_timeout(Duration::from_secs(10));
+        let path = options.get_filename().to_path_buf();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        restrict_permissions(&path);
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            apply_migration(&mut conn, *version, sql).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn apply_migration(
+    conn: &mut SqliteConnection,
+    version: i64,
+    sql: &'static str,
+) -> Result<(), StoreError> {
+    // BEGIN IMMEDIATE takes the write lock first, so two processes starting
+    // together cannot both apply the same migration.
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if applied.is_none() {
+        let result = async {
+            sqlx::raw_sql(sql).execute(&mut *conn).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(crate::clock::now_unix())
+                .execute(&mut *conn)
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            return Err(e.into());
+        }
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Tokens in the file are sealed, but metadata (accounts, recipients) is
+    // not anyone else's business either.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &std::path::Path) {}
+
+fn record_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
+    let sealed = |column: &str| -> Result<Option<SealedValue>, StoreError> {
+        Ok(row
+            .try_get::<Option<Vec<u8>>, _>(column)?
+            .map(SealedValue::from_stored))
+    };
+    Ok(TokenRecord {
+        account: row.try_get("account")?,
+        generation: row.try_get("generation")?,
+        state: AccountState::parse(&row.try_get::<String, _>("state")?)?,
+        state_reason: row.try_get("state_reason")?,
+        refresh_token: sealed("refresh_token")?,
+        access_token: sealed("access_token")?,
+        access_expires_at: row.try_get("access_expires_at")?,
+        access_refresh_at: row.try_get("access_refresh_at")?,
+        granted_scope: row.try_get("granted_scope")?,
+        consented_at: row.try_get("consented_at")?,
+        last_success_at: row.try_get("last_success_at")?,
+        last_failure_at: row.try_get("last_failure_at")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const RECORD_COLUMNS: &str = "account, generation, state, state_reason, refresh_token, access_token, \
+    access_expires_at, access_refresh_at, granted_scope, consented_at, last_success_at, \
+    last_failure_at, consecutive_failures, updated_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn token_record(&self, account: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM account_tokens WHERE account = ?"
+        )))
+        .bind(account)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    async fn token_records(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM account_tokens ORDER BY account"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn save_token_record(&self, record: &TokenRecord) -> Result<bool, StoreError> {
+        let previous = record.generation - 1;
+        let bytes = |v: &Option<SealedValue>| v.as_ref().map(|s| s.as_bytes().to_vec());
+        let query = if previous == 0 {
+            // ON CONFLICT DO NOTHING: a row that appeared meanwhile means
+            // another writer won.
+            format!(
+                "INSERT INTO account_tokens ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(account) DO NOTHING"
+            )
+        } else {
+            "UPDATE account_tokens SET account = ?, generation = ?, state = ?, state_reason = ?, \
+             refresh_token = ?, access_token = ?, access_expires_at = ?, access_refresh_at = ?, \
+             granted_scope = ?, consented_at = ?, last_success_at = ?, last_failure_at = ?, \
+             consecutive_failures = ?, updated_at = ? WHERE account = ? AND generation = ?"
+                .to_string()
+        };
+        // Built only from the constant column list above, never from input.
+        let mut q = sqlx::query(AssertSqlSafe(query))
+            .bind(&record.account)
+            .bind(record.generation)
+            .bind(record.state.as_str())
+            .bind(&record.state_reason)
+            .bind(bytes(&record.refresh_token))
+            .bind(bytes(&record.access_token))
+            .bind(record.access_expires_at)
+            .bind(record.access_refresh_at)
+            .bind(&record.granted_scope)
+            .bind(record.consented_at)
+            .bind(record.last_success_at)
+            .bind(record.last_failure_at)
+            .bind(record.consecutive_failures)
+            .bind(record.updated_at);
+        if previous != 0 {
+            q = q.bind(&record.account).bind(previous);
+        }
+        let result = q.execute(&self.pool).await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
+            .bind(event.at)
+            .bind(&event.kind)
+            .bind(&event.account)
+            .bind(&event.detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, kind, account, detail FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Event {
+                    at: row.try_get("at")?,
+                    kind: row.try_get("kind")?,
+                    account: row.try_get("account")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn generation_guards_against_stale_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+        let mut record = TokenRecord::new("office");
+        record.generation = 1;
+        assert!(store.save_token_record(&record).await.expect("insert"));
+        assert!(
+            !store
+                .save_token_record(&record)
+                .await
+                .expect("second insert loses")
+        );
+        let mut newer = record.clone();
+        newer.generation = 2;
+        newer.state = AccountState::Valid;
+        assert!(store.save_token_record(&newer).await.expect("update"));
+        // A writer that read generation 1 and now tries to write 2 loses.
+        assert!(!store.save_token_record(&newer).await.expect("stale update"));
+        let stored = store
+            .token_record("office")
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(stored.state, AccountState::Valid);
+        assert_eq!(stored.generation, 2);
+        // Reopening applies no migration twice.
+        drop(store);
+        SqliteStore::open(&url).await.expect("reopen");
+    }
+}
