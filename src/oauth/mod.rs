@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod broker;
+pub mod consent;
 pub mod discovery;
 pub mod explain;
 pub mod grant;

@@ -1,0 +1,231 @@
+//! The authorization code grant with PKCE (RFC 7636, S256) and `state`
+//! against CSRF (RFC 6749 section 10.12), as native apps do it (RFC 8252):
+//! build the authorization URL, check what comes back to the redirect URI,
+//! exchange the code. Opening a browser and listening on the loopback
+//! redirect are the CLI's business.
+
+use crate::oauth::account::{Account, Endpoints};
+use crate::oauth::broker::{AccessToken, Broker, BrokerError};
+use crate::oauth::grant::GrantRequest;
+use crate::secret::Secret;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("account {account} has no authorization endpoint; set authorize_url or issuer")]
+    NoAuthorizeEndpoint { account: String },
+    #[error(
+        "the answer to the login does not carry the state oxirelay sent; it may be forged (CSRF) or from an older login. Start the login again"
+    )]
+    StateMismatch,
+    #[error("the provider refused consent: {error}{description}. {next}")]
+    Refused {
+        error: String,
+        description: String,
+        next: String,
+    },
+    #[error("the answer to the login carries no authorization code")]
+    NoCode,
+}
+
+/// A PKCE verifier (kept secret until the token request) and its S256 challenge.
+pub struct Pkce {
+    pub verifier: Secret,
+    pub challenge: String,
+}
+
+impl Pkce {
+    pub fn generate() -> Self {
+        // 32 random bytes give a 43-character verifier, the RFC 7636 minimum
+        // length, with 256 bits of entropy.
+        let verifier = BASE64URL.encode(random_bytes::<32>());
+        let challenge = BASE64URL.encode(Sha256::digest(verifier.as_bytes()));
+        Pkce {
+            verifier: Secret::new(verifier),
+            challenge,
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// One login in progress: what was sent, to check what comes back.
+pub struct AuthorizationRequest {
+    pub url: Url,
+    pub state: String,
+    pub pkce: Pkce,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+pub fn begin(
+    account: &Account,
+    endpoints: &Endpoints,
+    redirect_uri: &str,
+    login_hint: Option<&str>,
+) -> Result<AuthorizationRequest, ConsentError> {
+    let mut url = endpoints
+        .authorize
+        .clone()
+        .ok_or_else(|| ConsentError::NoAuthorizeEndpoint {
+            account: account.name.clone(),
+        })?;
+    let pkce = Pkce::generate();
+    let state = BASE64URL.encode(random_bytes::<16>());
+    {
+        let mut query = url.query_pairs_mut();
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &account.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", &account.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &pkce.challenge)
+            .append_pair("code_challenge_method", "S256");
+        if let Some(hint) = login_hint {
+            query.append_pair("login_hint", hint);
+        }
+        if account.preset.kind == crate::oauth::preset::ProviderKind::Google {
+            // Google issues a refresh token only with offline access, and
+            // only on a fresh consent screen.
+            query.append_pair("access_type", "offline");
+            query.append_pair("prompt", "consent");
+        }
+    }
+    Ok(AuthorizationRequest {
+        url,
+        state,
+        pkce,
+        redirect_uri: redirect_uri.to_string(),
+        scopes: account.scopes.clone(),
+    })
+}
+
+/// Checks the query the provider sent to the redirect URI and returns the code.
+pub fn code_from_callback(
+    request: &AuthorizationRequest,
+    query: &str,
+    account: &str,
+) -> Result<Secret, ConsentError> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    // The state is checked before anything else, an error included: an
+    // answer without our state is not an answer to our request.
+    if get("state") != Some(request.state.as_str()) {
+        return Err(ConsentError::StateMismatch);
+    }
+    if let Some(error) = get("error") {
+        let oauth = crate::oauth::grant::OAuthError {
+            code: crate::oauth::grant::OAuthErrorCode::parse(error),
+            description: get("error_description").map(str::to_string),
+            http_status: 0,
+        };
+        return Err(ConsentError::Refused {
+            error: error.to_string(),
+            description: get("error_description")
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
+            next: crate::oauth::explain::next_step(&oauth, account),
+        });
+    }
+    get("code")
+        .filter(|c| !c.is_empty())
+        .map(Secret::new)
+        .ok_or(ConsentError::NoCode)
+}
+
+/// Exchanges the code (with the PKCE verifier) and stores the tokens.
+pub async fn finish(
+    broker: &Broker,
+    account: &str,
+    request: &AuthorizationRequest,
+    code: &Secret,
+) -> Result<AccessToken, BrokerError> {
+    let endpoint = broker.token_endpoint(account).await?;
+    let http = broker.http(account)?;
+    let response = endpoint
+        .request(
+            &http,
+            &GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri: &request.redirect_uri,
+                code_verifier: &request.pkce.verifier,
+            },
+        )
+        .await
+        .map_err(|source| BrokerError::Token {
+            account: account.to_string(),
+            explanation: match source.oauth_error() {
+                Some(oauth) => oauth.explain(account),
+                None => source.to_string(),
+            },
+            source,
+        })?;
+    broker.store_consent(account, response).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_matches_rfc7636_shape() {
+        let pkce = Pkce::generate();
+        assert_eq!(pkce.verifier.expose().len(), 43);
+        assert_eq!(
+            pkce.challenge,
+            BASE64URL.encode(Sha256::digest(pkce.verifier.expose().as_bytes()))
+        );
+    }
+
+    #[test]
+    fn rfc7636_appendix_b_example() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        assert_eq!(
+            BASE64URL.encode(Sha256::digest(verifier.as_bytes())),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    fn request() -> AuthorizationRequest {
+        AuthorizationRequest {
+            url: Url::parse("https://id.example/authorize").expect("url"),
+            state: "abc".into(),
+            pkce: Pkce::generate(),
+            redirect_uri: "http://127.0.0.1:1234/".into(),
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn callback_with_wrong_state_is_refused() {
+        assert!(matches!(
+            code_from_callback(&request(), "code=x&state=evil", "a"),
+            Err(ConsentError::StateMismatch)
+        ));
+        assert!(matches!(
+            code_from_callback(&request(), "code=x", "a"),
+            Err(ConsentError::StateMismatch)
+        ));
+        let code = code_from_callback(&request(), "code=the-code&state=abc", "a").expect("ok");
+        assert_eq!(code.expose(), "the-code");
+    }
+
+    #[test]
+    fn callback_error_is_explained() {
+        let err = code_from_callback(&request(), "error=access_denied&state=abc", "a")
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("Allow"), "{err}");
+    }
+}
