@@ -9,7 +9,9 @@ use mail_builder::MessageBuilder;
 pub enum MessageError {
     #[error("{field} {value:?} is not a valid email address")]
     BadAddress { field: &'static str, value: String },
-    #[error("{field} contains a line break; header values must be one line (a line break could inject headers)")]
+    #[error(
+        "{field} contains a line break; header values must be one line (a line break could inject headers)"
+    )]
     LineBreak { field: &'static str },
     #[error("a message needs at least one recipient (--to, --cc or --bcc)")]
     NoRecipients,
@@ -172,7 +174,10 @@ mod tests {
         assert!(text.contains("Subject: Report\r\n"));
         assert!(text.contains("Message-ID: "));
         assert!(!text.contains("hidden@"));
-        assert_eq!(message.envelope.rcpt_to, ["a@example.net", "hidden@example.net"]);
+        assert_eq!(
+            message.envelope.rcpt_to,
+            ["a@example.net", "hidden@example.net"]
+        );
     }
 
     #[test]
@@ -183,7 +188,10 @@ mod tests {
             subject: "hi\r\nBcc: victim@example.org".into(),
             ..Default::default()
         };
-        assert!(matches!(injected.build(), Err(MessageError::LineBreak { .. })));
+        assert!(matches!(
+            injected.build(),
+            Err(MessageError::LineBreak { .. })
+        ));
         assert!(check_address("to", "a@example.net\r\nRCPT TO:<x@y>").is_err());
         assert!(check_address("to", "no-at-sign").is_err());
         assert!(check_address("to", "two@@example").is_err());
@@ -197,7 +205,11 @@ mod tests {
     #[test]
     fn reads_subject() {
         assert_eq!(
-            header_value(b"From: a@b\r\nSubject: Hello\r\n world\r\n\r\nbody", "Subject").as_deref(),
+            header_value(
+                b"From: a@b\r\nSubject: Hello\r\n world\r\n\r\nbody",
+                "Subject"
+            )
+            .as_deref(),
             Some("Hello world")
         );
     }

@@ -1,6 +1,157 @@
-//! The command line (work in progress).
+//! The command line: argument parsing (clap derive) and wiring. One file per
+//! command group; errors become the sentence a person reads here, and only
+//! here (`anyhow` at the edge).
+
+mod account;
+mod context;
+mod keygen;
+mod token;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub use context::Context;
+
+#[derive(Parser)]
+#[command(
+    name = "oxirelay",
+    version,
+    about = "Send email through OAuth2-protected SMTP (Microsoft 365, Gmail, any XOAUTH2/OAUTHBEARER server).",
+    after_help = "Start here:\n  oxirelay demo                      see the whole path work against the built-in sandbox\n  oxirelay keygen > master.key       make the master key that seals tokens at rest\n  oxirelay -c oxirelay.toml account list"
+)]
+pub struct Cli {
+    /// Config file [default: $OXIRELAY_CONFIG, else ./oxirelay.toml]
+    #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// More log output (-v info, -vv debug). OXIRELAY_LOG=<filter> overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print a new master key (base64 of 32 random bytes).
+    #[command(
+        after_help = "Examples:\n  export OXIRELAY_MASTER_KEY=$(oxirelay keygen)\n  oxirelay keygen --file /etc/oxirelay/master.key   # written with mode 0600"
+    )]
+    Keygen(keygen::KeygenArgs),
+    /// Print a current access token for an account (for msmtp, mutt, curl).
+    #[command(
+        after_help = "Examples:\n  oxirelay token office\n  curl --oauth2-bearer \"$(oxirelay token office)\" ...\n  msmtp: passwordeval \"oxirelay -c /etc/oxirelay/oxirelay.toml token office\""
+    )]
+    Token(token::TokenArgs),
+    /// Accounts: their state, token expiry, consent.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
+}
+
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::tls::install_crypto_provider();
+    let config = cli.config.clone();
+    match cli.command {
+        Command::Keygen(args) => keygen::run(args),
+        Command::Token(args) => token::run(config, args).await,
+        Command::Account(command) => account::run(config, command).await,
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,oxirelay=info",
+        _ => "debug,hyper=info,sqlx=warn,rustls=info",
+    };
+    let filter =
+        EnvFilter::try_from_env("OXIRELAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling in-process) is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// "20s", "5m", "1h", "90" (seconds) → Duration.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 20s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("20s"),
+            Ok(std::time::Duration::from_secs(20))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Ok(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(parse_duration("90"), Ok(std::time::Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -118,7 +118,12 @@ pub fn code_from_callback(
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
     // The state is checked before anything else, an error included: an
     // answer without our state is not an answer to our request.
     if get("state") != Some(request.state.as_str()) {

@@ -1,0 +1,139 @@
+//! `oxirelay account ...`: state of accounts and their consent.
+
+use super::Context;
+use crate::clock::{describe_from_now, format_unix};
+use crate::store::{AccountState, TokenRecord};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum AccountCommand {
+    /// Each account's state, token expiry and last success.
+    #[command(
+        after_help = "Examples:\n  oxirelay account list\n  oxirelay account list --json | jq '.[] | select(.state != \"valid\")'"
+    )]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a refresh token obtained elsewhere (read from standard input).
+    #[command(
+        after_help = "Example (migrating from another tool):\n  oxirelay account import-token office < refresh_token.txt"
+    )]
+    ImportToken {
+        /// The account name from the config.
+        account: String,
+    },
+}
+
+#[derive(Serialize)]
+struct AccountStatus {
+    name: String,
+    provider: String,
+    grant: String,
+    user: String,
+    state: AccountState,
+    reason: Option<String>,
+    token_expires_at: Option<String>,
+    has_refresh_token: bool,
+    granted_scope: Option<String>,
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    consecutive_failures: i64,
+}
+
+pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Result<ExitCode> {
+    let context = Context::load(config).await?;
+    match command {
+        AccountCommand::List { json } => list(&context, json).await,
+        AccountCommand::ImportToken { account } => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the refresh token from standard input")?;
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "standard input was empty; pipe the refresh token in"
+            );
+            context
+                .broker
+                .import_refresh_token(&account, crate::secret::Secret::new(token))
+                .await?;
+            let access = context.broker.access_token(&account).await?;
+            eprintln!(
+                "account {account}: refresh token stored (sealed) and working; access token {} valid until {}",
+                access.fingerprint(),
+                format_unix(crate::clock::to_unix(access.expires_at))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn list(context: &Context, json: bool) -> anyhow::Result<ExitCode> {
+    let records = context.store.token_records().await?;
+    let mut statuses = Vec::new();
+    for account in &context.config.accounts {
+        let record = records
+            .iter()
+            .find(|r| r.account == account.name)
+            .cloned()
+            .unwrap_or_else(|| TokenRecord::new(&account.name));
+        statuses.push(AccountStatus {
+            name: account.name.clone(),
+            provider: account.provider.to_string(),
+            grant: account.grant.to_string(),
+            user: account.user.clone(),
+            state: record.state,
+            reason: record.state_reason.clone(),
+            token_expires_at: record.access_expires_at.map(format_unix),
+            has_refresh_token: record.refresh_token.is_some(),
+            granted_scope: record.granted_scope.clone(),
+            last_success_at: record.last_success_at.map(format_unix),
+            last_failure_at: record.last_failure_at.map(format_unix),
+            consecutive_failures: record.consecutive_failures,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if statuses.is_empty() {
+        println!("no accounts in {}", context.config_path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<10} {:<19} {:<14} {:<30} TOKEN",
+        "ACCOUNT", "PROVIDER", "GRANT", "STATE", "USER"
+    );
+    for (status, record) in statuses.iter().zip(
+        context
+            .config
+            .accounts
+            .iter()
+            .map(|a| records.iter().find(|r| r.account == a.name)),
+    ) {
+        let token = match record.and_then(|r| r.access_expires_at) {
+            Some(at) if at > crate::clock::now_unix() => {
+                format!("expires {}", describe_from_now(at))
+            }
+            Some(at) => format!("expired {}", describe_from_now(at)),
+            None => "none".to_string(),
+        };
+        println!(
+            "{:<16} {:<10} {:<19} {:<14} {:<30} {}",
+            status.name, status.provider, status.grant, status.state, status.user, token
+        );
+        if let Some(reason) = &status.reason
+            && status.state != AccountState::Valid
+        {
+            println!("  └ {reason}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

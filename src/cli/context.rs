@@ -1,0 +1,56 @@
+//! What most commands need: the config, the store, the master key and the
+//! token broker, built once from the config file.
+
+use crate::config::Config;
+use crate::oauth::account::Account;
+use crate::oauth::broker::Broker;
+use crate::secret::MasterKey;
+use crate::store::Store;
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Context {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub key: Arc<MasterKey>,
+    pub broker: Arc<Broker>,
+}
+
+impl Context {
+    pub async fn load(config_path: Option<PathBuf>) -> anyhow::Result<Context> {
+        let path = Config::locate(config_path.as_deref());
+        let config = Config::load(&path).with_context(|| {
+            if config_path.is_none() && !path.exists() {
+                format!(
+                    "no config file at {}; pass -c PATH or set OXIRELAY_CONFIG (see README.md, \"Configuration\")",
+                    path.display()
+                )
+            } else {
+                "the config file is not usable".to_string()
+            }
+        })?;
+        Self::from_config(config).await
+    }
+
+    pub async fn from_config(config: Config) -> anyhow::Result<Context> {
+        let key = Arc::new(config.master_key()?);
+        let store = crate::store::open(&config.store.url).await?;
+        let accounts = config
+            .accounts
+            .iter()
+            .map(Account::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        let broker = Arc::new(Broker::new(store.clone(), key.clone(), accounts));
+        Ok(Context {
+            config,
+            store,
+            key,
+            broker,
+        })
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config.path
+    }
+}
