@@ -87,6 +87,8 @@ pub enum BrokerError {
     NoTokenEndpoint { account: String },
     #[error("account {account}: the {grant} grant is not available in this version")]
     UnsupportedGrant { account: String, grant: GrantKind },
+    #[error("account {account}: {reason}")]
+    Assertion { account: String, reason: String },
     #[error("account {account}: {source}")]
     Seal {
         account: String,
@@ -553,17 +555,16 @@ impl Broker {
                         })?,
                 )
             }
-            GrantKind::ClientCredentials => None,
-            GrantKind::JwtBearer => {
-                return Err(BrokerError::UnsupportedGrant {
-                    account: account.name.clone(),
-                    grant: account.grant,
-                });
-            }
+            GrantKind::ClientCredentials | GrantKind::JwtBearer => None,
         };
-        let grant = match &refresh_token {
-            Some(refresh_token) => GrantRequest::RefreshToken { refresh_token },
-            None => GrantRequest::ClientCredentials {
+        let assertion = match account.grant {
+            GrantKind::JwtBearer => Some(self.jwt_assertion(account, &endpoint)?),
+            _ => None,
+        };
+        let grant = match (&refresh_token, &assertion) {
+            (Some(refresh_token), _) => GrantRequest::RefreshToken { refresh_token },
+            (None, Some(assertion)) => GrantRequest::JwtBearer { assertion },
+            (None, None) => GrantRequest::ClientCredentials {
                 scopes: &account.scopes,
             },
         };
@@ -601,6 +602,32 @@ impl Broker {
                 .unwrap_or_else(|| TokenRecord::new(&account.name));
         }
         Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    fn jwt_assertion(
+        &self,
+        account: &Account,
+        endpoint: &TokenEndpoint,
+    ) -> Result<Secret, BrokerError> {
+        let key =
+            account
+                .service_account_key
+                .as_ref()
+                .ok_or_else(|| BrokerError::UnsupportedGrant {
+                    account: account.name.clone(),
+                    grant: account.grant,
+                })?;
+        crate::oauth::jwt_bearer::sign_assertion(
+            key,
+            &account.user,
+            &account.scopes,
+            endpoint.url.as_str(),
+        )
+        .map(|assertion| assertion.jwt)
+        .map_err(|e| BrokerError::Assertion {
+            account: account.name.clone(),
+            reason: e.to_string(),
+        })
     }
 
     fn record_from_response(

@@ -4,9 +4,11 @@
 pub mod account;
 pub mod broker;
 pub mod consent;
+pub mod device;
 pub mod discovery;
 pub mod explain;
 pub mod grant;
 pub mod jwt;
+pub mod jwt_bearer;
 pub mod preset;
 pub mod validate;
