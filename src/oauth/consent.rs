@@ -229,8 +229,7 @@ mod tests {
     #[test]
     fn callback_error_is_explained() {
         let err = code_from_callback(&request(), "error=access_denied&state=abc", "a")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(err.to_string().contains("Allow"), "{err}");
     }
 }

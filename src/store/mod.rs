@@ -2,8 +2,13 @@
 //! and events; the queue joins them here. SQLite now, PostgreSQL behind the
 //! same trait later, so callers never name a backend.
 
+pub mod queue;
 mod sqlite;
 
+pub use queue::{
+    AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
+    Recipient, RecipientState,
+};
 pub use sqlite::SqliteStore;
 
 use crate::secret::SealedValue;
@@ -24,6 +29,10 @@ pub enum StoreError {
         "the store holds a value oxirelay cannot read ({0}); was it written by a newer version?"
     )]
     Corrupt(String),
+    #[error("the lease on message {0} was lost (it expired and another worker took the message)")]
+    LeaseLost(MessageId),
+    #[error("the store is shutting down")]
+    Closed,
 }
 
 /// Where an account is in its token lifecycle (DESIGN.md contract 3).
@@ -137,6 +146,60 @@ pub trait Store: Send + Sync {
     async fn record_event(&self, event: &Event) -> Result<(), StoreError>;
 
     async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// Adds a message to the queue. When this returns Ok, the message is
+    /// committed (contract 1): only then may the submitter be told 250/202.
+    async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError>;
+
+    /// Leases up to `limit` due messages (queued or deferred and due, or in
+    /// flight under an expired lease) to `owner` until `lease_until`.
+    async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Records one delivery attempt; fails with `LeaseLost` if the lease
+    /// is no longer held. Returns the message's new state.
+    async fn complete_attempt(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        outcome: &AttemptOutcome,
+    ) -> Result<MessageState, StoreError>;
+
+    /// Gives a claimed message back untried, due again at `next_attempt_at`
+    /// (shutdown, a paused or throttled account).
+    async fn release(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Messages, newest first, optionally only those in `state`.
+    async fn messages(
+        &self,
+        state: Option<MessageState>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    async fn message(&self, id: &MessageId)
+    -> Result<Option<(QueuedMessage, Vec<u8>)>, StoreError>;
+
+    /// Makes a deferred (or bounced) message due now; false if not found or final.
+    async fn retry_now(&self, id: &MessageId, now: i64) -> Result<bool, StoreError>;
+
+    async fn delete(&self, id: &MessageId) -> Result<bool, StoreError>;
+
+    /// Marks every unfinished message created before `cutoff` as expired;
+    /// returns them so their senders can be told.
+    async fn expire(&self, cutoff: i64) -> Result<Vec<QueuedMessage>, StoreError>;
+
+    /// The earliest time a queued or deferred message is due, if any.
+    async fn next_due(&self) -> Result<Option<i64>, StoreError>;
 }
 
 /// Opens the store a URL names.

@@ -2,6 +2,11 @@
 //! committed transaction survives power loss (contract 1), created with mode
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
+mod queue;
+
+use super::queue::{
+    AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
+};
 use super::{AccountState, Event, Store, StoreError, TokenRecord};
 use crate::secret::SealedValue;
 use async_trait::async_trait;
@@ -14,11 +19,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// The schema, in order. A released file is never edited; add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_accounts.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("0001_accounts.sql")),
+    (2, include_str!("0002_queue.sql")),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    committer: queue::GroupCommitter,
 }
 
 impl SqliteStore {
@@ -43,7 +52,10 @@ impl SqliteStore {
             .await
             .map_err(|e| open_error(e.to_string()))?;
         restrict_permissions(&path);
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            committer: queue::GroupCommitter::start(pool.clone()),
+            pool,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -222,6 +234,69 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
+        self.committer.enqueue(message).await
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        queue::claim(&self.pool, owner, now, lease_until, limit).await
+    }
+
+    async fn complete_attempt(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        outcome: &AttemptOutcome,
+    ) -> Result<MessageState, StoreError> {
+        queue::complete_attempt(&self.pool, id, lease, outcome).await
+    }
+
+    async fn release(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        next_attempt_at: i64,
+    ) -> Result<(), StoreError> {
+        queue::release(&self.pool, id, lease, next_attempt_at).await
+    }
+
+    async fn messages(
+        &self,
+        state: Option<MessageState>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        queue::messages(&self.pool, state, limit).await
+    }
+
+    async fn message(
+        &self,
+        id: &MessageId,
+    ) -> Result<Option<(QueuedMessage, Vec<u8>)>, StoreError> {
+        queue::message(&self.pool, id).await
+    }
+
+    async fn retry_now(&self, id: &MessageId, now: i64) -> Result<bool, StoreError> {
+        queue::retry_now(&self.pool, id, now).await
+    }
+
+    async fn delete(&self, id: &MessageId) -> Result<bool, StoreError> {
+        queue::delete(&self.pool, id).await
+    }
+
+    async fn expire(&self, cutoff: i64) -> Result<Vec<QueuedMessage>, StoreError> {
+        queue::expire(&self.pool, cutoff).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        queue::next_due(&self.pool).await
     }
 }
 

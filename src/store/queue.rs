@@ -1,0 +1,179 @@
+//! The queue's data: a message (body stored once) and its recipients, each
+//! with its own state (STYLE.md section 3), and the lease a worker holds
+//! while it delivers (contract 2: a crashed worker's lease expires and the
+//! message goes back to the queue).
+
+use serde::Serialize;
+use std::fmt;
+
+/// A queue id: 16 hex digits, random, so ids leak nothing about volume.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct MessageId(pub String);
+
+impl MessageId {
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 8];
+        rand::rng().fill_bytes(&mut bytes);
+        MessageId(bytes.iter().map(|b| format!("{b:02X}")).collect())
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a message is. `InFlight` carries a lease; the final states are
+/// `Delivered`, `Bounced` and `Expired` (a message is `Bounced` when no
+/// recipient was delivered and at least one was refused for good).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    Queued,
+    InFlight,
+    Deferred,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::InFlight => "in_flight",
+            MessageState::Deferred => "deferred",
+            MessageState::Delivered => "delivered",
+            MessageState::Bounced => "bounced",
+            MessageState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => MessageState::Queued,
+            "in_flight" => MessageState::InFlight,
+            "deferred" => MessageState::Deferred,
+            "delivered" => MessageState::Delivered,
+            "bounced" => MessageState::Bounced,
+            "expired" => MessageState::Expired,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MessageState::Delivered | MessageState::Bounced | MessageState::Expired
+        )
+    }
+}
+
+impl fmt::Display for MessageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientState {
+    Pending,
+    Delivered,
+    /// Refused for now (4xx, network); tried again.
+    Deferred,
+    /// Refused for good (5xx).
+    Bounced,
+    /// Still pending when the message reached its maximum age.
+    Expired,
+}
+
+impl RecipientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientState::Pending => "pending",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Deferred => "deferred",
+            RecipientState::Bounced => "bounced",
+            RecipientState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => RecipientState::Pending,
+            "delivered" => RecipientState::Delivered,
+            "deferred" => RecipientState::Deferred,
+            "bounced" => RecipientState::Bounced,
+            "expired" => RecipientState::Expired,
+            _ => return None,
+        })
+    }
+
+    /// Still to be delivered.
+    pub fn is_open(self) -> bool {
+        matches!(self, RecipientState::Pending | RecipientState::Deferred)
+    }
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub account: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub body: Vec<u8>,
+    /// Who submitted it (user name, API key name, "sendmail").
+    pub submitted_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recipient {
+    pub address: String,
+    pub state: RecipientState,
+    /// The last reply about this recipient, as the upstream sent it.
+    pub reply: Option<String>,
+}
+
+/// A message as `queue list`/`show` and the workers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuedMessage {
+    pub id: MessageId,
+    pub account: String,
+    pub mail_from: String,
+    pub recipients: Vec<Recipient>,
+    pub size: i64,
+    pub submitted_by: String,
+    pub state: MessageState,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// A message claimed by a worker: its lease must be named to record an outcome.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub message: QueuedMessage,
+    pub body: Vec<u8>,
+    pub lease: ClaimLease,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimLease {
+    pub owner: String,
+    pub expires_at: i64,
+}
+
+/// What one delivery attempt did, per recipient, and what happens next.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// Index into the message's recipients → new state and reply.
+    pub recipients: Vec<(usize, RecipientState, Option<String>)>,
+    /// When to try the open recipients again; `None` when none are open.
+    pub next_attempt_at: Option<i64>,
+    pub error: Option<String>,
+}

@@ -1,0 +1,617 @@
+//! The SQLite queue: group commit for enqueues, atomic claims, outcomes.
+//!
+//! Group commit: every enqueue goes to one writer task, which takes all the
+//! requests waiting at that moment, writes them in one transaction and
+//! commits once (one fsync with `synchronous=FULL`), then acknowledges each.
+//! Under load many submissions share a commit; alone, one waits for nothing.
+
+use crate::store::StoreError;
+use crate::store::queue::{
+    AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
+    Recipient, RecipientState,
+};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many messages share one commit, to bound its latency.
+const MAX_BATCH: usize = 512;
+
+pub(super) struct EnqueueRequest {
+    id: MessageId,
+    message: NewMessage,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Clone)]
+pub(super) struct GroupCommitter {
+    requests: mpsc::Sender<EnqueueRequest>,
+}
+
+impl GroupCommitter {
+    pub(super) fn start(pool: SqlitePool) -> Self {
+        let (requests, receiver) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(pool, receiver));
+        GroupCommitter { requests }
+    }
+
+    pub(super) async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
+        let id = MessageId::generate();
+        let (done, wait) = oneshot::channel();
+        self.requests
+            .send(EnqueueRequest {
+                id: id.clone(),
+                message,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)??;
+        Ok(id)
+    }
+}
+
+async fn write_batches(pool: SqlitePool, mut receiver: mpsc::Receiver<EnqueueRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let result = write_batch(&pool, &batch).await;
+        for request in batch.drain(..) {
+            let reply = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Open {
+                    url: "queue".into(),
+                    reason: format!("the commit failed: {e}"),
+                }),
+            };
+            // The submitter may have gone (client disconnected); the
+            // message is committed either way and will be delivered.
+            let _ = request.done.send(reply);
+        }
+    }
+}
+
+async fn write_batch(pool: &SqlitePool, batch: &[EnqueueRequest]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let now = crate::clock::now_unix();
+    for request in batch {
+        insert_message(&mut tx, &request.id, &request.message, now).await?;
+    }
+    tx.commit().await
+}
+
+async fn insert_message(
+    conn: &mut SqliteConnection,
+    id: &MessageId,
+    message: &NewMessage,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO messages (id, account, mail_from, body, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+    )
+    .bind(&id.0)
+    .bind(&message.account)
+    .bind(&message.mail_from)
+    .bind(&message.body)
+    .bind(message.body.len() as i64)
+    .bind(&message.submitted_by)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    for (index, address) in message.recipients.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?)",
+        )
+        .bind(&id.0)
+        .bind(index as i64)
+        .bind(address)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+
+fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(QueuedMessage {
+        id: MessageId(row.try_get("id")?),
+        account: row.try_get("account")?,
+        mail_from: row.try_get("mail_from")?,
+        recipients: Vec::new(),
+        size: row.try_get("size")?,
+        submitted_by: row.try_get("submitted_by")?,
+        state: MessageState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("message state {state:?}")))?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// Fills in the recipients of `messages` with one query.
+async fn attach_recipients(
+    conn: &mut SqliteConnection,
+    messages: &mut [QueuedMessage],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let placeholders = vec!["?"; messages.len()].join(", ");
+    let sql = format!(
+        "SELECT message_id, idx, address, state, reply FROM recipients WHERE message_id IN ({placeholders}) ORDER BY message_id, idx"
+    );
+    // The SQL holds only placeholders; values are bound.
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for message in messages.iter() {
+        query = query.bind(&message.id.0);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut by_message: HashMap<String, Vec<Recipient>> = HashMap::new();
+    for row in &rows {
+        let state: String = row.try_get("state")?;
+        by_message
+            .entry(row.try_get("message_id")?)
+            .or_default()
+            .push(Recipient {
+                address: row.try_get("address")?,
+                state: RecipientState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?,
+                reply: row.try_get("reply")?,
+            });
+    }
+    for message in messages.iter_mut() {
+        message.recipients = by_message.remove(&message.id.0).unwrap_or_default();
+    }
+    Ok(())
+}
+
+pub(super) async fn claim(
+    pool: &SqlitePool,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    // One statement, so two claimers can never take the same message.
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE messages SET state = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, updated_at = ?3 \
+         WHERE id IN (SELECT id FROM messages \
+             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= ?3) \
+                OR (state = 'in_flight' AND lease_expires_at < ?3) \
+             ORDER BY next_attempt_at LIMIT ?4) \
+         RETURNING {MESSAGE_COLUMNS}, body"
+    )))
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut messages = rows
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut bodies: HashMap<String, Vec<u8>> = rows
+        .iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("body")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    attach_recipients(&mut conn, &mut messages).await?;
+    Ok(messages
+        .into_iter()
+        .map(|message| Claimed {
+            body: bodies.remove(&message.id.0).unwrap_or_default(),
+            message,
+            lease: ClaimLease {
+                owner: owner.to_string(),
+                expires_at: lease_until,
+            },
+        })
+        .collect())
+}
+
+async fn check_lease(
+    conn: &mut SqliteConnection,
+    id: &MessageId,
+    lease: &ClaimLease,
+) -> Result<(), StoreError> {
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM messages WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND lease_expires_at = ?",
+    )
+    .bind(&id.0)
+    .bind(&lease.owner)
+    .bind(lease.expires_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    held.map(|_| ())
+        .ok_or_else(|| StoreError::LeaseLost(id.clone()))
+}
+
+pub(super) async fn complete_attempt(
+    pool: &SqlitePool,
+    id: &MessageId,
+    lease: &ClaimLease,
+    outcome: &AttemptOutcome,
+) -> Result<MessageState, StoreError> {
+    let mut tx = pool.begin().await?;
+    check_lease(&mut tx, id, lease).await?;
+    let now = crate::clock::now_unix();
+    for (index, state, reply) in &outcome.recipients {
+        sqlx::query("UPDATE recipients SET state = ?, reply = ?, updated_at = ? WHERE message_id = ? AND idx = ?")
+            .bind(state.as_str())
+            .bind(reply)
+            .bind(now)
+            .bind(&id.0)
+            .bind(*index as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM recipients WHERE message_id = ?")
+            .bind(&id.0)
+            .fetch_all(&mut *tx)
+            .await?;
+    let states: Vec<RecipientState> = states
+        .iter()
+        .map(|s| {
+            RecipientState::parse(s)
+                .ok_or_else(|| StoreError::Corrupt(format!("recipient state {s:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let next_state = if states.iter().any(|s| s.is_open()) {
+        MessageState::Deferred
+    } else if states.contains(&RecipientState::Delivered) {
+        MessageState::Delivered
+    } else {
+        MessageState::Bounced
+    };
+    sqlx::query(
+        "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
+         lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+    )
+    .bind(next_state.as_str())
+    .bind(outcome.next_attempt_at.unwrap_or(now))
+    .bind(&outcome.error)
+    .bind(now)
+    .bind(&id.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(next_state)
+}
+
+pub(super) async fn release(
+    pool: &SqlitePool,
+    id: &MessageId,
+    lease: &ClaimLease,
+    next_attempt_at: i64,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
+         next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND lease_expires_at = ?",
+    )
+    .bind(next_attempt_at)
+    .bind(crate::clock::now_unix())
+    .bind(&id.0)
+    .bind(&lease.owner)
+    .bind(lease.expires_at)
+    .execute(pool)
+    .await?;
+    if result.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(id.clone()))
+    }
+}
+
+pub(super) async fn messages(
+    pool: &SqlitePool,
+    state: Option<MessageState>,
+    limit: u32,
+) -> Result<Vec<QueuedMessage>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2"
+    )))
+    .bind(state.map(MessageState::as_str))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut messages = rows
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_recipients(&mut conn, &mut messages).await?;
+    Ok(messages)
+}
+
+pub(super) async fn message(
+    pool: &SqlitePool,
+    id: &MessageId,
+) -> Result<Option<(QueuedMessage, Vec<u8>)>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let Some(row) = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS}, body FROM messages WHERE id = ?"
+    )))
+    .bind(&id.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let body: Vec<u8> = row.try_get("body")?;
+    let mut found = [message_from_row(&row)?];
+    attach_recipients(&mut conn, &mut found).await?;
+    let [message] = found;
+    Ok(Some((message, body)))
+}
+
+pub(super) async fn retry_now(
+    pool: &SqlitePool,
+    id: &MessageId,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    // A bounced or expired message retried by hand gets its refused
+    // recipients back; delivered ones are never sent twice.
+    sqlx::query(
+        "UPDATE recipients SET state = 'pending', updated_at = ? WHERE message_id = ? AND state IN ('bounced', 'expired', 'deferred')",
+    )
+    .bind(now)
+    .bind(&id.0)
+    .execute(&mut *tx)
+    .await?;
+    let result = sqlx::query(
+        "UPDATE messages SET state = 'deferred', next_attempt_at = ?, created_at = CASE WHEN state = 'expired' THEN ? ELSE created_at END, updated_at = ? \
+         WHERE id = ? AND state IN ('deferred', 'queued', 'bounced', 'expired')",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(&id.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub(super) async fn delete(pool: &SqlitePool, id: &MessageId) -> Result<bool, StoreError> {
+    let result = sqlx::query("DELETE FROM messages WHERE id = ?")
+        .bind(&id.0)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub(super) async fn expire(
+    pool: &SqlitePool,
+    cutoff: i64,
+) -> Result<Vec<QueuedMessage>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let now = crate::clock::now_unix();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE messages SET state = 'expired', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1 \
+         WHERE created_at < ?2 AND state IN ('queued', 'deferred') RETURNING {MESSAGE_COLUMNS}"
+    )))
+    .bind(now)
+    .bind(cutoff)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut expired = rows
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    for message in &expired {
+        sqlx::query(
+            "UPDATE recipients SET state = 'expired', updated_at = ? WHERE message_id = ? AND state IN ('pending', 'deferred')",
+        )
+        .bind(now)
+        .bind(&message.id.0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    attach_recipients(&mut tx, &mut expired).await?;
+    tx.commit().await?;
+    Ok(expired)
+}
+
+pub(super) async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(CASE WHEN state = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END) \
+         FROM messages WHERE state IN ('queued', 'deferred', 'in_flight')",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::queue::*;
+    use crate::store::{SqliteStore, Store};
+    use std::sync::Arc;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+        (dir, store, url)
+    }
+
+    fn message(recipients: &[&str]) -> NewMessage {
+        NewMessage {
+            account: "office".into(),
+            mail_from: "app@example.com".into(),
+            recipients: recipients.iter().map(|s| s.to_string()).collect(),
+            body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+            submitted_by: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_with_per_recipient_outcomes() {
+        let (_dir, store, _) = store().await;
+        let id = store
+            .enqueue(message(&["a@x", "b@x", "c@x"]))
+            .await
+            .expect("enqueue");
+        let claimed = store.claim("w1", 100, 200, 10).await.expect("claim");
+        assert!(claimed.is_empty(), "not due before its creation time");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w1", now, now + 60, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].message.id, id);
+        assert_eq!(claimed[0].body, b"Subject: t\r\n\r\nbody\r\n");
+        assert!(
+            store
+                .claim("w2", now, now + 60, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "leased"
+        );
+        let outcome = AttemptOutcome {
+            recipients: vec![
+                (0, RecipientState::Delivered, Some("250 ok".into())),
+                (1, RecipientState::Deferred, Some("451 later".into())),
+                (2, RecipientState::Bounced, Some("550 no such user".into())),
+            ],
+            next_attempt_at: Some(now + 30),
+            error: Some("451 later".into()),
+        };
+        let state = store
+            .complete_attempt(&id, &claimed[0].lease, &outcome)
+            .await
+            .expect("record");
+        assert_eq!(state, MessageState::Deferred);
+        assert!(
+            store
+                .claim("w1", now, now + 60, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "not due yet"
+        );
+        let again = store
+            .claim("w1", now + 30, now + 90, 10)
+            .await
+            .expect("claim");
+        let states: Vec<_> = again[0]
+            .message
+            .recipients
+            .iter()
+            .map(|r| r.state)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                RecipientState::Delivered,
+                RecipientState::Deferred,
+                RecipientState::Bounced
+            ]
+        );
+        let done = AttemptOutcome {
+            recipients: vec![(1, RecipientState::Delivered, Some("250 ok".into()))],
+            next_attempt_at: None,
+            error: None,
+        };
+        assert_eq!(
+            store
+                .complete_attempt(&id, &again[0].lease, &done)
+                .await
+                .expect("record"),
+            MessageState::Delivered
+        );
+        let (shown, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!(shown.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn expired_lease_returns_the_message_and_the_old_owner_loses_it() {
+        let (_dir, store, _) = store().await;
+        let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let first = store
+            .claim("crashed", now, now + 5, 10)
+            .await
+            .expect("claim");
+        assert_eq!(first.len(), 1);
+        let second = store
+            .claim("w2", now + 6, now + 60, 10)
+            .await
+            .expect("claim");
+        assert_eq!(second.len(), 1, "lease expired, claimable again");
+        let outcome = AttemptOutcome {
+            recipients: vec![(0, RecipientState::Delivered, None)],
+            next_attempt_at: None,
+            error: None,
+        };
+        let late = store.complete_attempt(&id, &first[0].lease, &outcome).await;
+        assert!(matches!(late, Err(crate::store::StoreError::LeaseLost(_))));
+        store
+            .complete_attempt(&id, &second[0].lease, &outcome)
+            .await
+            .expect("current lease");
+    }
+
+    #[tokio::test]
+    async fn concurrent_enqueues_are_all_committed() {
+        let (_dir, store, url) = store().await;
+        let store = Arc::new(store);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut m = message(&["a@x"]);
+                m.body = format!("Subject: {i}\r\n\r\n").into_bytes();
+                store.enqueue(m).await
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        while let Some(result) = tasks.join_next().await {
+            ids.insert(result.expect("task").expect("enqueue"));
+        }
+        assert_eq!(ids.len(), 200);
+        // A second connection (another process, after a crash) sees them all.
+        let reopened = SqliteStore::open(&url).await.expect("reopen");
+        assert_eq!(
+            reopened.messages(None, 1000).await.expect("list").len(),
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn expire_retry_and_delete() {
+        let (_dir, store, _) = store().await;
+        let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let expired = store.expire(now + 1).await.expect("expire");
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].recipients[0].state, RecipientState::Expired);
+        assert!(
+            store
+                .claim("w", now + 10, now + 70, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        assert!(store.retry_now(&id, now + 10).await.expect("retry"));
+        assert_eq!(
+            store
+                .claim("w", now + 10, now + 70, 10)
+                .await
+                .expect("claim")
+                .len(),
+            1
+        );
+        assert!(store.delete(&id).await.expect("delete"));
+        assert!(store.message(&id).await.expect("read").is_none());
+    }
+}
