@@ -14,3 +14,4 @@ pub mod secret;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod users;

@@ -200,6 +200,14 @@ pub trait Store: Send + Sync {
 
     /// The earliest time a queued or deferred message is due, if any.
     async fn next_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Submission users managed with `oxirelay user` (config users are not here).
+    async fn users(&self) -> Result<Vec<crate::users::SubmissionUser>, StoreError>;
+
+    /// False, writing nothing, if a user of that name exists.
+    async fn add_user(&self, user: &crate::users::SubmissionUser) -> Result<bool, StoreError>;
+
+    async fn remove_user(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names.

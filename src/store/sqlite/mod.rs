@@ -9,6 +9,7 @@ use super::queue::{
 };
 use super::{AccountState, Event, Store, StoreError, TokenRecord};
 use crate::secret::SealedValue;
+use crate::users::SubmissionUser;
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -22,6 +23,7 @@ use std::time::Duration;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_accounts.sql")),
     (2, include_str!("0002_queue.sql")),
+    (3, include_str!("0003_users.sql")),
 ];
 
 #[derive(Clone)]
@@ -297,6 +299,51 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         queue::next_due(&self.pool).await
+    }
+
+    async fn users(&self) -> Result<Vec<SubmissionUser>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, password_hash, allowed_from, account FROM users ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let allowed: String = row.try_get("allowed_from")?;
+                Ok(SubmissionUser {
+                    name: row.try_get("name")?,
+                    password_hash: row.try_get("password_hash")?,
+                    allowed_from: serde_json::from_str(&allowed)
+                        .map_err(|e| StoreError::Corrupt(format!("allowed_from: {e}")))?,
+                    account: row.try_get("account")?,
+                    source: "store",
+                })
+            })
+            .collect()
+    }
+
+    async fn add_user(&self, user: &SubmissionUser) -> Result<bool, StoreError> {
+        let allowed = serde_json::to_string(&user.allowed_from)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = sqlx::query(
+            "INSERT INTO users (name, password_hash, allowed_from, account, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+        )
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(allowed)
+        .bind(&user.account)
+        .bind(crate::clock::now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
     }
 }
 
