@@ -1,0 +1,276 @@
+//! The audit log: every OAuth event and message outcome as one JSON line,
+//! append-only, never a token (only fingerprints). Tampering is evident:
+//! each line carries a sequence number and the SHA-256 of the previous
+//! line, so an edited, inserted or deleted line breaks the chain, and
+//! `oxirelay audit verify` names the first broken line.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The hash a chain starts from.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the audit log {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {reason}")]
+    Broken {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// What happened, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Who caused it: "relay", "cli:<user>", "user:<name>", "api:<key>".
+    pub actor: String,
+    /// e.g. "token.issued", "account.revoked", "message.delivered".
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AuditLine {
+    seq: u64,
+    at: String,
+    #[serde(flatten)]
+    entry: AuditEntry,
+    prev: String,
+    hash: String,
+}
+
+fn line_hash(seq: u64, at: &str, entry: &AuditEntry, prev: &str) -> String {
+    // The hash covers the line as written minus its own hash field:
+    // serialise the same fields in a fixed order.
+    #[derive(Serialize)]
+    struct Unsealed<'a> {
+        seq: u64,
+        at: &'a str,
+        #[serde(flatten)]
+        entry: &'a AuditEntry,
+        prev: &'a str,
+    }
+    let bytes = serde_json::to_vec(&Unsealed {
+        seq,
+        at,
+        entry,
+        prev,
+    })
+    .expect("an audit line of strings serialises");
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct Tail {
+    file: File,
+    seq: u64,
+    hash: String,
+}
+
+/// An open audit log. Appends are serialised and flushed to disk.
+pub struct AuditLog {
+    path: PathBuf,
+    tail: Mutex<Tail>,
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the log and finds the end of its chain.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        let (seq, hash) = if path.exists() {
+            let report = verify(path)?;
+            (report.lines as u64, report.last_hash)
+        } else {
+            (0, GENESIS.to_string())
+        };
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            tail: Mutex::new(Tail { file, seq, hash }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        let write_error = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        // A poisoned lock means a writer panicked mid-append; the file is
+        // still a valid prefix, so carry on from the recorded tail.
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = tail.seq + 1;
+        let at = chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let hash = line_hash(seq, &at, &entry, &tail.hash);
+        let line = AuditLine {
+            seq,
+            at,
+            entry,
+            prev: tail.hash.clone(),
+            hash: hash.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&line).expect("an audit line of strings serialises");
+        bytes.push(b'\n');
+        tail.file.write_all(&bytes).map_err(write_error)?;
+        tail.file.sync_data().map_err(write_error)?;
+        tail.seq = seq;
+        tail.hash = hash;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub lines: usize,
+    pub last_hash: String,
+}
+
+/// Checks the whole chain; the error names the first line that breaks it.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let broken = |line: usize, reason: String| AuditError::Broken {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let mut prev = GENESIS.to_string();
+    let mut count = 0;
+    for (index, text) in BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let text = text.map_err(|e| broken(number, format!("unreadable: {e}")))?;
+        let line: AuditLine = serde_json::from_str(&text)
+            .map_err(|e| broken(number, format!("not an audit line: {e}")))?;
+        if line.seq != number as u64 {
+            return Err(broken(
+                number,
+                format!(
+                    "sequence number {} where {number} was expected: a line was deleted or inserted",
+                    line.seq
+                ),
+            ));
+        }
+        if line.prev != prev {
+            return Err(broken(
+                number,
+                "does not follow the line before it: a line was deleted, inserted or edited"
+                    .to_string(),
+            ));
+        }
+        if line_hash(line.seq, &line.at, &line.entry, &line.prev) != line.hash {
+            return Err(broken(
+                number,
+                "its content does not match its hash: the line was edited".to_string(),
+            ));
+        }
+        prev = line.hash;
+        count = number;
+    }
+    Ok(VerifyReport {
+        lines: count,
+        last_hash: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            actor: "relay".into(),
+            action: action.into(),
+            account: Some("office".into()),
+            token_fingerprint: Some("fp:0123456789ab".into()),
+            message_id: None,
+            detail: String::new(),
+        }
+    }
+
+    fn write_log(dir: &Path) -> PathBuf {
+        let path = dir.join("audit.jsonl");
+        let log = AuditLog::open(&path).expect("open");
+        for action in ["token.issued", "message.delivered", "account.revoked"] {
+            log.append(entry(action)).expect("append");
+        }
+        path
+    }
+
+    #[test]
+    fn intact_chain_verifies_and_reopening_continues_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_log(dir.path());
+        assert_eq!(verify(&path).expect("intact").lines, 3);
+        AuditLog::open(&path)
+            .expect("reopen")
+            .append(entry("lockdown"))
+            .expect("append");
+        assert_eq!(verify(&path).expect("intact").lines, 4);
+    }
+
+    #[test]
+    fn edited_line_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_log(dir.path());
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("message.delivered", "message.bounced")).expect("write");
+        let err = verify(&path).expect_err("edited");
+        assert!(matches!(err, AuditError::Broken { line: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn deleted_line_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_log(dir.path());
+        let text = std::fs::read_to_string(&path).expect("read");
+        let kept: Vec<&str> = text
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| l)
+            .collect();
+        std::fs::write(&path, kept.join("\n") + "\n").expect("write");
+        let err = verify(&path).expect_err("deleted");
+        assert!(matches!(err, AuditError::Broken { line: 2, .. }), "{err}");
+    }
+}
