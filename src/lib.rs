@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod message;
 pub mod oauth;
 pub mod sandbox;

@@ -1,0 +1,406 @@
+//! `oxirelay doctor`: a self-audit of a deployment against the practices
+//! oxirelay is built on. Each check says pass, warn or fail, why, and how
+//! to fix it; the result is data so the CLI can print it or emit JSON.
+
+use crate::config::{Config, SecretRef, TlsMode, is_loopback_host};
+use crate::oauth::preset::{GrantKind, ProviderKind, preset};
+use crate::store::{AccountState, Store, TokenRecord};
+use serde::Serialize;
+use std::path::Path;
+
+const DAY: i64 = 86_400;
+/// Microsoft refresh tokens die after 90 days unused; warn with a margin.
+const MICROSOFT_IDLE_WARN_DAYS: i64 = 75;
+/// Google refresh tokens of apps in "Testing" status die 7 days after consent.
+const GOOGLE_TESTING_LIFETIME_DAYS: i64 = 7;
+const UNUSED_WARN_DAYS: i64 = 30;
+const KEY_AGE_WARN_DAYS: i64 = 365;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub status: Status,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn finding(
+    check: impl Into<String>,
+    status: Status,
+    message: impl Into<String>,
+    fix: Option<String>,
+) -> Finding {
+    Finding {
+        check: check.into(),
+        status,
+        message: message.into(),
+        fix,
+    }
+}
+
+fn pass(check: impl Into<String>, message: impl Into<String>) -> Finding {
+    finding(check, Status::Pass, message, None)
+}
+
+/// Runs every check. The store is optional: without one (it cannot be
+/// opened), the checks that need account history are reported as skipped.
+pub async fn run(config: &Config, store: Option<&dyn Store>) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    check_master_key(config, &mut findings);
+    check_config_file(&config.path, &mut findings);
+    check_store_file(config, &mut findings);
+    for account in &config.accounts {
+        check_account_config(account, &mut findings);
+    }
+    check_listeners(config, &mut findings);
+    check_users(config, &mut findings);
+    match store {
+        Some(store) => match store.token_records().await {
+            Ok(records) => {
+                let now = crate::clock::now_unix();
+                for account in &config.accounts {
+                    let record = records.iter().find(|r| r.account == account.name);
+                    check_account_health(account, record, now, &mut findings);
+                }
+            }
+            Err(e) => findings.push(finding(
+                "store",
+                Status::Fail,
+                format!("cannot read account state from the store: {e}"),
+                None,
+            )),
+        },
+        None => findings.push(finding(
+            "store",
+            Status::Warn,
+            "the store could not be opened; account history checks were skipped",
+            Some("check [store] url and that the master key is available".into()),
+        )),
+    }
+    findings
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+#[cfg(not(unix))]
+fn mode_of(_path: &Path) -> Option<u32> {
+    None
+}
+
+fn check_secret_file(check: &str, reference: &SecretRef, findings: &mut Vec<Finding>) {
+    match reference {
+        SecretRef::Env(name) => {
+            if std::env::var_os(name).is_some() {
+                findings.push(pass(check, format!("from environment variable {name}")));
+            } else {
+                findings.push(finding(
+                    check,
+                    Status::Fail,
+                    format!("environment variable {name} is not set"),
+                    Some(format!("set {name} in the service's environment (systemd: EnvironmentFile= with mode 0600)")),
+                ));
+            }
+        }
+        SecretRef::File(path) => match mode_of(path) {
+            None if !path.exists() => findings.push(finding(
+                check,
+                Status::Fail,
+                format!("{} does not exist", path.display()),
+                Some("create it, or fix the path".into()),
+            )),
+            Some(mode) if mode & 0o077 != 0 => findings.push(finding(
+                check,
+                Status::Fail,
+                format!(
+                    "{} is readable by group or others (mode {mode:o})",
+                    path.display()
+                ),
+                Some(format!("chmod 600 {}", path.display())),
+            )),
+            _ => findings.push(pass(check, format!("{} is private", path.display()))),
+        },
+    }
+}
+
+fn check_master_key(config: &Config, findings: &mut Vec<Finding>) {
+    check_secret_file("master key", &config.secrets.master_key, findings);
+    match config.master_key() {
+        Ok(_) => {}
+        Err(e) => findings.push(finding("master key", Status::Fail, e.to_string(), None)),
+    }
+    if let SecretRef::File(path) = &config.secrets.master_key
+        && let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified())
+    {
+        let age_days = (crate::clock::now_unix() - crate::clock::to_unix(modified)) / DAY;
+        if age_days > KEY_AGE_WARN_DAYS {
+            findings.push(finding(
+                "master key age",
+                Status::Warn,
+                format!("the master key file was last changed {age_days} days ago"),
+                Some("rotate it: oxirelay rotate-key".into()),
+            ));
+        }
+    }
+}
+
+fn check_config_file(path: &Path, findings: &mut Vec<Finding>) {
+    if let Some(mode) = mode_of(path)
+        && mode & 0o022 != 0
+    {
+        findings.push(finding(
+            "config file",
+            Status::Warn,
+            format!("{} is writable by group or others (mode {mode:o}); whoever can edit it can redirect mail and tokens", path.display()),
+            Some(format!("chmod go-w {}", path.display())),
+        ));
+    }
+}
+
+fn check_store_file(config: &Config, findings: &mut Vec<Finding>) {
+    let Some(file) = config.store.url.strip_prefix("sqlite://") else {
+        return;
+    };
+    let path = Path::new(file.split('?').next().unwrap_or(file));
+    if let Some(mode) = mode_of(path)
+        && mode & 0o077 != 0
+    {
+        findings.push(finding(
+            "store file",
+            Status::Warn,
+            format!("{} is readable by group or others (mode {mode:o}); tokens in it are sealed, but queued mail is not", path.display()),
+            Some(format!("chmod 600 {}", path.display())),
+        ));
+    }
+}
+
+fn check_account_config(account: &crate::config::AccountConfig, findings: &mut Vec<Finding>) {
+    let name = format!("account {}", account.name);
+    if let Some(secret) = &account.client_secret {
+        check_secret_file(&format!("{name}: client secret"), secret, findings);
+    }
+    if let Some(key) = &account.service_account_key {
+        check_secret_file(&format!("{name}: service account key"), key, findings);
+    }
+    if account.insecure_loopback {
+        findings.push(finding(
+            format!("{name}: transport"),
+            Status::Warn,
+            "insecure_loopback is on: plain HTTP and SMTP without TLS are allowed to loopback hosts",
+            Some("fine for the sandbox; remove it for a real provider".into()),
+        ));
+    }
+    if account.tls == Some(TlsMode::None) {
+        findings.push(finding(
+            format!("{name}: TLS"),
+            Status::Warn,
+            "tls = \"none\": tokens cross the (loopback) connection unencrypted",
+            Some("use starttls or implicit for anything but the sandbox".into()),
+        ));
+    }
+    let preset = preset(account.provider);
+    if account.provider != ProviderKind::Generic
+        && let Some(scopes) = &account.scopes
+    {
+        let least = preset.scopes_for(account.grant);
+        let extra: Vec<&String> = scopes
+            .iter()
+            .filter(|s| !least.contains(&s.as_str()))
+            .collect();
+        if extra.is_empty() {
+            findings.push(pass(
+                format!("{name}: scopes"),
+                "no wider than the preset needs",
+            ));
+        } else {
+            findings.push(finding(
+                format!("{name}: scopes"),
+                Status::Warn,
+                format!(
+                    "asks for more than SMTP needs: {}",
+                    extra
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(format!(
+                    "remove `scopes` to use the least scopes: {}",
+                    least.join(" ")
+                )),
+            ));
+        }
+    }
+}
+
+fn check_listeners(config: &Config, findings: &mut Vec<Finding>) {
+    for listener in &config.listeners {
+        let check = format!("listener {}", listener.addr);
+        if listener.tls == TlsMode::None {
+            let broad: Vec<&String> = listener
+                .allow_ips
+                .iter()
+                .filter(|net| {
+                    let (ip, prefix) = net.split_once('/').unwrap_or((net, "32"));
+                    let prefix: u8 = prefix.parse().unwrap_or(0);
+                    let private = ip.starts_with("10.")
+                        || ip.starts_with("192.168.")
+                        || ip.starts_with("172.")
+                        || is_loopback_host(ip)
+                        || ip.starts_with("fd")
+                        || ip.starts_with("fe80");
+                    !private || prefix < 8
+                })
+                .collect();
+            if broad.is_empty() {
+                findings.push(finding(
+                    check,
+                    Status::Warn,
+                    format!("plaintext listener limited to {}", listener.allow_ips.join(", ")),
+                    Some("use it only for devices that cannot do TLS; give every other client the TLS listener".into()),
+                ));
+            } else {
+                findings.push(finding(
+                    check,
+                    Status::Fail,
+                    format!("plaintext listener allows public or very wide ranges: {}", broad.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+                    Some("restrict allow_ips to the LAN segment of the devices (e.g. 192.168.10.0/24)".into()),
+                ));
+            }
+        } else {
+            findings.push(pass(
+                check,
+                format!("{:?} with authentication required", listener.tls),
+            ));
+        }
+    }
+}
+
+fn check_users(config: &Config, findings: &mut Vec<Finding>) {
+    for user in &config.users {
+        let check = format!("user {}", user.name);
+        match &user.password_hash {
+            Some(hash) if hash.starts_with("$argon2id$") => {}
+            Some(_) => findings.push(finding(
+                check.clone(),
+                Status::Fail,
+                "password_hash is not an Argon2id hash",
+                Some("make one with `oxirelay user add`".into()),
+            )),
+            None => {}
+        }
+        if user.allowed_from.is_empty() {
+            findings.push(finding(
+                check,
+                Status::Warn,
+                "allowed_from is empty: this user can authenticate but send as nobody",
+                Some("list the sender addresses it may use".into()),
+            ));
+        }
+    }
+}
+
+fn check_account_health(
+    account: &crate::config::AccountConfig,
+    record: Option<&TokenRecord>,
+    now: i64,
+    findings: &mut Vec<Finding>,
+) {
+    let check = format!("account {}: health", account.name);
+    let Some(record) = record else {
+        findings.push(finding(
+            check,
+            if account.grant.uses_refresh_token() {
+                Status::Warn
+            } else {
+                Status::Pass
+            },
+            "no token obtained yet",
+            account
+                .grant
+                .uses_refresh_token()
+                .then(|| format!("oxirelay account login {}", account.name)),
+        ));
+        return;
+    };
+    match record.state {
+        AccountState::NeedsConsent | AccountState::Revoked => findings.push(finding(
+            check.clone(),
+            Status::Fail,
+            format!(
+                "state {}: {}",
+                record.state,
+                record.state_reason.as_deref().unwrap_or("")
+            ),
+            Some(format!("oxirelay account login {}", account.name)),
+        )),
+        AccountState::Failing => findings.push(finding(
+            check.clone(),
+            Status::Warn,
+            format!("failing: {}", record.state_reason.as_deref().unwrap_or("")),
+            None,
+        )),
+        AccountState::Valid | AccountState::New => {
+            findings.push(pass(check.clone(), format!("state {}", record.state)))
+        }
+    }
+    let last_use = record.last_success_at.unwrap_or(record.updated_at);
+    let idle_days = (now - last_use) / DAY;
+    if account.provider == ProviderKind::Microsoft
+        && account.grant.uses_refresh_token()
+        && idle_days >= MICROSOFT_IDLE_WARN_DAYS
+    {
+        findings.push(finding(
+            format!("account {}: refresh token", account.name),
+            Status::Warn,
+            format!("no token refresh for {idle_days} days; Microsoft refresh tokens die after 90 days unused"),
+            Some(format!("run `oxirelay token {}` (or keep the relay running) to renew it", account.name)),
+        ));
+    }
+    if account.provider == ProviderKind::Google
+        && account.grant == GrantKind::AuthorizationCode
+        && let Some(consented) = record.consented_at
+    {
+        let dies = consented + GOOGLE_TESTING_LIFETIME_DAYS * DAY;
+        findings.push(finding(
+            format!("account {}: refresh token", account.name),
+            Status::Warn,
+            format!(
+                "if the Google app is still in Testing status, this refresh token dies at {}",
+                crate::clock::format_unix(dies)
+            ),
+            Some("publish the OAuth consent screen (In production), then consent again".into()),
+        ));
+    }
+    if idle_days >= UNUSED_WARN_DAYS {
+        findings.push(finding(
+            format!("account {}: usage", account.name),
+            Status::Warn,
+            format!("no successful token for {idle_days} days"),
+            Some("remove the account if it is no longer used (and revoke its grant)".into()),
+        ));
+    }
+}
+
+/// The exit status a deployment pipeline wants: failure if anything failed.
+pub fn worst(findings: &[Finding]) -> Status {
+    findings
+        .iter()
+        .map(|f| f.status)
+        .max()
+        .unwrap_or(Status::Pass)
+}
