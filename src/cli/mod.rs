@@ -3,9 +3,13 @@
 //! here (`anyhow` at the edge).
 
 mod account;
+mod audit;
 mod context;
+mod doctor;
 mod keygen;
+mod queue;
 mod token;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -58,6 +62,20 @@ pub enum Command {
     /// Accounts: their state, token expiry, consent.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Check this deployment against OAuth2 and mail relay best practices.
+    #[command(
+        after_help = "Examples:\n  oxirelay -c /etc/oxirelay/oxirelay.toml doctor\n  oxirelay doctor --json | jq '.[] | select(.status != \"pass\")'\n\nExit status 1 if any check failed, so it can gate a deployment."
+    )]
+    Doctor(doctor::DoctorArgs),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Submission users (app passwords for devices).
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// The message queue.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -89,7 +107,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(args),
         Command::Token(args) => token::run(config, args).await,
         Command::Account(command) => account::run(config, command).await,
+        Command::Doctor(args) => doctor::run(config, args).await,
+        Command::Audit(command) => audit::run(command),
+        Command::User(command) => user::run(config, command).await,
+        Command::Queue(command) => queue::run(config, command).await,
     }
+}
+
+/// Every submission user: those of the config file, then those of the store.
+pub(crate) async fn serve_users(
+    context: &Context,
+) -> anyhow::Result<Vec<crate::users::SubmissionUser>> {
+    let mut users: Vec<crate::users::SubmissionUser> = context
+        .config
+        .users
+        .iter()
+        .map(|u| crate::users::SubmissionUser {
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone().unwrap_or_default(),
+            allowed_from: u.allowed_from.clone(),
+            account: u.account.clone(),
+            source: "config",
+        })
+        .collect();
+    users.extend(context.store.users().await?);
+    Ok(users)
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
