@@ -16,6 +16,12 @@ use crate::smtp::sasl::{self, BearerCredentials, Mechanism, OAuthErrorStatus};
 use std::time::Instant;
 use zeroize::Zeroizing;
 
+/// Commands per pipelined write. Replies are read only after a group is
+/// written; a bounded group keeps the server's replies within the socket
+/// buffers, so neither side can block writing while the other does too (RFC
+/// 2920 section 3.1's deadlock). 100 recipients' replies are a few KiB.
+const PIPELINE_GROUP: usize = 100;
+
 pub struct Session {
     wire: Wire<Transport>,
     target: UpstreamTarget,
@@ -158,8 +164,8 @@ impl Session {
     }
 
     /// One mail transaction: MAIL FROM, RCPT TO per recipient, DATA. With
-    /// PIPELINING the three go in one write and the replies are read in
-    /// order. Returns the outcome per recipient; a refused MAIL FROM is an
+    /// PIPELINING they go in one write (in groups of 100 recipients for
+    /// larger envelopes) and the replies are read in order. Returns the outcome per recipient; a refused MAIL FROM is an
     /// error (it applies to every recipient). The message body is never logged.
     pub async fn send(
         &mut self,
@@ -197,22 +203,42 @@ impl Session {
         transaction: Transaction,
     ) -> Result<SendReport, ClientError> {
         let limit = self.target.timeouts.command;
-        let mut batch = transaction.mail.into_bytes();
-        for rcpt in &transaction.rcpts {
-            batch.extend_from_slice(rcpt.as_bytes());
-        }
-        batch.extend_from_slice(b"DATA\r\n");
-        self.wire.write(&batch, Stage::Mail, limit).await?;
-
-        let mail_reply = self.wire.read_reply(Stage::Mail, limit).await?;
         let mut recipients = Vec::with_capacity(envelope.rcpt_to.len());
-        for address in &envelope.rcpt_to {
-            let reply = self.wire.read_reply(Stage::Rcpt, limit).await?;
-            recipients.push(RecipientReport {
-                address: address.clone(),
-                reply,
-            });
+        let mut mail_reply = None;
+        let group_count = transaction.rcpts.len().div_ceil(PIPELINE_GROUP);
+        let groups = transaction
+            .rcpts
+            .chunks(PIPELINE_GROUP)
+            .zip(envelope.rcpt_to.chunks(PIPELINE_GROUP));
+        for (index, (rcpts, addresses)) in groups.enumerate() {
+            let mut batch = Vec::new();
+            if index == 0 {
+                batch.extend_from_slice(transaction.mail.as_bytes());
+            }
+            for rcpt in rcpts {
+                batch.extend_from_slice(rcpt.as_bytes());
+            }
+            if index + 1 == group_count {
+                batch.extend_from_slice(b"DATA\r\n");
+            }
+            let stage = if index == 0 { Stage::Mail } else { Stage::Rcpt };
+            self.wire.write(&batch, stage, limit).await?;
+            if index == 0 {
+                mail_reply = Some(self.wire.read_reply(Stage::Mail, limit).await?);
+            }
+            for address in addresses {
+                let reply = self.wire.read_reply(Stage::Rcpt, limit).await?;
+                recipients.push(RecipientReport {
+                    address: address.clone(),
+                    reply,
+                });
+            }
         }
+        // `Transaction::plan` refuses an envelope without recipients, so
+        // the first group was written and its MAIL reply read.
+        let mail_reply = mail_reply.ok_or_else(|| ClientError::InvalidEnvelope {
+            detail: "it has no recipients".into(),
+        })?;
         let data_reply = self.wire.read_reply(Stage::Data, limit).await?;
         let any_accepted = recipients.iter().any(RecipientReport::accepted);
 

@@ -521,3 +521,90 @@ async fn mechanism_not_offered_sends_nothing() {
     let transcript = running.finish().await.expect("script followed");
     assert!(!contains(&transcript.all(), "AUTH"));
 }
+
+#[tokio::test]
+async fn pipelined_mail_refusal_is_an_error_and_the_session_stays_clean() {
+    let pki = TestPki::for_names(&["localhost"]);
+    let peer = Peer::bind(Some(pki.server_config.clone())).await;
+    let port = peer.port();
+    let mut script = starttls_opening("250-mx.test\r\n250 PIPELINING\r\n");
+    script.extend([
+        expect("MAIL FROM:<boss@example.com>"),
+        expect("RCPT TO:<a@example.com>"),
+        expect("DATA"),
+        send("550 5.7.60 SMTP; Client does not have permissions to send as this sender\r\n503 5.5.1 Need MAIL\r\n503 5.5.1 Need RCPT\r\n"),
+        expect("RSET"),
+        send("250 2.0.0 Resetting\r\n"),
+        expect("NOOP"),
+        send("250 2.0.0 OK\r\n"),
+    ]);
+    script.extend(closing());
+    let running = peer.run(script);
+
+    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+        .await
+        .expect("session");
+    let envelope = Envelope {
+        mail_from: "boss@example.com".into(),
+        rcpt_to: vec!["a@example.com".into()],
+    };
+    let error = session
+        .send(&envelope, b"x")
+        .await
+        .expect_err("sender refused");
+    assert!(
+        matches!(&error, ClientError::Reply { stage: Stage::Mail, reply, .. } if reply.enhanced == Some((5, 7, 60))),
+        "{error:?}"
+    );
+    assert!(error.is_permanent());
+    assert!(session.is_usable());
+    session.noop().await.expect("still in step");
+    session.quit().await.expect("quit");
+    running.finish().await.expect("script followed");
+}
+
+#[tokio::test]
+async fn many_recipients_are_pipelined_in_bounded_groups() {
+    let pki = TestPki::for_names(&["localhost"]);
+    let peer = Peer::bind(Some(pki.server_config.clone())).await;
+    let port = peer.port();
+    let rcpt_to: Vec<String> = (0..150).map(|i| format!("r{i}@example.com")).collect();
+    let mut script = starttls_opening("250-mx.test\r\n250 PIPELINING\r\n");
+    // First group: MAIL and 100 RCPT, all read before any reply.
+    script.push(expect("MAIL FROM:<a@example.com>"));
+    script.extend(
+        rcpt_to[..100]
+            .iter()
+            .map(|r| Step::Expect(format!("RCPT TO:<{r}>"))),
+    );
+    script.push(Step::Send(format!(
+        "250 ok\r\n{}",
+        "250 ok\r\n".repeat(100)
+    )));
+    // Second group: the other 50 and DATA.
+    script.extend(
+        rcpt_to[100..]
+            .iter()
+            .map(|r| Step::Expect(format!("RCPT TO:<{r}>"))),
+    );
+    script.push(expect("DATA"));
+    script.push(Step::Send(format!("{}354 go\r\n", "250 ok\r\n".repeat(50))));
+    script.push(Step::ExpectData(b"x\r\n.\r\n".to_vec()));
+    script.push(send("250 queued\r\n"));
+    script.extend(closing());
+    let running = peer.run(script);
+
+    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+        .await
+        .expect("session");
+    let envelope = Envelope {
+        mail_from: "a@example.com".into(),
+        rcpt_to,
+    };
+    let report = session.send(&envelope, b"x").await.expect("sent");
+    assert!(report.accepted());
+    assert_eq!(report.recipients.len(), 150);
+    assert!(report.recipients.iter().all(RecipientReport::accepted));
+    session.quit().await.expect("quit");
+    running.finish().await.expect("script followed");
+}
