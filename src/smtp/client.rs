@@ -1,1 +1,0 @@
-//! The upstream SMTP client (work in progress).

@@ -1,0 +1,254 @@
+//! What can go wrong talking to an upstream server, in terms a delivery
+//! engine can branch on (`is_transient` / `is_permanent`) and a person can
+//! act on (each message says what happened and what to do next).
+
+use super::reply::Reply;
+use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
+use std::fmt;
+use std::time::Duration;
+
+/// Where in the session something happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    TlsHandshake,
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// Sending the message and the reply to the final dot.
+    DataEnd,
+    Rset,
+    Noop,
+    Quit,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::TlsHandshake => "the TLS handshake",
+            Stage::Greeting => "the greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
+            Stage::Mail => "MAIL FROM",
+            Stage::Rcpt => "RCPT TO",
+            Stage::Data => "DATA",
+            Stage::DataEnd => "the end of the message data",
+            Stage::Rset => "RSET",
+            Stage::Noop => "NOOP",
+            Stage::Quit => "QUIT",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to {address}: {reason}; check the host name, the port and that a firewall allows outgoing connections to it"
+    )]
+    Connect { address: String, reason: String },
+
+    #[error("TLS handshake with {host} failed: {reason}{}", if *certificate { "; if the server uses a private CA, set ca_file for the account to that CA's PEM file" } else { "" })]
+    TlsHandshake {
+        host: String,
+        reason: String,
+        /// The server's certificate was not accepted (untrusted, expired,
+        /// wrong name): a configuration problem, not a passing one.
+        certificate: bool,
+    },
+
+    #[error("{host:?} is not a valid name for TLS; use the server's DNS name or IP address")]
+    InvalidServerName { host: String },
+
+    #[error(
+        "the EHLO name {name:?} is not one word of printable ASCII; set it to this host's DNS name"
+    )]
+    InvalidEhloName { name: String },
+
+    #[error(
+        "{address} does not offer STARTTLS; refusing to send credentials over an unencrypted connection (no credentials were sent). Use port 465 with tls = \"implicit\" if the server offers implicit TLS there"
+    )]
+    StartTlsNotOffered { address: String },
+
+    #[error(
+        "refusing to talk to {address} without TLS: plaintext is allowed only to a loopback host (127.0.0.0/8, ::1, localhost) marked as such; set tls = \"starttls\" or \"implicit\""
+    )]
+    PlaintextNotLoopback { address: String },
+
+    #[error("{address} answered {stage} with \"{reply}\"")]
+    Reply {
+        address: String,
+        stage: Stage,
+        reply: Reply,
+    },
+
+    #[error("{address} refused the token for {user} with \"{reply}\"{}; refresh the token and try once more, then check the account's grant and permissions", status.as_ref().map(|s| format!(" (OAuth status {:?}{})", s.status, s.scope.as_ref().map(|sc| format!(", scope {sc:?}")).unwrap_or_default())).unwrap_or_default())]
+    AuthRejected {
+        address: String,
+        user: String,
+        reply: Reply,
+        /// The RFC 7628 error challenge, when the server sent one (boxed to
+        /// keep every `Result<_, ClientError>` small).
+        status: Option<Box<OAuthErrorStatus>>,
+    },
+
+    #[error("{address} does not offer AUTH {mechanism} (it offers: {}); no credentials were sent. Set sasl to a mechanism it offers", if offered.is_empty() { "none".to_string() } else { offered.join(" ") })]
+    MechanismNotOffered {
+        address: String,
+        mechanism: Mechanism,
+        offered: Vec<String>,
+    },
+
+    #[error("the upstream client authenticates only with XOAUTH2 or OAUTHBEARER, not {0}")]
+    UnsupportedMechanism(Mechanism),
+
+    #[error(
+        "{address} did not answer {stage} within {after:?}; the server or the network is slow or stalled, try again later"
+    )]
+    Timeout {
+        address: String,
+        stage: Stage,
+        after: Duration,
+    },
+
+    #[error("{address} closed the connection unexpectedly during {stage}")]
+    Closed { address: String, stage: Stage },
+
+    #[error("reading from or writing to {address} failed during {stage}: {reason}")]
+    Io {
+        address: String,
+        stage: Stage,
+        reason: String,
+    },
+
+    #[error("{address} sent something that is not SMTP during {stage}: {detail}")]
+    Protocol {
+        address: String,
+        stage: Stage,
+        detail: String,
+    },
+
+    #[error("the envelope is not valid: {detail}")]
+    InvalidEnvelope { detail: String },
+
+    #[error("the message is {size} bytes but {address} accepts at most {limit}")]
+    MessageTooLarge {
+        address: String,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error(
+        "the envelope has non-ASCII addresses but {address} does not offer SMTPUTF8; send to ASCII addresses or through a server that supports SMTPUTF8"
+    )]
+    SmtpUtf8NotOffered { address: String },
+
+    #[error(
+        "the session with {address} is no longer usable after an earlier error; open a new one"
+    )]
+    Unusable { address: String },
+}
+
+impl ClientError {
+    /// Worth retrying later on a new or the same connection.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Io { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::Unusable { .. } => true,
+            ClientError::TlsHandshake { certificate, .. } => !certificate,
+            ClientError::Reply { reply, .. } | ClientError::AuthRejected { reply, .. } => {
+                reply.is_transient()
+            }
+            ClientError::InvalidServerName { .. }
+            | ClientError::InvalidEhloName { .. }
+            | ClientError::StartTlsNotOffered { .. }
+            | ClientError::PlaintextNotLoopback { .. }
+            | ClientError::MechanismNotOffered { .. }
+            | ClientError::UnsupportedMechanism(_)
+            | ClientError::InvalidEnvelope { .. }
+            | ClientError::MessageTooLarge { .. }
+            | ClientError::SmtpUtf8NotOffered { .. } => false,
+        }
+    }
+
+    /// Retrying the same thing will fail the same way.
+    pub fn is_permanent(&self) -> bool {
+        !self.is_transient()
+    }
+
+    /// The server refused the credentials (contract 4: drop the cached
+    /// token, refresh once, retry once on the same session).
+    pub fn is_auth_rejected(&self) -> bool {
+        matches!(self, ClientError::AuthRejected { .. })
+    }
+
+    /// The reply the server gave, for errors that carry one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            ClientError::Reply { reply, .. } | ClientError::AuthRejected { reply, .. } => {
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, text: &str) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_reply_code() {
+        let at = |code| ClientError::Reply {
+            address: "h:25".into(),
+            stage: Stage::Mail,
+            reply: reply(code, "x"),
+        };
+        assert!(at(451).is_transient());
+        assert!(at(550).is_permanent());
+        let starttls = ClientError::StartTlsNotOffered {
+            address: "smtp.example.com:587".into(),
+        };
+        assert!(starttls.is_permanent());
+        assert_eq!(
+            starttls.to_string(),
+            "smtp.example.com:587 does not offer STARTTLS; refusing to send credentials over an unencrypted connection (no credentials were sent). Use port 465 with tls = \"implicit\" if the server offers implicit TLS there"
+        );
+    }
+
+    #[test]
+    fn auth_rejection_names_the_oauth_status() {
+        let error = ClientError::AuthRejected {
+            address: "smtp.example.com:587".into(),
+            user: "a@example.com".into(),
+            reply: reply(535, "5.7.8 Username and Password not accepted"),
+            status: Some(Box::new(OAuthErrorStatus {
+                status: "invalid_token".into(),
+                schemes: Some("bearer".into()),
+                scope: Some("smtp".into()),
+                openid_configuration: None,
+            })),
+        };
+        let text = error.to_string();
+        assert!(text.contains("\"invalid_token\""), "{text}");
+        assert!(text.contains("scope \"smtp\""), "{text}");
+        assert!(error.is_auth_rejected() && error.is_permanent());
+    }
+}
