@@ -7,13 +7,7 @@ use super::data::{encode_data, has_eight_bit, header_section};
 use super::error::{ClientError, Stage};
 use super::reply::Reply;
 
-/// Who the message is from and to, as given to the upstream server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse path; empty for a bounce (`MAIL FROM:<>`).
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-}
+pub use crate::message::Envelope;
 
 /// What happened to one recipient at RCPT TO.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,7 @@ impl Session {
     /// AUTH: STARTTLS (required), implicit TLS, or plaintext to loopback.
     pub async fn connect(target: &UpstreamTarget) -> Result<Session, ClientError> {
         match target.security {
-            TlsMode::StartTls => PlaintextSession::connect(target).await?.starttls().await,
+            TlsMode::Starttls => PlaintextSession::connect(target).await?.starttls().await,
             TlsMode::Implicit => {
                 check_ehlo_name(target)?;
                 let tcp = connect_tcp(target).await?;
@@ -42,7 +42,7 @@ impl Session {
                 let capabilities = greet_and_ehlo(&mut wire, target).await?;
                 Ok(Session::new(wire, target.clone(), capabilities))
             }
-            TlsMode::Plaintext => {
+            TlsMode::None => {
                 // Checked before connecting too, so nothing at all goes to a
                 // remote host over plaintext.
                 check_plaintext_allowed(target)?;
@@ -117,7 +117,7 @@ impl PlaintextSession {
     }
 
     /// Accepts this unencrypted session for AUTH: only when the target asks
-    /// for [`TlsMode::Plaintext`], its host is a loopback name or address,
+    /// for [`TlsMode::None`], its host is a loopback name or address,
     /// and the peer we are actually connected to is a loopback address.
     pub async fn allow_plaintext_on_loopback(mut self) -> Result<Session, ClientError> {
         let peer_is_loopback = self
@@ -148,7 +148,7 @@ impl PlaintextSession {
 }
 
 fn check_plaintext_allowed(target: &UpstreamTarget) -> Result<(), ClientError> {
-    if target.security == TlsMode::Plaintext && is_loopback_host(&target.host) {
+    if target.security == TlsMode::None && is_loopback_host(&target.host) {
         Ok(())
     } else {
         Err(ClientError::PlaintextNotLoopback {

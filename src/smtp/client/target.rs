@@ -2,20 +2,10 @@
 //! roots, EHLO name and timeouts, plus the loopback rule of contract 5.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How the connection is secured before any credential is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// Plain TCP, then STARTTLS, which the server must offer (port 587).
-    StartTls,
-    /// TLS from the first byte (port 465).
-    Implicit,
-    /// No TLS at all: only for a loopback host (the sandbox, tests).
-    Plaintext,
-}
+pub use crate::config::TlsMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -86,19 +76,7 @@ impl fmt::Debug for UpstreamTarget {
     }
 }
 
-/// Whether `host` names this machine: 127.0.0.0/8, ::1 (also IPv4-mapped)
-/// or `localhost`. Only such a host may be spoken to without TLS.
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
-        return true;
-    }
-    host.parse::<IpAddr>()
-        .is_ok_and(|ip| ip.to_canonical().is_loopback())
-}
+pub use crate::config::is_loopback_host;
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,7 @@ async fn starttls_then_auth(mechanism: Mechanism) {
     script.extend(closing());
     let running = peer.run(script);
 
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("STARTTLS session");
     assert!(session.is_encrypted());
@@ -130,7 +130,7 @@ async fn no_starttls_means_no_auth_bytes_at_all() {
     script.extend(closing());
     let running = peer.run(script);
 
-    let error = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let error = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect_err("STARTTLS is required");
     assert!(
@@ -175,7 +175,7 @@ async fn error_challenge_then_retry(mechanism: Mechanism, ack: &str) {
     script.extend(closing());
     let running = peer.run(script);
 
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("session");
     let error = session
@@ -256,7 +256,7 @@ async fn pipelined_send_reports_each_recipient() {
     script.extend(closing());
     let running = peer.run(script);
 
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("session");
     session
@@ -385,7 +385,7 @@ async fn plaintext_only_to_loopback_and_only_when_asked_for() {
     let pki = TestPki::for_names(&["localhost"]);
 
     // A remote host is refused before any connection is attempted.
-    let mut remote = target(25, TlsMode::Plaintext, pki.client_config.clone());
+    let mut remote = target(25, TlsMode::None, pki.client_config.clone());
     remote.host = "192.0.2.1".into();
     let error = Session::connect(&remote).await.expect_err("not loopback");
     assert!(
@@ -405,7 +405,7 @@ async fn plaintext_only_to_loopback_and_only_when_asked_for() {
     script.extend(closing());
     let running = peer.run(script);
     let plain =
-        PlaintextSession::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+        PlaintextSession::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
             .await
             .expect("connected");
     let error = plain
@@ -430,10 +430,9 @@ async fn plaintext_only_to_loopback_and_only_when_asked_for() {
     ];
     script.extend(closing());
     let running = peer.run(script);
-    let mut session =
-        Session::connect(&target(port, TlsMode::Plaintext, pki.client_config.clone()))
-            .await
-            .expect("loopback plaintext");
+    let mut session = Session::connect(&target(port, TlsMode::None, pki.client_config.clone()))
+        .await
+        .expect("loopback plaintext");
     assert!(!session.is_encrypted());
     session
         .authenticate(Mechanism::OAuthBearer, &credentials(TOKEN))
@@ -456,7 +455,7 @@ async fn bytes_after_the_starttls_reply_are_refused() {
         send("220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n"),
         Step::ReadToEnd,
     ]);
-    let error = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let error = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect_err("injection refused");
     assert!(
@@ -478,7 +477,7 @@ async fn a_silent_server_times_out_at_the_greeting() {
     let peer = Peer::bind(None).await;
     let port = peer.port();
     let running = peer.run(vec![Step::ReadToEnd]);
-    let mut quiet = target(port, TlsMode::StartTls, pki.client_config.clone());
+    let mut quiet = target(port, TlsMode::Starttls, pki.client_config.clone());
     quiet.timeouts.command = Duration::from_millis(200);
     let error = Session::connect(&quiet).await.expect_err("no greeting");
     assert!(
@@ -504,7 +503,7 @@ async fn mechanism_not_offered_sends_nothing() {
     let mut script = starttls_opening("250-mx.test\r\n250 AUTH LOGIN XOAUTH2\r\n");
     script.extend(closing());
     let running = peer.run(script);
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("session");
     let error = session
@@ -541,7 +540,7 @@ async fn pipelined_mail_refusal_is_an_error_and_the_session_stays_clean() {
     script.extend(closing());
     let running = peer.run(script);
 
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("session");
     let envelope = Envelope {
@@ -594,7 +593,7 @@ async fn many_recipients_are_pipelined_in_bounded_groups() {
     script.extend(closing());
     let running = peer.run(script);
 
-    let mut session = Session::connect(&target(port, TlsMode::StartTls, pki.client_config.clone()))
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
         .await
         .expect("session");
     let envelope = Envelope {
