@@ -8,6 +8,7 @@ mod context;
 mod doctor;
 mod keygen;
 mod queue;
+mod send;
 mod token;
 mod user;
 
@@ -54,6 +55,11 @@ pub enum Command {
         after_help = "Examples:\n  export OXIRELAY_MASTER_KEY=$(oxirelay keygen)\n  oxirelay keygen --file /etc/oxirelay/master.key   # written with mode 0600"
     )]
     Keygen(keygen::KeygenArgs),
+    /// Send one message now through an account.
+    #[command(
+        after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml"
+    )]
+    Send(send::SendArgs),
     /// Print a current access token for an account (for msmtp, mutt, curl).
     #[command(
         after_help = "Examples:\n  oxirelay token office\n  curl --oauth2-bearer \"$(oxirelay token office)\" ...\n  msmtp: passwordeval \"oxirelay -c /etc/oxirelay/oxirelay.toml token office\""
@@ -105,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.clone();
     match cli.command {
         Command::Keygen(args) => keygen::run(args),
+        Command::Send(args) => send::run(config, args).await,
         Command::Token(args) => token::run(config, args).await,
         Command::Account(command) => account::run(config, command).await,
         Command::Doctor(args) => doctor::run(config, args).await,

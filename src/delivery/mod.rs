@@ -4,3 +4,4 @@
 
 pub mod classify;
 pub mod schedule;
+pub mod upstream;

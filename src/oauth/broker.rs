@@ -89,6 +89,8 @@ pub enum BrokerError {
     UnsupportedGrant { account: String, grant: GrantKind },
     #[error("account {account}: {reason}")]
     Assertion { account: String, reason: String },
+    #[error("account {account}: {reason}")]
+    UpstreamRejected { account: String, reason: String },
     #[error("account {account}: {source}")]
     Seal {
         account: String,
@@ -103,7 +105,9 @@ impl BrokerError {
     /// Worth retrying later without a person doing anything.
     pub fn is_transient(&self) -> bool {
         match self {
-            BrokerError::BackingOff { .. } | BrokerError::Store(_) => true,
+            BrokerError::BackingOff { .. }
+            | BrokerError::Store(_)
+            | BrokerError::UpstreamRejected { .. } => true,
             BrokerError::Token { source, .. } => source.is_transient(),
             BrokerError::Discovery { source, .. } => {
                 matches!(source, DiscoveryError::Failed { .. })
@@ -399,6 +403,29 @@ impl Broker {
                 return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Contract 4, second half: the upstream refused a freshly issued token
+    /// too. Drop it and mark the account failing (with backoff) so that
+    /// deliveries defer instead of hammering the provider.
+    pub async fn report_upstream_rejection(
+        &self,
+        name: &str,
+        token: &AccessToken,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        self.invalidate(name, token).await?;
+        let error = BrokerError::UpstreamRejected {
+            account: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let failures = self.note_failure(name, &error).await;
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        state.backoff_until = Some(Instant::now() + backoff_delay(failures));
+        state.last_error = Some(error.to_string());
+        state.cached = None;
         Ok(())
     }
 
