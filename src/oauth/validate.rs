@@ -220,7 +220,10 @@ impl JwtValidator {
 
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway.as_secs();
-        validation.set_issuer(&[&self.issuer]);
+        // "https://id.example" and "https://id.example/" name the same
+        // issuer; configs and discovery documents disagree on the slash.
+        let bare = self.issuer.trim_end_matches('/');
+        validation.set_issuer(&[bare.to_string(), format!("{bare}/")]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<ReadClaims>(token.expose(), &key, &validation)
