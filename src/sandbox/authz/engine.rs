@@ -1,0 +1,428 @@
+//! The server's operations, free of HTTP: given an authenticated client and
+//! parsed parameters, decide and issue. Handlers parse and answer; this
+//! module holds every rule of the token, revocation and introspection
+//! endpoints, so they are unit-testable without sockets.
+
+use serde::Serialize;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::config::{AuthServerConfig, OFFLINE_ACCESS, SandboxClient};
+use super::consent::ConsentForms;
+use super::faults::TokenFaults;
+use super::ledger::{CodeRequest, DeviceStart, Grant, Ledger, RefreshIssue, random_token};
+use super::oauth_error::{ErrorCode, OAuthError};
+use super::params::Params;
+use super::stats::{GrantKind, StatsRecorder};
+use crate::oauth::jwt::{AccessTokenClaims, SIGNING_ALGORITHM, SigningKey, unix_now};
+use crate::secret::Secret;
+
+/// Everything the server knows; shared by all handlers.
+#[derive(Debug)]
+pub(crate) struct AuthCore {
+    pub config: AuthServerConfig,
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub issuer: String,
+    pub key: SigningKey,
+    pub stats: StatsRecorder,
+    pub faults: TokenFaults,
+    ledger: Mutex<Ledger>,
+    forms: Mutex<ConsentForms>,
+}
+
+/// RFC 6749 §5.1 success response.
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// RFC 7662 §2.2 response.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub(crate) struct IntrospectionResponse {
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+impl AuthCore {
+    pub(crate) fn new(
+        config: AuthServerConfig,
+        issuer: String,
+        key: SigningKey,
+        faults: TokenFaults,
+    ) -> Self {
+        AuthCore {
+            config,
+            issuer,
+            key,
+            stats: StatsRecorder::new(),
+            faults,
+            ledger: Mutex::new(Ledger::default()),
+            forms: Mutex::new(ConsentForms::default()),
+        }
+    }
+
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // Ledger operations do not panic midway on valid data; if one did,
+        // its state is still the last consistent write, so keep serving.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn forms(&self) -> MutexGuard<'_, ConsentForms> {
+        // A map of pending forms; a poisoned lock leaves it consistent.
+        self.forms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies the ledger's revocation counters into the published stats.
+    fn publish_ledger_counters(&self, ledger: &Ledger) {
+        let (families, reuses) = (ledger.families_revoked, ledger.refresh_reuses);
+        self.stats.update(|s| {
+            s.families_revoked = families;
+            s.refresh_token_reuses = reuses;
+        });
+    }
+
+    /// The `/token` endpoint after client authentication.
+    pub(crate) fn token(
+        &self,
+        client: &SandboxClient,
+        params: &Params,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = Instant::now();
+        let kind = GrantKind::from_grant_type(params.get("grant_type"));
+        let mut ledger = self.ledger();
+        let granted = match kind {
+            GrantKind::ClientCredentials => self.client_credentials(client, params),
+            GrantKind::AuthorizationCode => ledger.redeem_code(
+                &client.client_id,
+                params.require("code")?,
+                params.get("redirect_uri"),
+                params.get("code_verifier"),
+                now,
+            ),
+            GrantKind::RefreshToken => {
+                let asked = match params.get("scope") {
+                    Some(scope) => Some(self.parse_scope(Some(scope))?),
+                    None => None,
+                };
+                ledger.use_refresh(
+                    &client.client_id,
+                    params.require("refresh_token")?,
+                    asked,
+                    self.config.rotate_refresh_tokens,
+                )
+            }
+            GrantKind::DeviceCode => ledger.poll_device(
+                &client.client_id,
+                params.require("device_code")?,
+                now,
+                self.config.slow_down_increment,
+            ),
+            GrantKind::Other => Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                match params.get("grant_type") {
+                    Some(other) => format!(
+                        "grant_type {other} is not supported; use client_credentials, authorization_code, refresh_token or {}",
+                        GrantKind::DEVICE_CODE_URN
+                    ),
+                    None => "missing parameter grant_type".to_string(),
+                },
+            )),
+        };
+        self.publish_ledger_counters(&ledger);
+        let response = self.issue(&mut ledger, granted?)?;
+        self.stats.update(|s| s.tokens_issued += 1);
+        Ok(response)
+    }
+
+    fn client_credentials(
+        &self,
+        client: &SandboxClient,
+        params: &Params,
+    ) -> Result<Grant, OAuthError> {
+        let Some(subject) = client.app_subject.clone() else {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                format!(
+                    "client {} has no app_subject (mailbox), so it may not use client_credentials; register one or use a user grant",
+                    client.client_id
+                ),
+            ));
+        };
+        // App-only tokens never come with a refresh token (RFC 6749 §4.4.3),
+        // so offline_access is meaningless here and dropped.
+        let scopes = self
+            .parse_scope(params.get("scope"))?
+            .into_iter()
+            .filter(|s| s != OFFLINE_ACCESS)
+            .collect();
+        Ok(Grant {
+            client_id: client.client_id.clone(),
+            subject,
+            scopes,
+            family: None,
+            refresh: RefreshIssue::None,
+        })
+    }
+
+    /// The requested scopes, each one known; the default when none asked.
+    pub(crate) fn parse_scope(&self, scope: Option<&str>) -> Result<Vec<String>, OAuthError> {
+        let Some(scope) = scope.filter(|s| !s.trim().is_empty()) else {
+            return Ok(self.config.default_scopes());
+        };
+        let mut scopes: Vec<String> = Vec::new();
+        for item in scope.split_whitespace() {
+            if !self.config.scopes.iter().any(|s| s == item) {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidScope,
+                    format!(
+                        "scope {item} is not offered; this server offers: {}",
+                        self.config.scopes.join(" ")
+                    ),
+                ));
+            }
+            if !scopes.iter().any(|s| s == item) {
+                scopes.push(item.to_string());
+            }
+        }
+        Ok(scopes)
+    }
+
+    fn issue(&self, ledger: &mut Ledger, grant: Grant) -> Result<TokenResponse, OAuthError> {
+        let now = unix_now();
+        let ttl = self.config.access_token_ttl.as_secs().max(1);
+        let claims = AccessTokenClaims {
+            iss: self.issuer.clone(),
+            sub: grant.subject.clone(),
+            aud: self.config.audience.clone(),
+            exp: now + ttl,
+            iat: now,
+            jti: random_token(),
+            scope: grant.scopes.join(" "),
+            client_id: grant.client_id.clone(),
+        };
+        let access = self.key.sign(&claims).map_err(|e| {
+            OAuthError::new(
+                ErrorCode::ServerError,
+                format!("cannot sign the token: {e}"),
+            )
+        })?;
+        ledger.record_access(&claims.jti, &grant, claims.exp, now);
+        let refresh = match grant.refresh {
+            RefreshIssue::New => ledger.issue_refresh(&grant),
+            RefreshIssue::None => None,
+        };
+        tracing::info!(
+            client_id = %grant.client_id,
+            subject = %grant.subject,
+            access_token = %access.fingerprint(),
+            refresh_token = ?refresh.as_ref().map(Secret::fingerprint),
+            "sandbox issued tokens"
+        );
+        Ok(TokenResponse {
+            access_token: access.expose().to_string(),
+            token_type: "Bearer",
+            expires_in: ttl,
+            scope: claims.scope,
+            refresh_token: refresh.map(|r| r.expose().to_string()),
+        })
+    }
+
+    /// Stores a consented authorization request and returns its code.
+    pub(crate) fn issue_code(&self, request: CodeRequest) -> Secret {
+        let code =
+            self.ledger()
+                .issue_code(request, Instant::now(), self.config.authorization_code_ttl);
+        self.stats.update(|s| s.authorization_codes += 1);
+        code
+    }
+
+    pub(crate) fn start_device(
+        &self,
+        client: &SandboxClient,
+        params: &Params,
+    ) -> Result<DeviceStart, OAuthError> {
+        let scopes = self.parse_scope(params.get("scope"))?;
+        let start = self.ledger().start_device(
+            &client.client_id,
+            scopes,
+            Instant::now(),
+            self.config.device_code_ttl,
+            self.config.device_interval,
+        );
+        self.stats.update(|s| s.device_authorizations += 1);
+        Ok(start)
+    }
+
+    /// RFC 7009: revoke what `token` is, if it is ours and the client's.
+    /// Unknown tokens are not an error (§2.2).
+    pub(crate) fn revoke(&self, client: &SandboxClient, params: &Params) -> Result<(), OAuthError> {
+        let token = params.require("token")?;
+        let mut ledger = self.ledger();
+        // The hint only orders the lookups (§2.1); both kinds are tried.
+        let refresh_first = params.get("token_type_hint") != Some("access_token");
+        let mut revoked = refresh_first && ledger.revoke_refresh(&client.client_id, token);
+        if !revoked {
+            if let Some(jti) = self.our_jwt_id(token) {
+                revoked = ledger.revoke_access(&client.client_id, &jti);
+            }
+        }
+        if !revoked && !refresh_first {
+            revoked = ledger.revoke_refresh(&client.client_id, token);
+        }
+        tracing::info!(
+            client_id = %client.client_id,
+            token = %Secret::new(token).fingerprint(),
+            revoked,
+            "sandbox revocation request"
+        );
+        self.publish_ledger_counters(&ledger);
+        Ok(())
+    }
+
+    /// RFC 7662 for any client of this server (they act as resource servers).
+    pub(crate) fn introspect(&self, params: &Params) -> Result<IntrospectionResponse, OAuthError> {
+        let token = params.require("token")?;
+        Ok(self.introspect_token(token))
+    }
+
+    pub(crate) fn introspect_token(&self, token: &str) -> IntrospectionResponse {
+        let ledger = self.ledger();
+        if let Some(info) = ledger.refresh_info(token) {
+            if !info.active {
+                return IntrospectionResponse::default();
+            }
+            return IntrospectionResponse {
+                active: true,
+                sub: Some(info.subject),
+                scope: Some(info.scopes.join(" ")),
+                client_id: Some(info.client_id),
+                token_type: Some("refresh_token"),
+                iss: Some(self.issuer.clone()),
+                exp: None,
+            };
+        }
+        match self.verify_own(token, true) {
+            Some(claims) if !ledger.access_revoked(&claims.jti) => IntrospectionResponse {
+                active: true,
+                sub: Some(claims.sub),
+                scope: Some(claims.scope),
+                exp: Some(claims.exp),
+                client_id: Some(claims.client_id),
+                token_type: Some("Bearer"),
+                iss: Some(claims.iss),
+            },
+            _ => IntrospectionResponse::default(),
+        }
+    }
+
+    /// The jti of a JWT this server signed, expired or not.
+    fn our_jwt_id(&self, token: &str) -> Option<String> {
+        self.verify_own(token, false).map(|c| c.jti)
+    }
+
+    fn verify_own(&self, token: &str, check_exp: bool) -> Option<AccessTokenClaims> {
+        let mut validation = jsonwebtoken::Validation::new(SIGNING_ALGORITHM);
+        validation.leeway = 0;
+        validation.validate_exp = check_exp;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        jsonwebtoken::decode::<AccessTokenClaims>(token, &self.key.decoding_key(), &validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
+    /// Withdraws every consent of `subject`; returns the families revoked.
+    pub(crate) fn revoke_subject(&self, subject: &str) -> usize {
+        let mut ledger = self.ledger();
+        let count = ledger.revoke_subject(subject);
+        self.publish_ledger_counters(&ledger);
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::authz::config::{DEMO_CLIENT_ID, DEMO_USER};
+
+    fn core() -> AuthCore {
+        AuthCore::new(
+            AuthServerConfig::default(),
+            "http://127.0.0.1:1".into(),
+            SigningKey::generate().expect("key"),
+            TokenFaults::default(),
+        )
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).expect("p")
+    }
+
+    #[test]
+    fn client_credentials_gives_app_token_without_refresh() {
+        let core = core();
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        let response = core
+            .token(
+                &client,
+                &params(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", "smtp offline_access"),
+                ]),
+            )
+            .expect("token");
+        assert!(response.refresh_token.is_none());
+        assert_eq!(response.scope, "smtp");
+        let seen = core.introspect_token(&response.access_token);
+        assert!(seen.active);
+        assert_eq!(seen.sub.as_deref(), Some(DEMO_USER));
+    }
+
+    #[test]
+    fn unknown_scope_and_grant_are_refused() {
+        let core = core();
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        let err = core
+            .token(
+                &client,
+                &params(&[("grant_type", "client_credentials"), ("scope", "admin")]),
+            )
+            .expect_err("scope");
+        assert_eq!(err.error, ErrorCode::InvalidScope);
+        let err = core
+            .token(&client, &params(&[("grant_type", "password")]))
+            .expect_err("grant");
+        assert_eq!(err.error, ErrorCode::UnsupportedGrantType);
+    }
+
+    #[test]
+    fn revoked_access_token_is_inactive() {
+        let core = core();
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        let response = core
+            .token(&client, &params(&[("grant_type", "client_credentials")]))
+            .expect("token");
+        core.revoke(&client, &params(&[("token", &response.access_token)]))
+            .expect("revoke");
+        assert!(!core.introspect_token(&response.access_token).active);
+        // Unknown tokens are fine.
+        core.revoke(&client, &params(&[("token", "garbage")]))
+            .expect("noop");
+    }
+}
