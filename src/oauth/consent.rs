@@ -132,6 +132,7 @@ pub fn code_from_callback(
     if let Some(error) = get("error") {
         let oauth = crate::oauth::grant::OAuthError {
             code: crate::oauth::grant::OAuthErrorCode::parse(error),
+            code_text: error.to_string(),
             description: get("error_description").map(str::to_string),
             http_status: 0,
         };

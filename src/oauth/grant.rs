@@ -86,64 +86,14 @@ pub struct TokenResponse {
     pub received_at: SystemTime,
 }
 
-/// The standard error codes (RFC 6749 5.2, RFC 8628 3.5), kept as data so
-/// callers branch on them instead of on strings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OAuthErrorCode {
-    InvalidRequest,
-    InvalidClient,
-    InvalidGrant,
-    UnauthorizedClient,
-    UnsupportedGrantType,
-    InvalidScope,
-    AccessDenied,
-    AuthorizationPending,
-    SlowDown,
-    ExpiredToken,
-    ConsentRequired,
-    Other(String),
-}
-
-impl OAuthErrorCode {
-    pub fn parse(code: &str) -> Self {
-        match code {
-            "invalid_request" => Self::InvalidRequest,
-            "invalid_client" => Self::InvalidClient,
-            "invalid_grant" => Self::InvalidGrant,
-            "unauthorized_client" => Self::UnauthorizedClient,
-            "unsupported_grant_type" => Self::UnsupportedGrantType,
-            "invalid_scope" => Self::InvalidScope,
-            "access_denied" => Self::AccessDenied,
-            "authorization_pending" => Self::AuthorizationPending,
-            "slow_down" => Self::SlowDown,
-            "expired_token" => Self::ExpiredToken,
-            "consent_required" | "interaction_required" => Self::ConsentRequired,
-            other => Self::Other(other.to_string()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidGrant => "invalid_grant",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::AccessDenied => "access_denied",
-            Self::AuthorizationPending => "authorization_pending",
-            Self::SlowDown => "slow_down",
-            Self::ExpiredToken => "expired_token",
-            Self::ConsentRequired => "consent_required",
-            Self::Other(code) => code,
-        }
-    }
-}
+pub use crate::oauth::error_code::ErrorCode as OAuthErrorCode;
 
 /// The server's refusal, as it sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
     pub code: OAuthErrorCode,
+    /// The code as the server wrote it (kept for codes outside the registry).
+    pub code_text: String,
     pub description: Option<String>,
     pub http_status: u16,
 }
@@ -160,8 +110,8 @@ impl OAuthError {
     /// The code and the server's first line of description.
     pub fn summary(&self) -> String {
         match &self.description {
-            Some(d) => format!("{} ({})", self.code.as_str(), first_line(d)),
-            None => self.code.as_str().to_string(),
+            Some(d) => format!("{} ({})", self.code_text, first_line(d)),
+            None => self.code_text.clone(),
         }
     }
 
@@ -353,6 +303,7 @@ pub fn parse_token_response(
         Ok(raw) if !transient_status || raw.error == "temporarily_unavailable" && status < 500 => {
             Err(TokenError::Rejected(OAuthError {
                 code: OAuthErrorCode::parse(&raw.error),
+                code_text: raw.error.clone(),
                 description: raw.error_description,
                 http_status: status,
             }))

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod consent;
 pub mod device;
 pub mod discovery;
+pub mod error_code;
 pub mod explain;
 pub mod grant;
 pub mod jwt;

@@ -5,40 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// The registered error codes the sandbox answers with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    InvalidRequest,
-    InvalidClient,
-    InvalidGrant,
-    UnauthorizedClient,
-    UnsupportedGrantType,
-    InvalidScope,
-    AuthorizationPending,
-    SlowDown,
-    AccessDenied,
-    ExpiredToken,
-    ServerError,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::InvalidClient => "invalid_client",
-            ErrorCode::InvalidGrant => "invalid_grant",
-            ErrorCode::UnauthorizedClient => "unauthorized_client",
-            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
-            ErrorCode::InvalidScope => "invalid_scope",
-            ErrorCode::AuthorizationPending => "authorization_pending",
-            ErrorCode::SlowDown => "slow_down",
-            ErrorCode::AccessDenied => "access_denied",
-            ErrorCode::ExpiredToken => "expired_token",
-            ErrorCode::ServerError => "server_error",
-        }
-    }
-}
+pub use crate::oauth::error_code::ErrorCode;
 
 /// An OAuth error answer: what went wrong, in words a developer can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
