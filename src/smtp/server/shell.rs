@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -141,16 +141,14 @@ pub async fn serve(
                     continue;
                 };
                 let connection = Connection {
+                    slot,
                     peer,
                     acceptor: acceptor.clone(),
                     policy: policy.clone(),
                     options: options.clone(),
                     shutdown: shutdown.clone(),
                 };
-                sessions.spawn(async move {
-                    let _slot = slot;
-                    connection.run(stream).await;
-                });
+                sessions.spawn(connection.run(stream));
             }
         }
     }
@@ -175,6 +173,8 @@ enum Driven<S> {
 }
 
 struct Connection {
+    /// This session's place under `max_sessions`.
+    slot: OwnedSemaphorePermit,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     policy: Arc<dyn SessionPolicy>,
@@ -188,7 +188,11 @@ impl Connection {
         if let Err(error) = self.serve_connection(stream).await {
             tracing::debug!(peer = %self.peer, %error, "SMTP session ended with an error");
         }
-        self.policy.observe(&SessionEvent::Closed);
+        // Free the slot before reporting the end, so whoever waits for
+        // "session closed" can connect again at once.
+        let Connection { slot, policy, .. } = self;
+        drop(slot);
+        policy.observe(&SessionEvent::Closed);
     }
 
     async fn serve_connection(&mut self, stream: TcpStream) -> Result<(), SessionIoError> {
