@@ -366,3 +366,50 @@ async fn implicit_tls_offers_auth_at_once() {
             .starts_with("235 ")
     );
 }
+
+#[tokio::test]
+async fn smuggled_message_over_the_wire_is_refused_and_not_stored() {
+    let sandbox = start_sandbox(|_| {}).await;
+    let mut client = Client::connect(&sandbox).await;
+    client.greet_with_starttls(&sandbox).await;
+    client
+        .command(&format!("AUTH XOAUTH2 {}", xoauth2(ALICE, GOOD_TOKEN)))
+        .await;
+    client.command("MAIL FROM:<alice@example.com>").await;
+    client.command("RCPT TO:<bob@example.net>").await;
+    assert!(client.command("DATA").await.starts_with("354"));
+    client
+        .write(
+            b"Subject: legit\r\n\r\nhi\n.\nMAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\n\
+              DATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n",
+        )
+        .await;
+    assert!(
+        client
+            .reply()
+            .await
+            .starts_with("550 5.6.0 Message refused: bare CR or LF")
+    );
+    assert_eq!(client.command("NOOP").await, "250 2.0.0 OK\r\n");
+    assert_eq!(sandbox.server.inbox().count(), 0);
+    assert_eq!(sandbox.server.stats().messages_refused, 1);
+}
+
+#[tokio::test]
+async fn commands_pipelined_after_starttls_are_never_executed() {
+    let sandbox = start_sandbox(|_| {}).await;
+    let mut client = Client::connect(&sandbox).await;
+    client.reply().await;
+    client.command("EHLO client.test").await;
+    // One write, as an injecting man-in-the-middle would append it.
+    client
+        .write(b"STARTTLS\r\nAUTH XOAUTH2 =\r\nMAIL FROM:<injected@example.com>\r\n")
+        .await;
+    assert_eq!(client.reply().await, "220 2.0.0 Ready to start TLS\r\n");
+    client.handshake(sandbox.server.ca_file()).await;
+    assert_eq!(
+        client.command("MAIL FROM:<alice@example.com>").await,
+        "503 5.5.1 Send EHLO first\r\n"
+    );
+    assert_eq!(sandbox.server.stats().auth_attempts_total(), 0);
+}

@@ -29,7 +29,6 @@ pub enum DataOutcome {
 /// Receives one message. Feed it bytes until [`DataReceiver::ingest`]
 /// returns an outcome; the bytes after the terminator belong to the next
 /// command.
-#[derive(Debug)]
 pub struct DataReceiver {
     body: Vec<u8>,
     max_size: usize,
@@ -136,6 +135,17 @@ impl DataReceiver {
         } else {
             DataOutcome::Message(std::mem::take(&mut self.body))
         }
+    }
+}
+
+impl std::fmt::Debug for DataReceiver {
+    /// Sizes only: message content never goes to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataReceiver")
+            .field("size", &self.size)
+            .field("max_size", &self.max_size)
+            .field("bare_line_ending", &self.bare_line_ending)
+            .finish_non_exhaustive()
     }
 }
 

@@ -17,6 +17,7 @@ use crate::secret::Fingerprint;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use smtp_proto::Request;
 use std::collections::VecDeque;
+use std::fmt;
 use std::net::SocketAddr;
 
 /// RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; the ESMTP
@@ -68,7 +69,6 @@ pub enum Step {
 }
 
 /// A decision the session needs from the policy.
-#[derive(Debug)]
 pub enum Question {
     Hello,
     Authenticate(Credentials),
@@ -160,7 +160,6 @@ enum Pending {
 }
 
 /// One SMTP server session.
-#[derive(Debug)]
 pub struct Session {
     hostname: String,
     rules: SessionRules,
@@ -683,7 +682,9 @@ impl Session {
         }
         let known_flags =
             smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME | smtp_proto::MAIL_SMTPUTF8;
-        if from.flags & !known_flags != 0 || from.env_id.is_some() || from.auth.is_some() {
+        // AUTH=<...> (RFC 4954 section 5) is accepted and ignored: some
+        // clients always send it once authenticated.
+        if from.flags & !known_flags != 0 || from.env_id.is_some() {
             return self.error(standard::unsupported_parameter(
                 "(only SIZE, BODY=7BIT/8BITMIME and SMTPUTF8 are offered)",
             ));
@@ -768,6 +769,50 @@ impl Session {
             reply_code: refused.code(),
         });
         self.error(refused);
+    }
+}
+
+impl fmt::Debug for Question {
+    /// Shows a message's size, never its content.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Question::Hello => f.write_str("Hello"),
+            Question::Authenticate(credentials) => {
+                f.debug_tuple("Authenticate").field(credentials).finish()
+            }
+            Question::Sender { mail_from } => f
+                .debug_struct("Sender")
+                .field("mail_from", mail_from)
+                .finish(),
+            Question::Recipient { envelope, rcpt_to } => f
+                .debug_struct("Recipient")
+                .field("envelope", envelope)
+                .field("rcpt_to", rcpt_to)
+                .finish(),
+            Question::Data { envelope } => {
+                f.debug_struct("Data").field("envelope", envelope).finish()
+            }
+            Question::Message { envelope, message } => f
+                .debug_struct("Message")
+                .field("envelope", envelope)
+                .field("size", &message.len())
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Session {
+    /// Leaves out the input buffer: it may hold an AUTH line (a token) or
+    /// message content.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("hostname", &self.hostname)
+            .field("context", &self.context)
+            .field("phase", &self.phase)
+            .field("buffered_bytes", &self.input.len())
+            .field("errors", &self.errors)
+            .field("auth_failures", &self.auth_failures)
+            .finish_non_exhaustive()
     }
 }
 

@@ -563,3 +563,33 @@ fn bytes_split_anywhere_give_the_same_transcript() {
         assert_eq!(smtp.accepted[0].1, b"Subject: s\r\n\r\n.x\r\n");
     }
 }
+
+#[test]
+fn debug_output_shows_no_token_and_no_message_content() {
+    let mut smtp = Harness::tls();
+    // An AUTH line buffered but not yet complete.
+    smtp.session.feed(
+        format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "good-token")
+        )
+        .as_bytes(),
+    );
+    let shown = format!("{:?}", smtp.session);
+    assert!(
+        !shown.contains(&xoauth2("alice@example.com", "good-token")),
+        "{shown}"
+    );
+    let question = Question::Message {
+        envelope: Envelope::default(),
+        message: b"secret body".to_vec(),
+    };
+    assert!(!format!("{question:?}").contains("secret body"));
+}
+
+#[test]
+fn mail_auth_parameter_is_accepted_and_dsn_is_refused() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x> AUTH=<>", "250 2.1.0");
+    smtp.exchange("RCPT TO:<b@x> NOTIFY=NEVER", "555 5.5.4");
+}

@@ -70,6 +70,10 @@ enum SessionIoError {
     Session(#[from] SessionError),
     #[error("the session waited for an answer the shell never gave")]
     Blocked,
+    #[error("the session asked for TLS on a listener without a certificate")]
+    NoTlsConfig,
+    #[error("the session asked for TLS twice")]
+    SecondStartTls,
 }
 
 /// Tells a running [`serve`] to stop. Dropping it stops the server too.
@@ -232,13 +236,13 @@ impl Connection {
                     let Some(acceptor) = acceptor else {
                         // The session offers STARTTLS only when the listener
                         // has TLS, so this cannot happen; end the session.
-                        return Err(SessionIoError::Blocked);
+                        return Err(SessionIoError::NoTlsConfig);
                     };
                     let tls = self.handshake(&acceptor, stream).await?;
                     session.tls_established()?;
                     if let Driven::StartTls(_) = self.drive(tls, &mut session).await? {
                         // A second STARTTLS is refused by the session.
-                        return Err(SessionIoError::Blocked);
+                        return Err(SessionIoError::SecondStartTls);
                     }
                 }
             }
