@@ -1,1 +1,30 @@
-//! The SMTP server session (work in progress).
+//! The SMTP server: one session implementation with pluggable policy, used
+//! by the sandbox's OAuth2-enforcing server and by the relay's submission
+//! listener (DESIGN.md, "One implementation, several uses").
+//!
+//! - [`session`]: the pure state machine (bytes in, steps out).
+//! - [`data`]: the DATA phase (end of message, dot-unstuffing, smuggling).
+//! - [`sasl_exchange`]: the server side of AUTH's SASL exchange.
+//! - [`policy`]: what a listener decides ([`SessionPolicy`]).
+//! - [`reply`]: SMTP replies and the standard ones.
+//! - [`shell`]: the tokio I/O around the session ([`serve`]).
+
+pub mod data;
+pub mod policy;
+pub mod reply;
+pub mod sasl_exchange;
+pub mod session;
+pub mod shell;
+
+#[cfg(test)]
+mod session_tests;
+
+pub use policy::{
+    AuthRefusal, Authenticated, BoxFuture, Channel, Credentials, DataPlan, Envelope, Identity,
+    Refusal, SessionContext, SessionEvent, SessionPolicy, SessionRules,
+};
+pub use reply::Reply;
+pub use session::{Answer, Question, Session, SessionConfig, Step};
+pub use shell::{
+    ServeError, ServerOptions, ShutdownSignal, ShutdownTrigger, TlsMode, serve, shutdown_channel,
+};

@@ -1,0 +1,175 @@
+//! Fault injection for the sandbox SMTP server: what a real provider does on
+//! a bad day (421 at the greeting, 4xx/5xx at any step, a connection dropped
+//! mid-DATA, slow replies, no STARTTLS), switchable at run time so tests can
+//! check how a client copes.
+
+use crate::smtp::server::Reply;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The step of a session a [`Fault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStage {
+    /// Instead of the `220` greeting.
+    Greeting,
+    /// In answer to EHLO/HELO.
+    Ehlo,
+    /// In answer to MAIL FROM.
+    Mail,
+    /// In answer to RCPT TO.
+    Rcpt,
+    /// In answer to DATA (instead of 354).
+    Data,
+    /// After the message's final dot (nothing is stored).
+    EndOfData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Send `reply` (a 4xx or 5xx) at `stage` instead of going on. A 421
+    /// also closes the connection.
+    Reply { stage: FaultStage, reply: Reply },
+    /// Close the connection without a reply at `stage`.
+    Disconnect { stage: FaultStage },
+    /// Reply 354 to DATA, then close as soon as the message starts arriving.
+    DisconnectMidData,
+    /// Wait this long before every reply.
+    SlowReplies(Duration),
+    /// Do not offer (or accept) STARTTLS: a correct client must then refuse
+    /// to send any credentials.
+    NoStartTls,
+}
+
+/// How often a fault fires. Each chance to fire is one session (NoStartTls,
+/// Greeting), one command (the other stages) or one reply (SlowReplies).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultTimes {
+    /// The next `n` chances, then the fault is gone.
+    Next(u32),
+    /// Each chance with this probability (0.0 to 1.0).
+    Fraction(f64),
+    /// Until cleared.
+    Always,
+}
+
+#[derive(Debug)]
+struct ArmedFault {
+    fault: Fault,
+    times: FaultTimes,
+}
+
+/// The faults in force. Cheap to clone; clones share the same set.
+#[derive(Debug, Clone, Default)]
+pub struct SmtpFaults {
+    armed: Arc<Mutex<Vec<ArmedFault>>>,
+}
+
+impl SmtpFaults {
+    pub fn inject(&self, fault: Fault, times: FaultTimes) {
+        self.lock().push(ArmedFault { fault, times });
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The first armed fault that `select` picks and that fires now; firing
+    /// uses up one of its `Next(n)`.
+    pub(super) fn fire<T>(&self, select: impl Fn(&Fault) -> Option<T>) -> Option<T> {
+        let mut armed = self.lock();
+        let position = armed.iter().position(|armed| {
+            select(&armed.fault).is_some()
+                && match armed.times {
+                    FaultTimes::Next(n) => n > 0,
+                    FaultTimes::Fraction(p) => rand::random::<f64>() < p,
+                    FaultTimes::Always => true,
+                }
+        })?;
+        let chosen = select(&armed[position].fault);
+        if let FaultTimes::Next(n) = &mut armed[position].times {
+            *n -= 1;
+            if *n == 0 {
+                armed.remove(position);
+            }
+        }
+        chosen
+    }
+
+    /// What to do at `stage`, if a fault says so.
+    pub(super) fn at_stage(&self, stage: FaultStage) -> Option<StageFault> {
+        self.fire(|fault| match fault {
+            Fault::Reply { stage: at, reply } if *at == stage => {
+                Some(StageFault::Reply(reply.clone()))
+            }
+            Fault::Disconnect { stage: at } if *at == stage => Some(StageFault::Disconnect),
+            _ => None,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ArmedFault>> {
+        // A panic while holding this lock leaves a plain Vec behind, still
+        // usable: recover it rather than poisoning every later session.
+        self.armed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A stage fault that fired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StageFault {
+    Reply(Reply),
+    Disconnect,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_n_fires_n_times_then_disappears() {
+        let faults = SmtpFaults::default();
+        let reply = Reply::new(451, "4.3.0 try later");
+        faults.inject(
+            Fault::Reply {
+                stage: FaultStage::Mail,
+                reply: reply.clone(),
+            },
+            FaultTimes::Next(2),
+        );
+        assert_eq!(faults.at_stage(FaultStage::Rcpt), None);
+        assert_eq!(
+            faults.at_stage(FaultStage::Mail),
+            Some(StageFault::Reply(reply.clone()))
+        );
+        assert_eq!(
+            faults.at_stage(FaultStage::Mail),
+            Some(StageFault::Reply(reply))
+        );
+        assert_eq!(faults.at_stage(FaultStage::Mail), None);
+    }
+
+    #[test]
+    fn fractions_zero_and_one_and_clear() {
+        let faults = SmtpFaults::default();
+        faults.inject(
+            Fault::Disconnect {
+                stage: FaultStage::Data,
+            },
+            FaultTimes::Fraction(0.0),
+        );
+        assert_eq!(faults.at_stage(FaultStage::Data), None);
+        faults.inject(
+            Fault::Disconnect {
+                stage: FaultStage::Data,
+            },
+            FaultTimes::Fraction(1.0),
+        );
+        assert_eq!(
+            faults.at_stage(FaultStage::Data),
+            Some(StageFault::Disconnect)
+        );
+        faults.clear();
+        assert_eq!(faults.at_stage(FaultStage::Data), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! The DATA phase: finds the end of the message, undoes dot-stuffing and
+//! refuses SMTP smuggling, keeping every other byte exactly as received.
+//!
+//! Written by hand rather than with smtp-proto's `DataReceiver`, which (like
+//! most receivers) treats a bare `\n.\n` as a line boundary. Here a line ends
+//! only with CRLF: a bare LF or bare CR anywhere marks the message as refused
+//! (the CVE-2023-51764 family: `\n.\n`, `\r\n.\n`, `\n.\r\n`, `\r.\r` ...),
+//! and such a sequence never ends the message, so the bytes after it cannot
+//! be read as a second message. The receiver keeps going until the one true
+//! terminator `<CRLF>.<CRLF>` and then reports the refusal.
+
+/// Why a message was received but must not be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDefect {
+    /// A CR not followed by LF, or an LF not preceded by CR.
+    BareLineEnding,
+    /// More bytes than the advertised SIZE; the rest was read and dropped.
+    TooBig,
+}
+
+/// The result of a complete DATA phase.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// The message, dot-unstuffed, every line ending in CRLF as sent.
+    Message(Vec<u8>),
+    Refused(DataDefect),
+}
+
+/// Receives one message. Feed it bytes until [`DataReceiver::ingest`]
+/// returns an outcome; the bytes after the terminator belong to the next
+/// command.
+pub struct DataReceiver {
+    body: Vec<u8>,
+    max_size: usize,
+    /// Next byte starts a line (the DATA command's CRLF counts as one).
+    at_line_start: bool,
+    /// The current line started with a dot, which was removed.
+    dotted_line: bool,
+    /// Bytes of the current line after its leading dot.
+    dotted_line_len: usize,
+    /// The previous byte was CR; it is written once we know what follows.
+    pending_cr: bool,
+    /// Total message bytes seen (counted even once we stop storing them).
+    size: usize,
+    bare_line_ending: bool,
+}
+
+impl DataReceiver {
+    pub fn new(max_size: usize) -> Self {
+        DataReceiver {
+            body: Vec::new(),
+            max_size,
+            at_line_start: true,
+            dotted_line: false,
+            dotted_line_len: 0,
+            pending_cr: false,
+            size: 0,
+            bare_line_ending: false,
+        }
+    }
+
+    /// Consumes bytes from `input`. Returns the outcome and the number of
+    /// bytes consumed once the terminator is found, or `None` when all of
+    /// `input` was consumed and more is needed.
+    pub fn ingest(&mut self, input: &[u8]) -> Option<(DataOutcome, usize)> {
+        let mut index = 0;
+        while index < input.len() {
+            let byte = input[index];
+            index += 1;
+            if self.pending_cr {
+                self.pending_cr = false;
+                if byte == b'\n' {
+                    if self.dotted_line && self.dotted_line_len == 0 {
+                        return Some((self.finish(), index));
+                    }
+                    self.push(b"\r\n");
+                    self.at_line_start = true;
+                    self.dotted_line = false;
+                    continue;
+                }
+                // A CR that does not start a CRLF is data, and a defect.
+                self.bare_line_ending = true;
+                self.push_in_line(b"\r");
+            }
+            match byte {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    // A bare LF does not end the line: the next byte is not
+                    // at a line start, so `\n.\n` can never terminate.
+                    self.bare_line_ending = true;
+                    self.push_in_line(b"\n");
+                }
+                b'.' if self.at_line_start => {
+                    self.at_line_start = false;
+                    self.dotted_line = true;
+                    self.dotted_line_len = 0;
+                }
+                _ => {
+                    // Copy the run up to the next CR or LF in one go.
+                    let run_end = input[index..]
+                        .iter()
+                        .position(|b| *b == b'\r' || *b == b'\n')
+                        .map_or(input.len(), |offset| index + offset);
+                    let run = &input[index - 1..run_end];
+                    self.push_in_line(run);
+                    index = run_end;
+                }
+            }
+        }
+        None
+    }
+
+    fn push_in_line(&mut self, bytes: &[u8]) {
+        self.at_line_start = false;
+        if self.dotted_line {
+            self.dotted_line_len += bytes.len();
+        }
+        self.push(bytes);
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.size = self.size.saturating_add(bytes.len());
+        // Past the limit the bytes are still read (to find the end) but not
+        // kept, so an oversize message costs no memory.
+        if self.size <= self.max_size {
+            self.body.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish(&mut self) -> DataOutcome {
+        if self.bare_line_ending {
+            DataOutcome::Refused(DataDefect::BareLineEnding)
+        } else if self.size > self.max_size {
+            DataOutcome::Refused(DataDefect::TooBig)
+        } else {
+            DataOutcome::Message(std::mem::take(&mut self.body))
+        }
+    }
+}
+
+impl std::fmt::Debug for DataReceiver {
+    /// Sizes only: message content never goes to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataReceiver")
+            .field("size", &self.size)
+            .field("max_size", &self.max_size)
+            .field("bare_line_ending", &self.bare_line_ending)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` (everything after the DATA command's CRLF) and returns
+    /// the outcome and the bytes left over for the command parser.
+    fn receive(wire: &[u8]) -> (DataOutcome, Vec<u8>) {
+        let mut receiver = DataReceiver::new(1 << 20);
+        let (outcome, used) = receiver.ingest(wire).expect("terminator found");
+        (outcome, wire[used..].to_vec())
+    }
+
+    fn receive_split_everywhere(wire: &[u8]) -> DataOutcome {
+        let whole = receive(wire).0;
+        for cut in 1..wire.len() {
+            let mut receiver = DataReceiver::new(1 << 20);
+            let first = receiver.ingest(&wire[..cut]);
+            let outcome = match first {
+                Some((outcome, _)) => outcome,
+                None => receiver.ingest(&wire[cut..]).expect("terminator found").0,
+            };
+            assert_eq!(outcome, whole, "split at {cut}");
+        }
+        whole
+    }
+
+    #[test]
+    fn keeps_bytes_exact_and_unstuffs_dots() {
+        let wire = b"Subject: hi\r\n\r\n..leading dot\r\n.x\r\n...\r\nend\r\n.\r\nQUIT\r\n";
+        let (outcome, rest) = receive(wire);
+        assert_eq!(
+            outcome,
+            DataOutcome::Message(b"Subject: hi\r\n\r\n.leading dot\r\nx\r\n..\r\nend\r\n".to_vec())
+        );
+        assert_eq!(rest, b"QUIT\r\n");
+        receive_split_everywhere(wire);
+    }
+
+    #[test]
+    fn empty_message_ends_at_once() {
+        assert_eq!(receive(b".\r\n").0, DataOutcome::Message(Vec::new()));
+    }
+
+    #[test]
+    fn eight_bit_and_nul_bytes_pass_through() {
+        let wire = b"caf\xc3\xa9 \x00 \xff\r\n.\r\n";
+        assert_eq!(
+            receive_split_everywhere(wire),
+            DataOutcome::Message(b"caf\xc3\xa9 \x00 \xff\r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_the_message() {
+        // Each would, on a lenient receiver, end the first message and start
+        // a second one with MAIL FROM. Here the whole thing is one refused
+        // message and the bytes after the true terminator are the next command.
+        for smuggle in [
+            &b"\n.\n"[..],
+            b"\r\n.\n",
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r.\r\n",
+        ] {
+            let mut wire = b"Subject: a\r\n\r\nbody".to_vec();
+            wire.extend_from_slice(smuggle);
+            wire.extend_from_slice(
+                b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@x>\r\nDATA\r\nevil\r\n.\r\nNOOP\r\n",
+            );
+            let (outcome, rest) = receive(&wire);
+            assert_eq!(
+                outcome,
+                DataOutcome::Refused(DataDefect::BareLineEnding),
+                "{smuggle:?}"
+            );
+            assert_eq!(rest, b"NOOP\r\n", "{smuggle:?}");
+            assert_eq!(receive_split_everywhere(&wire), outcome);
+        }
+    }
+
+    #[test]
+    fn bare_lf_inside_a_line_is_refused() {
+        assert_eq!(
+            receive(b"a\nb\r\n.\r\n").0,
+            DataOutcome::Refused(DataDefect::BareLineEnding)
+        );
+        assert_eq!(
+            receive(b"a\rb\r\n.\r\n").0,
+            DataOutcome::Refused(DataDefect::BareLineEnding)
+        );
+    }
+
+    #[test]
+    fn oversize_is_drained_and_refused() {
+        let mut receiver = DataReceiver::new(10);
+        let wire = b"0123456789abcdef\r\n.\r\nNOOP\r\n";
+        let (outcome, used) = receiver.ingest(wire).expect("end");
+        assert_eq!(outcome, DataOutcome::Refused(DataDefect::TooBig));
+        assert_eq!(&wire[used..], b"NOOP\r\n");
+        assert!(receiver.body.len() <= 10);
+    }
+
+    #[test]
+    fn exactly_the_limit_is_accepted() {
+        let mut receiver = DataReceiver::new(5);
+        let (outcome, _) = receiver.ingest(b"abc\r\n.\r\n").expect("end");
+        assert_eq!(outcome, DataOutcome::Message(b"abc\r\n".to_vec()));
+    }
+}

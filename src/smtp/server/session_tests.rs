@@ -1,0 +1,595 @@
+//! Session tests as RFC transcripts: the client's bytes in, the server's
+//! bytes out, no sockets. A small synchronous policy answers the session's
+//! questions (tokens `good-token` for alice@example.com, password `hunter2`
+//! for scanner).
+
+use super::policy::{
+    AuthRefusal, Channel, Credentials, DataPlan, Envelope, Identity, Refusal, SessionRules,
+};
+use super::reply::Reply;
+use super::session::{Answer, Question, Session, SessionConfig, Step};
+use crate::secret::Secret;
+use crate::smtp::sasl::{
+    self, BearerCredentials, Mechanism, OAuthErrorStatus, PasswordCredentials, ServerName,
+};
+
+struct Harness {
+    session: Session,
+    accepted: Vec<(Envelope, Vec<u8>)>,
+    started_tls: bool,
+    closed: bool,
+}
+
+fn rules() -> SessionRules {
+    SessionRules {
+        mechanisms: vec![
+            Mechanism::OAuthBearer,
+            Mechanism::XOAuth2,
+            Mechanism::Plain,
+            Mechanism::Login,
+        ],
+        max_message_size: 1000,
+        max_recipients: 3,
+        ..SessionRules::default()
+    }
+}
+
+impl Harness {
+    fn with(channel: Channel, rules: SessionRules) -> Self {
+        let mut harness = Harness {
+            session: Session::new(SessionConfig {
+                hostname: "mx.test".into(),
+                peer: "127.0.0.1:40000".parse().expect("address"),
+                channel,
+                starttls_available: true,
+                rules,
+            }),
+            accepted: Vec::new(),
+            started_tls: false,
+            closed: false,
+        };
+        let greeting = harness.send("");
+        assert_eq!(greeting, "220 mx.test ESMTP oxirelay ready\r\n");
+        harness
+    }
+
+    /// A session already in TLS (implicit TLS), greeted with EHLO.
+    fn tls() -> Self {
+        let mut harness = Harness::with(Channel::Tls, rules());
+        harness.exchange("EHLO client.test", "250-mx.test greets client.test");
+        harness
+    }
+
+    fn tls_authenticated() -> Self {
+        let mut harness = Harness::tls();
+        harness.exchange(
+            &format!("AUTH PLAIN {}", plain("scanner", "hunter2")),
+            "235 2.7.0",
+        );
+        harness
+    }
+
+    /// Feeds raw bytes and returns everything the server writes until it
+    /// needs more input (or closes, or starts TLS).
+    fn send(&mut self, bytes: &str) -> String {
+        self.send_bytes(bytes.as_bytes())
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) -> String {
+        self.session.feed(bytes);
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match self.session.poll() {
+                Step::Reply(reply) => out.extend_from_slice(&reply.to_bytes()),
+                Step::Observe(_) => {}
+                Step::Decide(question) => {
+                    let answer = self.answer(question);
+                    self.session
+                        .resolve(answer)
+                        .expect("answer matches question");
+                }
+                Step::StartTls => {
+                    self.started_tls = true;
+                    break;
+                }
+                Step::Close => {
+                    self.closed = true;
+                    break;
+                }
+                Step::NeedInput => break,
+                Step::Blocked => panic!("session blocked"),
+            }
+        }
+        String::from_utf8(out).expect("replies are UTF-8")
+    }
+
+    /// One command line; asserts the reply starts with `expected`.
+    fn exchange(&mut self, command: &str, expected: &str) -> String {
+        let reply = self.send(&format!("{command}\r\n"));
+        assert!(
+            reply.starts_with(expected),
+            "C: {command}\nexpected S: {expected}...\ngot S: {reply}"
+        );
+        reply
+    }
+
+    fn answer(&mut self, question: Question) -> Answer {
+        match question {
+            Question::Hello => Answer::Hello(Ok(())),
+            Question::Authenticate(Credentials::Bearer { user, token, .. }) => {
+                Answer::Authenticate(match token.expose() {
+                    "good-token" if user == "alice@example.com" => Ok(Identity {
+                        user,
+                        subject: Some("alice@example.com".into()),
+                    }),
+                    "unreachable" => Err(AuthRefusal::Temporary),
+                    _ => Err(AuthRefusal::Token(expired_status())),
+                })
+            }
+            Question::Authenticate(Credentials::Password { user, password, .. }) => {
+                Answer::Authenticate(if user == "scanner" && password.expose() == "hunter2" {
+                    Ok(Identity {
+                        user,
+                        subject: None,
+                    })
+                } else {
+                    Err(AuthRefusal::Credentials)
+                })
+            }
+            Question::Sender { mail_from } => Answer::Sender(if mail_from.starts_with("spoof") {
+                Err(Refusal::Reply(Reply::new(
+                    550,
+                    "5.7.1 You may not send as this address",
+                )))
+            } else {
+                Ok(())
+            }),
+            Question::Recipient { rcpt_to, .. } => Answer::Recipient(if rcpt_to == "gone@x" {
+                Err(Refusal::Reply(Reply::new(550, "5.1.1 No such user")))
+            } else {
+                Ok(())
+            }),
+            Question::Data { .. } => Answer::Data(Ok(DataPlan::Receive)),
+            Question::Message { envelope, message } => {
+                self.accepted.push((envelope, message));
+                Answer::Message(Ok(format!("MSG{}", self.accepted.len())))
+            }
+        }
+    }
+}
+
+fn expired_status() -> OAuthErrorStatus {
+    OAuthErrorStatus {
+        status: "invalid_token".into(),
+        schemes: Some("bearer".into()),
+        scope: Some("smtp.send".into()),
+        openid_configuration: None,
+    }
+}
+
+fn plain(user: &str, password: &str) -> String {
+    let raw = sasl::encode_plain(&PasswordCredentials {
+        authzid: None,
+        user: user.into(),
+        password: Secret::new(password),
+    });
+    sasl::encode_base64(raw.expose().as_bytes())
+}
+
+fn xoauth2(user: &str, token: &str) -> String {
+    let raw = sasl::encode_xoauth2(&BearerCredentials {
+        user: user.into(),
+        token: Secret::new(token),
+    });
+    sasl::encode_base64(raw.expose().as_bytes())
+}
+
+fn oauthbearer(user: &str, token: &str) -> String {
+    let raw = sasl::encode_oauthbearer(
+        &BearerCredentials {
+            user: user.into(),
+            token: Secret::new(token),
+        },
+        &ServerName {
+            host: "mx.test",
+            port: 587,
+        },
+    );
+    sasl::encode_base64(raw.expose().as_bytes())
+}
+
+#[test]
+fn ehlo_before_tls_offers_starttls_and_no_auth() {
+    let mut smtp = Harness::with(Channel::Plaintext, rules());
+    let ehlo = smtp.exchange("EHLO client.test", "250-mx.test greets client.test");
+    assert_eq!(
+        ehlo,
+        "250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
+         250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"
+    );
+    assert!(!ehlo.contains("AUTH"));
+}
+
+#[test]
+fn auth_and_mail_before_tls_are_refused() {
+    let mut smtp = Harness::with(Channel::Plaintext, rules());
+    smtp.exchange("EHLO client.test", "250-");
+    smtp.exchange(
+        &format!("AUTH PLAIN {}", plain("scanner", "hunter2")),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n",
+    );
+    smtp.exchange(
+        &format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "good-token")
+        ),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n",
+    );
+    smtp.exchange("MAIL FROM:<a@x>", "530 5.7.0");
+}
+
+#[test]
+fn starttls_discards_pipelined_commands_and_requires_ehlo_again() {
+    let mut smtp = Harness::with(Channel::Plaintext, rules());
+    smtp.exchange("EHLO client.test", "250-");
+    // An attacker's injected plaintext after STARTTLS (CVE-2011-0411 family).
+    let out = smtp.send("STARTTLS\r\nRSET\r\nMAIL FROM:<injected@x>\r\n");
+    assert_eq!(out, "220 2.0.0 Ready to start TLS\r\n");
+    assert!(smtp.started_tls);
+    smtp.session.tls_established().expect("after StartTls");
+    // Nothing pipelined ran, and EHLO is required again.
+    assert_eq!(smtp.send(""), "");
+    smtp.exchange("MAIL FROM:<a@x>", "503 5.5.1 Send EHLO first");
+    let ehlo = smtp.exchange("EHLO client.test", "250-");
+    assert!(
+        ehlo.contains("250 AUTH OAUTHBEARER XOAUTH2 PLAIN LOGIN\r\n"),
+        "{ehlo}"
+    );
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    smtp.exchange("STARTTLS", "503 5.5.1 TLS is already active");
+}
+
+#[test]
+fn mail_before_auth_after_tls_needs_authentication() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("MAIL FROM:<a@x>", "530 5.7.0 Authentication required\r\n");
+}
+
+#[test]
+fn plaintext_allow_listed_listener_offers_auth() {
+    let mut smtp = Harness::with(
+        Channel::Plaintext,
+        SessionRules {
+            plaintext_auth_allowed: true,
+            ..rules()
+        },
+    );
+    let ehlo = smtp.exchange("EHLO printer", "250-");
+    assert!(ehlo.contains("AUTH "), "{ehlo}");
+    smtp.exchange(
+        &format!("AUTH PLAIN {}", plain("scanner", "hunter2")),
+        "235 2.7.0",
+    );
+}
+
+#[test]
+fn auth_plain_with_and_without_initial_response() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH PLAIN", "334 \r\n");
+    smtp.exchange(
+        &plain("scanner", "hunter2"),
+        "235 2.7.0 Authentication successful\r\n",
+    );
+    smtp.exchange("AUTH PLAIN", "503 5.5.1 Already authenticated");
+
+    let mut smtp = Harness::tls();
+    smtp.exchange(
+        &format!("AUTH PLAIN {}", plain("scanner", "wrong")),
+        "535 5.7.8 Authentication credentials invalid\r\n",
+    );
+}
+
+#[test]
+fn auth_login_two_prompts() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH LOGIN", "334 VXNlcm5hbWU6\r\n");
+    smtp.exchange(&sasl::encode_base64(b"scanner"), "334 UGFzc3dvcmQ6\r\n");
+    smtp.exchange(&sasl::encode_base64(b"hunter2"), "235 2.7.0");
+}
+
+#[test]
+fn xoauth2_and_oauthbearer_succeed_inline_and_after_continuation() {
+    let mut smtp = Harness::tls();
+    smtp.exchange(
+        &format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "good-token")
+        ),
+        "235 2.7.0",
+    );
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH OAUTHBEARER", "334 \r\n");
+    smtp.exchange(&oauthbearer("alice@example.com", "good-token"), "235 2.7.0");
+}
+
+#[test]
+fn rfc7628_failure_sequence_oauthbearer_byte_for_byte() {
+    let mut smtp = Harness::tls();
+    let challenge = smtp.send(&format!(
+        "AUTH OAUTHBEARER {}\r\n",
+        oauthbearer("alice@example.com", "expired-token")
+    ));
+    assert_eq!(
+        challenge,
+        format!("334 {}\r\n", expired_status().to_base64())
+    );
+    assert_eq!(
+        challenge,
+        "334 eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIiwic2NoZW1lcyI6ImJlYXJlciIsInNjb3BlIjoic210cC5zZW5kIn0=\r\n"
+    );
+    assert_eq!(
+        smtp.send("AQ==\r\n"),
+        "535 5.7.8 Authentication credentials invalid\r\n"
+    );
+    // The session goes on: the client may try again.
+    smtp.exchange("NOOP", "250 2.0.0");
+}
+
+#[test]
+fn rfc7628_failure_sequence_xoauth2_byte_for_byte() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH XOAUTH2", "334 \r\n");
+    let challenge = smtp.send(&format!("{}\r\n", xoauth2("alice@example.com", "nope")));
+    assert_eq!(
+        challenge,
+        format!("334 {}\r\n", expired_status().to_base64())
+    );
+    assert_eq!(
+        smtp.send("\r\n"),
+        "535 5.7.8 Authentication credentials invalid\r\n"
+    );
+}
+
+#[test]
+fn wrong_user_for_a_good_token_is_an_oauth_failure() {
+    let mut smtp = Harness::tls();
+    let out = smtp.send(&format!(
+        "AUTH XOAUTH2 {}\r\n",
+        xoauth2("mallory@example.com", "good-token")
+    ));
+    let status = OAuthErrorStatus::from_base64(
+        out.strip_prefix("334 ")
+            .and_then(|s| s.strip_suffix("\r\n"))
+            .expect("error challenge")
+            .as_bytes(),
+    )
+    .expect("JSON status");
+    assert_eq!(status.status, "invalid_token");
+}
+
+#[test]
+fn temporary_validation_failure_is_454() {
+    let mut smtp = Harness::tls();
+    smtp.exchange(
+        &format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "unreachable")
+        ),
+        "454 4.7.0",
+    );
+}
+
+#[test]
+fn cancel_unknown_mechanism_and_bad_base64() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH XOAUTH2", "334 ");
+    smtp.exchange("*", "501 5.0.0 Authentication cancelled");
+    smtp.exchange("AUTH CRAM-MD5", "504 5.5.4");
+    smtp.exchange("AUTH PLAIN !!!notbase64", "501 5.5.2");
+    smtp.exchange("AUTH XOAUTH2 eA==", "501 5.5.2");
+}
+
+#[test]
+fn too_many_auth_failures_close_the_session() {
+    let mut smtp = Harness::tls();
+    for _ in 0..2 {
+        smtp.exchange(
+            &format!("AUTH PLAIN {}", plain("scanner", "x")),
+            "535 5.7.8",
+        );
+    }
+    smtp.exchange(
+        &format!("AUTH PLAIN {}", plain("scanner", "x")),
+        "535 5.7.8 Authentication credentials invalid\r\n421 4.7.0",
+    );
+    assert!(smtp.closed);
+}
+
+#[test]
+fn command_order_is_enforced() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("RCPT TO:<b@x>", "503 5.5.1 Send MAIL FROM first");
+    smtp.exchange("DATA", "503 5.5.1 Send MAIL FROM first");
+    smtp.exchange("MAIL FROM:<a@x>", "250 2.1.0");
+    smtp.exchange("MAIL FROM:<a@x>", "503 5.5.1");
+    smtp.exchange("DATA", "503 5.5.1 Send RCPT TO first");
+    smtp.exchange("AUTH PLAIN", "503 5.5.1");
+    smtp.exchange("RSET", "250 2.0.0");
+    smtp.exchange("RCPT TO:<b@x>", "503 5.5.1");
+}
+
+#[test]
+fn message_is_stored_byte_exact_with_dots_unstuffed() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<alice@example.com> BODY=8BITMIME", "250 2.1.0");
+    smtp.exchange("RCPT TO:<bob@example.net>", "250 2.1.5");
+    smtp.exchange("DATA", "354 ");
+    let out = smtp.send("Subject: dots\r\n\r\n..one\r\n...two\r\n.\r\n");
+    assert_eq!(out, "250 2.0.0 Message accepted as MSG1\r\n");
+    let (envelope, message) = &smtp.accepted[0];
+    assert_eq!(message, b"Subject: dots\r\n\r\n.one\r\n..two\r\n");
+    assert_eq!(envelope.mail_from, "alice@example.com");
+    assert_eq!(envelope.rcpt_to, ["bob@example.net"]);
+    assert!(envelope.eight_bit);
+    // The session is ready for the next transaction.
+    smtp.exchange("MAIL FROM:<alice@example.com>", "250 2.1.0");
+}
+
+#[test]
+fn pipelined_transaction_gets_all_replies_in_order() {
+    let mut smtp = Harness::tls_authenticated();
+    let out = smtp
+        .send("MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<gone@x>\r\nRCPT TO:<c@x>\r\nDATA\r\n");
+    assert_eq!(
+        out,
+        "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.1 No such user\r\n\
+         250 2.1.5 Recipient OK\r\n354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+    );
+    let out = smtp.send("hi\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        out,
+        "250 2.0.0 Message accepted as MSG1\r\n221 2.0.0 mx.test closing connection\r\n"
+    );
+    assert!(smtp.closed);
+    assert_eq!(smtp.accepted[0].0.rcpt_to, ["b@x", "c@x"]);
+}
+
+#[test]
+fn smuggled_second_message_is_never_accepted() {
+    for smuggle in ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r", "\r.\r\n"] {
+        let mut smtp = Harness::tls_authenticated();
+        smtp.exchange("MAIL FROM:<a@x>", "250");
+        smtp.exchange("RCPT TO:<b@x>", "250");
+        smtp.exchange("DATA", "354");
+        let out = smtp.send(&format!(
+            "Subject: legit\r\n\r\nhello{smuggle}MAIL FROM:<spoofed@x>\r\nRCPT TO:<victim@x>\r\n\
+             DATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\nNOOP\r\n"
+        ));
+        assert_eq!(
+            out,
+            "550 5.6.0 Message refused: bare CR or LF in the data (SMTP smuggling protection); \
+             end every line with CRLF\r\n250 2.0.0 OK\r\n",
+            "{smuggle:?}"
+        );
+        assert!(smtp.accepted.is_empty(), "{smuggle:?}");
+    }
+}
+
+#[test]
+fn size_is_advertised_and_enforced() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x> SIZE=5000", "552 5.3.4");
+    smtp.exchange("MAIL FROM:<a@x> SIZE=500", "250");
+    smtp.exchange("RCPT TO:<b@x>", "250");
+    smtp.exchange("DATA", "354");
+    let big = "x".repeat(998);
+    let out = smtp.send(&format!("{big}\r\n{big}\r\n.\r\nNOOP\r\n"));
+    assert_eq!(
+        out,
+        "552 5.3.4 Message size exceeds fixed maximum message size\r\n250 2.0.0 OK\r\n"
+    );
+    assert!(smtp.accepted.is_empty());
+}
+
+#[test]
+fn recipient_limit_is_452() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x>", "250");
+    for n in 0..3 {
+        smtp.exchange(&format!("RCPT TO:<r{n}@x>"), "250");
+    }
+    smtp.exchange("RCPT TO:<r4@x>", "452 4.5.3");
+}
+
+#[test]
+fn over_long_lines_are_refused_and_skipped() {
+    let mut smtp = Harness::tls();
+    smtp.exchange(
+        &format!("NOOP {}", "a".repeat(2000)),
+        "500 5.5.6 Line too long\r\n",
+    );
+    let out = smtp.send(&format!("{}\r\nNOOP\r\n", "b".repeat(20_000)));
+    assert_eq!(out, "500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n");
+}
+
+#[test]
+fn sender_policy_and_smtputf8_rules() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange(
+        "MAIL FROM:<spoof@x>",
+        "550 5.7.1 You may not send as this address",
+    );
+    smtp.exchange("MAIL FROM:<j\u{f6}rg@x>", "553 5.6.7");
+    smtp.exchange("MAIL FROM:<j\u{f6}rg@x> SMTPUTF8", "250 2.1.0");
+    smtp.exchange("RCPT TO:<m\u{fc}ller@x>", "250 2.1.5");
+}
+
+#[test]
+fn unknown_commands_and_quit() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("FROB", "500 5.5.1");
+    smtp.exchange("VRFY bob", "252 2.5.0");
+    smtp.exchange("QUIT", "221 2.0.0");
+    assert!(smtp.closed);
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let mut smtp = Harness::tls();
+    let out = smtp.send(&"FROB\r\n".repeat(30));
+    assert!(out.ends_with("421 4.7.0 mx.test Too many errors, closing connection\r\n"));
+    assert_eq!(out.matches("500 5.5.1").count(), 20);
+    assert!(smtp.closed);
+}
+
+#[test]
+fn bytes_split_anywhere_give_the_same_transcript() {
+    let script = format!(
+        "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n\
+         Subject: s\r\n\r\n..x\r\n.\r\nQUIT\r\n",
+        plain("scanner", "hunter2")
+    );
+    let whole = {
+        let mut smtp = Harness::with(Channel::Tls, rules());
+        smtp.send(&script)
+    };
+    for chunk in [1, 2, 3, 7, 64] {
+        let mut smtp = Harness::with(Channel::Tls, rules());
+        let mut out = String::new();
+        for piece in script.as_bytes().chunks(chunk) {
+            out.push_str(&smtp.send_bytes(piece));
+        }
+        assert_eq!(out, whole, "chunk size {chunk}");
+        assert_eq!(smtp.accepted[0].1, b"Subject: s\r\n\r\n.x\r\n");
+    }
+}
+
+#[test]
+fn debug_output_shows_no_token_and_no_message_content() {
+    let mut smtp = Harness::tls();
+    // An AUTH line buffered but not yet complete.
+    smtp.session.feed(
+        format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "good-token")
+        )
+        .as_bytes(),
+    );
+    let shown = format!("{:?}", smtp.session);
+    assert!(
+        !shown.contains(&xoauth2("alice@example.com", "good-token")),
+        "{shown}"
+    );
+    let question = Question::Message {
+        envelope: Envelope::default(),
+        message: b"secret body".to_vec(),
+    };
+    assert!(!format!("{question:?}").contains("secret body"));
+}
+
+#[test]
+fn mail_auth_parameter_is_accepted_and_dsn_is_refused() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x> AUTH=<>", "250 2.1.0");
+    smtp.exchange("RCPT TO:<b@x> NOTIFY=NEVER", "555 5.5.4");
+}
