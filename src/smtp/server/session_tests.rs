@@ -78,7 +78,8 @@ impl Harness {
     fn send_bytes(&mut self, bytes: &[u8]) -> String {
         self.session.feed(bytes);
         let mut out = Vec::new();
-        for _ in 0..10_000 {
+        let mut settled = false;
+        for _ in 0..100_000 {
             match self.session.poll() {
                 Step::Reply(reply) => out.extend_from_slice(&reply.to_bytes()),
                 Step::Observe(_) => {}
@@ -90,16 +91,22 @@ impl Harness {
                 }
                 Step::StartTls => {
                     self.started_tls = true;
+                    settled = true;
                     break;
                 }
                 Step::Close => {
                     self.closed = true;
+                    settled = true;
                     break;
                 }
-                Step::NeedInput => break,
+                Step::NeedInput => {
+                    settled = true;
+                    break;
+                }
                 Step::Blocked => panic!("session blocked"),
             }
         }
+        assert!(settled, "the session did not settle in 100000 polls");
         String::from_utf8(out).expect("replies are UTF-8")
     }
 
@@ -592,4 +599,91 @@ fn mail_auth_parameter_is_accepted_and_dsn_is_refused() {
     let mut smtp = Harness::tls_authenticated();
     smtp.exchange("MAIL FROM:<a@x> AUTH=<>", "250 2.1.0");
     smtp.exchange("RCPT TO:<b@x> NOTIFY=NEVER", "555 5.5.4");
+}
+
+/// Random scripts over SMTP's alphabet (commands, CRLF, bare CR/LF, dots),
+/// cut into random chunks: the session never panics, always settles, and
+/// never accepts a message holding a bare CR or LF.
+#[test]
+fn random_scripts_never_panic_or_accept_bare_line_endings() {
+    use rand::{Rng, SeedableRng};
+    let auth = format!("AUTH PLAIN {}\r\n", plain("scanner", "hunter2"));
+    let pieces: Vec<&[u8]> = vec![
+        b"EHLO c\r\n",
+        auth.as_bytes(),
+        b"AUTH XOAUTH2\r\n",
+        b"AQ==\r\n",
+        b"*\r\n",
+        b"MAIL FROM:<a@x>\r\n",
+        b"RCPT TO:<b@x>\r\n",
+        b"DATA\r\n",
+        b"STARTTLS\r\n",
+        b"RSET\r\n",
+        b"Subject: x\r\n",
+        b"\r\n",
+        b".",
+        b"..",
+        b"\n",
+        b"\r",
+        b".\r\n",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"body text \xc3\xa9",
+        b"\x00\xff",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7628);
+    let (mut accepted, mut tls_started) = (0, 0);
+    for round in 0..500 {
+        let mut smtp = if round % 2 == 0 {
+            Harness::with(Channel::Tls, rules())
+        } else {
+            let rules = SessionRules {
+                plaintext_auth_allowed: true,
+                ..rules()
+            };
+            Harness::with(Channel::Plaintext, rules)
+        };
+        let mut script = Vec::new();
+        for _ in 0..rng.random_range(1..40) {
+            if rng.random_bool(0.2) {
+                // A whole transaction with a random body, so scripts get
+                // past the envelope often enough to test DATA.
+                script.extend_from_slice(b"EHLO c\r\n");
+                script.extend_from_slice(auth.as_bytes());
+                script.extend_from_slice(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+                for _ in 0..rng.random_range(0..8) {
+                    script.extend_from_slice(pieces[rng.random_range(10..pieces.len())]);
+                }
+                script.extend_from_slice(b"\r\n.\r\n");
+            } else {
+                script.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+            }
+        }
+        let mut rest = &script[..];
+        while !rest.is_empty() && !smtp.closed {
+            let cut = rng.random_range(1..=rest.len().min(40));
+            smtp.send_bytes(&rest[..cut]);
+            rest = &rest[cut..];
+            if smtp.started_tls {
+                smtp.started_tls = false;
+                tls_started += 1;
+                smtp.session.tls_established().expect("after StartTls");
+            }
+        }
+        accepted += smtp.accepted.len();
+        for (_, message) in &smtp.accepted {
+            for (index, byte) in message.iter().enumerate() {
+                match byte {
+                    b'\r' => assert_eq!(message.get(index + 1), Some(&b'\n'), "{message:?}"),
+                    b'\n' => assert_eq!(message[index - 1], b'\r', "{message:?}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // The scripts reach deep enough to matter.
+    assert!(
+        accepted > 10 && tls_started > 10,
+        "{accepted} {tls_started}"
+    );
 }
