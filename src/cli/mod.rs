@@ -5,9 +5,11 @@
 mod account;
 mod audit;
 mod context;
+mod demo;
 mod doctor;
 mod keygen;
 mod queue;
+mod sandbox;
 mod send;
 mod token;
 mod user;
@@ -50,6 +52,16 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run the whole path end to end against the built-in sandbox (no account needed).
+    #[command(
+        after_help = "Examples:\n  oxirelay demo\n  oxirelay demo --messages 6 --token-ttl 5s --keep"
+    )]
+    Demo(demo::DemoArgs),
+    /// Run the sandbox provider: a real OAuth2 server and an OAuth2-enforcing SMTP server on loopback.
+    #[command(
+        after_help = "Examples:\n  oxirelay sandbox --token-ttl 60s\n  oxirelay sandbox inbox"
+    )]
+    Sandbox(sandbox::SandboxArgs),
     /// Print a new master key (base64 of 32 random bytes).
     #[command(
         after_help = "Examples:\n  export OXIRELAY_MASTER_KEY=$(oxirelay keygen)\n  oxirelay keygen --file /etc/oxirelay/master.key   # written with mode 0600"
@@ -110,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::tls::install_crypto_provider();
     let config = cli.config.clone();
     match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Sandbox(args) => sandbox::run(args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Send(args) => send::run(config, args).await,
         Command::Token(args) => token::run(config, args).await,

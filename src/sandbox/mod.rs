@@ -1,8 +1,244 @@
 //! The sandbox provider: a real OAuth2 authorization server and a real
 //! OAuth2-enforcing SMTP server on loopback, for `oxirelay sandbox`,
-//! `oxirelay demo` and the tests.
+//! `oxirelay demo` and the tests. [`Sandbox::start`] runs both, wired
+//! together the way a provider's are: the SMTP server checks each bearer
+//! token's signature against the authorization server's JWKS, then asks its
+//! introspection endpoint whether the token is still active, so revoked
+//! tokens are refused as a real provider refuses them.
 
 pub mod authz;
 pub mod certs;
 pub mod inbox;
 pub mod smtp;
+
+use crate::oauth::validate::{JwtValidator, introspect};
+use crate::secret::Secret;
+use crate::smtp::sasl::OAuthErrorStatus;
+use authz::{AuthServer, AuthServerConfig, RunningAuthServer, SandboxClient};
+use certs::SandboxCa;
+use smtp::{BearerVerifier, RunningSandboxSmtp, SandboxSmtp, SandboxSmtpConfig, VerifiedBearer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The scope the sandbox SMTP server requires (Microsoft's is SMTP.Send).
+pub const SMTP_SCOPE: &str = "smtp.send";
+/// The client the demo and the printed config snippet use.
+pub const CLIENT_ID: &str = authz::DEMO_CLIENT_ID;
+/// The mailbox the sandbox knows.
+pub const USER: &str = authz::DEMO_USER;
+/// The resource server's own client, for introspection.
+const INTROSPECTION_CLIENT_ID: &str = "sandbox-smtp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot start the sandbox authorization server: {0}")]
+    Auth(#[from] authz::AuthServerError),
+    #[error("cannot start the sandbox SMTP server: {0}")]
+    Smtp(#[from] smtp::SandboxSmtpError),
+    #[error("cannot make the sandbox certificates: {0}")]
+    Certs(#[from] certs::CertsError),
+    #[error("cannot listen on {addr}: {source}; choose another port")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the sandbox directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Where the inbox, the CA certificate and secrets go.
+    pub dir: PathBuf,
+    pub token_ttl: Duration,
+    pub auto_approve: bool,
+    pub http_addr: SocketAddr,
+    pub smtp_addr: SocketAddr,
+    pub device_interval: Duration,
+    /// The demo client's secret (random unless given).
+    pub client_secret: Secret,
+}
+
+impl SandboxOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SandboxOptions {
+            dir: dir.into(),
+            token_ttl: Duration::from_secs(3600),
+            auto_approve: false,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            smtp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            device_interval: Duration::from_secs(5),
+            client_secret: random_secret(),
+        }
+    }
+}
+
+fn random_secret() -> Secret {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Both servers, running.
+pub struct Sandbox {
+    pub auth: RunningAuthServer,
+    pub smtp: RunningSandboxSmtp,
+    pub dir: PathBuf,
+    pub client_secret: Secret,
+}
+
+struct SandboxVerifier {
+    validator: JwtValidator,
+    http: reqwest::Client,
+    introspection_url: url::Url,
+    introspection_secret: Secret,
+}
+
+impl BearerVerifier for SandboxVerifier {
+    fn verify<'a>(
+        &'a self,
+        token: &'a Secret,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VerifiedBearer, OAuthErrorStatus>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let validated = self
+                .validator
+                .validate(token)
+                .await
+                .map_err(|e| e.rfc7628_status())?;
+            let unavailable = || OAuthErrorStatus {
+                status: "temporarily_unavailable".into(),
+                schemes: Some("bearer".into()),
+                scope: None,
+                openid_configuration: None,
+            };
+            let introspection = introspect(
+                &self.http,
+                &self.introspection_url,
+                INTROSPECTION_CLIENT_ID,
+                &self.introspection_secret,
+                token,
+            )
+            .await
+            .map_err(|_| unavailable())?;
+            if !introspection.active {
+                return Err(OAuthErrorStatus {
+                    status: "invalid_token".into(),
+                    schemes: Some("bearer".into()),
+                    scope: Some(SMTP_SCOPE.into()),
+                    openid_configuration: None,
+                });
+            }
+            Ok(VerifiedBearer {
+                subject: validated.subject,
+                scopes: validated.scopes,
+            })
+        })
+    }
+}
+
+impl Sandbox {
+    pub async fn start(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        crate::tls::install_crypto_provider();
+        std::fs::create_dir_all(&options.dir).map_err(|source| SandboxError::Dir {
+            path: options.dir.clone(),
+            source,
+        })?;
+        let introspection_secret = random_secret();
+        let config = AuthServerConfig {
+            access_token_ttl: options.token_ttl,
+            auto_approve: options.auto_approve,
+            device_interval: options.device_interval,
+            scopes: vec![SMTP_SCOPE.into(), authz::OFFLINE_ACCESS.into()],
+            clients: vec![
+                SandboxClient {
+                    client_id: CLIENT_ID.into(),
+                    client_secret: options.client_secret.clone(),
+                    redirect_uris: vec![
+                        "http://127.0.0.1/callback".into(),
+                        "http://127.0.0.1/".into(),
+                    ],
+                    app_subject: Some(USER.into()),
+                },
+                SandboxClient {
+                    client_id: INTROSPECTION_CLIENT_ID.into(),
+                    client_secret: introspection_secret.clone(),
+                    redirect_uris: vec![],
+                    app_subject: None,
+                },
+            ],
+            ..AuthServerConfig::default()
+        };
+        let auth = AuthServer::bind(options.http_addr, config).await?;
+        let http = crate::oauth::grant::http_client(true);
+        let verifier = Arc::new(SandboxVerifier {
+            validator: auth.validator(http.clone()),
+            http,
+            introspection_url: auth.introspection_url(),
+            introspection_secret,
+        });
+        let ca = Arc::new(SandboxCa::generate()?);
+        let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
+        smtp_config.required_scope = SMTP_SCOPE.into();
+        smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
+        let listener = tokio::net::TcpListener::bind(options.smtp_addr)
+            .await
+            .map_err(|source| SandboxError::Bind {
+                addr: options.smtp_addr,
+                source,
+            })?;
+        let smtp = SandboxSmtp::start(listener, smtp_config).await?;
+        Ok(Sandbox {
+            auth,
+            smtp,
+            dir: options.dir,
+            client_secret: options.client_secret,
+        })
+    }
+
+    pub fn ca_file(&self) -> &Path {
+        self.smtp.ca_file()
+    }
+
+    /// A config `[[account]]` for this sandbox. The client secret is
+    /// referenced, never written: `secret_ref` is `env:NAME` or `file:PATH`.
+    pub fn account_toml(&self, name: &str, grant: &str, secret_ref: &str) -> String {
+        format!(
+            r#"[[account]]
+name = "{name}"
+provider = "generic"
+grant = "{grant}"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{secret_ref}"
+user = "{USER}"
+scopes = ["{SMTP_SCOPE}"{offline}]
+smtp = "127.0.0.1:{port}"
+tls = "starttls"
+ca_file = "{ca}"
+sasl = "oauthbearer"
+insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0.0.1
+"#,
+            issuer = self.auth.issuer().as_str().trim_end_matches('/'),
+            offline = if grant == "client_credentials" {
+                ""
+            } else {
+                ", \"offline_access\""
+            },
+            port = self.smtp.addr().port(),
+            ca = self.ca_file().display(),
+        )
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.smtp.shutdown().await;
+        let _ = self.auth.shutdown().await;
+    }
+}

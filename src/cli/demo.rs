@@ -1,0 +1,228 @@
+//! `oxirelay demo`: the whole path, end to end, on loopback, with no
+//! provider account and no prompt. It starts the sandbox, makes an account
+//! in a temporary directory, gets consent with the authorization code grant
+//! (PKCE + state; the sandbox's auto-approve stands in for the person who
+//! clicks Allow), sends messages over longer than one token lifetime so a
+//! refresh (with refresh-token rotation) happens, and shows what arrived.
+
+use super::Context;
+use crate::config::Config;
+use crate::delivery::upstream::send_now;
+use crate::message::Composition;
+use crate::oauth::broker::{BrokerEvent, BrokerEventKind};
+use crate::oauth::consent;
+use crate::sandbox::{Sandbox, SandboxOptions, USER};
+use anyhow::Context as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// How many messages to send.
+    #[arg(long, default_value_t = 4)]
+    pub messages: u32,
+    /// Access-token lifetime at the sandbox; the messages span longer than this.
+    #[arg(long, default_value = "8s", value_parser = super::parse_duration)]
+    pub token_ttl: Duration,
+    /// Keep the temporary directory (config, store, inbox) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let at = move || format!("[{:>5.1}s]", started.elapsed().as_secs_f64());
+    let temp = tempfile::Builder::new()
+        .prefix("oxirelay-demo-")
+        .tempdir()?;
+    let dir = temp.path().to_path_buf();
+
+    println!(
+        "oxirelay demo: OAuth2 SMTP end to end, against the built-in sandbox (loopback only)\n"
+    );
+    let mut options = SandboxOptions::new(dir.join("sandbox"));
+    options.token_ttl = args.token_ttl;
+    options.auto_approve = true;
+    let sandbox = Sandbox::start(options).await?;
+    println!(
+        "{} sandbox authorization server  {}",
+        at(),
+        sandbox.auth.issuer()
+    );
+    println!(
+        "{} sandbox SMTP server (STARTTLS, OAuth2 only)  127.0.0.1:{}",
+        at(),
+        sandbox.smtp.addr().port()
+    );
+    println!(
+        "        access tokens live {}s; the sandbox rotates refresh tokens on every use",
+        args.token_ttl.as_secs()
+    );
+
+    // The relay's side: a master key, a secret file, a config, a store.
+    write_private(
+        &dir.join("master.key"),
+        &crate::secret::generate_master_key(),
+    )?;
+    write_private(&dir.join("client.secret"), sandbox.client_secret.expose())?;
+    let config_text = format!(
+        "[store]\nurl = \"sqlite://{store}\"\n\n[secrets]\nmaster_key = \"file:{key}\"\n\n{account}",
+        store = dir.join("oxirelay.db").display(),
+        key = dir.join("master.key").display(),
+        account = sandbox.account_toml(
+            "demo",
+            "authorization_code",
+            &format!("file:{}", dir.join("client.secret").display())
+        ),
+    );
+    std::fs::write(dir.join("oxirelay.toml"), &config_text)?;
+    let config = Config::parse(&config_text, &dir.join("oxirelay.toml"))?;
+    let context = Context::from_config(config).await?;
+    println!(
+        "{} account \"demo\": generic provider, authorization_code grant, SASL OAUTHBEARER, secrets sealed in {}",
+        at(),
+        dir.join("oxirelay.db").display()
+    );
+
+    let mut events = context.broker.subscribe();
+    let print_events = tokio::spawn(async move {
+        while let Ok(BrokerEvent {
+            kind,
+            token_fingerprint,
+            detail,
+            ..
+        }) = events.recv().await
+        {
+            let fp = token_fingerprint.map(|f| f.to_string()).unwrap_or_default();
+            let what = match kind {
+                BrokerEventKind::Consented => format!("consent stored; access token {fp}"),
+                BrokerEventKind::TokenIssued => format!(
+                    "token refreshed ahead of expiry: new access token {fp}, rotated refresh token sealed and committed first ({detail})"
+                ),
+                BrokerEventKind::RefreshFailed => format!("refresh failed: {detail}"),
+                BrokerEventKind::NeedsConsent => format!("needs consent: {detail}"),
+                BrokerEventKind::TokenInvalidated => {
+                    format!("upstream refused token {fp}; dropped")
+                }
+            };
+            println!("{} broker: {what}", format_args!("{:>8}", "·"));
+        }
+    });
+
+    // Consent: what `oxirelay account login` does, with the sandbox's
+    // auto-approve standing in for the browser.
+    let endpoints = context.broker.endpoints("demo").await?;
+    let account = context
+        .broker
+        .account("demo")
+        .context("the demo account")?
+        .clone();
+    let request = consent::begin(
+        &account,
+        &endpoints,
+        "http://127.0.0.1/callback",
+        Some(USER),
+    )?;
+    println!(
+        "{} consent: authorization code + PKCE (S256) + state, scopes: {}",
+        at(),
+        request.scopes.join(" ")
+    );
+    let browser = crate::oauth::grant::http_client(true);
+    let answer = browser.get(request.url.clone()).send().await?;
+    let location = answer
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("the sandbox did not redirect back with a code")?;
+    let callback = url::Url::parse(location)?;
+    let code = consent::code_from_callback(&request, callback.query().unwrap_or_default(), "demo")?;
+    consent::finish(&context.broker, "demo", &request, &code).await?;
+
+    let spacing =
+        (args.token_ttl.mul_f64(1.5) / args.messages.max(1)).max(Duration::from_millis(500));
+    for n in 1..=args.messages {
+        let message = Composition {
+            from: USER.into(),
+            to: vec![format!("recipient{n}@example.net")],
+            subject: format!("oxirelay demo message {n} of {}", args.messages),
+            body: format!("Hello from the oxirelay demo.\n.This line starts with a dot and arrives intact.\nMessage {n}.\n"),
+            ..Default::default()
+        }
+        .build()?;
+        let report = send_now(&context.broker, &account, &message).await?;
+        let ok = report.accepted();
+        anyhow::ensure!(ok, "the sandbox refused message {n}: {report:?}");
+        println!("{} sent message {n} to recipient{n}@example.net", at());
+        if n < args.messages {
+            tokio::time::sleep(spacing).await;
+        }
+    }
+
+    let entries = sandbox.smtp.inbox().list()?;
+    println!(
+        "\nWhat the sandbox SMTP server received ({} messages):",
+        entries.len()
+    );
+    println!(
+        "  {:<20} {:<22} {:<12} {:<16} SUBJECT",
+        "FROM", "TO", "SASL", "TOKEN"
+    );
+    for entry in &entries {
+        println!(
+            "  {:<20} {:<22} {:<12} {:<16} {}",
+            entry.mail_from,
+            entry.rcpt_to.join(","),
+            entry.mechanism.map(|m| m.to_string()).unwrap_or_default(),
+            entry.token_fingerprint.as_deref().unwrap_or("-"),
+            entry.subject.as_deref().unwrap_or(""),
+        );
+    }
+    let stats = sandbox.auth.stats();
+    println!(
+        "\nToken endpoint: {} requests ({} authorization_code, {} refresh_token). Tokens in the store are sealed; logs show fingerprints only.",
+        stats.token_requests,
+        stats
+            .token_requests_by_grant
+            .get(crate::sandbox::authz::GrantKind::AuthorizationCode),
+        stats
+            .token_requests_by_grant
+            .get(crate::sandbox::authz::GrantKind::RefreshToken),
+    );
+    print_events.abort();
+    sandbox.shutdown().await;
+    anyhow::ensure!(
+        entries.len() == args.messages as usize,
+        "expected {} messages at the sandbox, found {}",
+        args.messages,
+        entries.len()
+    );
+    if args.keep {
+        let kept = temp.keep();
+        println!(
+            "Kept {} (config: oxirelay.toml, store: oxirelay.db, inbox: sandbox/inbox)",
+            kept.display()
+        );
+    }
+    println!(
+        "\nDone. Next: see README.md for Microsoft 365 and Google, or run `oxirelay sandbox` to try your own setup."
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,157 @@
+//! `oxirelay sandbox`: run the sandbox provider standalone, to learn and to
+//! test a setup without a provider account; `oxirelay sandbox inbox` shows
+//! what its SMTP server received.
+
+use crate::sandbox::inbox::Inbox;
+use crate::sandbox::{Sandbox, SandboxOptions};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct SandboxArgs {
+    #[command(subcommand)]
+    pub command: Option<SandboxCommand>,
+    /// Where the inbox, the CA certificate and the client secret go.
+    #[arg(long, default_value = "oxirelay-sandbox", global = true)]
+    pub dir: PathBuf,
+    /// Access-token lifetime (short values show refreshes quickly).
+    #[arg(long, default_value = "1h", value_parser = super::parse_duration)]
+    pub token_ttl: Duration,
+    /// The authorization server's address.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    pub http: SocketAddr,
+    /// The SMTP server's address.
+    #[arg(long, default_value = "127.0.0.1:2587")]
+    pub smtp: SocketAddr,
+    /// Approve every consent request without showing the page.
+    #[arg(long)]
+    pub auto_approve: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SandboxCommand {
+    /// List the messages the sandbox SMTP server received.
+    #[command(
+        after_help = "Examples:\n  oxirelay sandbox inbox\n  oxirelay sandbox inbox --dir /tmp/sb --json"
+    )]
+    Inbox {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    if let Some(SandboxCommand::Inbox { json }) = args.command {
+        return inbox(&args.dir, json);
+    }
+    for addr in [args.http, args.smtp] {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "the sandbox listens on loopback only; {addr} is not a loopback address"
+        );
+    }
+    let mut options = SandboxOptions::new(&args.dir);
+    options.token_ttl = args.token_ttl;
+    options.auto_approve = args.auto_approve;
+    options.http_addr = args.http;
+    options.smtp_addr = args.smtp;
+    let sandbox = Sandbox::start(options).await?;
+    let secret_file = std::fs::canonicalize(&args.dir)?.join("client.secret");
+    write_secret(&secret_file, sandbox.client_secret.expose())?;
+    println!("oxirelay sandbox is running (Ctrl-C to stop)\n");
+    println!("  authorization server  {}", sandbox.auth.issuer());
+    println!(
+        "    metadata            {}.well-known/oauth-authorization-server",
+        sandbox.auth.issuer()
+    );
+    println!("    token               {}", sandbox.auth.token_url());
+    println!(
+        "    authorize           {}",
+        sandbox.auth.authorization_url()
+    );
+    println!(
+        "    device              {}",
+        sandbox.auth.device_authorization_url()
+    );
+    println!(
+        "  SMTP (STARTTLS, AUTH XOAUTH2/OAUTHBEARER after TLS)  127.0.0.1:{}",
+        sandbox.smtp.addr().port()
+    );
+    println!("    CA certificate      {}", sandbox.ca_file().display());
+    println!(
+        "  mailbox {} with client {} (secret in {})",
+        crate::sandbox::USER,
+        crate::sandbox::CLIENT_ID,
+        secret_file.display()
+    );
+    println!(
+        "  access tokens live {}s; refresh tokens rotate on every use\n",
+        args.token_ttl.as_secs()
+    );
+    println!("A ready config (add [store] and [secrets]; see README.md):\n");
+    println!(
+        "{}",
+        sandbox.account_toml(
+            "sandbox",
+            "client_credentials",
+            &format!("file:{}", secret_file.display())
+        )
+    );
+    println!(
+        "Then: oxirelay -c oxirelay.toml send --account sandbox --from {} --to you@example.net --subject hi --body hello",
+        crate::sandbox::USER
+    );
+    println!("      oxirelay sandbox inbox --dir {}", args.dir.display());
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    println!("\nstopping");
+    sandbox.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_secret(path: &std::path::Path, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn inbox(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let inbox_dir = dir.join("inbox");
+    anyhow::ensure!(
+        inbox_dir.exists(),
+        "no sandbox inbox at {}; start the sandbox with `oxirelay sandbox --dir {}` first",
+        inbox_dir.display(),
+        dir.display()
+    );
+    let entries = Inbox::open(&inbox_dir)?.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else if entries.is_empty() {
+        println!("the sandbox inbox is empty");
+    } else {
+        println!(
+            "{:<20} {:<24} {:<28} {:<12} {:<16} SUBJECT",
+            "RECEIVED", "FROM", "TO", "SASL", "TOKEN"
+        );
+        for e in entries {
+            println!(
+                "{:<20} {:<24} {:<28} {:<12} {:<16} {}",
+                e.received_at.get(..19).unwrap_or(&e.received_at),
+                e.mail_from,
+                e.rcpt_to.join(","),
+                e.mechanism.map(|m| m.to_string()).unwrap_or_default(),
+                e.token_fingerprint.as_deref().unwrap_or("-"),
+                e.subject.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
