@@ -94,7 +94,7 @@ impl SandboxSmtpConfig {
             required_scope: "smtp.send".into(),
             ca,
             ca_file: None,
-            tls_mode: TlsMode::StartTls,
+            tls_mode: TlsMode::Starttls,
             hostname: "localhost".into(),
             // Long enough for a debugger pause, short enough that a stuck
             // test client does not hold a session for the whole run.

@@ -15,17 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-/// How a listener uses TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// Plaintext first, STARTTLS offered (port 587).
-    StartTls,
-    /// TLS from the first byte (port 465).
-    Implicit,
-    /// No TLS at all: only for listeners restricted to an IP allow-list.
-    None,
-}
+pub use crate::config::TlsMode;
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -42,7 +32,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            tls_mode: TlsMode::StartTls,
+            tls_mode: TlsMode::Starttls,
             read_timeout: Duration::from_secs(300),
             max_sessions: 100,
             hostname: "localhost".into(),
