@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::delivery::upstream::send_now;
 use crate::message::Composition;
 use crate::oauth::broker::{BrokerEvent, BrokerEventKind};
-use crate::oauth::consent;
 use crate::sandbox::{Sandbox, SandboxOptions, USER};
 use anyhow::Context as _;
 use std::path::Path;
@@ -127,34 +126,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
 
     // Consent: what `oxirelay account login` does, with the sandbox's
-    // auto-approve standing in for the browser.
-    let endpoints = context.broker.endpoints("demo").await?;
+    // auto-approve standing in for the person at the browser.
     let account = context
         .broker
         .account("demo")
         .context("the demo account")?
         .clone();
-    let request = consent::begin(
-        &account,
-        &endpoints,
-        "http://127.0.0.1/callback",
-        Some(USER),
-    )?;
     println!(
         "{} consent: authorization code + PKCE (S256) + state, scopes: {}",
         at(),
-        request.scopes.join(" ")
+        account.scopes.join(" ")
     );
-    let browser = crate::oauth::grant::http_client(true);
-    let answer = browser.get(request.url.clone()).send().await?;
-    let location = answer
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .context("the sandbox did not redirect back with a code")?;
-    let callback = url::Url::parse(location)?;
-    let code = consent::code_from_callback(&request, callback.query().unwrap_or_default(), "demo")?;
-    consent::finish(&context.broker, "demo", &request, &code).await?;
+    sandbox.grant_consent(&context.broker, "demo").await?;
 
     let spacing =
         (args.token_ttl.mul_f64(1.5) / args.messages.max(1)).max(Duration::from_millis(500));

@@ -44,6 +44,8 @@ pub enum SandboxError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("sandbox consent failed: {0}")]
+    Consent(String),
     #[error("cannot create the sandbox directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -179,7 +181,9 @@ impl Sandbox {
         let auth = AuthServer::bind(options.http_addr, config).await?;
         let http = crate::oauth::grant::http_client(true);
         let verifier = Arc::new(SandboxVerifier {
-            validator: auth.validator(http.clone()),
+            // No grace after `exp`: providers refuse an expired token outright,
+            // and the relay must cope with that.
+            validator: auth.validator(http.clone()).with_leeway(Duration::ZERO),
             http,
             introspection_url: auth.introspection_url(),
             introspection_secret,
@@ -188,6 +192,8 @@ impl Sandbox {
         let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
         smtp_config.required_scope = SMTP_SCOPE.into();
         smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
+        // Room for load tests and benchmarks with many concurrent senders.
+        smtp_config.max_sessions = 256;
         let listener = tokio::net::TcpListener::bind(options.smtp_addr)
             .await
             .map_err(|source| SandboxError::Bind {
@@ -235,6 +241,48 @@ insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0
             port = self.smtp.addr().port(),
             ca = self.ca_file().display(),
         )
+    }
+
+    /// Gives consent for `account` the way `account login` does, with the
+    /// sandbox's auto-approve standing in for the person at the browser:
+    /// authorization code + PKCE + state, then the code exchange. The
+    /// sandbox must run with `auto_approve`.
+    pub async fn grant_consent(
+        &self,
+        broker: &crate::oauth::broker::Broker,
+        account: &str,
+    ) -> Result<crate::oauth::broker::AccessToken, SandboxError> {
+        use crate::oauth::consent;
+        let fail = |e: &dyn std::fmt::Display| SandboxError::Consent(e.to_string());
+        let endpoints = broker.endpoints(account).await.map_err(|e| fail(&e))?;
+        let config = broker
+            .account(account)
+            .ok_or_else(|| SandboxError::Consent(format!("no account {account}")))?;
+        let request = consent::begin(config, &endpoints, "http://127.0.0.1/callback", Some(USER))
+            .map_err(|e| fail(&e))?;
+        let browser = crate::oauth::grant::http_client(true);
+        let answer = browser
+            .get(request.url.clone())
+            .send()
+            .await
+            .map_err(|e| fail(&e))?;
+        let location = answer
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                SandboxError::Consent(format!(
+                    "the authorization endpoint answered {} without redirecting back; is auto_approve on?",
+                    answer.status()
+                ))
+            })?;
+        let callback = url::Url::parse(location).map_err(|e| fail(&e))?;
+        let code =
+            consent::code_from_callback(&request, callback.query().unwrap_or_default(), account)
+                .map_err(|e| fail(&e))?;
+        consent::finish(broker, account, &request, &code)
+            .await
+            .map_err(|e| fail(&e))
     }
 
     pub async fn shutdown(self) {

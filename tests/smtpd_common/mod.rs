@@ -107,9 +107,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(sandbox: &Sandbox) -> Client {
-        let stream = TcpStream::connect(sandbox.server.addr())
-            .await
-            .expect("connect");
+        Client::connect_addr(sandbox.server.addr()).await
+    }
+
+    pub async fn connect_addr(addr: std::net::SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
         Client {
             transport: Some(Transport::Plain(stream)),
             received: Vec::new(),
@@ -200,13 +202,19 @@ impl Client {
     /// Greeting, EHLO, STARTTLS, handshake, EHLO again. Returns the second
     /// EHLO reply.
     pub async fn greet_with_starttls(&mut self, sandbox: &Sandbox) -> String {
+        self.greet_with_starttls_trusting(sandbox.server.ca_file())
+            .await
+    }
+
+    /// The same, trusting the CA certificate in `ca_file`.
+    pub async fn greet_with_starttls_trusting(&mut self, ca_file: &Path) -> String {
         assert!(self.reply().await.starts_with("220 "));
         assert!(self.command("EHLO client.test").await.starts_with("250"));
         assert_eq!(
             self.command("STARTTLS").await,
             "220 2.0.0 Ready to start TLS\r\n"
         );
-        self.handshake(sandbox.server.ca_file()).await;
+        self.handshake(ca_file).await;
         self.command("EHLO client.test").await
     }
 }
