@@ -20,6 +20,11 @@ pub enum AccountCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give consent once (browser, or --device for machines without one) and store the tokens sealed.
+    #[command(
+        after_help = "Examples:\n  oxirelay account login office\n  oxirelay account login office --device       # headless server: enter a code on your phone\n  oxirelay account login office --no-browser   # print the URL only (open it via an SSH tunnel)"
+    )]
+    Login(super::login::LoginArgs),
     /// Store a refresh token obtained elsewhere (read from standard input).
     #[command(
         after_help = "Example (migrating from another tool):\n  oxirelay account import-token office < refresh_token.txt"
@@ -50,6 +55,10 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
     let context = Context::load(config).await?;
     match command {
         AccountCommand::List { json } => list(&context, json).await,
+        AccountCommand::Login(args) => {
+            super::login::run(&context, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         AccountCommand::ImportToken { account } => {
             let mut text = String::new();
             std::io::stdin()

@@ -8,6 +8,7 @@ mod context;
 mod demo;
 mod doctor;
 mod keygen;
+mod login;
 mod queue;
 mod sandbox;
 mod send;

@@ -11,5 +11,6 @@ pub mod explain;
 pub mod grant;
 pub mod jwt;
 pub mod jwt_bearer;
+pub mod loopback;
 pub mod preset;
 pub mod validate;

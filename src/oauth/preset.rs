@@ -203,6 +203,27 @@ impl Preset {
     }
 }
 
+/// Why a scope is asked for, in plain words, for the consent explanation.
+pub fn explain_scope(scope: &str) -> &'static str {
+    match scope {
+        "https://outlook.office.com/SMTP.Send" => {
+            "send mail as this mailbox over SMTP (nothing else: no reading, no contacts)"
+        }
+        "https://outlook.office365.com/.default" => {
+            "the application permissions an administrator granted to this app (SMTP.SendAsApp)"
+        }
+        "offline_access" => {
+            "a refresh token, so oxirelay can renew access without asking you again"
+        }
+        "https://mail.google.com/" => {
+            "send mail over SMTP; Google has no narrower scope that allows SMTP, so this one also covers reading mail, which oxirelay never does"
+        }
+        "smtp.send" => "send mail over SMTP (the sandbox's scope)",
+        "openid" | "email" | "profile" => "your identity; not needed to send mail",
+        _ => "requested by the account's `scopes` setting",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
