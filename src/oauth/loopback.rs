@@ -127,7 +127,7 @@ mod tests {
         let listener = RedirectListener::bind("/").await.expect("bind");
         let uri = listener.redirect_uri("127.0.0.1");
         let http = reqwest::Client::new();
-        let favicon = uri.replace(":/", ":/").trim_end_matches('/').to_string() + "/favicon.ico";
+        let favicon = format!("{}/favicon.ico", uri.trim_end_matches('/'));
         let (query, _) = tokio::join!(listener.wait_for_query(Duration::from_secs(10)), async {
             let status = http.get(&favicon).send().await.expect("favicon").status();
             assert_eq!(status.as_u16(), 404);
