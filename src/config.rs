@@ -167,6 +167,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The file this was read from, for messages and relative paths.
     #[serde(skip)]
     pub path: PathBuf,
@@ -196,12 +198,17 @@ fn default_store_url() -> String {
 pub struct SecretsConfig {
     #[serde(default = "default_master_key")]
     pub master_key: SecretRef,
+    /// Keys that sealed values before `rotate-key`: values are still opened
+    /// with them until they are re-sealed under `master_key`.
+    #[serde(default)]
+    pub previous_master_keys: Vec<SecretRef>,
 }
 
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
             master_key: default_master_key(),
+            previous_master_keys: Vec::new(),
         }
     }
 }
@@ -285,6 +292,26 @@ pub struct UserConfig {
     pub account: String,
 }
 
+/// The append-only audit log (on by default, beside the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: default_audit_path(),
+        }
+    }
+}
+
+fn default_audit_path() -> PathBuf {
+    PathBuf::from("oxirelay-audit.jsonl")
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -327,6 +354,12 @@ impl Config {
     /// config and its CA or key files can move together.
     fn rebase_paths(&mut self, base: &Path) {
         self.secrets.master_key.rebase(base);
+        for key in &mut self.secrets.previous_master_keys {
+            key.rebase(base);
+        }
+        if self.audit.path.is_relative() {
+            self.audit.path = base.join(&self.audit.path);
+        }
         if let Some(rest) = self.store.url.strip_prefix("sqlite://") {
             let file = Path::new(rest);
             if file.is_relative() && !rest.starts_with(':') {
@@ -412,12 +445,23 @@ impl Config {
             })
     }
 
+    /// The master key, able to open values sealed by the previous keys.
     pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
-        Ok(match &self.secrets.master_key {
-            SecretRef::Env(name) => MasterKey::from_env(name)?,
-            SecretRef::File(path) => MasterKey::from_file(path)?,
-        })
+        let previous = self
+            .secrets
+            .previous_master_keys
+            .iter()
+            .map(load_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(load_key(&self.secrets.master_key)?.with_previous(previous))
     }
+}
+
+pub fn load_key(reference: &SecretRef) -> Result<MasterKey, ConfigError> {
+    Ok(match reference {
+        SecretRef::Env(name) => MasterKey::from_env(name)?,
+        SecretRef::File(path) => MasterKey::from_file(path)?,
+    })
 }
 
 /// toml's message already names the line, column and key; keep it and add

@@ -25,6 +25,13 @@ pub enum AccountCommand {
         after_help = "Examples:\n  oxirelay account login office\n  oxirelay account login office --device       # headless server: enter a code on your phone\n  oxirelay account login office --no-browser   # print the URL only (open it via an SSH tunnel)"
     )]
     Login(super::login::LoginArgs),
+    /// Revoke the account's tokens at the provider (RFC 7009 where it exists) and wipe them locally.
+    #[command(after_help = "Example:\n  oxirelay account revoke office --reason \"laptop stolen\"")]
+    Revoke {
+        account: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Store a refresh token obtained elsewhere (read from standard input).
     #[command(
         after_help = "Example (migrating from another tool):\n  oxirelay account import-token office < refresh_token.txt"
@@ -55,6 +62,9 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
     let context = Context::load(config).await?;
     match command {
         AccountCommand::List { json } => list(&context, json).await,
+        AccountCommand::Revoke { account, reason } => {
+            super::emergency::revoke(&context, account, reason).await
+        }
         AccountCommand::Login(args) => {
             super::login::run(&context, args).await?;
             Ok(ExitCode::SUCCESS)

@@ -10,8 +10,19 @@ use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Who runs this command, for the audit log: `cli:<unix user>`.
+pub fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 pub struct Context {
     pub config: Config,
+    pub audit: Arc<crate::audit::AuditLog>,
     pub store: Arc<dyn Store>,
     pub key: Arc<MasterKey>,
     pub broker: Arc<Broker>,
@@ -41,13 +52,35 @@ impl Context {
             .iter()
             .map(Account::from_config)
             .collect::<Result<Vec<_>, _>>()?;
-        let broker = Arc::new(Broker::new(store.clone(), key.clone(), accounts));
+        let audit = Arc::new(crate::audit::AuditLog::open(&config.audit.path)?);
+        let broker = Arc::new(
+            Broker::new(store.clone(), key.clone(), accounts).with_audit(audit.clone(), &actor()),
+        );
         Ok(Context {
             config,
+            audit,
             store,
             key,
             broker,
         })
+    }
+
+    /// Records a person's action in the audit log.
+    pub fn audit(
+        &self,
+        action: &str,
+        account: Option<&str>,
+        detail: impl Into<String>,
+    ) -> anyhow::Result<()> {
+        self.audit.append(crate::audit::AuditEntry {
+            actor: actor(),
+            action: action.to_string(),
+            account: account.map(str::to_string),
+            token_fingerprint: None,
+            message_id: None,
+            detail: detail.into(),
+        })?;
+        Ok(())
     }
 
     pub fn config_path(&self) -> &Path {

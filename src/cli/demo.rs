@@ -120,6 +120,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 BrokerEventKind::TokenInvalidated => {
                     format!("upstream refused token {fp}; dropped")
                 }
+                BrokerEventKind::Revoked | BrokerEventKind::Reinstated => detail,
             };
             println!("{} broker: {what}", format_args!("{:>8}", "·"));
         }

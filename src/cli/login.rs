@@ -72,13 +72,17 @@ pub async fn run(context: &Context, args: LoginArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no account named {:?} in the config", args.account))?
         .clone();
     let device_flow = args.device || account.grant == GrantKind::DeviceCode;
-    match account.grant {
-        GrantKind::AuthorizationCode | GrantKind::DeviceCode => {}
-        other => anyhow::bail!(
-            "account {} uses the {other} grant, which needs no login: the app authenticates by itself. Check it with `oxirelay token {}`",
+    if !account.grant.uses_refresh_token() {
+        // App-only grants need no person; "login" re-enables a revoked account.
+        broker.reinstate(&account.name, "login").await?;
+        let token = broker.access_token(&account.name).await?;
+        println!(
+            "account {} uses the {} grant: no consent screen is needed. It is enabled and has access token {}.",
             account.name,
-            account.name
-        ),
+            account.grant,
+            token.fingerprint()
+        );
+        return Ok(());
     }
     if device_flow && let Some(reason) = account.preset.grant_refusal(GrantKind::DeviceCode) {
         anyhow::bail!("{reason}");

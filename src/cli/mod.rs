@@ -7,6 +7,7 @@ mod audit;
 mod context;
 mod demo;
 mod doctor;
+mod emergency;
 mod keygen;
 mod login;
 mod queue;
@@ -86,6 +87,22 @@ pub enum Command {
         after_help = "Examples:\n  oxirelay -c /etc/oxirelay/oxirelay.toml doctor\n  oxirelay doctor --json | jq '.[] | select(.status != \"pass\")'\n\nExit status 1 if any check failed, so it can gate a deployment."
     )]
     Doctor(doctor::DoctorArgs),
+    /// Emergency stop: revoke every account's tokens and pause delivery (queued mail is kept).
+    #[command(
+        after_help = "Example:\n  oxirelay lockdown --reason \"suspected key leak, ticket 4711\""
+    )]
+    Lockdown {
+        /// Why: recorded in the store and the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift the emergency stop and resume delivery.
+    Unlock,
+    /// Re-seal every token under the current master key (after adding the old one to previous_master_keys).
+    #[command(
+        after_help = "Procedure:\n  1. oxirelay keygen --file /etc/oxirelay/master-2.key\n  2. in [secrets]: master_key = \"file:/etc/oxirelay/master-2.key\", previous_master_keys = [\"file:/etc/oxirelay/master.key\"]\n  3. restart the relay (it opens both keys; queued mail is unaffected)\n  4. oxirelay rotate-key\n  5. remove previous_master_keys and destroy the old key"
+    )]
+    RotateKey,
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -130,6 +147,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token::run(config, args).await,
         Command::Account(command) => account::run(config, command).await,
         Command::Doctor(args) => doctor::run(config, args).await,
+        Command::Lockdown { reason } => emergency::lockdown(config, reason).await,
+        Command::Unlock => emergency::unlock(config).await,
+        Command::RotateKey => emergency::rotate_key(config).await,
         Command::Audit(command) => audit::run(command),
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,

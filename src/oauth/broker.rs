@@ -15,6 +15,7 @@
 //! - Other failures back off exponentially, so a broken provider sees a
 //!   handful of requests, not a storm.
 
+use crate::audit::AuditLog;
 use crate::clock::{from_unix, now_unix, to_unix};
 use crate::oauth::account::{Account, Endpoints};
 use crate::oauth::discovery::{DiscoveryError, discover};
@@ -145,6 +146,8 @@ pub enum BrokerEventKind {
     NeedsConsent,
     Consented,
     TokenInvalidated,
+    Revoked,
+    Reinstated,
 }
 
 impl BrokerEventKind {
@@ -155,6 +158,8 @@ impl BrokerEventKind {
             BrokerEventKind::NeedsConsent => "account.needs_consent",
             BrokerEventKind::Consented => "account.consented",
             BrokerEventKind::TokenInvalidated => "token.invalidated",
+            BrokerEventKind::Revoked => "account.revoked",
+            BrokerEventKind::Reinstated => "account.reinstated",
         }
     }
 }
@@ -183,6 +188,20 @@ pub struct Broker {
     key: Arc<MasterKey>,
     slots: HashMap<String, Arc<AccountSlot>>,
     events: broadcast::Sender<BrokerEvent>,
+    audit: Option<Arc<AuditLog>>,
+    /// Who the audit log names as the actor of this broker's actions.
+    actor: String,
+}
+
+/// What `revoke` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RevocationReport {
+    pub account: String,
+    /// Token kinds revoked at the provider ("refresh_token", "access_token").
+    pub revoked_at_provider: Vec<&'static str>,
+    /// Why revocation at the provider failed or was impossible, and what to do.
+    pub provider_note: Option<String>,
+    pub wiped_locally: bool,
 }
 
 impl Broker {
@@ -205,7 +224,137 @@ impl Broker {
             key,
             slots,
             events,
+            audit: None,
+            actor: "relay".to_string(),
         }
+    }
+
+    /// Records every event in `audit` too, naming `actor` ("relay", "cli:alice").
+    pub fn with_audit(mut self, audit: Arc<AuditLog>, actor: &str) -> Self {
+        self.audit = Some(audit);
+        self.actor = actor.to_string();
+        self
+    }
+
+    /// Revokes the account's tokens at the provider (RFC 7009, where the
+    /// provider has it), wipes them locally and marks the account revoked:
+    /// nothing is requested for it until `reinstate` or a new login.
+    pub async fn revoke(&self, name: &str, reason: &str) -> Result<RevocationReport, BrokerError> {
+        let slot = self.slot(name)?;
+        let mut state = slot.state.lock().await;
+        let account = &slot.account;
+        let mut report = RevocationReport {
+            account: name.to_string(),
+            revoked_at_provider: Vec::new(),
+            provider_note: None,
+            wiped_locally: false,
+        };
+        let record = self.store.token_record(name).await?;
+        let context = account.seal_context();
+        let tokens: Vec<(Secret, &'static str)> = record
+            .iter()
+            .flat_map(|r| {
+                [
+                    (&r.refresh_token, "refresh_token"),
+                    (&r.access_token, "access_token"),
+                ]
+            })
+            .filter_map(|(sealed, hint)| {
+                Some((self.key.open_secret(&context, sealed.as_ref()?).ok()?, hint))
+            })
+            .collect();
+        let revoke_url = self
+            .endpoints_of(slot)
+            .await
+            .ok()
+            .and_then(|e| e.revoke.clone());
+        match (&revoke_url, tokens.is_empty()) {
+            (_, true) => {}
+            (Some(url), false) => {
+                let endpoint = self.token_endpoint_of(slot).await?;
+                for (token, hint) in &tokens {
+                    match crate::oauth::revoke::revoke(&slot.http, url, &endpoint, token, hint)
+                        .await
+                    {
+                        Ok(()) => report.revoked_at_provider.push(hint),
+                        Err(e) => report.provider_note = Some(e.to_string()),
+                    }
+                }
+            }
+            (None, false) => {
+                report.provider_note = Some(
+                    crate::oauth::revoke::manual_revocation_advice(account.preset.kind).to_string(),
+                );
+            }
+        }
+        for _ in 0..MAX_WRITE_RACES {
+            let mut next = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            next.generation += 1;
+            next.refresh_token = None;
+            next.access_token = None;
+            next.access_expires_at = None;
+            next.access_refresh_at = None;
+            next.state = AccountState::Revoked;
+            next.state_reason = Some(reason.to_string());
+            next.updated_at = now_unix();
+            if self.store.save_token_record(&next).await? {
+                report.wiped_locally = true;
+                break;
+            }
+        }
+        state.cached = None;
+        state.backoff_until = None;
+        let detail = format!(
+            "{reason}; revoked at the provider: {}",
+            if report.revoked_at_provider.is_empty() {
+                "none".to_string()
+            } else {
+                report.revoked_at_provider.join(", ")
+            }
+        );
+        self.emit(account, BrokerEventKind::Revoked, None, None, detail)
+            .await;
+        Ok(report)
+    }
+
+    /// Makes a revoked account usable again: app-only grants fetch a new
+    /// token at once; delegated grants need a new login (their tokens are gone).
+    pub async fn reinstate(&self, name: &str, reason: &str) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
+        {
+            let mut state = slot.state.lock().await;
+            for _ in 0..MAX_WRITE_RACES {
+                let Some(mut record) = self.store.token_record(name).await? else {
+                    break;
+                };
+                if record.state != AccountState::Revoked {
+                    break;
+                }
+                record.generation += 1;
+                record.state = AccountState::New;
+                record.state_reason = None;
+                record.consecutive_failures = 0;
+                record.updated_at = now_unix();
+                if self.store.save_token_record(&record).await? {
+                    break;
+                }
+            }
+            state.cached = None;
+            state.backoff_until = None;
+        }
+        self.emit(
+            &slot.account,
+            BrokerEventKind::Reinstated,
+            None,
+            None,
+            reason.to_string(),
+        )
+        .await;
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
@@ -803,6 +952,19 @@ impl Broker {
         };
         if let Err(e) = self.store.record_event(&event).await {
             tracing::error!(error = %e, "cannot record an event");
+        }
+        if let Some(audit) = &self.audit {
+            let entry = crate::audit::AuditEntry {
+                actor: self.actor.clone(),
+                action: kind.as_str().to_string(),
+                account: Some(account.name.clone()),
+                token_fingerprint: token_fingerprint.map(|f| f.to_string()),
+                message_id: None,
+                detail: detail.clone(),
+            };
+            if let Err(e) = audit.append(entry) {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
         }
         // Nobody listening is fine.
         let _ = self.events.send(BrokerEvent {

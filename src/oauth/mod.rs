@@ -13,4 +13,5 @@ pub mod jwt;
 pub mod jwt_bearer;
 pub mod loopback;
 pub mod preset;
+pub mod revoke;
 pub mod validate;

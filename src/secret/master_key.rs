@@ -39,11 +39,31 @@ pub enum MasterKeyError {
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey {
     bytes: [u8; MASTER_KEY_LEN],
+    /// Keys replaced by this one, still able to open what they sealed
+    /// until `rotate-key` has re-sealed it.
+    previous: Vec<MasterKey>,
 }
 
 impl MasterKey {
     pub fn from_bytes(bytes: [u8; MASTER_KEY_LEN]) -> Self {
-        MasterKey { bytes }
+        MasterKey {
+            bytes,
+            previous: Vec::new(),
+        }
+    }
+
+    /// This key, able to open values sealed by `previous` keys as well.
+    pub fn with_previous(mut self, previous: Vec<MasterKey>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// The key with this id: this one or a previous one.
+    pub(crate) fn by_id(&self, id: u32) -> Option<&MasterKey> {
+        if self.key_id() == id {
+            return Some(self);
+        }
+        self.previous.iter().find(|k| k.key_id() == id)
     }
 
     /// Parses the base64 form that `oxirelay keygen` prints.
@@ -59,7 +79,7 @@ impl MasterKey {
         let mut bytes = [0u8; MASTER_KEY_LEN];
         bytes.copy_from_slice(&decoded);
         decoded.zeroize();
-        Ok(MasterKey { bytes })
+        Ok(MasterKey::from_bytes(bytes))
     }
 
     /// Reads the key from the environment variable `name`.

@@ -83,13 +83,11 @@ impl MasterKey {
             return Err(SealError::Malformed);
         }
         let found = sealed.key_id().ok_or(SealError::Malformed)?;
-        if found != self.key_id() {
-            return Err(SealError::WrongKey {
-                expected: self.key_id(),
-                found,
-            });
-        }
-        let cipher = XChaCha20Poly1305::new(self.as_bytes().into());
+        let key = self.by_id(found).ok_or(SealError::WrongKey {
+            expected: self.key_id(),
+            found,
+        })?;
+        let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
         cipher
             .decrypt(
                 XNonce::from_slice(&bytes[5..HEADER_LEN]),
@@ -147,6 +145,23 @@ mod tests {
             key(2).open("a", &sealed),
             Err(SealError::WrongKey { .. })
         ));
+    }
+
+    #[test]
+    fn previous_keys_open_what_they_sealed() {
+        let sealed = key(1).seal("a", b"token");
+        let rotated = key(2).with_previous(vec![key(1)]);
+        assert_eq!(
+            rotated
+                .open("a", &sealed)
+                .expect("opens with the previous key"),
+            b"token"
+        );
+        assert_eq!(
+            rotated.seal("a", b"t").key_id(),
+            Some(key(2).key_id()),
+            "new seals use the new key"
+        );
     }
 
     #[test]

@@ -208,6 +208,19 @@ pub trait Store: Send + Sync {
     async fn add_user(&self, user: &crate::users::SubmissionUser) -> Result<bool, StoreError>;
 
     async fn remove_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// The emergency stop, if it is on: delivery pauses, mail stays queued.
+    async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError>;
+
+    /// `Some(reason)` turns the emergency stop on; `None` turns it off.
+    async fn set_lockdown(&self, reason: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// Why and since when delivery is stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lockdown {
+    pub reason: String,
+    pub since: i64,
 }
 
 /// Opens the store a URL names.

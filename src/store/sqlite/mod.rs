@@ -7,7 +7,7 @@ mod queue;
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
 };
-use super::{AccountState, Event, Store, StoreError, TokenRecord};
+use super::{AccountState, Event, Lockdown, Store, StoreError, TokenRecord};
 use crate::secret::SealedValue;
 use crate::users::SubmissionUser;
 use async_trait::async_trait;
@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_accounts.sql")),
     (2, include_str!("0002_queue.sql")),
     (3, include_str!("0003_users.sql")),
+    (4, include_str!("0004_control.sql")),
 ];
 
 #[derive(Clone)]
@@ -336,6 +337,40 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {
+        let row = sqlx::query("SELECT value, updated_at FROM control WHERE key = 'lockdown'")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Lockdown {
+                reason: row.try_get("value")?,
+                since: row.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_lockdown(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(reason) => {
+                sqlx::query(
+                    "INSERT INTO control (key, value, updated_at) VALUES ('lockdown', ?, ?) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(reason)
+                .bind(crate::clock::now_unix())
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM control WHERE key = 'lockdown'")
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
