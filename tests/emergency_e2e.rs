@@ -1,0 +1,207 @@
+//! Revocation, the emergency stop and key rotation, through the binary,
+//! against the sandbox.
+
+mod common;
+
+use common::{ACCOUNT, Harness, write_private};
+use oxirelay::delivery::upstream::send_now;
+use oxirelay::oauth::account::seal_context;
+use oxirelay::oauth::broker::BrokerError;
+use oxirelay::secret::MasterKey;
+use std::process::Output;
+use std::time::Duration;
+
+async fn oxirelay(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .args(&args)
+            .env_remove("OXIRELAY_MASTER_KEY")
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockdown_revokes_every_token_at_the_provider_and_unlock_resumes() {
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let token = harness
+        .context
+        .broker
+        .access_token(ACCOUNT)
+        .await
+        .expect("token");
+    assert!(harness.sandbox.auth.is_token_active(&token.secret));
+    let config = harness.config_path.to_str().expect("utf-8").to_string();
+
+    let output = oxirelay(&["-c", &config, "lockdown", "--reason", "drill"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("revoked at the provider: access_token"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        !harness.sandbox.auth.is_token_active(&token.secret),
+        "introspection says inactive"
+    );
+    assert_eq!(harness.sandbox.auth.stats().revocations, 1);
+
+    harness.restart().await;
+    let lockdown = harness
+        .context
+        .store
+        .lockdown()
+        .await
+        .expect("store")
+        .expect("in force");
+    assert_eq!(lockdown.reason, "drill");
+    let before = harness.sandbox.auth.stats().token_requests;
+    let refused = send_now(
+        &harness.context.broker,
+        &harness.account(),
+        &common::message(1),
+    )
+    .await;
+    assert!(matches!(
+        refused,
+        Err(oxirelay::delivery::upstream::UpstreamError::Broker(
+            BrokerError::Revoked { .. }
+        ))
+    ));
+    assert_eq!(
+        harness.sandbox.auth.stats().token_requests,
+        before,
+        "a revoked account asks for nothing"
+    );
+
+    let output = oxirelay(&["-c", &config, "unlock"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    harness.restart().await;
+    assert!(
+        harness
+            .context
+            .store
+            .lockdown()
+            .await
+            .expect("store")
+            .is_none()
+    );
+    send_now(
+        &harness.context.broker,
+        &harness.account(),
+        &common::message(2),
+    )
+    .await
+    .expect("delivers again");
+
+    let audit = oxirelay(&[
+        "audit",
+        "verify",
+        harness
+            .dir
+            .path()
+            .join("oxirelay-audit.jsonl")
+            .to_str()
+            .expect("utf-8"),
+    ])
+    .await;
+    assert!(audit.status.success(), "{}", text(&audit));
+    let log = std::fs::read_to_string(harness.dir.path().join("oxirelay-audit.jsonl"))
+        .expect("audit log");
+    for action in [
+        "\"lockdown\"",
+        "\"account.revoked\"",
+        "\"unlock\"",
+        "\"account.reinstated\"",
+    ] {
+        assert!(log.contains(action), "audit log records {action}");
+    }
+    assert!(
+        !log.contains(token.secret.expose()),
+        "no token in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_key_reseals_everything_and_the_old_key_opens_nothing() {
+    let mut harness = Harness::start(
+        "authorization_code",
+        "oauthbearer",
+        Duration::from_secs(3600),
+    )
+    .await;
+    harness
+        .sandbox
+        .grant_consent(&harness.context.broker, ACCOUNT)
+        .await
+        .expect("consent");
+    let dir = harness.dir.path().to_path_buf();
+    let old_key = MasterKey::from_file(&dir.join("master.key")).expect("old key");
+    write_private(
+        &dir.join("master-2.key"),
+        &oxirelay::secret::generate_master_key(),
+    );
+    let config = std::fs::read_to_string(&harness.config_path)
+        .expect("config")
+        .replace(
+            "master_key = \"file:master.key\"",
+            "master_key = \"file:master-2.key\"\nprevious_master_keys = [\"file:master.key\"]",
+        );
+    std::fs::write(&harness.config_path, config).expect("write config");
+
+    let output = oxirelay(&[
+        "-c",
+        harness.config_path.to_str().expect("utf-8"),
+        "rotate-key",
+    ])
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("1 accounts re-sealed"),
+        "{}",
+        text(&output)
+    );
+
+    let record = harness
+        .context
+        .store
+        .token_record(ACCOUNT)
+        .await
+        .expect("store")
+        .expect("record");
+    for sealed in [record.refresh_token.as_ref(), record.access_token.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        assert!(
+            old_key.open(&seal_context(ACCOUNT), sealed).is_err(),
+            "the old key opens nothing"
+        );
+    }
+    // Without the old key at all, the account still works.
+    let config = std::fs::read_to_string(&harness.config_path)
+        .expect("config")
+        .replace("previous_master_keys = [\"file:master.key\"]\n", "");
+    std::fs::write(&harness.config_path, config).expect("write config");
+    std::fs::remove_file(dir.join("master.key")).expect("destroy the old key");
+    harness.restart().await;
+    send_now(
+        &harness.context.broker,
+        &harness.account(),
+        &common::message(1),
+    )
+    .await
+    .expect("still works");
+}
