@@ -205,3 +205,63 @@ async fn rotate_key_reseals_everything_and_the_old_key_opens_nothing() {
     .await
     .expect("still works");
 }
+
+#[tokio::test]
+async fn validation_detects_a_token_revoked_at_the_provider_and_consent_restores_it() {
+    let mut harness =
+        Harness::start("authorization_code", "xoauth2", Duration::from_secs(3600)).await;
+    harness
+        .sandbox
+        .grant_consent(&harness.context.broker, ACCOUNT)
+        .await
+        .expect("consent");
+    let healthy = oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT).await;
+    assert!(healthy.healthy, "{}", healthy.detail);
+
+    // The person withdraws consent at the provider; the access token still
+    // looks valid to the relay (an hour left), so only a check can tell.
+    harness
+        .sandbox
+        .auth
+        .revoke_all_for_subject(oxirelay::sandbox::USER);
+    let report = oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT).await;
+    assert!(!report.healthy);
+    assert!(
+        report.detail.contains("oxirelay account login acct"),
+        "{}",
+        report.detail
+    );
+    let record = harness
+        .context
+        .store
+        .token_record(ACCOUNT)
+        .await
+        .expect("store")
+        .expect("record");
+    assert_eq!(
+        record.state,
+        oxirelay::store::AccountState::NeedsConsent,
+        "the account left the valid state"
+    );
+    let events = harness.context.store.events(20).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "account.validation_failed"));
+
+    harness
+        .sandbox
+        .grant_consent(&harness.context.broker, ACCOUNT)
+        .await
+        .expect("new consent");
+    harness.restart().await;
+    assert!(
+        oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT)
+            .await
+            .healthy
+    );
+    send_now(
+        &harness.context.broker,
+        &harness.account(),
+        &common::message(1),
+    )
+    .await
+    .expect("delivers again");
+}

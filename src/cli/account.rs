@@ -25,6 +25,16 @@ pub enum AccountCommand {
         after_help = "Examples:\n  oxirelay account login office\n  oxirelay account login office --device       # headless server: enter a code on your phone\n  oxirelay account login office --no-browser   # print the URL only (open it via an SSH tunnel)"
     )]
     Login(super::login::LoginArgs),
+    /// Validate accounts now: introspection where the provider has it, else a test SMTP AUTH.
+    #[command(
+        after_help = "Examples:\n  oxirelay account check            # every account\n  oxirelay account check office --json"
+    )]
+    Check {
+        /// One account (default: all).
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke the account's tokens at the provider (RFC 7009 where it exists) and wipe them locally.
     #[command(after_help = "Example:\n  oxirelay account revoke office --reason \"laptop stolen\"")]
     Revoke {
@@ -62,6 +72,39 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
     let context = Context::load(config).await?;
     match command {
         AccountCommand::List { json } => list(&context, json).await,
+        AccountCommand::Check { account, json } => {
+            let names: Vec<String> = match account {
+                Some(name) => vec![context.config.account(&name)?.name.clone()],
+                None => context
+                    .config
+                    .accounts
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect(),
+            };
+            let mut reports = Vec::new();
+            for name in names {
+                reports.push(crate::oauth::health::check_account(&context.broker, &name).await);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    let how = r.method.map(|m| format!(" ({m:?})")).unwrap_or_default();
+                    println!(
+                        "{} {}{how}: {}",
+                        if r.healthy { "ok  " } else { "FAIL" },
+                        r.account,
+                        r.detail
+                    );
+                }
+            }
+            Ok(if reports.iter().all(|r| r.healthy) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         AccountCommand::Revoke { account, reason } => {
             super::emergency::revoke(&context, account, reason).await
         }

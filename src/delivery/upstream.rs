@@ -160,6 +160,20 @@ pub async fn authenticate(
     }
 }
 
+/// AUTH with `token` and QUIT, without the refresh-and-retry of contract 4:
+/// the validation check wants to know whether this very token works.
+pub async fn probe_auth(account: &Account, token: &AccessToken) -> Result<(), UpstreamError> {
+    let target = target_for(account)?;
+    let mut session = connect(&target).await?;
+    let credentials = BearerCredentials {
+        user: account.user.clone(),
+        token: token.secret.clone(),
+    };
+    let result = session.authenticate(account.sasl, &credentials).await;
+    let _ = session.quit().await;
+    result.map_err(UpstreamError::from)
+}
+
 /// Sends one message now, outside the queue (`oxirelay send`).
 pub async fn send_now(
     broker: &Broker,

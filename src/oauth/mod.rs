@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod error_code;
 pub mod explain;
 pub mod grant;
+pub mod health;
 pub mod jwt;
 pub mod jwt_bearer;
 pub mod loopback;
