@@ -4,7 +4,6 @@
 mod common;
 
 use common::{ACCOUNT, Harness, write_private};
-use oxirelay::oauth::account::seal_context;
 use oxirelay::sandbox::USER;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -34,25 +33,8 @@ async fn oxirelay_async(args: Vec<String>) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_in_the_store_file_or_the_logs() {
     let harness = Harness::start("authorization_code", "oauthbearer", Duration::from_secs(2)).await;
-    let consent_token = harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
-    let key = harness.context.key.clone();
-    let store = harness.context.store.clone();
-    let first_refresh = {
-        let record = store
-            .token_record(ACCOUNT)
-            .await
-            .expect("store")
-            .expect("record");
-        key.open_secret(
-            &seal_context(ACCOUNT),
-            record.refresh_token.as_ref().expect("refresh token"),
-        )
-        .expect("opens")
-    };
+    let consent_token = harness.consent().await;
+    let first_refresh = harness.stored_tokens().await.0.expect("a refresh token");
     // Make the binary refresh (and rotate) during its run.
     harness.wait_until_refresh_due().await;
     let config = harness
@@ -108,23 +90,9 @@ async fn no_token_or_secret_in_the_store_file_or_the_logs() {
     let printed_token = text(&token_run.stdout).trim().to_string();
     logs.push(token_run.stderr);
 
-    let record = store
-        .token_record(ACCOUNT)
-        .await
-        .expect("store")
-        .expect("record");
-    let current_refresh = key
-        .open_secret(
-            &seal_context(ACCOUNT),
-            record.refresh_token.as_ref().expect("refresh token"),
-        )
-        .expect("opens");
-    let current_access = key
-        .open_secret(
-            &seal_context(ACCOUNT),
-            record.access_token.as_ref().expect("access token"),
-        )
-        .expect("opens");
+    let (current_refresh, current_access) = harness.stored_tokens().await;
+    let current_refresh = current_refresh.expect("a refresh token");
+    let current_access = current_access.expect("an access token");
     assert_ne!(
         first_refresh.expose(),
         current_refresh.expose(),

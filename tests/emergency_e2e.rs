@@ -4,7 +4,6 @@
 mod common;
 
 use common::{ACCOUNT, Harness, write_private};
-use oxirelay::delivery::upstream::send_now;
 use oxirelay::oauth::account::seal_context;
 use oxirelay::oauth::broker::BrokerError;
 use oxirelay::secret::MasterKey;
@@ -68,12 +67,7 @@ async fn lockdown_revokes_every_token_at_the_provider_and_unlock_resumes() {
         .expect("in force");
     assert_eq!(lockdown.reason, "drill");
     let before = harness.sandbox.auth.stats().token_requests;
-    let refused = send_now(
-        &harness.context.broker,
-        &harness.account(),
-        &common::message(1),
-    )
-    .await;
+    let refused = harness.send(1).await;
     assert!(matches!(
         refused,
         Err(oxirelay::delivery::upstream::UpstreamError::Broker(
@@ -98,13 +92,7 @@ async fn lockdown_revokes_every_token_at_the_provider_and_unlock_resumes() {
             .expect("store")
             .is_none()
     );
-    send_now(
-        &harness.context.broker,
-        &harness.account(),
-        &common::message(2),
-    )
-    .await
-    .expect("delivers again");
+    harness.send(2).await.expect("delivers again");
 
     let audit = oxirelay(&[
         "audit",
@@ -142,11 +130,7 @@ async fn rotate_key_reseals_everything_and_the_old_key_opens_nothing() {
         Duration::from_secs(3600),
     )
     .await;
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
+    harness.consent().await;
     let dir = harness.dir.path().to_path_buf();
     let old_key = MasterKey::from_file(&dir.join("master.key")).expect("old key");
     write_private(
@@ -197,24 +181,14 @@ async fn rotate_key_reseals_everything_and_the_old_key_opens_nothing() {
     std::fs::write(&harness.config_path, config).expect("write config");
     std::fs::remove_file(dir.join("master.key")).expect("destroy the old key");
     harness.restart().await;
-    send_now(
-        &harness.context.broker,
-        &harness.account(),
-        &common::message(1),
-    )
-    .await
-    .expect("still works");
+    harness.send(1).await.expect("still works");
 }
 
 #[tokio::test]
 async fn validation_detects_a_token_revoked_at_the_provider_and_consent_restores_it() {
     let mut harness =
         Harness::start("authorization_code", "xoauth2", Duration::from_secs(3600)).await;
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
+    harness.consent().await;
     let healthy = oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT).await;
     assert!(healthy.healthy, "{}", healthy.detail);
 
@@ -246,22 +220,12 @@ async fn validation_detects_a_token_revoked_at_the_provider_and_consent_restores
     let events = harness.context.store.events(20).await.expect("events");
     assert!(events.iter().any(|e| e.kind == "account.validation_failed"));
 
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("new consent");
+    harness.consent().await;
     harness.restart().await;
     assert!(
         oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT)
             .await
             .healthy
     );
-    send_now(
-        &harness.context.broker,
-        &harness.account(),
-        &common::message(1),
-    )
-    .await
-    .expect("delivers again");
+    harness.send(1).await.expect("delivers again");
 }

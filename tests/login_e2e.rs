@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{ACCOUNT, Harness, WAIT, message};
-use oxirelay::delivery::upstream::send_now;
+use common::{ACCOUNT, Harness, WAIT};
 use oxirelay::oauth::consent;
 use oxirelay::oauth::grant::OAuthErrorCode;
 use std::io::{BufRead, BufReader};
@@ -128,9 +127,7 @@ async fn login_in_the_browser_then_the_tokens_deliver_mail() {
 
     let mut harness = harness;
     harness.restart().await;
-    send_now(&harness.context.broker, &harness.account(), &message(1))
-        .await
-        .expect("the granted tokens deliver");
+    harness.send(1).await.expect("the granted tokens deliver");
     harness
         .sandbox
         .smtp

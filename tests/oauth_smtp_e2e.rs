@@ -7,7 +7,6 @@ mod smtpd_common;
 
 use common::{ACCOUNT, Harness, WAIT, message};
 use oxirelay::delivery::upstream::{UpstreamError, send_now};
-use oxirelay::oauth::account::seal_context;
 use oxirelay::oauth::broker::BrokerError;
 use oxirelay::oauth::grant::{GrantRequest, OAuthErrorCode};
 use oxirelay::sandbox::USER;
@@ -53,11 +52,7 @@ async fn sends_with_oauthbearer_byte_exact() {
 #[tokio::test]
 async fn expired_token_is_refused_refreshed_once_and_delivered() {
     let mut harness = Harness::start("authorization_code", "xoauth2", Duration::from_secs(2)).await;
-    let first = harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
+    let first = harness.consent().await;
     // Let the token expire at the provider, while the relay's clock (its
     // stored refresh time) says it is still good: a relay clock running
     // behind the provider's.
@@ -82,9 +77,7 @@ async fn expired_token_is_refused_refreshed_once_and_delivered() {
     harness.restart().await;
     let before = harness.sandbox.auth.stats();
 
-    send_now(&harness.context.broker, &harness.account(), &message(1))
-        .await
-        .expect("delivered after one refresh");
+    harness.send(1).await.expect("delivered after one refresh");
 
     let after = harness.sandbox.auth.stats();
     assert_eq!(
@@ -112,9 +105,7 @@ async fn expired_token_is_refused_refreshed_once_and_delivered() {
 #[tokio::test]
 async fn fifty_concurrent_sends_with_an_expired_token_make_one_token_request() {
     let harness = Harness::start("client_credentials", "oauthbearer", Duration::from_secs(2)).await;
-    send_now(&harness.context.broker, &harness.account(), &message(0))
-        .await
-        .expect("first send");
+    harness.send(0).await.expect("first send");
     assert_eq!(harness.sandbox.auth.stats().token_requests, 1);
     harness.wait_until_refresh_due().await;
 
@@ -146,33 +137,11 @@ async fn fifty_concurrent_sends_with_an_expired_token_make_one_token_request() {
 async fn rotated_refresh_token_is_persisted_and_the_old_one_is_refused() {
     let mut harness =
         Harness::start("authorization_code", "oauthbearer", Duration::from_secs(2)).await;
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
-    let refresh_token = |h: &Harness| {
-        let key = h.context.key.clone();
-        let store = h.context.store.clone();
-        async move {
-            let record = store
-                .token_record(ACCOUNT)
-                .await
-                .expect("store")
-                .expect("record");
-            key.open_secret(
-                &seal_context(ACCOUNT),
-                record.refresh_token.as_ref().expect("sealed refresh token"),
-            )
-            .expect("opens")
-        }
-    };
-    let original = refresh_token(&harness).await;
+    harness.consent().await;
+    let original = harness.stored_tokens().await.0.expect("a refresh token");
     harness.wait_until_refresh_due().await;
-    send_now(&harness.context.broker, &harness.account(), &message(1))
-        .await
-        .expect("send with refresh");
-    let rotated = refresh_token(&harness).await;
+    harness.send(1).await.expect("send with refresh");
+    let rotated = harness.stored_tokens().await.0.expect("a refresh token");
     assert_ne!(
         original.expose(),
         rotated.expose(),
@@ -182,9 +151,7 @@ async fn rotated_refresh_token_is_persisted_and_the_old_one_is_refused() {
     // A relay restarted from the store refreshes with the rotated token.
     harness.restart().await;
     harness.wait_until_refresh_due().await;
-    send_now(&harness.context.broker, &harness.account(), &message(2))
-        .await
-        .expect("send after restart");
+    harness.send(2).await.expect("send after restart");
     assert_eq!(harness.sandbox.auth.stats().refresh_token_reuses, 0);
 
     // The sandbox refuses the first refresh token.
@@ -213,17 +180,14 @@ async fn rotated_refresh_token_is_persisted_and_the_old_one_is_refused() {
 #[tokio::test]
 async fn invalid_grant_moves_to_needs_consent_without_a_retry_storm() {
     let mut harness = Harness::start("authorization_code", "xoauth2", Duration::from_secs(2)).await;
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent");
+    harness.consent().await;
     // The person withdraws consent at the provider.
     assert!(harness.sandbox.auth.revoke_all_for_subject(USER) > 0);
     harness.wait_until_refresh_due().await;
     let before = harness.sandbox.auth.stats().token_requests;
 
-    let error = send_now(&harness.context.broker, &harness.account(), &message(1))
+    let error = harness
+        .send(1)
         .await
         .expect_err("no delivery without consent");
     let text = error.to_string();
@@ -271,14 +235,8 @@ async fn invalid_grant_moves_to_needs_consent_without_a_retry_storm() {
     assert!(events.iter().any(|e| e.kind == "account.needs_consent"));
 
     // A new consent brings the account back.
-    harness
-        .sandbox
-        .grant_consent(&harness.context.broker, ACCOUNT)
-        .await
-        .expect("consent again");
-    send_now(&harness.context.broker, &harness.account(), &message(2))
-        .await
-        .expect("sends again");
+    harness.consent().await;
+    harness.send(2).await.expect("sends again");
 }
 
 #[tokio::test]
@@ -289,9 +247,7 @@ async fn no_credentials_are_sent_when_starttls_is_not_offered() {
         .smtp
         .faults()
         .inject(Fault::NoStartTls, FaultTimes::Always);
-    let error = send_now(&harness.context.broker, &harness.account(), &message(1))
-        .await
-        .expect_err("must refuse");
+    let error = harness.send(1).await.expect_err("must refuse");
     let text = error.to_string();
     assert!(text.contains("does not offer STARTTLS"), "{text}");
     assert!(text.contains("no credentials were sent"), "{text}");

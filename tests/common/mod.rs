@@ -88,6 +88,48 @@ impl Harness {
         self.dir.path().join("oxirelay.db")
     }
 
+    /// Consent through the sandbox's auto-approve (what `account login` does).
+    pub async fn consent(&self) -> oxirelay::oauth::broker::AccessToken {
+        self.sandbox
+            .grant_consent(&self.context.broker, ACCOUNT)
+            .await
+            .expect("consent")
+    }
+
+    /// The account's stored (refresh, access) tokens, unsealed.
+    pub async fn stored_tokens(
+        &self,
+    ) -> (
+        Option<oxirelay::secret::Secret>,
+        Option<oxirelay::secret::Secret>,
+    ) {
+        let record = self
+            .context
+            .store
+            .token_record(ACCOUNT)
+            .await
+            .expect("store")
+            .expect("a token record");
+        let context = oxirelay::oauth::account::seal_context(ACCOUNT);
+        let open = |sealed: Option<&oxirelay::secret::SealedValue>| {
+            sealed.map(|s| self.context.key.open_secret(&context, s).expect("opens"))
+        };
+        (
+            open(record.refresh_token.as_ref()),
+            open(record.access_token.as_ref()),
+        )
+    }
+
+    /// Sends message `n` now through the account.
+    pub async fn send(
+        &self,
+        n: usize,
+    ) -> Result<oxirelay::smtp::client::SendReport, oxirelay::delivery::upstream::UpstreamError>
+    {
+        oxirelay::delivery::upstream::send_now(&self.context.broker, &self.account(), &message(n))
+            .await
+    }
+
     /// Waits (on the clock: this is what is being tested) until the
     /// account's stored access token is due for refresh.
     pub async fn wait_until_refresh_due(&self) {
