@@ -87,12 +87,21 @@ mod tests {
     #[test]
     fn every_common_error_names_the_next_step() {
         let cases = [
-            (error("invalid_grant", None), "oxirelay account login office"),
+            (
+                error("invalid_grant", None),
+                "oxirelay account login office",
+            ),
             (error("invalid_client", None), "client secret"),
             (error("invalid_scope", None), "least scopes"),
             (error("unauthorized_client", None), "app registration"),
-            (error("consent_required", None), "oxirelay account login office"),
-            (error("interaction_required", None), "oxirelay account login office"),
+            (
+                error("consent_required", None),
+                "oxirelay account login office",
+            ),
+            (
+                error("interaction_required", None),
+                "oxirelay account login office",
+            ),
             (error("access_denied", None), "Allow"),
             (error("expired_token", None), "again"),
         ];
@@ -105,13 +114,41 @@ mod tests {
     #[test]
     fn microsoft_aadsts_codes_are_recognised() {
         let cases = [
-            ("invalid_client", "AADSTS7000222: The provided client secret keys for app '…' are expired.", "has expired"),
-            ("invalid_client", "AADSTS7000215: Invalid client secret provided.", "Value, not its Secret ID"),
-            ("unauthorized_client", "AADSTS700016: Application with identifier '…' was not found in the directory", "not found in the tenant"),
-            ("invalid_grant", "AADSTS65001: The user or administrator has not consented", "Grant admin consent"),
-            ("invalid_grant", "AADSTS700082: The refresh token has expired due to inactivity.", "90 days"),
-            ("invalid_grant", "AADSTS50173: The provided grant has expired due to it being revoked", "password changed"),
-            ("invalid_request", "AADSTS90002: Tenant 'contoso' not found.", "tenant"),
+            (
+                "invalid_client",
+                "AADSTS7000222: The provided client secret keys for app '…' are expired.",
+                "has expired",
+            ),
+            (
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+                "Value, not its Secret ID",
+            ),
+            (
+                "unauthorized_client",
+                "AADSTS700016: Application with identifier '…' was not found in the directory",
+                "not found in the tenant",
+            ),
+            (
+                "invalid_grant",
+                "AADSTS65001: The user or administrator has not consented",
+                "Grant admin consent",
+            ),
+            (
+                "invalid_grant",
+                "AADSTS700082: The refresh token has expired due to inactivity.",
+                "90 days",
+            ),
+            (
+                "invalid_grant",
+                "AADSTS50173: The provided grant has expired due to it being revoked",
+                "password changed",
+            ),
+            (
+                "invalid_request",
+                "AADSTS90002: Tenant 'contoso' not found.",
+                "tenant",
+            ),
         ];
         for (code, description, expected) in cases {
             let step = next_step(&error(code, Some(description)), "office");

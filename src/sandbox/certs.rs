@@ -91,6 +91,43 @@ impl SandboxCa {
         })
     }
 
+    /// Writes the leaf's certificate chain and its private key (mode 0600)
+    /// as PEM files, for a listener configured with `cert` and `key`.
+    pub fn write_leaf(&self, cert_path: &Path, key_path: &Path) -> Result<(), CertsError> {
+        let pem = |tag: &str, der: &[u8]| {
+            use base64::Engine;
+            let body = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(64)
+                .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
+                .collect();
+            format!(
+                "-----BEGIN {tag}-----\n{}\n-----END {tag}-----\n",
+                lines.join("\n")
+            )
+        };
+        let write = |path: &Path, contents: String| {
+            std::fs::write(path, contents).map_err(|source| CertsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        write(cert_path, pem("CERTIFICATE", &self.leaf_der) + &self.ca_pem)?;
+        write(key_path, pem("PRIVATE KEY", &self.leaf_key_der))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(key_path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| CertsError::Write {
+                    path: key_path.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// A rustls server configuration presenting the leaf.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertsError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()));
@@ -136,5 +173,18 @@ mod tests {
             1
         );
         assert!(!format!("{ca:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn written_leaf_loads_as_a_server_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = SandboxCa::generate().expect("ca");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        ca.write_leaf(&cert, &key).expect("write");
+        crate::tls::server_config_from_files(&cert, &key).expect("loads");
+        assert_eq!(
+            crate::tls::read_certificates(&cert).expect("chain").len(),
+            2
+        );
     }
 }
