@@ -165,6 +165,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Authorization servers whose access tokens the submission listener
+    /// accepts over XOAUTH2/OAUTHBEARER.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
     #[serde(default)]
     pub http: Option<HttpConfig>,
     /// The file this was read from, for messages and relative paths.
@@ -285,6 +289,25 @@ pub struct UserConfig {
     pub account: String,
 }
 
+/// A trusted token issuer for OAuth clients of the submission listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer identifier (`iss`), also the base for discovery.
+    pub url: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// Where the signing keys are; discovered from `url` when absent.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A scope every accepted token must carry.
+    #[serde(default)]
+    pub required_scope: Option<String>,
+    /// Allows `http://` for a loopback issuer (the sandbox).
+    #[serde(default)]
+    pub insecure_loopback: bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -391,6 +414,9 @@ impl Config {
                 ));
             }
         }
+        for issuer in &self.issuers {
+            validate_issuer(issuer).map_err(|e| format!("issuer {:?}: {e}", issuer.url))?;
+        }
         Ok(())
     }
 
@@ -418,6 +444,27 @@ impl Config {
             SecretRef::File(path) => MasterKey::from_file(path)?,
         })
     }
+}
+
+fn validate_issuer(issuer: &IssuerConfig) -> Result<(), String> {
+    use crate::oauth::account::require_secure_url;
+    let url = url::Url::parse(&issuer.url).map_err(|e| {
+        format!(
+            "url is not a URL ({e}); give the issuer identifier, e.g. https://login.example.com"
+        )
+    })?;
+    require_secure_url(&url, issuer.insecure_loopback)?;
+    if let Some(jwks) = &issuer.jwks_url {
+        let jwks = url::Url::parse(jwks).map_err(|e| format!("jwks_url is not a URL ({e})"))?;
+        require_secure_url(&jwks, issuer.insecure_loopback)?;
+    }
+    if issuer.audience.trim().is_empty() {
+        return Err(
+            "audience is empty; give the aud value the issuer puts in tokens meant for this relay"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// toml's message already names the line, column and key; keep it and add
