@@ -31,6 +31,8 @@ pub struct SandboxCa {
     ca_der: CertificateDer<'static>,
     leaf_der: CertificateDer<'static>,
     leaf_key_der: Vec<u8>,
+    leaf_pem: String,
+    leaf_key_pem: String,
 }
 
 impl std::fmt::Debug for SandboxCa {
@@ -71,6 +73,8 @@ impl SandboxCa {
             ca_der: ca_cert.der().clone(),
             leaf_der: leaf_cert.der().clone(),
             leaf_key_der: leaf_key.serialize_der(),
+            leaf_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         })
     }
 
@@ -89,6 +93,30 @@ impl SandboxCa {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Writes the leaf's chain (leaf, then CA) and its private key as PEM
+    /// files, the form a `[[listener]]` takes (`cert`, `key`). The key file
+    /// is created readable by its owner only.
+    pub fn write_leaf(&self, cert: &Path, key: &Path) -> Result<(), CertsError> {
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CertsError::Write { path, source }
+        };
+        std::fs::write(cert, format!("{}{}", self.leaf_pem, self.ca_pem))
+            .map_err(write_error(cert))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        use std::io::Write;
+        options
+            .open(key)
+            .and_then(|mut file| file.write_all(self.leaf_key_pem.as_bytes()))
+            .map_err(write_error(key))
     }
 
     /// A rustls server configuration presenting the leaf.
