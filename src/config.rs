@@ -573,6 +573,26 @@ user = "noreply@contoso.com"
     }
 
     #[test]
+    fn issuers_must_be_https_unless_marked_loopback() {
+        let issuer = |url: &str, loopback: bool| {
+            format!(
+                "[[issuer]]\nurl = \"{url}\"\naudience = \"smtp\"\ninsecure_loopback = {loopback}\n"
+            )
+        };
+        let config = parse(&issuer("https://id.example.net", false)).expect("valid");
+        assert_eq!(config.issuers[0].audience, "smtp");
+        assert!(parse(&issuer("http://127.0.0.1:8080", true)).is_ok());
+        let err = parse(&issuer("http://id.example.net", false))
+            .expect_err("plain HTTP issuer")
+            .to_string();
+        assert!(err.contains("not HTTPS"), "{err}");
+        let err = parse("[[issuer]]\nurl = \"https://id.example.net\"\naudience = \"\"\n")
+            .expect_err("empty audience")
+            .to_string();
+        assert!(err.contains("audience"), "{err}");
+    }
+
+    #[test]
     fn loopback_hosts() {
         for host in ["127.0.0.1", "127.3.2.1", "::1", "[::1]", "localhost"] {
             assert!(is_loopback_host(host), "{host}");

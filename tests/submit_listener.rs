@@ -345,3 +345,80 @@ async fn a_bad_allow_list_entry_stops_the_start_with_a_clear_error() {
     assert!(error.contains("\"lan\""), "{error}");
     assert!(error.contains("192.168.10.0/24"), "{error}");
 }
+
+#[tokio::test]
+async fn xoauth2_token_must_belong_to_the_sasl_user_and_name_a_user() {
+    let relay = Relay::start().await;
+    let token = relay.sandbox_token().await;
+    let xoauth2 = |user: &str| {
+        oxirelay::smtp::sasl::encode_base64(
+            format!("user={user}\x01auth=Bearer {token}\x01\x01").as_bytes(),
+        )
+    };
+    let mut client = Client::connect(relay.addr(STARTTLS)).await;
+    client.greet_with_starttls(&relay.ca_file).await;
+    // Alice's token presented as the scanner: the RFC 7628 error
+    // challenge, then 535 once the client answers it.
+    let reply = client
+        .command(&format!("AUTH XOAUTH2 {}", xoauth2(SCANNER)))
+        .await;
+    assert!(reply.starts_with("334 "), "{reply}");
+    assert!(client.command("").await.starts_with("535 5.7.8"));
+    let reply = client
+        .command(&format!("AUTH XOAUTH2 {}", xoauth2(USER)))
+        .await;
+    assert!(reply.starts_with("235 "), "{reply}");
+    let mail = client.command(&format!("MAIL FROM:<{SCANNER_FROM}>")).await;
+    assert!(mail.starts_with("550 5.7.1"), "{mail}");
+    let id = queue_id(
+        &client
+            .send(USER, "bob@example.com", b"Subject: x\r\n\r\nx\r\n")
+            .await,
+    );
+    assert_eq!(relay.queued().await[0].id.0, id);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_failure_is_a_temporary_refusal_and_queues_nothing() {
+    let relay = Relay::start().await;
+    let url = format!("sqlite://{}", relay.dir.path().join("relay.db").display());
+    let mut side = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("a second connection to the store");
+    let mut client = Client::connect(relay.addr(STARTTLS)).await;
+    client.greet_with_starttls(&relay.ca_file).await;
+    assert!(
+        client
+            .auth_plain(SCANNER, SCANNER_PASSWORD)
+            .await
+            .starts_with("235 ")
+    );
+
+    // Break the queue's recipients table under the running relay.
+    sqlx::query("ALTER TABLE recipients RENAME TO recipients_away")
+        .execute(&mut side)
+        .await
+        .expect("rename");
+    let reply = client
+        .send(SCANNER_FROM, "bob@example.com", MESSAGE_ON_WIRE)
+        .await;
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    sqlx::query("ALTER TABLE recipients_away RENAME TO recipients")
+        .execute(&mut side)
+        .await
+        .expect("rename back");
+    assert!(
+        relay.queued().await.is_empty(),
+        "a refused message was queued"
+    );
+
+    // The same session goes on and the retry is queued once.
+    queue_id(
+        &client
+            .send(SCANNER_FROM, "bob@example.com", MESSAGE_ON_WIRE)
+            .await,
+    );
+    assert_eq!(relay.queued().await.len(), 1);
+    relay.shutdown().await;
+}

@@ -245,7 +245,10 @@ impl SubmissionPolicy {
                     }
                 }
             }
-            _ => None,
+            _ => {
+                self.spend_equal_time(password).await;
+                None
+            }
         };
         match verified {
             Some(user) => {
@@ -262,6 +265,21 @@ impl SubmissionPolicy {
                 Err(AuthRefusal::Credentials)
             }
         }
+    }
+
+    /// Runs one Argon2 verification whose result is thrown away, so an
+    /// unknown user name (or an OAuth-only user) takes as long to refuse as
+    /// a wrong password: the reply time must not tell which names exist.
+    async fn spend_equal_time(&self, password: &Secret) {
+        let Ok(_permit) = self.shared.hashing_slots.acquire().await else {
+            return;
+        };
+        let password = password.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let decoy = decoy_user();
+            let _ = crate::users::verify_password(decoy, &password);
+        })
+        .await;
     }
 
     async fn check_bearer(
@@ -381,6 +399,21 @@ impl SubmissionPolicy {
             }
         }
     }
+}
+
+/// A user with the hash of a random password, made once: the decoy that
+/// [`SubmissionPolicy::spend_equal_time`] verifies against.
+fn decoy_user() -> &'static SubmissionUser {
+    static DECOY: std::sync::OnceLock<SubmissionUser> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| SubmissionUser {
+        name: "decoy".into(),
+        // If hashing fails the check fails fast; only timing is lost.
+        password_hash: crate::users::hash_password(&crate::users::generate_app_password())
+            .unwrap_or_default(),
+        allowed_from: Vec::new(),
+        account: String::new(),
+        source: "decoy",
+    })
 }
 
 fn store_unavailable() -> Reply {
