@@ -123,9 +123,8 @@ impl AuthThrottle {
         {
             return Err(Lockout::Address { remaining });
         }
-        if let Some(remaining) = self
-            .users
-            .get(&user_key(user))
+        if let Some(remaining) = user_key(user)
+            .and_then(|key| self.users.get(&key))
             .and_then(|r| r.remaining(now))
         {
             return Err(Lockout::User { remaining });
@@ -140,16 +139,20 @@ impl AuthThrottle {
             .entry(address_key(peer))
             .or_insert_with(|| FailureRecord::new(now))
             .fail(rules, now);
-        self.users
-            .entry(user_key(user))
-            .or_insert_with(|| FailureRecord::new(now))
-            .fail(rules, now);
+        if let Some(key) = user_key(user) {
+            self.users
+                .entry(key)
+                .or_insert_with(|| FailureRecord::new(now))
+                .fail(rules, now);
+        }
     }
 
     /// A correct password clears the user's count. The address keeps its
     /// record: one valid account must not reset a guesser's address.
     pub fn record_success(&mut self, user: &str) {
-        self.users.remove(&user_key(user));
+        if let Some(key) = user_key(user) {
+            self.users.remove(&key);
+        }
     }
 
     fn make_room(&mut self, now: Instant) {
@@ -177,8 +180,10 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn user_key(user: &str) -> String {
-    user.to_ascii_lowercase()
+/// No key for an empty name (OAUTHBEARER may omit the user): lumping all
+/// such clients under one name would let one guesser lock out the rest.
+fn user_key(user: &str) -> Option<String> {
+    (!user.is_empty()).then(|| user.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -259,6 +264,16 @@ mod tests {
             Err(Lockout::Address { .. })
         ));
         assert!(throttle.check(ip("192.0.2.2"), "u", now).is_ok());
+    }
+
+    #[test]
+    fn an_empty_user_name_is_not_a_shared_lock() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        for n in 0..5u8 {
+            throttle.record_failure(IpAddr::from([192, 0, 2, n]), "", now);
+        }
+        assert!(throttle.check(ip("198.51.100.1"), "", now).is_ok());
     }
 
     #[test]
