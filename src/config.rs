@@ -165,6 +165,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Authorization servers whose access tokens the submission listener
+    /// accepts over XOAUTH2/OAUTHBEARER.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
     #[serde(default)]
     pub http: Option<HttpConfig>,
     #[serde(default)]
@@ -312,6 +316,25 @@ fn default_audit_path() -> PathBuf {
     PathBuf::from("oxirelay-audit.jsonl")
 }
 
+/// A trusted token issuer for OAuth clients of the submission listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer identifier (`iss`), also the base for discovery.
+    pub url: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// Where the signing keys are; discovered from `url` when absent.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A scope every accepted token must carry.
+    #[serde(default)]
+    pub required_scope: Option<String>,
+    /// Allows `http://` for a loopback issuer (the sandbox).
+    #[serde(default)]
+    pub insecure_loopback: bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -424,6 +447,9 @@ impl Config {
                 ));
             }
         }
+        for issuer in &self.issuers {
+            validate_issuer(issuer).map_err(|e| format!("issuer {:?}: {e}", issuer.url))?;
+        }
         Ok(())
     }
 
@@ -462,6 +488,27 @@ pub fn load_key(reference: &SecretRef) -> Result<MasterKey, ConfigError> {
         SecretRef::Env(name) => MasterKey::from_env(name)?,
         SecretRef::File(path) => MasterKey::from_file(path)?,
     })
+}
+
+fn validate_issuer(issuer: &IssuerConfig) -> Result<(), String> {
+    use crate::oauth::account::require_secure_url;
+    let url = url::Url::parse(&issuer.url).map_err(|e| {
+        format!(
+            "url is not a URL ({e}); give the issuer identifier, e.g. https://login.example.com"
+        )
+    })?;
+    require_secure_url(&url, issuer.insecure_loopback)?;
+    if let Some(jwks) = &issuer.jwks_url {
+        let jwks = url::Url::parse(jwks).map_err(|e| format!("jwks_url is not a URL ({e})"))?;
+        require_secure_url(&jwks, issuer.insecure_loopback)?;
+    }
+    if issuer.audience.trim().is_empty() {
+        return Err(
+            "audience is empty; give the aud value the issuer puts in tokens meant for this relay"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// toml's message already names the line, column and key; keep it and add
@@ -567,6 +614,26 @@ user = "noreply@contoso.com"
             SecretRef::File(path).resolve().expect("readable").expose(),
             "value"
         );
+    }
+
+    #[test]
+    fn issuers_must_be_https_unless_marked_loopback() {
+        let issuer = |url: &str, loopback: bool| {
+            format!(
+                "[[issuer]]\nurl = \"{url}\"\naudience = \"smtp\"\ninsecure_loopback = {loopback}\n"
+            )
+        };
+        let config = parse(&issuer("https://id.example.net", false)).expect("valid");
+        assert_eq!(config.issuers[0].audience, "smtp");
+        assert!(parse(&issuer("http://127.0.0.1:8080", true)).is_ok());
+        let err = parse(&issuer("http://id.example.net", false))
+            .expect_err("plain HTTP issuer")
+            .to_string();
+        assert!(err.contains("not HTTPS"), "{err}");
+        let err = parse("[[issuer]]\nurl = \"https://id.example.net\"\naudience = \"\"\n")
+            .expect_err("empty audience")
+            .to_string();
+        assert!(err.contains("audience"), "{err}");
     }
 
     #[test]

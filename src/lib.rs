@@ -15,5 +15,6 @@ pub mod sandbox;
 pub mod secret;
 pub mod smtp;
 pub mod store;
+pub mod submit;
 pub mod tls;
 pub mod users;

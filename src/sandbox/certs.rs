@@ -31,6 +31,8 @@ pub struct SandboxCa {
     ca_der: CertificateDer<'static>,
     leaf_der: CertificateDer<'static>,
     leaf_key_der: Vec<u8>,
+    leaf_pem: String,
+    leaf_key_pem: String,
 }
 
 impl std::fmt::Debug for SandboxCa {
@@ -71,6 +73,8 @@ impl SandboxCa {
             ca_der: ca_cert.der().clone(),
             leaf_der: leaf_cert.der().clone(),
             leaf_key_der: leaf_key.serialize_der(),
+            leaf_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         })
     }
 
@@ -91,41 +95,28 @@ impl SandboxCa {
         })
     }
 
-    /// Writes the leaf's certificate chain and its private key (mode 0600)
-    /// as PEM files, for a listener configured with `cert` and `key`.
-    pub fn write_leaf(&self, cert_path: &Path, key_path: &Path) -> Result<(), CertsError> {
-        let pem = |tag: &str, der: &[u8]| {
-            use base64::Engine;
-            let body = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = body
-                .as_bytes()
-                .chunks(64)
-                .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
-                .collect();
-            format!(
-                "-----BEGIN {tag}-----\n{}\n-----END {tag}-----\n",
-                lines.join("\n")
-            )
+    /// Writes the leaf's chain (leaf, then CA) and its private key as PEM
+    /// files, the form a `[[listener]]` takes (`cert`, `key`). The key file
+    /// is created readable by its owner only.
+    pub fn write_leaf(&self, cert: &Path, key: &Path) -> Result<(), CertsError> {
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CertsError::Write { path, source }
         };
-        let write = |path: &Path, contents: String| {
-            std::fs::write(path, contents).map_err(|source| CertsError::Write {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        write(cert_path, pem("CERTIFICATE", &self.leaf_der) + &self.ca_pem)?;
-        write(key_path, pem("PRIVATE KEY", &self.leaf_key_der))?;
+        std::fs::write(cert, format!("{}{}", self.leaf_pem, self.ca_pem))
+            .map_err(write_error(cert))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(key_path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |source| CertsError::Write {
-                    path: key_path.to_path_buf(),
-                    source,
-                },
-            )?;
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
         }
-        Ok(())
+        use std::io::Write;
+        options
+            .open(key)
+            .and_then(|mut file| file.write_all(self.leaf_key_pem.as_bytes()))
+            .map_err(write_error(key))
     }
 
     /// A rustls server configuration presenting the leaf.

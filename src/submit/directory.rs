@@ -1,0 +1,50 @@
+//! Who may submit: the `[[user]]` entries of the config file and the users
+//! added with `oxirelay user add` (in the store), looked up by name at each
+//! AUTH so a user added while the relay runs can log in at once.
+
+use crate::config::UserConfig;
+use crate::store::{Store, StoreError};
+use crate::users::SubmissionUser;
+use std::sync::Arc;
+
+pub struct UserDirectory {
+    configured: Vec<SubmissionUser>,
+    store: Arc<dyn Store>,
+}
+
+impl UserDirectory {
+    pub fn new(configured: &[UserConfig], store: Arc<dyn Store>) -> Self {
+        UserDirectory {
+            configured: configured
+                .iter()
+                .map(|u| SubmissionUser {
+                    name: u.name.clone(),
+                    // No hash: an OAuth-only user; PLAIN/LOGIN always fail.
+                    password_hash: u.password_hash.clone().unwrap_or_default(),
+                    allowed_from: u.allowed_from.clone(),
+                    account: u.account.clone(),
+                    source: "config",
+                })
+                .collect(),
+            store,
+        }
+    }
+
+    /// The user called `name`; the config file wins over the store.
+    /// Names compare without case: they are often mail addresses.
+    pub async fn find(&self, name: &str) -> Result<Option<SubmissionUser>, StoreError> {
+        if let Some(user) = self
+            .configured
+            .iter()
+            .find(|u| u.name.eq_ignore_ascii_case(name))
+        {
+            return Ok(Some(user.clone()));
+        }
+        Ok(self
+            .store
+            .users()
+            .await?
+            .into_iter()
+            .find(|u| u.name.eq_ignore_ascii_case(name)))
+    }
+}

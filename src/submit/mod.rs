@@ -1,0 +1,27 @@
+//! The relay's submission side (issue 3, item 1): the policy the shared SMTP
+//! session ([`crate::smtp::server`]) runs with on the relay's listeners, and
+//! the listeners themselves. Clients authenticate (local app passwords or
+//! tokens of trusted issuers), may send only as their allowed senders, and
+//! get 250 only once the message is in the durable queue.
+//!
+//! - [`policy`]: [`SubmissionPolicy`], the `SessionPolicy` implementation.
+//! - [`listeners`]: [`Listeners::start`] for the `[[listener]]`s.
+//! - [`directory`]: submission users from the config and the store.
+//! - [`issuers`]: bearer-token checks against `[[issuer]]`s.
+//! - [`throttle`]: failed-auth lockouts per address and per user.
+//! - [`allow_list`]: CIDR allow-lists of listeners.
+//! - [`received`]: the `Received:` trace header.
+
+pub mod allow_list;
+pub mod directory;
+pub mod issuers;
+pub mod listeners;
+pub mod policy;
+pub mod received;
+pub mod throttle;
+
+pub use listeners::{ListenerError, Listeners, RunningListeners};
+pub use policy::{
+    DEFAULT_MAX_MESSAGE_SIZE, ListenerAccess, MIN_RECIPIENTS, SubmissionOptions, SubmissionPolicy,
+};
+pub use throttle::{AuthThrottle, ThrottleRules};

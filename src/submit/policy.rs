@@ -1,0 +1,557 @@
+//! [`SubmissionPolicy`]: the relay's decisions for the shared SMTP session
+//! ("local users or trusted issuers, store to the queue", DESIGN.md).
+//!
+//! - Who may connect: the listener's IP allow-list (554 5.7.1 at connect).
+//! - Who is authenticated: PLAIN/LOGIN against the submission users'
+//!   Argon2id hashes, XOAUTH2/OAUTHBEARER against the `[[issuer]]`s; both
+//!   behind the failed-auth throttle.
+//! - Who may send what: the user's `allowed_from` (contract 8).
+//! - Where a message goes: a `Received:` header in front, then the durable
+//!   queue; the id is returned (and 250 sent) only after the commit
+//!   (contract 1).
+
+use super::allow_list::AllowList;
+use super::directory::UserDirectory;
+use super::issuers::{TokenError, TrustedIssuers};
+use super::received::received_header;
+use super::throttle::{AuthThrottle, ThrottleRules};
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
+use crate::smtp::server::reply::standard;
+use crate::smtp::server::{
+    AuthRefusal, BoxFuture, Envelope, Identity, Refusal, Reply, SessionContext, SessionPolicy,
+    SessionRules,
+};
+use crate::store::{NewMessage, Store};
+use crate::users::SubmissionUser;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+
+/// 35 MiB: what Microsoft 365 and Gmail accept per message (after base64,
+/// which SMTP clients have already applied). Accepting more would only
+/// queue messages the upstream is certain to bounce.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 35 * 1024 * 1024;
+
+/// RFC 5321 section 4.5.3.1.8: a server must accept at least 100
+/// recipients. Used when the account's provider states no limit.
+pub const MIN_RECIPIENTS: usize = 100;
+
+#[derive(Debug, Clone)]
+pub struct SubmissionOptions {
+    /// Our name in the greeting and the `Received:` header.
+    pub hostname: String,
+    /// RFC 5321 section 4.5.3.2 suggests 5 minutes per command.
+    pub read_timeout: Duration,
+    /// Sessions per listener; more get 421 4.3.2.
+    pub max_sessions: usize,
+    pub max_message_size: usize,
+    pub throttle: ThrottleRules,
+}
+
+impl Default for SubmissionOptions {
+    fn default() -> Self {
+        SubmissionOptions {
+            hostname: crate::delivery::upstream::ehlo_name(),
+            read_timeout: Duration::from_secs(300),
+            max_sessions: 100,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            throttle: ThrottleRules::default(),
+        }
+    }
+}
+
+/// What one listener allows, beyond the relay-wide rules.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerAccess {
+    /// Addresses that may connect; empty means all.
+    pub allow: AllowList,
+    /// PLAIN/LOGIN without TLS. Only ever true together with a non-empty
+    /// allow-list (DESIGN.md contract 5); [`ListenerAccess::plaintext`]
+    /// enforces that.
+    plaintext_auth: bool,
+}
+
+impl ListenerAccess {
+    /// A TLS listener, optionally restricted to `allow`.
+    pub fn tls(allow: AllowList) -> Self {
+        ListenerAccess {
+            allow,
+            plaintext_auth: false,
+        }
+    }
+
+    /// A plaintext listener; `None` if `allow` is empty, since passwords
+    /// would then cross any network unencrypted.
+    pub fn plaintext(allow: AllowList) -> Option<Self> {
+        allow.is_restricted().then_some(ListenerAccess {
+            allow,
+            plaintext_auth: true,
+        })
+    }
+}
+
+struct Shared {
+    users: UserDirectory,
+    issuers: TrustedIssuers,
+    store: Arc<dyn Store>,
+    work_arrived: Arc<Notify>,
+    throttle: Mutex<AuthThrottle>,
+    /// Argon2 runs on the blocking pool; this bounds how many at once so a
+    /// burst of logins cannot take every core.
+    hashing_slots: Semaphore,
+    /// Recipients per message by account name, from the provider presets.
+    recipient_limits: HashMap<String, usize>,
+    max_recipients: usize,
+    options: SubmissionOptions,
+}
+
+/// The submission listener's [`SessionPolicy`]. Cheap to clone; one per
+/// listener (made with [`SubmissionPolicy::for_listener`]), all sharing
+/// the users, issuers, throttle and queue.
+#[derive(Clone)]
+pub struct SubmissionPolicy {
+    shared: Arc<Shared>,
+    access: ListenerAccess,
+}
+
+impl SubmissionPolicy {
+    /// `work_arrived` is notified after each message is queued, to wake
+    /// the delivery engine.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        work_arrived: Arc<Notify>,
+        options: SubmissionOptions,
+    ) -> Self {
+        let recipient_limits: HashMap<String, usize> = config
+            .accounts
+            .iter()
+            .map(|account| {
+                let limit = crate::oauth::preset::preset(account.provider)
+                    .limits
+                    .recipients_per_message
+                    .map_or(MIN_RECIPIENTS, |n| n as usize);
+                (account.name.clone(), limit)
+            })
+            .collect();
+        let max_recipients = recipient_limits
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(MIN_RECIPIENTS)
+            .max(MIN_RECIPIENTS);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SubmissionPolicy {
+            shared: Arc::new(Shared {
+                users: UserDirectory::new(&config.users, store.clone()),
+                issuers: TrustedIssuers::new(&config.issuers),
+                store,
+                work_arrived,
+                throttle: Mutex::new(AuthThrottle::new(options.throttle.clone())),
+                hashing_slots: Semaphore::new(cores),
+                recipient_limits,
+                max_recipients,
+                options,
+            }),
+            access: ListenerAccess::default(),
+        }
+    }
+
+    /// The same policy for a listener with its own access rules.
+    pub fn for_listener(&self, access: ListenerAccess) -> Self {
+        SubmissionPolicy {
+            shared: self.shared.clone(),
+            access,
+        }
+    }
+
+    pub fn options(&self) -> &SubmissionOptions {
+        &self.shared.options
+    }
+
+    fn mechanisms(&self) -> Vec<Mechanism> {
+        let mut mechanisms = vec![Mechanism::Plain, Mechanism::Login];
+        // Bearer tokens are not offered in plaintext even on an allow-listed
+        // listener: that exception exists for devices that only know
+        // passwords, and a token is worth more to whoever sniffs it.
+        if !self.shared.issuers.is_empty() && !self.access.plaintext_auth {
+            mechanisms.extend([Mechanism::OAuthBearer, Mechanism::XOAuth2]);
+        }
+        mechanisms
+    }
+
+    fn throttled(&self, context: &SessionContext, user: &str) -> bool {
+        let throttle = lock(&self.shared.throttle);
+        match throttle.check(context.peer.ip(), user, Instant::now()) {
+            Ok(()) => false,
+            Err(lockout) => {
+                tracing::warn!(peer = %context.peer, %user, ?lockout, "AUTH refused: too many failures");
+                true
+            }
+        }
+    }
+
+    fn auth_failed(&self, context: &SessionContext, user: &str) {
+        lock(&self.shared.throttle).record_failure(context.peer.ip(), user, Instant::now());
+    }
+
+    fn auth_succeeded(&self, user: &str) {
+        lock(&self.shared.throttle).record_success(user);
+    }
+
+    async fn check_password(
+        &self,
+        context: &SessionContext,
+        name: &str,
+        password: &Secret,
+    ) -> Result<Identity, AuthRefusal> {
+        if self.throttled(context, name) {
+            return Err(AuthRefusal::Temporary);
+        }
+        let user = self
+            .find_user(name)
+            .await
+            .map_err(|()| AuthRefusal::Temporary)?;
+        let verified = match user {
+            // An OAuth-only user has no hash: no password can match.
+            Some(user) if !user.password_hash.is_empty() => {
+                let permit = self
+                    .shared
+                    .hashing_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| AuthRefusal::Temporary)?;
+                let password = password.clone();
+                let checked = tokio::task::spawn_blocking(move || {
+                    crate::users::verify_password(&user, &password).map(|ok| ok.then_some(user))
+                })
+                .await;
+                drop(permit);
+                match checked {
+                    Ok(Ok(found)) => found,
+                    Ok(Err(error)) => {
+                        // The config holds a broken hash: the operator must
+                        // fix it; the client cannot.
+                        tracing::error!(%error, "cannot check a submission password");
+                        return Err(AuthRefusal::Temporary);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the password check task failed");
+                        return Err(AuthRefusal::Temporary);
+                    }
+                }
+            }
+            _ => {
+                self.spend_equal_time(password).await;
+                None
+            }
+        };
+        match verified {
+            Some(user) => {
+                self.auth_succeeded(name);
+                tracing::info!(peer = %context.peer, user = %user.name, "submission AUTH with password");
+                Ok(Identity {
+                    user: user.name,
+                    subject: None,
+                })
+            }
+            None => {
+                self.auth_failed(context, name);
+                tracing::info!(peer = %context.peer, user = %name, password = %password.fingerprint(), "submission AUTH failed");
+                Err(AuthRefusal::Credentials)
+            }
+        }
+    }
+
+    /// Runs one Argon2 verification whose result is thrown away, so an
+    /// unknown user name (or an OAuth-only user) takes as long to refuse as
+    /// a wrong password: the reply time must not tell which names exist.
+    async fn spend_equal_time(&self, password: &Secret) {
+        let Ok(_permit) = self.shared.hashing_slots.acquire().await else {
+            return;
+        };
+        let password = password.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let decoy = decoy_user();
+            let _ = crate::users::verify_password(decoy, &password);
+        })
+        .await;
+    }
+
+    async fn check_bearer(
+        &self,
+        context: &SessionContext,
+        sasl_user: &str,
+        token: &Secret,
+    ) -> Result<Identity, AuthRefusal> {
+        if self.throttled(context, sasl_user) {
+            return Err(AuthRefusal::Temporary);
+        }
+        let validated = match self.shared.issuers.validate(token).await {
+            Ok(validated) => validated,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "cannot validate a bearer token now");
+                return Err(AuthRefusal::Temporary);
+            }
+            Err(error) => {
+                self.auth_failed(context, sasl_user);
+                tracing::info!(peer = %context.peer, user = %sasl_user, token = %token.fingerprint(), %error, "bearer token refused");
+                return Err(AuthRefusal::Token(token_status(&error)));
+            }
+        };
+        let subject = validated.subject;
+        // The SASL user may be empty (OAUTHBEARER allows it); if given it
+        // must be the token's owner, or a token of one user would let a
+        // client act for another.
+        if !sasl_user.is_empty() && !sasl_user.eq_ignore_ascii_case(&subject) {
+            self.auth_failed(context, sasl_user);
+            tracing::info!(peer = %context.peer, user = %sasl_user, %subject, token = %token.fingerprint(), "bearer token belongs to another user");
+            return Err(AuthRefusal::Token(invalid_token()));
+        }
+        match self
+            .find_user(&subject)
+            .await
+            .map_err(|()| AuthRefusal::Temporary)?
+        {
+            Some(user) => {
+                self.auth_succeeded(sasl_user);
+                tracing::info!(peer = %context.peer, user = %user.name, token = %token.fingerprint(), "submission AUTH with bearer token");
+                Ok(Identity {
+                    user: user.name,
+                    subject: Some(subject),
+                })
+            }
+            None => {
+                self.auth_failed(context, sasl_user);
+                tracing::info!(%subject, "a valid token names no [[user]]; add a [[user]] with that name to let it submit");
+                Err(AuthRefusal::Token(invalid_token()))
+            }
+        }
+    }
+
+    /// `Err(())` when the store cannot be read (already logged).
+    async fn find_user(&self, name: &str) -> Result<Option<SubmissionUser>, ()> {
+        self.shared.users.find(name).await.map_err(|error| {
+            tracing::error!(%error, "cannot read the submission users");
+        })
+    }
+
+    /// The authenticated user of this session, or the refusal to send.
+    async fn session_user(&self, context: &SessionContext) -> Result<SubmissionUser, Refusal> {
+        let Some(auth) = &context.auth else {
+            return Err(Reply::new(530, "5.7.0 Authentication required").into());
+        };
+        match self.find_user(&auth.identity.user).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(Reply::new(
+                550,
+                format!(
+                    "5.7.1 User {} no longer exists; nothing was accepted",
+                    auth.identity.user
+                ),
+            )
+            .into()),
+            Err(()) => Err(store_unavailable().into()),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        context: &SessionContext,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<String, Refusal> {
+        let user = self.session_user(context).await?;
+        let header = received_header(
+            context,
+            &envelope.rcpt_to,
+            &self.shared.options.hostname,
+            chrono::Utc::now(),
+        );
+        let mut body = Vec::with_capacity(header.len() + message.len());
+        body.extend_from_slice(header.as_bytes());
+        body.extend_from_slice(message);
+        let size = body.len();
+        let queued = self
+            .shared
+            .store
+            .enqueue(NewMessage {
+                account: user.account.clone(),
+                mail_from: envelope.mail_from.clone(),
+                recipients: envelope.rcpt_to.clone(),
+                body,
+                submitted_by: user.name.clone(),
+            })
+            .await;
+        match queued {
+            Ok(id) => {
+                self.shared.work_arrived.notify_one();
+                tracing::info!(%id, user = %user.name, account = %user.account, size, recipients = envelope.rcpt_to.len(), "message queued");
+                Ok(id.to_string())
+            }
+            Err(error) => {
+                tracing::error!(%error, user = %user.name, "cannot queue a submitted message");
+                Err(store_unavailable().into())
+            }
+        }
+    }
+}
+
+/// A user with the hash of a random password, made once: the decoy that
+/// [`SubmissionPolicy::spend_equal_time`] verifies against.
+fn decoy_user() -> &'static SubmissionUser {
+    static DECOY: std::sync::OnceLock<SubmissionUser> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| SubmissionUser {
+        name: "decoy".into(),
+        // If hashing fails the check fails fast; only timing is lost.
+        password_hash: crate::users::hash_password(&crate::users::generate_app_password())
+            .unwrap_or_default(),
+        allowed_from: Vec::new(),
+        account: String::new(),
+        source: "decoy",
+    })
+}
+
+fn store_unavailable() -> Reply {
+    Reply::new(
+        451,
+        "4.3.0 The message could not be queued and was not accepted; try again later",
+    )
+}
+
+fn lock(throttle: &Mutex<AuthThrottle>) -> std::sync::MutexGuard<'_, AuthThrottle> {
+    // A panic while holding the lock leaves counters, not broken invariants:
+    // keep using them.
+    throttle
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn invalid_token() -> OAuthErrorStatus {
+    OAuthErrorStatus {
+        status: "invalid_token".into(),
+        schemes: Some("bearer".into()),
+        scope: None,
+        openid_configuration: None,
+    }
+}
+
+fn token_status(error: &TokenError) -> OAuthErrorStatus {
+    match error {
+        TokenError::Invalid(error) => error.rfc7628_status(),
+        TokenError::MissingScope { scope, .. } => OAuthErrorStatus {
+            status: "insufficient_scope".into(),
+            scope: Some(scope.clone()),
+            ..invalid_token()
+        },
+        TokenError::UnknownIssuer { .. } | TokenError::Discovery { .. } => invalid_token(),
+    }
+}
+
+impl SessionPolicy for SubmissionPolicy {
+    fn on_connect(&self, peer: SocketAddr) -> BoxFuture<'_, Result<SessionRules, Refusal>> {
+        Box::pin(async move {
+            if !self.access.allow.allows(peer.ip()) {
+                tracing::info!(%peer, "connection refused: not in the listener's allow_ips");
+                return Err(Reply::new(
+                    554,
+                    format!(
+                        "5.7.1 {} may not use this listener; ask the relay's administrator to add it to allow_ips",
+                        peer.ip().to_canonical()
+                    ),
+                )
+                .into());
+            }
+            Ok(SessionRules {
+                auth_required: true,
+                plaintext_auth_allowed: self.access.plaintext_auth,
+                mechanisms: self.mechanisms(),
+                offer_starttls: true,
+                max_message_size: self.shared.options.max_message_size,
+                // The largest of the accounts' limits; the user's own
+                // account's limit is applied at RCPT, once AUTH says who.
+                max_recipients: self.shared.max_recipients,
+            })
+        })
+    }
+
+    fn verify_bearer<'a>(
+        &'a self,
+        context: &'a SessionContext,
+        _mechanism: Mechanism,
+        user: &'a str,
+        token: &'a Secret,
+    ) -> BoxFuture<'a, Result<Identity, AuthRefusal>> {
+        Box::pin(self.check_bearer(context, user, token))
+    }
+
+    fn verify_password<'a>(
+        &'a self,
+        context: &'a SessionContext,
+        user: &'a str,
+        password: &'a Secret,
+    ) -> BoxFuture<'a, Result<Identity, AuthRefusal>> {
+        Box::pin(self.check_password(context, user, password))
+    }
+
+    fn check_sender<'a>(
+        &'a self,
+        context: &'a SessionContext,
+        mail_from: &'a str,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let user = self.session_user(context).await?;
+            if user.may_send_as(mail_from) {
+                return Ok(());
+            }
+            tracing::info!(user = %user.name, %mail_from, "sender refused");
+            Err(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Sender not allowed for {}: <{mail_from}> is not in its allowed_from",
+                    user.name
+                ),
+            )
+            .into())
+        })
+    }
+
+    fn check_recipient<'a>(
+        &'a self,
+        context: &'a SessionContext,
+        envelope: &'a Envelope,
+        _rcpt_to: &'a str,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            // Every account allows at least MIN_RECIPIENTS: look the user's
+            // account up only beyond that.
+            if envelope.rcpt_to.len() < MIN_RECIPIENTS {
+                return Ok(());
+            }
+            let user = self.session_user(context).await?;
+            let limit = self
+                .shared
+                .recipient_limits
+                .get(&user.account)
+                .copied()
+                .unwrap_or(MIN_RECIPIENTS);
+            if envelope.rcpt_to.len() >= limit {
+                return Err(standard::too_many_recipients().into());
+            }
+            Ok(())
+        })
+    }
+
+    fn accept_message<'a>(
+        &'a self,
+        context: &'a SessionContext,
+        envelope: &'a Envelope,
+        message: &'a [u8],
+    ) -> BoxFuture<'a, Result<String, Refusal>> {
+        Box::pin(self.enqueue(context, envelope, message))
+    }
+}

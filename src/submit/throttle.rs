@@ -1,0 +1,303 @@
+//! Failed-authentication throttling, per client address and per user name.
+//! After `max_failures` bad credentials within `window`, further AUTH from
+//! that address (or for that user) is refused for a lockout that doubles
+//! with each repeat. The check comes before any Argon2 work, so a password
+//! guesser can neither guess fast nor burn the relay's CPU.
+//!
+//! Pure: every call takes `now`, so tests drive the clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ThrottleRules {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub first_lockout: Duration,
+    pub max_lockout: Duration,
+    /// Addresses and users tracked at most; beyond it, idle records are
+    /// dropped first (a spray from many addresses must not grow memory
+    /// without bound).
+    pub max_tracked: usize,
+}
+
+impl Default for ThrottleRules {
+    fn default() -> Self {
+        ThrottleRules {
+            // Five tries covers a person mistyping an app password; a
+            // guesser gets five per ten minutes, then ever longer pauses.
+            max_failures: 5,
+            window: Duration::from_secs(10 * 60),
+            first_lockout: Duration::from_secs(60),
+            // An hour caps how long a legitimate device stays locked out
+            // by someone else's guessing.
+            max_lockout: Duration::from_secs(60 * 60),
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// Who is locked out, and for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lockout {
+    Address { remaining: Duration },
+    User { remaining: Duration },
+}
+
+#[derive(Debug, Clone)]
+struct FailureRecord {
+    window_start: Instant,
+    failures: u32,
+    /// Lockouts so far: the next lasts `first_lockout * 2^lockouts`.
+    lockouts: u32,
+    locked_until: Option<Instant>,
+    last_seen: Instant,
+}
+
+impl FailureRecord {
+    fn new(now: Instant) -> Self {
+        FailureRecord {
+            window_start: now,
+            failures: 0,
+            lockouts: 0,
+            locked_until: None,
+            last_seen: now,
+        }
+    }
+
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.locked_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    fn fail(&mut self, rules: &ThrottleRules, now: Instant) {
+        self.last_seen = now;
+        if now.duration_since(self.window_start) > rules.window {
+            self.window_start = now;
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if self.failures >= rules.max_failures {
+            let factor = 2u32.saturating_pow(self.lockouts.min(16));
+            let lockout = rules
+                .first_lockout
+                .saturating_mul(factor)
+                .min(rules.max_lockout);
+            self.locked_until = Some(now + lockout);
+            self.lockouts = self.lockouts.saturating_add(1);
+            self.failures = 0;
+            self.window_start = now;
+        }
+    }
+
+    /// Nothing left to remember: not locked and the window passed.
+    fn is_idle(&self, rules: &ThrottleRules, now: Instant) -> bool {
+        self.remaining(now).is_none()
+            && now.duration_since(self.last_seen) > rules.window.max(rules.max_lockout)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    rules: ThrottleRules,
+    addresses: HashMap<IpAddr, FailureRecord>,
+    users: HashMap<String, FailureRecord>,
+}
+
+impl AuthThrottle {
+    pub fn new(rules: ThrottleRules) -> Self {
+        AuthThrottle {
+            rules,
+            ..AuthThrottle::default()
+        }
+    }
+
+    /// `Err` if this address or user is locked out now.
+    pub fn check(&self, peer: IpAddr, user: &str, now: Instant) -> Result<(), Lockout> {
+        if let Some(remaining) = self
+            .addresses
+            .get(&address_key(peer))
+            .and_then(|r| r.remaining(now))
+        {
+            return Err(Lockout::Address { remaining });
+        }
+        if let Some(remaining) = user_key(user)
+            .and_then(|key| self.users.get(&key))
+            .and_then(|r| r.remaining(now))
+        {
+            return Err(Lockout::User { remaining });
+        }
+        Ok(())
+    }
+
+    pub fn record_failure(&mut self, peer: IpAddr, user: &str, now: Instant) {
+        self.make_room(now);
+        let rules = &self.rules;
+        self.addresses
+            .entry(address_key(peer))
+            .or_insert_with(|| FailureRecord::new(now))
+            .fail(rules, now);
+        if let Some(key) = user_key(user) {
+            self.users
+                .entry(key)
+                .or_insert_with(|| FailureRecord::new(now))
+                .fail(rules, now);
+        }
+    }
+
+    /// A correct password clears the user's count. The address keeps its
+    /// record: one valid account must not reset a guesser's address.
+    pub fn record_success(&mut self, user: &str) {
+        if let Some(key) = user_key(user) {
+            self.users.remove(&key);
+        }
+    }
+
+    fn make_room(&mut self, now: Instant) {
+        if self.addresses.len() + self.users.len() < self.rules.max_tracked {
+            return;
+        }
+        let rules = &self.rules;
+        self.addresses.retain(|_, r| !r.is_idle(rules, now));
+        self.users.retain(|_, r| !r.is_idle(rules, now));
+        // Still full of active records: forget the unlocked ones, keeping
+        // the lockouts that are doing their job.
+        if self.addresses.len() + self.users.len() >= rules.max_tracked {
+            self.addresses.retain(|_, r| r.remaining(now).is_some());
+            self.users.retain(|_, r| r.remaining(now).is_some());
+        }
+    }
+}
+
+/// IPv6 clients get a whole /64 each, so counting per /64 is what counts
+/// per client; v4-mapped addresses count as their v4 address.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// No key for an empty name (OAUTHBEARER may omit the user): lumping all
+/// such clients under one name would let one guesser lock out the rest.
+fn user_key(user: &str) -> Option<String> {
+    (!user.is_empty()).then(|| user.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn locks_after_five_failures_and_doubles() {
+        let rules = ThrottleRules::default();
+        let mut throttle = AuthThrottle::new(rules.clone());
+        let start = Instant::now();
+        let peer = ip("192.0.2.1");
+        for n in 0..4 {
+            throttle.record_failure(peer, "scanner", start + Duration::from_secs(n));
+            assert!(throttle.check(peer, "scanner", start).is_ok());
+        }
+        throttle.record_failure(peer, "scanner", start + Duration::from_secs(4));
+        let at = start + Duration::from_secs(5);
+        assert_eq!(
+            throttle.check(peer, "scanner", at),
+            Err(Lockout::Address {
+                remaining: Duration::from_secs(59)
+            })
+        );
+        // Another address, same user: the user is locked too.
+        assert!(matches!(
+            throttle.check(ip("198.51.100.9"), "Scanner", at),
+            Err(Lockout::User { .. })
+        ));
+        // Over after a minute; five more failures lock for two.
+        let later = start + Duration::from_secs(70);
+        assert!(throttle.check(peer, "scanner", later).is_ok());
+        for n in 0..5 {
+            throttle.record_failure(peer, "scanner", later + Duration::from_secs(n));
+        }
+        let locked = throttle.check(peer, "scanner", later + Duration::from_secs(4));
+        assert_eq!(
+            locked,
+            Err(Lockout::Address {
+                remaining: Duration::from_secs(120)
+            })
+        );
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let start = Instant::now();
+        let peer = ip("192.0.2.1");
+        for n in 0..20 {
+            // One failure every three minutes: never five in ten minutes.
+            throttle.record_failure(peer, "u", start + Duration::from_secs(n * 180));
+        }
+        // 20 failures three minutes apart: 4 per window, never locked.
+        assert!(
+            throttle
+                .check(peer, "u", start + Duration::from_secs(19 * 180))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn success_clears_the_user_not_the_address() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        let peer = ip("192.0.2.1");
+        for _ in 0..4 {
+            throttle.record_failure(peer, "u", now);
+        }
+        throttle.record_success("u");
+        throttle.record_failure(peer, "v", now);
+        assert!(matches!(
+            throttle.check(peer, "u", now),
+            Err(Lockout::Address { .. })
+        ));
+        assert!(throttle.check(ip("192.0.2.2"), "u", now).is_ok());
+    }
+
+    #[test]
+    fn an_empty_user_name_is_not_a_shared_lock() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        for n in 0..5u8 {
+            throttle.record_failure(IpAddr::from([192, 0, 2, n]), "", now);
+        }
+        assert!(throttle.check(ip("198.51.100.1"), "", now).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        for n in 0..5 {
+            throttle.record_failure(ip(&format!("2001:db8:1:2::{n}")), &format!("u{n}"), now);
+        }
+        assert!(throttle.check(ip("2001:db8:1:2::ff"), "x", now).is_err());
+        assert!(throttle.check(ip("2001:db8:1:3::1"), "x", now).is_ok());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let rules = ThrottleRules {
+            max_tracked: 100,
+            ..ThrottleRules::default()
+        };
+        let mut throttle = AuthThrottle::new(rules);
+        let now = Instant::now();
+        for n in 0..10_000u32 {
+            throttle.record_failure(IpAddr::from(n.to_be_bytes()), &format!("u{n}"), now);
+        }
+        assert!(throttle.addresses.len() + throttle.users.len() <= 102);
+    }
+}
