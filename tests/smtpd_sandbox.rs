@@ -72,7 +72,7 @@ async fn full_delivery_is_stored_byte_exact() {
         .await;
     let accepted = client.reply().await;
     assert!(
-        accepted.starts_with("250 2.0.0 Message accepted as "),
+        accepted.starts_with("250 2.0.0 Ok: queued as "),
         "{accepted}"
     );
     assert_eq!(

@@ -156,26 +156,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every submission user: those of the config file, then those of the store.
-pub(crate) async fn serve_users(
-    context: &Context,
-) -> anyhow::Result<Vec<crate::users::SubmissionUser>> {
-    let mut users: Vec<crate::users::SubmissionUser> = context
-        .config
-        .users
-        .iter()
-        .map(|u| crate::users::SubmissionUser {
-            name: u.name.clone(),
-            password_hash: u.password_hash.clone().unwrap_or_default(),
-            allowed_from: u.allowed_from.clone(),
-            account: u.account.clone(),
-            source: "config",
-        })
-        .collect();
-    users.extend(context.store.users().await?);
-    Ok(users)
-}
-
 fn init_logging(format: LogFormat, verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {

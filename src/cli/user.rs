@@ -67,7 +67,12 @@ pub async fn run(config: Option<PathBuf>, command: UserCommand) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::List { json } => {
-            let users = super::serve_users(&context).await?;
+            let users = crate::submit::directory::UserDirectory::new(
+                &context.config.users,
+                context.store.clone(),
+            )
+            .all()
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else if users.is_empty() {

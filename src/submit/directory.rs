@@ -30,6 +30,13 @@ impl UserDirectory {
         }
     }
 
+    /// Every user: the config file's, then the store's.
+    pub async fn all(&self) -> Result<Vec<SubmissionUser>, StoreError> {
+        let mut users = self.configured.clone();
+        users.extend(self.store.users().await?);
+        Ok(users)
+    }
+
     /// The user called `name`; the config file wins over the store.
     /// Names compare without case: they are often mail addresses.
     pub async fn find(&self, name: &str) -> Result<Option<SubmissionUser>, StoreError> {

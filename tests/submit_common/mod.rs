@@ -342,7 +342,7 @@ pub fn plain(user: &str, password: &str) -> String {
     oxirelay::smtp::sasl::encode_base64(format!("\0{user}\0{password}").as_bytes())
 }
 
-/// The queue id in "250 2.0.0 Message accepted as ID".
+/// The queue id in "250 2.0.0 Ok: queued as ID".
 pub fn queue_id(reply: &str) -> String {
     assert!(
         reply.starts_with("250 "),

@@ -114,7 +114,7 @@ pub mod standard {
         Reply::new(354, "Start mail input; end with <CRLF>.<CRLF>")
     }
     pub fn accepted(id: &str) -> Reply {
-        Reply::new(250, format!("2.0.0 Message accepted as {id}"))
+        Reply::new(250, format!("2.0.0 Ok: queued as {id}"))
     }
     pub fn bye(hostname: &str) -> Reply {
         Reply::new(221, format!("2.0.0 {hostname} closing connection"))

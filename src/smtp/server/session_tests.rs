@@ -432,7 +432,7 @@ fn message_is_stored_byte_exact_with_dots_unstuffed() {
     smtp.exchange("RCPT TO:<bob@example.net>", "250 2.1.5");
     smtp.exchange("DATA", "354 ");
     let out = smtp.send("Subject: dots\r\n\r\n..one\r\n...two\r\n.\r\n");
-    assert_eq!(out, "250 2.0.0 Message accepted as MSG1\r\n");
+    assert_eq!(out, "250 2.0.0 Ok: queued as MSG1\r\n");
     let (envelope, message) = &smtp.accepted[0];
     assert_eq!(message, b"Subject: dots\r\n\r\n.one\r\n..two\r\n");
     assert_eq!(envelope.mail_from, "alice@example.com");
@@ -455,7 +455,7 @@ fn pipelined_transaction_gets_all_replies_in_order() {
     let out = smtp.send("hi\r\n.\r\nQUIT\r\n");
     assert_eq!(
         out,
-        "250 2.0.0 Message accepted as MSG1\r\n221 2.0.0 mx.test closing connection\r\n"
+        "250 2.0.0 Ok: queued as MSG1\r\n221 2.0.0 mx.test closing connection\r\n"
     );
     assert!(smtp.closed);
     assert_eq!(smtp.accepted[0].0.rcpt_to, ["b@x", "c@x"]);
