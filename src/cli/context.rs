@@ -30,6 +30,11 @@ pub struct Context {
 
 impl Context {
     pub async fn load(config_path: Option<PathBuf>) -> anyhow::Result<Context> {
+        Self::load_as(config_path, &actor()).await
+    }
+
+    /// Loads the config; the audit log names `actor` for the broker's events.
+    pub async fn load_as(config_path: Option<PathBuf>, actor: &str) -> anyhow::Result<Context> {
         let path = Config::locate(config_path.as_deref());
         let config = Config::load(&path).with_context(|| {
             if config_path.is_none() && !path.exists() {
@@ -41,10 +46,14 @@ impl Context {
                 "the config file is not usable".to_string()
             }
         })?;
-        Self::from_config(config).await
+        Self::from_config_as(config, actor).await
     }
 
     pub async fn from_config(config: Config) -> anyhow::Result<Context> {
+        Self::from_config_as(config, &actor()).await
+    }
+
+    pub async fn from_config_as(config: Config, actor: &str) -> anyhow::Result<Context> {
         let key = Arc::new(config.master_key()?);
         let store = crate::store::open(&config.store.url).await?;
         let accounts = config
@@ -54,7 +63,7 @@ impl Context {
             .collect::<Result<Vec<_>, _>>()?;
         let audit = Arc::new(crate::audit::AuditLog::open(&config.audit.path)?);
         let broker = Arc::new(
-            Broker::new(store.clone(), key.clone(), accounts).with_audit(audit.clone(), &actor()),
+            Broker::new(store.clone(), key.clone(), accounts).with_audit(audit.clone(), actor),
         );
         Ok(Context {
             config,
