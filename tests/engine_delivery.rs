@@ -271,3 +271,48 @@ async fn shutdown_finishes_the_delivery_in_progress_and_releases_the_rest() {
     );
     assert_eq!(h.sandbox.smtp.inbox().count(), delivered);
 }
+
+#[tokio::test]
+async fn a_message_past_its_maximum_age_expires_with_an_event_and_a_dsn() {
+    let h = harness().await;
+    h.sandbox.smtp.faults().inject(
+        Fault::Reply {
+            stage: FaultStage::Rcpt,
+            reply: Reply::new(450, "4.2.1 Mailbox busy"),
+        },
+        FaultTimes::Always,
+    );
+    let mut config = test_config();
+    config.schedule.max_age = Duration::from_secs(2);
+    config.maintenance_interval = Duration::from_millis(500);
+    let engine = h.start(config);
+    let ids = h.enqueue(1, &["busy@example.net"]).await;
+    let stats = engine
+        .wait_until(|s| s.messages_expired >= 1 && s.dsns_enqueued >= 1, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("expired: {:?}", engine.stats()));
+    assert!(stats.recipients_deferred >= 1);
+    engine.shutdown().await;
+
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Expired);
+    assert_eq!(message.recipients[0].state, RecipientState::Expired);
+    let dsn = h
+        .messages()
+        .await
+        .into_iter()
+        .find(|m| m.submitted_by == "dsn")
+        .expect("a DSN is queued");
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.recipients[0].address, SENDER);
+    let (_, body) = h
+        .store
+        .message(&dsn.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let body = String::from_utf8(body).expect("utf-8");
+    assert!(body.contains("Status: 4.4.7\r\n"), "{body}");
+    let events = h.store.events(100).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "message.expired"));
+}
