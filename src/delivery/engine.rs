@@ -68,7 +68,8 @@ pub struct EngineConfig {
     pub pool: PoolConfig,
     /// Limits per account name, replacing the provider's defaults.
     pub limits: HashMap<String, AccountLimits>,
-    /// How long to leave an account alone after the provider throttled it.
+    /// How long to leave an account alone after the provider throttled it
+    /// or refused a freshly refreshed token.
     pub throttle_backoff: Duration,
     /// Send DSNs to senders for bounced and expired recipients.
     pub dsn: bool,
@@ -326,6 +327,15 @@ async fn work(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>
                 pending.push_front(claimed);
                 break;
             }
+            // Slow deliveries earlier in the batch may have used up most of
+            // this one's lease; starting it now could outlive the lease and
+            // let another worker send it too. Give it back instead.
+            if now_unix() >= claimed.lease.expires_at - lease_margin(shared.config.lease) {
+                shared
+                    .release(&claimed.message.id, &claimed.lease, now_unix())
+                    .await;
+                continue;
+            }
             shared.deliver(claimed).await;
         }
         for claimed in pending {
@@ -361,6 +371,12 @@ async fn pause(period: Duration, stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A message is started only with at least this much of its lease left:
+/// half the lease, which is far more than one delivery takes.
+fn lease_margin(lease: Duration) -> i64 {
+    secs_ceil(lease / 2)
+}
+
 /// Whole seconds, rounded up: the store keeps Unix seconds, and rounding
 /// down would make a short delay zero.
 fn secs_ceil(duration: Duration) -> i64 {
@@ -387,6 +403,9 @@ struct AttemptResult {
     /// The first reason something did not go, for `last_error`.
     error: Option<String>,
     throttled: bool,
+    /// The upstream refused even a fresh token (contract 4): further
+    /// logins now would only add failed logins, which providers punish.
+    auth_failed: bool,
 }
 
 impl AttemptResult {
@@ -531,12 +550,19 @@ impl Shared {
             }
         }
         let result = self.attempt(account, &message, &body, &open).await;
-        if result.throttled {
-            tracing::warn!(account = %account.name, backoff = ?self.config.throttle_backoff, "the provider is throttling the account; backing off");
+        if result.throttled || result.auth_failed {
+            tracing::warn!(
+                account = %account.name,
+                backoff = ?self.config.throttle_backoff,
+                reason = if result.throttled { "the provider is throttling the account" } else { "the provider refused a fresh token" },
+                "backing off the account"
+            );
             self.limiter(account, |l| {
                 l.back_off(self.config.throttle_backoff, Instant::now())
             });
-            self.count(|s| s.throttled += 1);
+            if result.throttled {
+                self.count(|s| s.throttled += 1);
+            }
         }
         self.record(&message, &body, &lease, Some(account), result)
             .await;
@@ -555,6 +581,7 @@ impl Shared {
         let mut pooled = match self.pool.checkout(account).await {
             Ok(pooled) => pooled,
             Err(error) => {
+                result.auth_failed = matches!(error, UpstreamError::AuthFailed { .. });
                 if let UpstreamError::Smtp(client) = &error
                     && let Some(reply) = client.reply()
                     && classify(ReplyFacts {
@@ -632,14 +659,21 @@ impl Shared {
                     result.refused(index, &message.recipients[index].address, reply);
                 }
             }
-            _ if error.is_permanent() => {
-                // The envelope or the message cannot be sent as it is
-                // (too large, a non-ASCII address without SMTPUTF8).
+            // The envelope or the message cannot be sent as it is, to this
+            // server or any: too large, a non-ASCII address without
+            // SMTPUTF8, an address that is not one.
+            (
+                ClientError::InvalidEnvelope { .. }
+                | ClientError::MessageTooLarge { .. }
+                | ClientError::SmtpUtf8NotOffered { .. },
+                _,
+            ) => {
                 result.bounce_all(message, group, &error.to_string());
             }
             _ => {
-                // Network, timeout, a dropped connection: the session is
-                // gone, the rest of the attempt with it.
+                // Network, timeout, a dropped connection, a refused RSET:
+                // the session is not to be trusted, nor the rest of the
+                // attempt on it.
                 let reason = error.to_string();
                 result.defer_all(group, &reason);
                 *broken = Some(reason);
