@@ -240,7 +240,10 @@ pub(super) async fn complete_attempt(
     lease: &ClaimLease,
     outcome: &AttemptOutcome,
 ) -> Result<MessageState, StoreError> {
-    let mut tx = pool.begin().await?;
+    // IMMEDIATE: this transaction reads (the lease) before it writes, and a
+    // deferred one would then fail at once with "database is locked" when
+    // another worker commits in between, instead of waiting its turn.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     check_lease(&mut tx, id, lease).await?;
     let now = crate::clock::now_unix();
     for (index, state, reply) in &outcome.recipients {

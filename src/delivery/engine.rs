@@ -1,0 +1,905 @@
+//! The delivery engine: workers that take due messages from the queue under
+//! a lease (contract 2), send them through the account's pooled upstream
+//! sessions, and record what happened to each recipient.
+//!
+//! - Workers claim with `Store::claim` under an owner id unique to this
+//!   process and worker. Idle workers sleep until the `wake` notification
+//!   (new mail), the store's next due time, or shutdown; never a busy loop.
+//!   Messages whose lease expired (a crashed process) are claimable again,
+//!   so they come back on start without a special step.
+//! - Before a message goes, the account's quotas and throttling back-off
+//!   are checked (`limits`); a message that may not go now is `release`d
+//!   until it may, which is not an attempt.
+//! - Every reply is classified by `classify::classify`: per recipient,
+//!   2xx delivered, 4xx deferred, 5xx bounced; network errors defer the
+//!   whole attempt; throttling replies also back off the whole account.
+//!   The attempt is recorded with `Store::complete_attempt`, the next try at
+//!   `RetrySchedule::delay_after(attempts)`, with an event per outcome.
+//! - A maintenance task expires messages older than the schedule's maximum
+//!   age and closes idle sessions. Bounced and expired recipients get a DSN
+//!   (`dsn`) when enabled.
+//! - `RunningEngine::shutdown` stops claiming, lets deliveries in progress
+//!   finish within a grace period, and releases claimed messages not
+//!   started. A delivery cut off by the grace period keeps its lease, which
+//!   expires and returns the message (at-least-once).
+
+use crate::clock::now_unix;
+use crate::delivery::classify::{ReplyClass, ReplyFacts, classify};
+use crate::delivery::dsn::{DsnOrigin, FailedRecipient, build_dsn};
+use crate::delivery::limits::{AccountLimiter, AccountLimits, Admission};
+use crate::delivery::pool::{PoolConfig, PoolStats, SessionPool};
+use crate::delivery::route::domain_of;
+use crate::delivery::schedule::RetrySchedule;
+use crate::delivery::upstream::{UpstreamError, ehlo_name};
+use crate::oauth::account::Account;
+use crate::oauth::broker::Broker;
+use crate::smtp::client::{ClientError, Envelope, RecipientOutcome, Reply, Stage};
+use crate::store::{
+    AttemptOutcome, ClaimLease, Claimed, Event, MessageId, MessageState, QueuedMessage,
+    RecipientState, Store, StoreError,
+};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+/// An idle worker never waits less than this, so a due time that cannot
+/// be claimed yet (a lease ending this very second) costs a few wake-ups
+/// per second at most, not a busy loop.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(250);
+/// After a store error, wait this long before claiming again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Concurrent deliveries.
+    pub workers: usize,
+    /// How long a claim holds a message. Longer than any one delivery (the
+    /// client's timeouts bound it to a few minutes); a crashed worker's
+    /// messages come back after this.
+    pub lease: Duration,
+    /// Messages one worker claims at once: fewer store round trips, while
+    /// small enough that a batch finishes well inside the lease.
+    pub claim_batch: u32,
+    pub schedule: RetrySchedule,
+    /// Upstream sessions: the cap per account, reuse and retirement.
+    pub pool: PoolConfig,
+    /// Limits per account name, replacing the provider's defaults.
+    pub limits: HashMap<String, AccountLimits>,
+    /// How long to leave an account alone after the provider throttled it
+    /// or refused a freshly refreshed token.
+    pub throttle_backoff: Duration,
+    /// Send DSNs to senders for bounced and expired recipients.
+    pub dsn: bool,
+    /// The Reporting-MTA name in DSNs.
+    pub reporting_mta: String,
+    /// How often to expire old messages and close idle sessions; also the
+    /// longest an idle worker sleeps without being woken.
+    pub maintenance_interval: Duration,
+    /// How long `shutdown` waits for deliveries in progress.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 4,
+            lease: Duration::from_secs(5 * 60),
+            claim_batch: 8,
+            schedule: RetrySchedule::default(),
+            pool: PoolConfig::default(),
+            limits: HashMap::new(),
+            // Providers' throttling windows are about a minute (Exchange's
+            // per-minute message rate, Google's "try again later").
+            throttle_backoff: Duration::from_secs(60),
+            dsn: true,
+            reporting_mta: ehlo_name(),
+            maintenance_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the engine has done since it started (recipients and messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Delivery attempts recorded with `complete_attempt`.
+    pub attempts: u64,
+    pub recipients_delivered: u64,
+    pub recipients_deferred: u64,
+    pub recipients_bounced: u64,
+    /// Messages that reached a final state through a delivery attempt.
+    pub messages_delivered: u64,
+    pub messages_bounced: u64,
+    pub messages_expired: u64,
+    /// Messages given back untried because of a quota.
+    pub released_by_limit: u64,
+    /// Messages given back untried because the account is backed off.
+    pub released_by_backoff: u64,
+    /// Messages given back untried at shutdown.
+    pub released_at_shutdown: u64,
+    /// Times a provider's throttling reply backed off an account.
+    pub throttled: u64,
+    pub dsns_enqueued: u64,
+    /// Outcomes that could not be recorded because the lease was lost.
+    pub leases_lost: u64,
+}
+
+/// What `shutdown` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Workers still delivering when the grace period ended (their
+    /// messages come back when their leases expire).
+    pub workers_cut_off: usize,
+    pub stats: EngineStats,
+}
+
+pub struct Engine;
+
+struct Shared {
+    store: Arc<dyn Store>,
+    broker: Arc<Broker>,
+    config: EngineConfig,
+    pool: SessionPool,
+    limiters: Mutex<HashMap<String, AccountLimiter>>,
+    wake: Arc<Notify>,
+    stats: watch::Sender<EngineStats>,
+    instance: String,
+}
+
+/// A started engine; stop it with [`RunningEngine::shutdown`].
+pub struct RunningEngine {
+    shared: Arc<Shared>,
+    stop: Arc<watch::Sender<bool>>,
+    workers: JoinSet<()>,
+    background: JoinSet<()>,
+}
+
+impl Engine {
+    /// Starts `config.workers` workers and the maintenance task. They stop
+    /// when `shutdown` turns true or [`RunningEngine::shutdown`] is called.
+    /// Whoever enqueues should call `wake.notify_one()` after the commit.
+    pub fn start(
+        store: Arc<dyn Store>,
+        broker: Arc<Broker>,
+        config: EngineConfig,
+        wake: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> RunningEngine {
+        let (stop, stop_signal) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let (stats, _) = watch::channel(EngineStats::default());
+        let shared = Arc::new(Shared {
+            pool: SessionPool::new(broker.clone(), config.pool),
+            store,
+            broker,
+            limiters: Mutex::new(HashMap::new()),
+            wake,
+            stats,
+            instance: instance_id(),
+            config,
+        });
+        let mut background = JoinSet::new();
+        {
+            let stop = stop.clone();
+            background.spawn(async move {
+                // The caller's signal becomes ours; a dropped sender means
+                // nobody can ask any more, which is not a request to stop.
+                if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                    let _ = stop.send(true);
+                }
+            });
+        }
+        background.spawn(maintain(shared.clone(), stop_signal.clone()));
+        let mut workers = JoinSet::new();
+        for index in 0..shared.config.workers.max(1) {
+            workers.spawn(work(shared.clone(), index, stop_signal.clone()));
+        }
+        tracing::info!(
+            instance = %shared.instance,
+            workers = shared.config.workers.max(1),
+            "delivery engine started"
+        );
+        RunningEngine {
+            shared,
+            stop,
+            workers,
+            background,
+        }
+    }
+}
+
+impl RunningEngine {
+    pub fn stats(&self) -> EngineStats {
+        *self.shared.stats.borrow()
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.shared.pool.stats()
+    }
+
+    /// Waits (woken by each change, no polling) until `condition` holds;
+    /// `None` if `timeout` passes first.
+    pub async fn wait_until(
+        &self,
+        condition: impl Fn(&EngineStats) -> bool,
+        timeout: Duration,
+    ) -> Option<EngineStats> {
+        let mut receiver = self.shared.stats.subscribe();
+        tokio::time::timeout(timeout, receiver.wait_for(|s| condition(s)))
+            .await
+            .ok()?
+            .ok()
+            .map(|stats| *stats)
+    }
+
+    /// The owner-id prefix of this engine's claims.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Stops claiming, lets deliveries in progress finish (up to the grace
+    /// period), releases what was claimed but not started, closes the
+    /// upstream sessions.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.stop.send(true);
+        let grace = self.shared.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while self.workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        let workers_cut_off = if drained {
+            0
+        } else {
+            let left = self.workers.len();
+            tracing::warn!(
+                workers = left,
+                ?grace,
+                "deliveries still running at the end of the grace period were stopped; their messages return when their leases expire"
+            );
+            self.workers.abort_all();
+            while self.workers.join_next().await.is_some() {}
+            left
+        };
+        self.background.abort_all();
+        while self.background.join_next().await.is_some() {}
+        self.shared.pool.close_all().await;
+        tracing::info!(instance = %self.shared.instance, "delivery engine stopped");
+        ShutdownReport {
+            workers_cut_off,
+            stats: *self.shared.stats.borrow(),
+        }
+    }
+}
+
+/// `host:pid:random`: unique per process, readable in `queue show`.
+fn instance_id() -> String {
+    use rand::RngCore;
+    format!(
+        "{}:{}:{:08x}",
+        ehlo_name(),
+        std::process::id(),
+        rand::rng().next_u32()
+    )
+}
+
+async fn work(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>) {
+    let owner = format!("{}/w{index}", shared.instance);
+    let batch = shared.config.claim_batch.max(1);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Listen before looking: a wake-up sent while we claim is kept.
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let now = now_unix();
+        let lease_until = now.saturating_add(secs_ceil(shared.config.lease));
+        let claimed = match shared.store.claim(&owner, now, lease_until, batch).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::error!(%error, "cannot claim messages from the queue; retrying shortly");
+                pause(STORE_ERROR_PAUSE, &mut stop).await;
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            let wait = idle_wait(shared.store.as_ref(), shared.config.maintenance_interval).await;
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+            continue;
+        }
+        if claimed.len() == batch as usize {
+            // A full batch: more may be due. Wake a peer to share the work.
+            shared.wake.notify_one();
+        }
+        let mut pending = VecDeque::from(claimed);
+        while let Some(claimed) = pending.pop_front() {
+            if *stop.borrow() {
+                pending.push_front(claimed);
+                break;
+            }
+            // Slow deliveries earlier in the batch may have used up most of
+            // this one's lease; starting it now could outlive the lease and
+            // let another worker send it too. Give it back instead.
+            if now_unix() >= claimed.lease.expires_at - lease_margin(shared.config.lease) {
+                shared
+                    .release(&claimed.message.id, &claimed.lease, now_unix())
+                    .await;
+                continue;
+            }
+            shared.deliver(claimed).await;
+        }
+        for claimed in pending {
+            shared
+                .release(&claimed.message.id, &claimed.lease, now_unix())
+                .await;
+            shared.count(|s| s.released_at_shutdown += 1);
+        }
+    }
+}
+
+/// How long an idle worker sleeps: until the next message is due, within
+/// [`MIN_IDLE_WAIT`] and `longest`.
+async fn idle_wait(store: &dyn Store, longest: Duration) -> Duration {
+    let due = match store.next_due().await {
+        Ok(Some(due)) => due,
+        Ok(None) => return longest,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the queue's next due time");
+            return STORE_ERROR_PAUSE;
+        }
+    };
+    crate::clock::from_unix(due)
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        .clamp(MIN_IDLE_WAIT, longest.max(MIN_IDLE_WAIT))
+}
+
+async fn pause(period: Duration, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {}
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// A message is started only with at least this much of its lease left:
+/// half the lease, which is far more than one delivery takes.
+fn lease_margin(lease: Duration) -> i64 {
+    secs_ceil(lease / 2)
+}
+
+/// Whole seconds, rounded up: the store keeps Unix seconds, and rounding
+/// down would make a short delay zero.
+fn secs_ceil(duration: Duration) -> i64 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        shared.expire_old().await;
+        shared.pool.close_idle();
+        tokio::select! {
+            _ = tokio::time::sleep(shared.config.maintenance_interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// What one attempt did to the recipients it tried.
+#[derive(Default)]
+struct AttemptResult {
+    recipients: Vec<(usize, RecipientState, Option<String>)>,
+    bounced: Vec<FailedRecipient>,
+    /// The first reason something did not go, for `last_error`.
+    error: Option<String>,
+    throttled: bool,
+    /// The upstream refused even a fresh token (contract 4): further
+    /// logins now would only add failed logins, which providers punish.
+    auth_failed: bool,
+}
+
+impl AttemptResult {
+    fn note_error(&mut self, error: impl FnOnce() -> String) {
+        if self.error.is_none() {
+            self.error = Some(error());
+        }
+    }
+
+    /// The upstream replied `reply` about recipient `index`.
+    fn refused(&mut self, index: usize, address: &str, reply: &Reply) {
+        let class = classify(ReplyFacts {
+            code: reply.code,
+            enhanced: reply.enhanced,
+            text: &reply.text(),
+        });
+        let state = match class {
+            ReplyClass::Accepted => RecipientState::Delivered,
+            ReplyClass::Bounce => {
+                self.bounced.push(FailedRecipient::refused(address, reply));
+                RecipientState::Bounced
+            }
+            ReplyClass::Throttled => {
+                self.throttled = true;
+                RecipientState::Deferred
+            }
+            // Auth failures after contract 4 (in `open_session`) defer:
+            // the account may recover (a permission still propagating).
+            ReplyClass::Defer | ReplyClass::AuthFailure => RecipientState::Deferred,
+        };
+        if state != RecipientState::Delivered {
+            self.note_error(|| reply.to_string());
+        }
+        self.recipients
+            .push((index, state, Some(reply.to_string())));
+    }
+
+    fn defer_all(&mut self, indices: &[usize], reason: &str) {
+        self.note_error(|| reason.to_string());
+        for &index in indices {
+            self.recipients
+                .push((index, RecipientState::Deferred, Some(reason.to_string())));
+        }
+    }
+
+    fn bounce_all(&mut self, message: &QueuedMessage, indices: &[usize], reason: &str) {
+        self.note_error(|| reason.to_string());
+        for &index in indices {
+            self.bounced.push(FailedRecipient::refused_without_reply(
+                &message.recipients[index].address,
+                reason,
+            ));
+            self.recipients
+                .push((index, RecipientState::Bounced, Some(reason.to_string())));
+        }
+    }
+
+    fn count(&self, state: RecipientState) -> usize {
+        self.recipients.iter().filter(|r| r.1 == state).count()
+    }
+}
+
+impl Shared {
+    fn count(&self, change: impl FnOnce(&mut EngineStats)) {
+        self.stats.send_modify(change);
+    }
+
+    fn limiter<T>(&self, account: &Account, with: impl FnOnce(&mut AccountLimiter) -> T) -> T {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let limiter = limiters.entry(account.name.clone()).or_insert_with(|| {
+            let limits = self
+                .config
+                .limits
+                .get(&account.name)
+                .copied()
+                .unwrap_or_else(|| account.preset.limits.into());
+            AccountLimiter::new(limits, Instant::now())
+        });
+        with(limiter)
+    }
+
+    async fn release(&self, id: &MessageId, lease: &ClaimLease, at: i64) {
+        match self.store.release(id, lease, at).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost(_)) => self.count(|s| s.leases_lost += 1),
+            Err(error) => {
+                tracing::error!(%id, %error, "cannot release a message; it returns when its lease expires")
+            }
+        }
+    }
+
+    /// One claimed message: admit, send, record.
+    async fn deliver(&self, claimed: Claimed) {
+        let Claimed {
+            message,
+            body,
+            lease,
+        } = claimed;
+        let open: Vec<usize> = (0..message.recipients.len())
+            .filter(|&i| message.recipients[i].state.is_open())
+            .collect();
+        let Some(account) = self.broker.account(&message.account) else {
+            let mut result = AttemptResult::default();
+            result.defer_all(
+                &open,
+                &format!(
+                    "the account {:?} is not in the configuration; add it back, or delete the message with `oxirelay queue delete {}`",
+                    message.account, message.id
+                ),
+            );
+            self.record(&message, &body, &lease, None, result).await;
+            return;
+        };
+        if open.is_empty() {
+            // Nothing left to send (a retry of a finished message): record
+            // the state the recipients already have.
+            self.record(
+                &message,
+                &body,
+                &lease,
+                Some(account),
+                AttemptResult::default(),
+            )
+            .await;
+            return;
+        }
+        let recipients = u32::try_from(open.len()).unwrap_or(u32::MAX);
+        match self.limiter(account, |l| l.admit(recipients, Instant::now())) {
+            Admission::Go => {}
+            Admission::Limited(wait) => {
+                tracing::debug!(id = %message.id, account = %account.name, ?wait, "account quota used up; message released until it refills");
+                self.release(&message.id, &lease, now_unix() + secs_ceil(wait))
+                    .await;
+                self.count(|s| s.released_by_limit += 1);
+                return;
+            }
+            Admission::BackedOff(wait) => {
+                self.release(&message.id, &lease, now_unix() + secs_ceil(wait))
+                    .await;
+                self.count(|s| s.released_by_backoff += 1);
+                return;
+            }
+        }
+        let result = self.attempt(account, &message, &body, &open).await;
+        if result.throttled || result.auth_failed {
+            tracing::warn!(
+                account = %account.name,
+                backoff = ?self.config.throttle_backoff,
+                reason = if result.throttled { "the provider is throttling the account" } else { "the provider refused a fresh token" },
+                "backing off the account"
+            );
+            self.limiter(account, |l| {
+                l.back_off(self.config.throttle_backoff, Instant::now())
+            });
+            if result.throttled {
+                self.count(|s| s.throttled += 1);
+            }
+        }
+        self.record(&message, &body, &lease, Some(account), result)
+            .await;
+    }
+
+    /// Sends the open recipients, in transactions of at most the account's
+    /// recipients-per-message limit, on one pooled session.
+    async fn attempt(
+        &self,
+        account: &Account,
+        message: &QueuedMessage,
+        body: &[u8],
+        open: &[usize],
+    ) -> AttemptResult {
+        let mut result = AttemptResult::default();
+        let mut pooled = match self.pool.checkout(account).await {
+            Ok(pooled) => pooled,
+            Err(error) => {
+                result.auth_failed = matches!(error, UpstreamError::AuthFailed { .. });
+                if let UpstreamError::Smtp(client) = &error
+                    && let Some(reply) = client.reply()
+                    && classify(ReplyFacts {
+                        code: reply.code,
+                        enhanced: reply.enhanced,
+                        text: &reply.text(),
+                    }) == ReplyClass::Throttled
+                {
+                    result.throttled = true;
+                }
+                // Whatever stops a session (network, token endpoint down,
+                // consent needed, a refused token after contract 4) is the
+                // relay's or the provider's problem, never the recipient's:
+                // defer, and the message expires if it never clears.
+                result.defer_all(open, &error.to_string());
+                return result;
+            }
+        };
+        let per_transaction = self
+            .limiter(account, |l| l.limits().recipients_per_message)
+            .map_or(usize::MAX, |n| n.max(1) as usize);
+        let mut broken: Option<String> = None;
+        for group in open.chunks(per_transaction) {
+            if let Some(reason) = &broken {
+                result.defer_all(group, reason);
+                continue;
+            }
+            let envelope = Envelope {
+                mail_from: message.mail_from.clone(),
+                rcpt_to: group
+                    .iter()
+                    .map(|&i| message.recipients[i].address.clone())
+                    .collect(),
+            };
+            match pooled.send(&envelope, body).await {
+                Ok(report) => {
+                    for (&index, (address, outcome)) in group.iter().zip(report.outcomes()) {
+                        match outcome {
+                            RecipientOutcome::Accepted(reply) => result.recipients.push((
+                                index,
+                                RecipientState::Delivered,
+                                Some(reply.to_string()),
+                            )),
+                            RecipientOutcome::Refused { reply, .. } => {
+                                result.refused(index, address, reply)
+                            }
+                        }
+                    }
+                }
+                Err(error) => self.failed_send(message, group, error, &mut result, &mut broken),
+            }
+        }
+        self.pool.checkin(pooled);
+        result
+    }
+
+    /// A transaction that ended in an error rather than a report.
+    fn failed_send(
+        &self,
+        message: &QueuedMessage,
+        group: &[usize],
+        error: ClientError,
+        result: &mut AttemptResult,
+        broken: &mut Option<String>,
+    ) {
+        match (&error, error.reply()) {
+            // MAIL FROM refused: the reply applies to every recipient.
+            (
+                ClientError::Reply {
+                    stage: Stage::Mail, ..
+                },
+                Some(reply),
+            ) => {
+                for &index in group {
+                    result.refused(index, &message.recipients[index].address, reply);
+                }
+            }
+            // The envelope or the message cannot be sent as it is, to this
+            // server or any: too large, a non-ASCII address without
+            // SMTPUTF8, an address that is not one.
+            (
+                ClientError::InvalidEnvelope { .. }
+                | ClientError::MessageTooLarge { .. }
+                | ClientError::SmtpUtf8NotOffered { .. },
+                _,
+            ) => {
+                result.bounce_all(message, group, &error.to_string());
+            }
+            _ => {
+                // Network, timeout, a dropped connection, a refused RSET:
+                // the session is not to be trusted, nor the rest of the
+                // attempt on it.
+                let reason = error.to_string();
+                result.defer_all(group, &reason);
+                *broken = Some(reason);
+            }
+        }
+    }
+
+    /// Records the attempt, its events and DSNs.
+    async fn record(
+        &self,
+        message: &QueuedMessage,
+        body: &[u8],
+        lease: &ClaimLease,
+        account: Option<&Account>,
+        result: AttemptResult,
+    ) {
+        let attempts = u32::try_from(message.attempts.saturating_add(1)).unwrap_or(u32::MAX);
+        let delivered = result.count(RecipientState::Delivered);
+        let deferred = result.count(RecipientState::Deferred);
+        let bounced = result.count(RecipientState::Bounced);
+        let next_attempt_at = (deferred > 0)
+            .then(|| now_unix() + secs_ceil(self.config.schedule.delay_after(attempts)));
+        let outcome = AttemptOutcome {
+            recipients: result.recipients,
+            next_attempt_at,
+            error: result.error.clone(),
+        };
+        let state = match self
+            .store
+            .complete_attempt(&message.id, lease, &outcome)
+            .await
+        {
+            Ok(state) => state,
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(id = %message.id, "the lease expired during delivery and another worker took the message; its outcome is theirs to record");
+                self.count(|s| s.leases_lost += 1);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(id = %message.id, %error, "cannot record a delivery attempt; the message returns when its lease expires");
+                return;
+            }
+        };
+        self.count(|s| {
+            s.attempts += 1;
+            s.recipients_delivered += delivered as u64;
+            s.recipients_deferred += deferred as u64;
+            s.recipients_bounced += bounced as u64;
+            match state {
+                MessageState::Delivered => s.messages_delivered += 1,
+                MessageState::Bounced => s.messages_bounced += 1,
+                _ => {}
+            }
+        });
+        let why = result.error.as_deref().unwrap_or("");
+        for (count, kind, detail) in [
+            (delivered, "message.delivered", String::new()),
+            (
+                deferred,
+                "message.deferred",
+                match next_attempt_at {
+                    Some(at) => format!("; next attempt {} ({why})", crate::clock::format_unix(at)),
+                    None => String::new(),
+                },
+            ),
+            (bounced, "message.bounced", format!(" ({why})")),
+        ] {
+            if count > 0 {
+                self.event(
+                    kind,
+                    &message.account,
+                    format!(
+                        "message {} attempt {attempts}: {count} of {} recipients{detail}",
+                        message.id,
+                        message.recipients.len()
+                    ),
+                )
+                .await;
+            }
+        }
+        tracing::info!(id = %message.id, account = %message.account, attempts, delivered, deferred, bounced, %state, "delivery attempt recorded");
+        if let Some(account) = account {
+            self.send_dsn(message, body, account, &result.bounced).await;
+        }
+    }
+
+    async fn event(&self, kind: &str, account: &str, detail: String) {
+        let event = Event {
+            at: now_unix(),
+            kind: kind.to_string(),
+            account: Some(account.to_string()),
+            detail,
+        };
+        if let Err(error) = self.store.record_event(&event).await {
+            tracing::error!(%error, kind, "cannot record an event");
+        }
+    }
+
+    async fn send_dsn(
+        &self,
+        message: &QueuedMessage,
+        body: &[u8],
+        account: &Account,
+        failed: &[FailedRecipient],
+    ) {
+        if !self.config.dsn {
+            return;
+        }
+        let origin = DsnOrigin {
+            reporting_mta: &self.config.reporting_mta,
+            domain: domain_of(&account.user).unwrap_or("localhost"),
+        };
+        let Some(dsn) = build_dsn(message, body, failed, &origin) else {
+            return;
+        };
+        match self.store.enqueue(dsn).await {
+            Ok(id) => {
+                tracing::info!(original = %message.id, dsn = %id, "DSN queued for the sender");
+                self.count(|s| s.dsns_enqueued += 1);
+                self.event(
+                    "message.dsn_queued",
+                    &message.account,
+                    format!(
+                        "message {}: DSN {id} queued for {} failed recipient(s)",
+                        message.id,
+                        failed.len()
+                    ),
+                )
+                .await;
+                self.wake.notify_one();
+            }
+            Err(error) => {
+                tracing::error!(original = %message.id, %error, "cannot queue a DSN");
+            }
+        }
+    }
+
+    /// Expires messages older than the maximum age, with events and DSNs.
+    async fn expire_old(&self) {
+        let max_age = secs_ceil(self.config.schedule.max_age);
+        let expired = match self.store.expire(now_unix().saturating_sub(max_age)).await {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::error!(%error, "cannot expire old messages");
+                return;
+            }
+        };
+        for message in expired {
+            self.count(|s| s.messages_expired += 1);
+            self.event(
+                "message.expired",
+                &message.account,
+                format!(
+                    "message {} expired after {} attempts; last error: {}",
+                    message.id,
+                    message.attempts,
+                    message.last_error.as_deref().unwrap_or("none")
+                ),
+            )
+            .await;
+            if !self.config.dsn || message.mail_from.is_empty() {
+                continue;
+            }
+            let Some(account) = self.broker.account(&message.account) else {
+                continue;
+            };
+            let failed: Vec<FailedRecipient> = message
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Expired)
+                .map(|r| FailedRecipient::expired(&r.address, r.reply.as_deref()))
+                .collect();
+            let body = match self.store.message(&message.id).await {
+                Ok(Some((_, body))) => body,
+                Ok(None) => Vec::new(),
+                Err(error) => {
+                    tracing::warn!(id = %message.id, %error, "cannot read an expired message for its DSN; sending it without the original header");
+                    Vec::new()
+                }
+            };
+            self.send_dsn(&message, &body, account, &failed).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(secs_ceil(Duration::from_millis(200)), 1);
+        assert_eq!(secs_ceil(Duration::from_secs(2)), 2);
+        assert_eq!(secs_ceil(Duration::ZERO), 0);
+    }
+
+    fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
+        Reply {
+            code,
+            enhanced,
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn refusals_are_classified_per_recipient() {
+        let mut result = AttemptResult::default();
+        result.refused(0, "a@x", &reply(451, Some((4, 3, 0)), "later"));
+        result.refused(1, "b@x", &reply(550, Some((5, 1, 1)), "no such user"));
+        result.refused(
+            2,
+            "c@x",
+            &reply(421, Some((4, 7, 0)), "too many connections"),
+        );
+        let states: Vec<_> = result.recipients.iter().map(|r| r.1).collect();
+        assert_eq!(
+            states,
+            [
+                RecipientState::Deferred,
+                RecipientState::Bounced,
+                RecipientState::Deferred
+            ]
+        );
+        assert!(result.throttled);
+        assert_eq!(result.bounced.len(), 1);
+        assert_eq!(result.bounced[0].status, "5.1.1");
+        assert_eq!(result.error.as_deref(), Some("451 later"));
+    }
+}

@@ -1,0 +1,330 @@
+//! Per-account pools of authenticated upstream sessions. Opening a session
+//! costs a TCP connect, a TLS handshake and an AUTH (and providers count and
+//! throttle logins), so one session carries many messages, with RSET before
+//! each reuse. Sessions are opened with `delivery::upstream::open_session`,
+//! which keeps contract 4 (refresh once, retry once).
+//!
+//! Per account a semaphore caps the connections: a session counts against
+//! the cap while checked out, and an idle one was checked out under a
+//! permit and returned, so checked-out plus idle never exceeds the cap (a
+//! new session is opened only when no idle one is left). A session is
+//! retired after `max_messages_per_session` messages, after
+//! `max_session_age`, after `max_idle` unused, or as soon as it is not
+//! usable (timeout, I/O error, 421).
+
+use crate::delivery::upstream::{UpstreamError, open_session};
+use crate::oauth::account::Account;
+use crate::oauth::broker::Broker;
+use crate::smtp::client::{ClientError, Envelope, SendReport, Session};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Concurrent connections per account. Microsoft 365 allows 3
+    /// concurrent SMTP connections per mailbox before "432 4.3.2 Concurrent
+    /// connections limit exceeded"; 3 is the default for that reason.
+    pub max_connections_per_account: usize,
+    /// Messages per session before it is closed and a new one opened, so a
+    /// long-lived connection does not collect server-side limits (Exchange
+    /// allows about 30 messages per connection-minute).
+    pub max_messages_per_session: u64,
+    /// Session lifetime: a token authenticates the session once, and
+    /// providers cut sessions that outlive their token.
+    pub max_session_age: Duration,
+    /// Servers drop idle connections (Exchange after about a minute, RFC
+    /// 5321 section 4.5.3.2.7 allows 5); closing ours first avoids a failed
+    /// reuse.
+    pub max_idle: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections_per_account: 3,
+            max_messages_per_session: 100,
+            max_session_age: Duration::from_secs(5 * 60),
+            max_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the pool did, for metrics and the benchmark (messages per AUTH).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PoolStats {
+    /// Sessions connected, secured and authenticated.
+    pub sessions_opened: u64,
+    /// Successful upstream authentications (one per opened session; a
+    /// refused token that was refreshed and retried counts once).
+    pub authentications: u64,
+    /// Attempts to open a session that failed.
+    pub open_failures: u64,
+    /// Checkouts served by an idle session.
+    pub sessions_reused: u64,
+    /// Messages the upstream accepted (final 2xx after DATA).
+    pub messages_sent: u64,
+    pub sessions_closed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sessions_opened: AtomicU64,
+    open_failures: AtomicU64,
+    sessions_reused: AtomicU64,
+    messages_sent: AtomicU64,
+    sessions_closed: AtomicU64,
+}
+
+struct IdleSession {
+    session: Session,
+    idle_since: Instant,
+}
+
+/// One account's connections.
+struct AccountSessions {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<IdleSession>>,
+}
+
+impl AccountSessions {
+    fn idle(&self) -> MutexGuard<'_, Vec<IdleSession>> {
+        // The vector stays consistent if a holder panicked: recover it.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct SessionPool {
+    broker: Arc<Broker>,
+    config: PoolConfig,
+    accounts: Mutex<HashMap<String, Arc<AccountSessions>>>,
+    counters: Arc<Counters>,
+}
+
+/// A session checked out of the pool. Give it back with
+/// [`SessionPool::checkin`]; dropping it closes the connection instead.
+pub struct PooledSession {
+    session: Session,
+    account: Arc<AccountSessions>,
+    counters: Arc<Counters>,
+    reused: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledSession {
+    /// One mail transaction on this session; counts accepted messages.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<SendReport, ClientError> {
+        let report = self.session.send(envelope, message).await?;
+        if report.accepted() {
+            self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
+    /// Whether this session came from the idle list rather than a new login.
+    pub fn was_reused(&self) -> bool {
+        self.reused
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl SessionPool {
+    pub fn new(broker: Arc<Broker>, config: PoolConfig) -> Self {
+        SessionPool {
+            broker,
+            config,
+            accounts: Mutex::new(HashMap::new()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn config(&self) -> PoolConfig {
+        self.config
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let opened = c.sessions_opened.load(Ordering::Relaxed);
+        PoolStats {
+            sessions_opened: opened,
+            authentications: opened,
+            open_failures: c.open_failures.load(Ordering::Relaxed),
+            sessions_reused: c.sessions_reused.load(Ordering::Relaxed),
+            messages_sent: c.messages_sent.load(Ordering::Relaxed),
+            sessions_closed: c.sessions_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn account_sessions(&self, name: &str) -> Arc<AccountSessions> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(AccountSessions {
+                    permits: Arc::new(Semaphore::new(
+                        self.config.max_connections_per_account.max(1),
+                    )),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    fn retired(&self, session: &Session, now: Instant) -> bool {
+        !session.is_usable()
+            || session.messages_sent() >= self.config.max_messages_per_session
+            || now.saturating_duration_since(session.connected_at()) >= self.config.max_session_age
+    }
+
+    /// A ready session for `account`: an idle one that answers RSET, or a
+    /// new one. Waits while the account is at its connection cap.
+    pub async fn checkout(&self, account: &Account) -> Result<PooledSession, UpstreamError> {
+        let sessions = self.account_sessions(&account.name);
+        let permit = sessions
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                // The semaphore is never closed; this is unreachable in practice.
+                UpstreamError::Smtp(ClientError::Unusable {
+                    address: account.smtp.host.clone(),
+                })
+            })?;
+        // At most as many idle sessions as the cap: the loop is bounded.
+        loop {
+            let candidate = sessions.idle().pop();
+            let Some(IdleSession {
+                mut session,
+                idle_since,
+            }) = candidate
+            else {
+                break;
+            };
+            let now = Instant::now();
+            if self.retired(&session, now)
+                || now.saturating_duration_since(idle_since) >= self.config.max_idle
+            {
+                self.close(session);
+                continue;
+            }
+            // RSET: a clean transaction state, and proof the server is
+            // still there before we commit a message to this connection.
+            match session.reset().await {
+                Ok(()) => {
+                    self.counters
+                        .sessions_reused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(PooledSession {
+                        session,
+                        account: sessions,
+                        counters: self.counters.clone(),
+                        reused: true,
+                        _permit: permit,
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(account = %account.name, %error, "a pooled session failed RSET; opening another");
+                    self.close(session);
+                }
+            }
+        }
+        match open_session(&self.broker, account).await {
+            Ok(session) => {
+                self.counters
+                    .sessions_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(PooledSession {
+                    session,
+                    account: sessions,
+                    counters: self.counters.clone(),
+                    reused: false,
+                    _permit: permit,
+                })
+            }
+            Err(error) => {
+                self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Returns a session for reuse, or closes it if it is spent.
+    pub fn checkin(&self, pooled: PooledSession) {
+        let PooledSession {
+            session,
+            account,
+            _permit,
+            ..
+        } = pooled;
+        if self.retired(&session, Instant::now()) {
+            self.close(session);
+            return;
+        }
+        account.idle().push(IdleSession {
+            session,
+            idle_since: Instant::now(),
+        });
+        // The permit drops here, after the session is back in the idle
+        // list, so a waiting checkout finds it.
+    }
+
+    /// Closes idle sessions unused for `max_idle` (the engine calls this
+    /// now and then so idle connections do not hold server slots).
+    pub fn close_idle(&self) {
+        let now = Instant::now();
+        for sessions in self.all_accounts() {
+            let stale: Vec<IdleSession> = {
+                let mut idle = sessions.idle();
+                let (stale, keep) = idle.drain(..).partition(|i| {
+                    now.saturating_duration_since(i.idle_since) >= self.config.max_idle
+                        || self.retired(&i.session, now)
+                });
+                *idle = keep;
+                stale
+            };
+            for idle in stale {
+                self.close(idle.session);
+            }
+        }
+    }
+
+    /// QUITs every idle session and waits for it (shutdown).
+    pub async fn close_all(&self) {
+        for sessions in self.all_accounts() {
+            let idle: Vec<IdleSession> = sessions.idle().drain(..).collect();
+            for idle in idle {
+                self.counters
+                    .sessions_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = idle.session.quit().await;
+            }
+        }
+    }
+
+    fn all_accounts(&self) -> Vec<Arc<AccountSessions>> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.values().cloned().collect()
+    }
+
+    /// QUIT in the background: the answer changes nothing, and a slow
+    /// server must not hold up a delivery.
+    fn close(&self, session: Session) {
+        self.counters
+            .sessions_closed
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _ = session.quit().await;
+        });
+    }
+}

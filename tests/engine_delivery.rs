@@ -1,0 +1,318 @@
+//! The delivery engine against the real sandbox over real TCP + STARTTLS,
+//! with a real SQLite queue: connection reuse, per-recipient outcomes with
+//! a DSN, expired leases coming back, shutdown releasing claims.
+
+mod engine_common;
+
+use engine_common::*;
+use oxirelay::sandbox::smtp::{Fault, FaultStage, FaultTimes};
+use oxirelay::smtp::server::Reply;
+use oxirelay::store::{MessageState, RecipientState};
+use std::time::Duration;
+
+#[tokio::test]
+async fn many_messages_share_few_upstream_logins_and_one_token() {
+    let h = harness().await;
+    let engine = h.start(test_config());
+    let ids = h.enqueue(40, &["rcpt@example.net"]).await;
+    let entries = h
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(40, WAIT)
+        .await
+        .expect("all 40 delivered");
+    assert_eq!(entries.len(), 40);
+    if engine
+        .wait_until(|s| s.messages_delivered == 40, WAIT)
+        .await
+        .is_none()
+    {
+        panic!(
+            "not all recorded: {:?} {:?} {:?}",
+            engine.stats(),
+            engine.pool_stats(),
+            h.messages()
+                .await
+                .iter()
+                .map(|m| (m.state, m.attempts, m.last_error.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+    for id in &ids {
+        let message = h.message(id).await;
+        assert_eq!(message.state, MessageState::Delivered, "{message:?}");
+        assert_eq!(message.attempts, 1);
+        assert_eq!(message.recipients[0].state, RecipientState::Delivered);
+    }
+
+    let smtp = h.sandbox.smtp.stats();
+    let pool = engine.pool_stats();
+    // At most two connections per account (the cap), each one login.
+    assert!(pool.sessions_opened <= 2, "{pool:?}");
+    assert!(smtp.auth_attempts_total() <= 2, "{smtp:?}");
+    assert!(smtp.connections <= 2, "{smtp:?}");
+    assert_eq!(pool.messages_sent, 40);
+    assert!(pool.sessions_reused >= 38, "{pool:?}");
+    assert_eq!(
+        h.sandbox.auth.stats().token_requests,
+        1,
+        "one token serves every session"
+    );
+    let events = h.store.events(100).await.expect("events");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "message.delivered")
+            .count(),
+        40
+    );
+
+    let report = engine.shutdown().await;
+    assert_eq!(report.workers_cut_off, 0);
+    // The idle sessions are closed with QUIT on shutdown.
+    h.sandbox
+        .smtp
+        .wait_until(|s| s.active_sessions == 0, WAIT)
+        .await
+        .expect("sessions closed");
+}
+
+#[tokio::test]
+async fn one_recipient_refused_for_good_bounces_and_the_sender_gets_a_dsn() {
+    let h = harness().await;
+    // The first RCPT of the session is refused for good; the other two go.
+    h.sandbox.smtp.faults().inject(
+        Fault::Reply {
+            stage: FaultStage::Rcpt,
+            reply: Reply::new(550, "5.1.1 No such user here"),
+        },
+        FaultTimes::Next(1),
+    );
+    let engine = h.start(test_config());
+    let ids = h
+        .enqueue(
+            1,
+            &["gone@example.net", "ok1@example.net", "ok2@example.net"],
+        )
+        .await;
+    // The message, then the DSN to its sender through the same account.
+    let entries = h
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(2, WAIT)
+        .await
+        .expect("message and DSN delivered");
+    engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .expect("both recorded");
+
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Delivered);
+    let states: Vec<_> = message.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(
+        states,
+        [
+            RecipientState::Bounced,
+            RecipientState::Delivered,
+            RecipientState::Delivered
+        ]
+    );
+    assert!(
+        message.recipients[0]
+            .reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("550 5.1.1")),
+        "{message:?}"
+    );
+
+    let original = entries
+        .iter()
+        .find(|e| e.mail_from == SENDER)
+        .expect("original");
+    assert_eq!(original.rcpt_to, ["ok1@example.net", "ok2@example.net"]);
+    let dsn = entries
+        .iter()
+        .find(|e| e.mail_from.is_empty())
+        .expect("a DSN from the null sender");
+    assert_eq!(dsn.rcpt_to, [SENDER]);
+    let body =
+        String::from_utf8(h.sandbox.smtp.inbox().read(&dsn.id).expect("read")).expect("utf-8");
+    assert!(body.contains("report-type=delivery-status"), "{body}");
+    assert!(body.contains("MAILER-DAEMON@"), "{body}");
+    assert!(
+        body.contains(
+            "Final-Recipient: rfc822; gone@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Final-Recipient: rfc822; ok1@"),
+        "only the failed recipient is reported"
+    );
+
+    let stats = engine.shutdown().await.stats;
+    assert_eq!(stats.dsns_enqueued, 1, "no DSN for the DSN");
+    assert_eq!(stats.recipients_bounced, 1);
+    assert_eq!(stats.recipients_delivered, 3);
+    let kinds: Vec<String> = h
+        .store
+        .events(100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&"message.bounced".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"message.dsn_queued".to_string()),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_dsn_a_bounce_sends_nothing_back() {
+    let h = harness().await;
+    h.sandbox.smtp.faults().inject(
+        Fault::Reply {
+            stage: FaultStage::Rcpt,
+            reply: Reply::new(550, "5.1.1 No such user here"),
+        },
+        FaultTimes::Next(1),
+    );
+    let mut config = test_config();
+    config.dsn = false;
+    let engine = h.start(config);
+    let ids = h.enqueue(1, &["gone@example.net"]).await;
+    let stats = engine
+        .wait_until(|s| s.messages_bounced == 1, WAIT)
+        .await
+        .expect("bounced");
+    assert_eq!(stats.dsns_enqueued, 0);
+    assert_eq!(h.message(&ids[0]).await.state, MessageState::Bounced);
+    assert_eq!(h.messages().await.len(), 1, "no DSN queued");
+    engine.shutdown().await;
+    assert_eq!(h.sandbox.smtp.inbox().count(), 0);
+}
+
+#[tokio::test]
+async fn a_crashed_workers_expired_lease_comes_back_on_start() {
+    let h = harness().await;
+    let ids = h.enqueue(2, &["rcpt@example.net"]).await;
+    // Another process claimed both and died: its lease ran out a second ago.
+    let now = oxirelay::clock::now_unix();
+    let taken = h
+        .store
+        .claim("crashed-host:1:dead/w0", now, now - 1, 10)
+        .await
+        .expect("claim");
+    assert_eq!(taken.len(), 2);
+    assert_eq!(h.message(&ids[0]).await.state, MessageState::InFlight);
+
+    let engine = h.start(test_config());
+    h.sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(2, WAIT)
+        .await
+        .expect("delivered after the lease expired");
+    engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .expect("recorded");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_delivery_in_progress_and_releases_the_rest() {
+    let h = harness().await;
+    let ids = h.enqueue(6, &["rcpt@example.net"]).await;
+    // A slow upstream, so the first delivery is still running when the
+    // engine is asked to stop; one worker holds all six claims.
+    h.sandbox.smtp.faults().inject(
+        Fault::SlowReplies(Duration::from_millis(150)),
+        FaultTimes::Always,
+    );
+    let mut config = test_config();
+    config.workers = 1;
+    config.claim_batch = 10;
+    let engine = h.start(config);
+    h.sandbox
+        .smtp
+        .wait_until(|s| s.auth_successes >= 1, WAIT)
+        .await
+        .expect("the first delivery is under way");
+    // The caller's shutdown signal, as `serve` sends it on SIGTERM.
+    h.shutdown.send(true).expect("engine listening");
+    let report = engine.shutdown().await;
+    assert_eq!(report.workers_cut_off, 0);
+    assert!(report.stats.released_at_shutdown >= 1, "{report:?}");
+
+    let messages = h.messages().await;
+    assert!(
+        messages.iter().all(|m| m.state != MessageState::InFlight),
+        "nothing is left leased: {messages:?}"
+    );
+    let delivered = messages
+        .iter()
+        .filter(|m| m.state == MessageState::Delivered)
+        .count();
+    let queued: Vec<_> = messages
+        .iter()
+        .filter(|m| m.state == MessageState::Queued)
+        .collect();
+    assert!(delivered >= 1, "the delivery in progress finished");
+    assert_eq!(delivered + queued.len(), ids.len());
+    assert!(
+        queued.iter().all(|m| m.attempts == 0),
+        "released, not counted as attempts"
+    );
+    assert_eq!(h.sandbox.smtp.inbox().count(), delivered);
+}
+
+#[tokio::test]
+async fn a_message_past_its_maximum_age_expires_with_an_event_and_a_dsn() {
+    let h = harness().await;
+    h.sandbox.smtp.faults().inject(
+        Fault::Reply {
+            stage: FaultStage::Rcpt,
+            reply: Reply::new(450, "4.2.1 Mailbox busy"),
+        },
+        FaultTimes::Always,
+    );
+    let mut config = test_config();
+    config.schedule.max_age = Duration::from_secs(2);
+    config.maintenance_interval = Duration::from_millis(500);
+    let engine = h.start(config);
+    let ids = h.enqueue(1, &["busy@example.net"]).await;
+    let stats = engine
+        .wait_until(|s| s.messages_expired >= 1 && s.dsns_enqueued >= 1, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("expired: {:?}", engine.stats()));
+    assert!(stats.recipients_deferred >= 1);
+    engine.shutdown().await;
+
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Expired);
+    assert_eq!(message.recipients[0].state, RecipientState::Expired);
+    let dsn = h
+        .messages()
+        .await
+        .into_iter()
+        .find(|m| m.submitted_by == "dsn")
+        .expect("a DSN is queued");
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.recipients[0].address, SENDER);
+    let (_, body) = h
+        .store
+        .message(&dsn.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let body = String::from_utf8(body).expect("utf-8");
+    assert!(body.contains("Status: 4.4.7\r\n"), "{body}");
+    let events = h.store.events(100).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "message.expired"));
+}
