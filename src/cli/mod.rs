@@ -13,6 +13,7 @@ mod login;
 mod queue;
 mod sandbox;
 mod send;
+mod serve;
 mod token;
 mod user;
 
@@ -69,6 +70,11 @@ pub enum Command {
         after_help = "Examples:\n  export OXIRELAY_MASTER_KEY=$(oxirelay keygen)\n  oxirelay keygen --file /etc/oxirelay/master.key   # written with mode 0600"
     )]
     Keygen(keygen::KeygenArgs),
+    /// Run the relay: SMTP listeners into the durable queue, delivery through the accounts.
+    #[command(
+        after_help = "Examples:\n  oxirelay -c /etc/oxirelay/oxirelay.toml serve\n  oxirelay serve --workers 16 --validate-every 15m\n\nStop with SIGTERM or Ctrl-C: it stops accepting, finishes or releases deliveries in progress, and exits."
+    )]
+    Serve(serve::ServeArgs),
     /// Send one message now through an account.
     #[command(
         after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml"
@@ -144,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Send(args) => send::run(config, args).await,
+        Command::Serve(args) => serve::run(config, args).await,
         Command::Token(args) => token::run(config, args).await,
         Command::Account(command) => account::run(config, command).await,
         Command::Doctor(args) => doctor::run(config, args).await,

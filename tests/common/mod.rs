@@ -147,6 +147,119 @@ impl Harness {
     }
 }
 
+/// What a client needs to submit to the relay that `Harness::add_relay` configured.
+pub struct RelayAccess {
+    pub user: String,
+    pub password: String,
+    pub ca_file: PathBuf,
+}
+
+impl Harness {
+    /// Adds a STARTTLS listener on 127.0.0.1 (port chosen at start) and a
+    /// submission user allowed to send as the sandbox mailbox.
+    pub fn add_relay(&self) -> RelayAccess {
+        let dir = self.dir.path();
+        let ca = oxirelay::sandbox::certs::SandboxCa::generate().expect("CA");
+        ca.write_leaf(
+            &dir.join("listener-cert.pem"),
+            &dir.join("listener-key.pem"),
+        )
+        .expect("leaf");
+        ca.write_ca(&dir.join("listener-ca.pem")).expect("ca");
+        let password = oxirelay::users::generate_app_password();
+        let hash = oxirelay::users::hash_password(&password).expect("hash");
+        let extra = format!(
+            "\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"starttls\"\ncert = \"listener-cert.pem\"\nkey = \"listener-key.pem\"\n\n\
+             [[user]]\nname = \"app\"\npassword_hash = \"{hash}\"\nallowed_from = [\"{USER}\"]\naccount = \"{ACCOUNT}\"\n"
+        );
+        let mut text = std::fs::read_to_string(&self.config_path).expect("config");
+        text.push_str(&extra);
+        std::fs::write(&self.config_path, text).expect("write config");
+        RelayAccess {
+            user: "app".into(),
+            password: password.expose().to_string(),
+            ca_file: dir.join("listener-ca.pem"),
+        }
+    }
+}
+
+/// A running `oxirelay serve` child process.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    output: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    pub fn start(config: &Path, extra_args: &[&str]) -> RelayProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .arg("-c")
+            .arg(config)
+            .arg("serve")
+            .args(extra_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = output
+                .recv_timeout(left)
+                .expect("serve prints its address in time");
+            if let Some(addr) = line.strip_prefix("oxirelay: listening on ") {
+                break addr.parse().expect("an address");
+            }
+        };
+        RelayProcess {
+            child,
+            addr,
+            output,
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop within {WAIT:?} of SIGTERM"
+            );
+            // Waiting for a child process to exit: there is no event to
+            // wait on portably without blocking the runtime's thread.
+            let _ = self.output.recv_timeout(Duration::from_millis(50));
+        }
+    }
+}
+
 /// A message whose body has lines that begin with dots (dot-stuffing).
 pub fn message(n: usize) -> OutgoingMessage {
     Composition {

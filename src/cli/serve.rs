@@ -1,0 +1,188 @@
+//! `oxirelay serve`: the relay. The listeners accept mail into the durable
+//! queue; the delivery engine sends it; every account's grant is validated
+//! on an interval. SIGTERM or SIGINT: stop accepting, let deliveries in
+//! progress finish (or release them), exit. A lockdown, which another
+//! process records in the store, pauses delivery until `unlock`.
+
+use super::Context;
+use crate::delivery::engine::{Engine, EngineConfig, RunningEngine};
+use crate::smtp::server::shutdown_channel;
+use crate::submit::{Listeners, SubmissionOptions, SubmissionPolicy};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// How often the lockdown flag is read: it is set by another process
+/// (`oxirelay lockdown`), so the store is the only way to learn of it.
+const LOCKDOWN_POLL: Duration = Duration::from_secs(2);
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Concurrent deliveries.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// How often every account's grant is validated (introspection or a test SMTP AUTH).
+    #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
+    pub validate_every: Duration,
+    /// How long a delivery may hold a message; a crashed instance's messages return after this.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub lease: Duration,
+    /// Do not send delivery status notifications (bounces) to senders.
+    #[arg(long)]
+    pub no_dsn: bool,
+}
+
+pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let context = Context::load_as(config_path, "relay").await?;
+    let store = context.store.clone();
+    let broker = context.broker.clone();
+    let wake = Arc::new(Notify::new());
+    let engine_config = EngineConfig {
+        workers: args.workers.max(1),
+        lease: args.lease,
+        dsn: !args.no_dsn,
+        ..EngineConfig::default()
+    };
+
+    let policy = SubmissionPolicy::new(
+        &context.config,
+        store.clone(),
+        wake.clone(),
+        SubmissionOptions::default(),
+    );
+    let (listeners_stop, listeners_signal) = shutdown_channel();
+    let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;
+    for addr in listeners.addrs() {
+        println!("oxirelay: listening on {addr}");
+    }
+    if listeners.addrs().is_empty() {
+        println!(
+            "oxirelay: no [[listener]] configured; delivering what `oxirelay sendmail` queues"
+        );
+    }
+
+    let (stop, stop_signal) = watch::channel(false);
+    let supervisor = tokio::spawn(supervise_delivery(
+        context.store.clone(),
+        broker.clone(),
+        engine_config,
+        wake.clone(),
+        stop_signal.clone(),
+    ));
+    let validation = tokio::spawn(validate_regularly(
+        broker.clone(),
+        args.validate_every,
+        stop_signal,
+    ));
+    println!("oxirelay: delivering with {} workers", args.workers.max(1));
+
+    wait_for_termination().await?;
+    eprintln!("oxirelay: stopping: no new connections; finishing deliveries in progress");
+    listeners_stop.trigger();
+    if let Err(e) = listeners.wait().await {
+        tracing::warn!(error = %e, "a listener ended with an error");
+    }
+    let _ = stop.send(true);
+    let _ = validation.await;
+    if let Ok(Some(report)) = supervisor.await {
+        eprintln!(
+            "oxirelay: stopped ({} recipients delivered this run; {} deliveries cut off, their messages return when the lease ends)",
+            report.stats.recipients_delivered, report.workers_cut_off
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            result = tokio::signal::ctrl_c() => result?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// Runs the engine while no lockdown is in force; returns the last
+/// engine's shutdown report.
+async fn supervise_delivery(
+    store: Arc<dyn crate::store::Store>,
+    broker: Arc<crate::oauth::broker::Broker>,
+    config: EngineConfig,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<crate::delivery::engine::ShutdownReport> {
+    let mut engine: Option<RunningEngine> = None;
+    let mut last_report = None;
+    loop {
+        let locked = match store.lockdown().await {
+            Ok(lockdown) => lockdown,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the lockdown flag; keeping the current state");
+                None
+            }
+        };
+        match (&locked, engine.is_some()) {
+            (Some(lockdown), true) => {
+                eprintln!(
+                    "oxirelay: LOCKDOWN ({}): delivery paused, queued mail kept",
+                    lockdown.reason
+                );
+                if let Some(running) = engine.take() {
+                    last_report = Some(running.shutdown().await);
+                }
+            }
+            (None, false) => {
+                engine = Some(Engine::start(
+                    store.clone(),
+                    broker.clone(),
+                    config.clone(),
+                    wake.clone(),
+                    stop.clone(),
+                ));
+                if last_report.is_some() {
+                    eprintln!("oxirelay: lockdown lifted: delivery resumes");
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCKDOWN_POLL) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    match engine.take() {
+        Some(running) => Some(running.shutdown().await),
+        None => last_report,
+    }
+}
+
+async fn validate_regularly(
+    broker: Arc<crate::oauth::broker::Broker>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let names: Vec<String> = broker.accounts().map(|a| a.name.clone()).collect();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for name in &names {
+            let report = crate::oauth::health::check_account(&broker, name).await;
+            if !report.healthy {
+                eprintln!(
+                    "oxirelay: account {name} failed validation: {}",
+                    report.detail
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The relay as a real child process (`oxirelay serve`), killed with SIGKILL
+//! while clients submit and while it delivers: every message that got a 250
+//! is delivered after a restart (contract 1 and 2). The clients are Python's
+//! smtplib, a real third-party SMTP client.
+
+mod common;
+
+use common::{Harness, RelayAccess, RelayProcess, WAIT};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SUBMITTER: &str = r#"
+import smtplib, ssl, sys
+host, port, ca, user, password, prefix, count = sys.argv[1:8]
+try:
+    client = smtplib.SMTP(host, int(port), timeout=20)
+    client.starttls(context=ssl.create_default_context(cafile=ca))
+    client.login(user, password)
+    for i in range(int(count)):
+        subject = f"{prefix}-{i}"
+        message = (f"From: alice@sandbox.test\r\nTo: someone@example.net\r\nSubject: {subject}\r\n"
+                   f"Message-ID: <{subject}@relay.test>\r\n\r\nline one\r\n.line with a dot\r\n")
+        client.sendmail("alice@sandbox.test", ["someone@example.net"], message)
+        print("ACK", subject, flush=True)
+    client.quit()
+except Exception as error:
+    print("ERR", type(error).__name__, flush=True)
+"#;
+
+fn python_available() -> bool {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: python3 is not installed (scripts/install-test-tools installs it)");
+    }
+    found
+}
+
+/// Starts one smtplib client; its acknowledged subjects arrive on the channel.
+fn submit(
+    relay: &RelayProcess,
+    access: &RelayAccess,
+    prefix: &str,
+    count: usize,
+    acks: std::sync::mpsc::Sender<String>,
+) -> std::process::Child {
+    let mut child = Command::new("python3")
+        .args(["-c", SUBMITTER, "127.0.0.1", &relay.addr.port().to_string()])
+        .arg(&access.ca_file)
+        .args([&access.user, &access.password, prefix, &count.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(subject) = line.strip_prefix("ACK ") {
+                let _ = acks.send(subject.to_string());
+            }
+        }
+    });
+    child
+}
+
+/// Waits until every subject in `expected` arrived at the sandbox; returns
+/// how often each arrived.
+async fn arrived(harness: &Harness, expected: &[String]) -> HashMap<String, usize> {
+    let inbox = harness.sandbox.smtp.inbox();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for entry in inbox.list().expect("inbox") {
+            *counts.entry(entry.subject.unwrap_or_default()).or_default() += 1;
+        }
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|s| !counts.contains_key(*s))
+            .collect();
+        if missing.is_empty() {
+            return counts;
+        }
+        let now = tokio::time::Instant::now();
+        assert!(
+            now < deadline,
+            "{} acknowledged messages never arrived, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        // The next arrival is the event to wait for.
+        let _ = inbox
+            .wait_for_count(inbox.count() + 1, deadline - now)
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_submitted_mail_and_stops_cleanly_on_sigterm() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    let relay = RelayProcess::start(&harness.config_path, &[]);
+    let (acks, received) = std::sync::mpsc::channel();
+    let mut client = submit(&relay, &access, "clean", 5, acks);
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("client ends");
+    let subjects: Vec<String> = received.try_iter().collect();
+    assert_eq!(subjects.len(), 5, "all five acknowledged");
+    let counts = arrived(&harness, &subjects).await;
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "no duplicates without a crash: {counts:?}"
+    );
+    let stored = harness.sandbox.smtp.inbox().list().expect("inbox");
+    let body = harness
+        .sandbox
+        .smtp
+        .inbox()
+        .read(&stored[0].id)
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("Received: "),
+        "a Received header was added"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("\r\n.line with a dot\r\n"));
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_clients_submit_loses_no_acknowledged_message() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start(
+        "client_credentials",
+        "oauthbearer",
+        Duration::from_secs(3600),
+    )
+    .await;
+    let access = harness.add_relay();
+    let relay = RelayProcess::start(&harness.config_path, &["--lease", "3s", "--workers", "4"]);
+    let (acks, received) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..4)
+        .map(|n| submit(&relay, &access, &format!("c{n}"), 60, acks.clone()))
+        .collect();
+    drop(acks);
+    // Kill the relay in the middle of the submissions.
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 40 {
+        acknowledged.push(received.recv_timeout(WAIT).expect("acknowledgements flow"));
+    }
+    relay.kill9();
+    for mut client in clients {
+        tokio::task::spawn_blocking(move || client.wait())
+            .await
+            .expect("join")
+            .expect("client ends");
+    }
+    acknowledged.extend(received.try_iter());
+    assert!(
+        acknowledged.len() < 240,
+        "the kill happened mid-run ({} acknowledged)",
+        acknowledged.len()
+    );
+
+    let relay = RelayProcess::start(&harness.config_path, &["--lease", "3s", "--workers", "4"]);
+    let counts = arrived(&harness, &acknowledged).await;
+    let duplicates = counts.values().filter(|n| **n > 1).count();
+    assert!(
+        duplicates <= 32,
+        "duplicates only for messages in flight at the kill: {duplicates}"
+    );
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_delivering_loses_nothing() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    // A slow upstream keeps deliveries in flight when the kill comes.
+    harness.sandbox.smtp.faults().inject(
+        oxirelay::sandbox::smtp::Fault::SlowReplies(Duration::from_millis(100)),
+        oxirelay::sandbox::smtp::FaultTimes::Always,
+    );
+    let relay = RelayProcess::start(&harness.config_path, &["--lease", "3s", "--workers", "2"]);
+    let (acks, received) = std::sync::mpsc::channel();
+    let mut client = submit(&relay, &access, "d", 30, acks);
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("client ends");
+    let acknowledged: Vec<String> = received.try_iter().collect();
+    assert_eq!(acknowledged.len(), 30);
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(3, WAIT)
+        .await
+        .expect("deliveries started");
+    relay.kill9();
+    let delivered_before = harness.sandbox.smtp.inbox().count();
+    assert!(
+        delivered_before < 30,
+        "the kill came while delivering ({delivered_before} delivered)"
+    );
+
+    harness.sandbox.smtp.faults().clear();
+    let relay = RelayProcess::start(&harness.config_path, &["--lease", "3s", "--workers", "2"]);
+    let counts = arrived(&harness, &acknowledged).await;
+    let duplicates = counts.values().filter(|n| **n > 1).count();
+    assert!(
+        duplicates <= 2 * 8,
+        "duplicates only for messages in flight at the kill: {duplicates}"
+    );
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}
