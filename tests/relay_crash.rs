@@ -234,3 +234,93 @@ async fn kill_9_while_delivering_loses_nothing() {
         .expect("join");
     assert!(status.success());
 }
+
+fn oxirelay(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    let relay = RelayProcess::start(&harness.config_path, &[]);
+    let (acks, received) = std::sync::mpsc::channel();
+    let mut client = submit(&relay, &access, "before", 1, acks.clone());
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("ends");
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(1, WAIT)
+        .await
+        .expect("delivered before the lockdown");
+
+    let config = harness.config_path.clone();
+    let lockdown = tokio::task::spawn_blocking(move || {
+        oxirelay(&config, &["lockdown", "--reason", "incident drill"])
+    })
+    .await
+    .expect("join");
+    assert!(
+        lockdown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lockdown.stdout)
+    );
+    let relay = tokio::task::spawn_blocking(move || {
+        relay.wait_for_line("oxirelay: LOCKDOWN (incident drill)");
+        relay
+    })
+    .await
+    .expect("join");
+
+    let mut client = submit(&relay, &access, "during", 3, acks);
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("ends");
+    let during: Vec<String> = received
+        .try_iter()
+        .filter(|s| s.starts_with("during"))
+        .collect();
+    assert_eq!(during.len(), 3, "submission goes on during a lockdown");
+    let queued = harness
+        .context
+        .store
+        .messages(Some(oxirelay::store::MessageState::Queued), 10)
+        .await
+        .expect("store");
+    assert_eq!(queued.len(), 3, "kept in the queue");
+    assert_eq!(
+        harness.sandbox.smtp.inbox().count(),
+        1,
+        "nothing delivered during the lockdown"
+    );
+
+    let config = harness.config_path.clone();
+    let unlock = tokio::task::spawn_blocking(move || oxirelay(&config, &["unlock"]))
+        .await
+        .expect("join");
+    assert!(unlock.status.success());
+    let relay = tokio::task::spawn_blocking(move || {
+        relay.wait_for_line("oxirelay: lockdown lifted");
+        relay
+    })
+    .await
+    .expect("join");
+    arrived(&harness, &during).await;
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}

@@ -131,7 +131,7 @@ async fn supervise_delivery(
         };
         match (&locked, engine.is_some()) {
             (Some(lockdown), true) => {
-                eprintln!(
+                println!(
                     "oxirelay: LOCKDOWN ({}): delivery paused, queued mail kept",
                     lockdown.reason
                 );
@@ -148,7 +148,7 @@ async fn supervise_delivery(
                     stop.clone(),
                 ));
                 if last_report.is_some() {
-                    eprintln!("oxirelay: lockdown lifted: delivery resumes");
+                    println!("oxirelay: lockdown lifted: delivery resumes");
                 }
             }
             _ => {}

@@ -231,6 +231,21 @@ impl RelayProcess {
         }
     }
 
+    /// Waits until the relay prints a line starting with `prefix`.
+    pub fn wait_for_line(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .output
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("serve did not print {prefix:?} in time"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");
@@ -256,6 +271,17 @@ impl RelayProcess {
             // Waiting for a child process to exit: there is no event to
             // wait on portably without blocking the runtime's thread.
             let _ = self.output.recv_timeout(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    /// A failing test must not leave a relay running (it would hold the
+    /// test's output open and a port).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
