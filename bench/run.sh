@@ -12,10 +12,11 @@
 #
 # Every run is bounded: a message count and --timeout per load run, and
 # bounded waits for the servers. Reports (JSON, one per run) go to
-# $OUT (default bench/results/<date>), and a summary to stdout.
+# $OUT (default target/bench/<date>), and a summary to stdout.
 #
 # Usage: bench/run.sh [MESSAGES_PER_RUN]   (default 2000)
-# Env:   SESSIONS="1 10 50"  SIZE=5120  TIMEOUT=120s  OUT=dir  SKIP_BUILD=1
+# Env:   SESSIONS="1 10 50"  SIZE=5120  TIMEOUT=120s  OUT=dir
+#        SKIP_BUILD=1 PROFILE=debug (a quick check of the script itself)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ MESSAGES="${1:-2000}"
 SESSIONS="${SESSIONS:-1 10 50}"
 SIZE="${SIZE:-5120}"
 TIMEOUT="${TIMEOUT:-120s}"
-OUT="${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+OUT="${OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 # Ports away from the sandbox's defaults, so a sandbox someone runs by hand
 # does not collide with the benchmark's.
 HTTP_PORT="${HTTP_PORT:-19080}"
@@ -33,8 +34,9 @@ RELAY_PORT="${RELAY_PORT:-11587}"
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --bin oxirelay --example oxirelay-loadgen
 fi
-OXIRELAY="$PWD/target/release/oxirelay"
-LOADGEN="$PWD/target/release/examples/oxirelay-loadgen"
+PROFILE="${PROFILE:-release}"
+OXIRELAY="$PWD/target/$PROFILE/oxirelay"
+LOADGEN="$PWD/target/$PROFILE/examples/oxirelay-loadgen"
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -69,7 +71,9 @@ echo "== machine"
 
 echo "== sandbox"
 SANDBOX_DIR="$WORK/sandbox"
-"$OXIRELAY" sandbox --dir "$SANDBOX_DIR" --token-ttl 1h \
+# --max-sessions: the sandbox's default cap (32, like a provider's
+# connection limit) would turn N = 50 into 32 sessions and 421s.
+"$OXIRELAY" sandbox --dir "$SANDBOX_DIR" --token-ttl 1h --max-sessions 200 \
     --http "127.0.0.1:$HTTP_PORT" --smtp "127.0.0.1:$SMTP_PORT" >"$WORK/sandbox.out" 2>&1 &
 PIDS+=($!)
 SANDBOX_PID=$!
@@ -99,7 +103,7 @@ run_load() { # label sessions extra-args...
     shift 2
     "$LOADGEN" --label "$label" --sessions "$n" --messages "$MESSAGES" --size "$SIZE" \
         --timeout "$TIMEOUT" "$@" >"$OUT/$label.json" || true
-    jq -c '{label, sessions, messages_sent, errors, duration_s, messages_per_s, p50: .latency_ms.p50, p99: .latency_ms.p99, timed_out}' \
+    jq -c '{label: .label, n: .sessions, sent: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' \
         "$OUT/$label.json" 2>/dev/null || cat "$OUT/$label.json"
 }
 
