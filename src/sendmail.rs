@@ -279,7 +279,7 @@ pub fn prepare(
     let mail_from = match &invocation.envelope_from {
         Some(given) => qualify_sender(given, &local.hostname)?,
         None => match parsed.from.first() {
-            Some(from) => checked("sender (From header)", from)?,
+            Some(from) => qualify_sender(from, &local.hostname)?,
             None => qualify_sender(&local.user, &local.hostname)?,
         },
     };
@@ -645,6 +645,9 @@ mod tests {
         );
         assert!(full.bytes.starts_with(b"Date: Mon, 2 Mar 2026"));
         assert_eq!(full.envelope.mail_from, "a@example.com");
+        // An unqualified From (cron's "root") is qualified like -f.
+        let cron = prepared(&["ops@example.net"], "From: root (Cron Daemon)\n\nb\n");
+        assert_eq!(cron.envelope.mail_from, "root@box.example.org");
     }
 
     #[test]

@@ -235,13 +235,14 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 async fn worker(plan: Arc<Plan>) -> WorkerStats {
     let mut stats = WorkerStats::default();
     let mut open_failures = 0;
-    // Bounded: each pass either opens a session (and claims at least one
-    // message, of which there are `messages`) or counts a failure, of which
-    // there may be MAX_CONSECUTIVE_OPEN_FAILURES in a row; and the deadline.
-    while plan.next.load(Ordering::Relaxed) < plan.messages && Instant::now() < plan.deadline {
+    let claim = || plan.next.fetch_add(1, Ordering::Relaxed) < plan.messages;
+    // Bounded: each pass claims a message first (there are `messages`), so
+    // no session is opened for nothing; and the deadline stops it.
+    while Instant::now() < plan.deadline && claim() {
         let mut session = match Session::open(&plan.target, plan.deadline).await {
             Ok(session) => session,
             Err(e) => {
+                // The claimed message could not be submitted: an error.
                 stats.error(&e);
                 open_failures += 1;
                 if open_failures >= MAX_CONSECUTIVE_OPEN_FAILURES {
@@ -254,9 +255,6 @@ async fn worker(plan: Arc<Plan>) -> WorkerStats {
         stats.sessions_opened += 1;
         let mut healthy = true;
         loop {
-            if plan.next.fetch_add(1, Ordering::Relaxed) >= plan.messages {
-                break;
-            }
             match session.submit(&plan.from, &plan.to, &plan.data).await {
                 Ok(latency) => {
                     stats.sent += 1;
@@ -273,7 +271,7 @@ async fn worker(plan: Arc<Plan>) -> WorkerStats {
                     }
                 }
             }
-            if plan.one_per_session {
+            if plan.one_per_session || !claim() {
                 break;
             }
         }
