@@ -13,6 +13,7 @@ pub mod message;
 pub mod oauth;
 pub mod sandbox;
 pub mod secret;
+pub mod sendmail;
 pub mod smtp;
 pub mod store;
 pub mod submit;

@@ -13,6 +13,7 @@ mod login;
 mod queue;
 mod sandbox;
 mod send;
+mod sendmail;
 mod serve;
 mod token;
 mod user;
@@ -118,6 +119,9 @@ pub enum Command {
     /// The message queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
+    #[command(after_help = sendmail::USAGE)]
+    Sendmail(sendmail::SendmailArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -160,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(command) => audit::run(command),
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
+        Command::Sendmail(args) => sendmail::run(config, args).await,
     }
 }
 

@@ -29,6 +29,9 @@ pub struct SandboxArgs {
     /// Approve every consent request without showing the page.
     #[arg(long)]
     pub auto_approve: bool,
+    /// Concurrent SMTP sessions before the greeting is 421 (raise it for load tests).
+    #[arg(long, default_value_t = 256)]
+    pub max_sessions: usize,
 }
 
 #[derive(clap::Subcommand)]
@@ -58,6 +61,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     options.auto_approve = args.auto_approve;
     options.http_addr = args.http;
     options.smtp_addr = args.smtp;
+    options.max_smtp_sessions = args.max_sessions;
     let sandbox = Sandbox::start(options).await?;
     let secret_file = std::fs::canonicalize(&args.dir)?.join("client.secret");
     write_secret(&secret_file, sandbox.client_secret.expose())?;

@@ -64,6 +64,9 @@ pub struct SandboxOptions {
     pub device_interval: Duration,
     /// The demo client's secret (random unless given).
     pub client_secret: Secret,
+    /// Concurrent SMTP sessions; beyond it the greeting is 421, as a
+    /// provider's connection limit answers. Benchmarks raise it.
+    pub max_smtp_sessions: usize,
 }
 
 impl SandboxOptions {
@@ -76,6 +79,8 @@ impl SandboxOptions {
             smtp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_interval: Duration::from_secs(5),
             client_secret: random_secret(),
+            // Room for load tests and benchmarks with many concurrent senders.
+            max_smtp_sessions: 256,
         }
     }
 }
@@ -191,9 +196,8 @@ impl Sandbox {
         let ca = Arc::new(SandboxCa::generate()?);
         let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
         smtp_config.required_scope = SMTP_SCOPE.into();
+        smtp_config.max_sessions = options.max_smtp_sessions;
         smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
-        // Room for load tests and benchmarks with many concurrent senders.
-        smtp_config.max_sessions = 256;
         let listener = tokio::net::TcpListener::bind(options.smtp_addr)
             .await
             .map_err(|source| SandboxError::Bind {
