@@ -324,3 +324,55 @@ async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
         .expect("join");
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_t_enqueues_and_the_running_relay_delivers() {
+    use std::io::Write;
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    harness.add_relay();
+    let relay = RelayProcess::start(&harness.config_path, &[]);
+    let config = harness.config_path.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut sendmail = Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .arg("-c")
+            .arg(&config)
+            .args(["sendmail", "-t", "-i"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sendmail runs");
+        sendmail
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"From: alice@sandbox.test\nTo: ops@example.net\nBcc: audit@example.net\nSubject: cron output\n\nbackup finished\n")
+            .expect("write");
+        sendmail.wait().expect("sendmail ends")
+    })
+    .await
+    .expect("join");
+    assert!(status.success());
+    let subjects = vec!["cron output".to_string()];
+    arrived(&harness, &subjects).await;
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(1, WAIT)
+        .await
+        .expect("delivered");
+    let entry = &harness.sandbox.smtp.inbox().list().expect("inbox")[0];
+    assert_eq!(
+        entry.rcpt_to,
+        ["ops@example.net", "audit@example.net"],
+        "Bcc in the envelope"
+    );
+    let body = harness.sandbox.smtp.inbox().read(&entry.id).expect("read");
+    assert!(
+        !String::from_utf8_lossy(&body).contains("Bcc:"),
+        "but not in the headers"
+    );
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}

@@ -17,6 +17,10 @@ use tokio::sync::{Notify, watch};
 /// How often the lockdown flag is read: it is set by another process
 /// (`oxirelay lockdown`), so the store is the only way to learn of it.
 const LOCKDOWN_POLL: Duration = Duration::from_secs(2);
+/// The longest an idle worker sleeps: mail queued by another process
+/// (`oxirelay sendmail`) has no way to wake this one, so it is found by
+/// looking, within this long. A claim query is cheap.
+const IDLE_POLL: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -42,6 +46,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let engine_config = EngineConfig {
         workers: args.workers.max(1),
         lease: args.lease,
+        maintenance_interval: IDLE_POLL,
         dsn: !args.no_dsn,
         ..EngineConfig::default()
     };
