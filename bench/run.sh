@@ -160,4 +160,5 @@ for n in $SESSIONS; do
         "relay peak RSS $(peak_rss_kb "$SERVE_PID") kB" | tee -a "$OUT/relay-n$n.txt"
     kill -TERM "$SERVE_PID"
     wait "$SERVE_PID" || true
+    grep "oxirelay: stopped" "$WORK/serve-n$n.log" | tee -a "$OUT/relay-n$n.txt" || true
 done

@@ -69,6 +69,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
 
     let (stop, stop_signal) = watch::channel(false);
+    let token_counter = tokio::spawn(count_tokens(broker.subscribe(), stop_signal.clone()));
     let supervisor = tokio::spawn(supervise_delivery(
         context.store.clone(),
         broker.clone(),
@@ -91,10 +92,12 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
     let _ = stop.send(true);
     let _ = validation.await;
-    if let Ok(Some(report)) = supervisor.await {
-        eprintln!(
-            "oxirelay: stopped ({} recipients delivered this run; {} deliveries cut off, their messages return when the lease ends)",
-            report.stats.recipients_delivered, report.workers_cut_off
+    let tokens_obtained = token_counter.await.unwrap_or(0);
+    if let Ok(summary) = supervisor.await {
+        let per_auth = summary.upstream_messages as f64 / summary.upstream_sessions.max(1) as f64;
+        println!(
+            "oxirelay: stopped: {} recipients delivered; upstream: {} authenticated sessions, {} messages ({per_auth:.1} per AUTH); {tokens_obtained} access tokens obtained; {} deliveries cut off (their messages return when the lease ends)",
+            summary.recipients_delivered, summary.upstream_sessions, summary.upstream_messages, summary.workers_cut_off
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -117,15 +120,36 @@ async fn wait_for_termination() -> anyhow::Result<()> {
 
 /// Runs the engine while no lockdown is in force; returns the last
 /// engine's shutdown report.
+/// What the delivery side did during one `serve` run.
+#[derive(Default)]
+struct DeliverySummary {
+    recipients_delivered: u64,
+    workers_cut_off: usize,
+    upstream_sessions: u64,
+    upstream_messages: u64,
+}
+
+impl DeliverySummary {
+    async fn add(&mut self, engine: RunningEngine) {
+        let pool = engine.pool_stats();
+        let report = engine.shutdown().await;
+        self.recipients_delivered += report.stats.recipients_delivered;
+        self.workers_cut_off += report.workers_cut_off;
+        self.upstream_sessions += pool.authentications;
+        self.upstream_messages += pool.messages_sent;
+    }
+}
+
 async fn supervise_delivery(
     store: Arc<dyn crate::store::Store>,
     broker: Arc<crate::oauth::broker::Broker>,
     config: EngineConfig,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
-) -> Option<crate::delivery::engine::ShutdownReport> {
+) -> DeliverySummary {
     let mut engine: Option<RunningEngine> = None;
-    let mut last_report = None;
+    let mut summary = DeliverySummary::default();
+    let mut paused = false;
     loop {
         let locked = match store.lockdown().await {
             Ok(lockdown) => lockdown,
@@ -141,8 +165,9 @@ async fn supervise_delivery(
                     lockdown.reason
                 );
                 if let Some(running) = engine.take() {
-                    last_report = Some(running.shutdown().await);
+                    summary.add(running).await;
                 }
+                paused = true;
             }
             (None, false) => {
                 engine = Some(Engine::start(
@@ -152,7 +177,7 @@ async fn supervise_delivery(
                     wake.clone(),
                     stop.clone(),
                 ));
-                if last_report.is_some() {
+                if paused {
                     println!("oxirelay: lockdown lifted: delivery resumes");
                 }
             }
@@ -163,9 +188,29 @@ async fn supervise_delivery(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    match engine.take() {
-        Some(running) => Some(running.shutdown().await),
-        None => last_report,
+    if let Some(running) = engine.take() {
+        summary.add(running).await;
+    }
+    summary
+}
+
+/// Counts the access tokens obtained during the run (for the summary: they
+/// should not grow with the number of messages).
+async fn count_tokens(
+    mut events: tokio::sync::broadcast::Receiver<crate::oauth::broker::BrokerEvent>,
+    mut stop: watch::Receiver<bool>,
+) -> u64 {
+    use crate::oauth::broker::BrokerEventKind;
+    let mut count = 0;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) if event.kind == BrokerEventKind::TokenIssued => count += 1,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return count,
+            },
+            _ = stop.wait_for(|s| *s) => return count,
+        }
     }
 }
 
