@@ -123,7 +123,7 @@ fi
 # A certificate for the relay's listener, signed by nobody: the load
 # generator trusts it directly as its CA file.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
-    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
     -keyout "$WORK/relay-key.pem" -out "$WORK/relay-cert.pem" 2>/dev/null
 cat >>"$CONFIG" <<EOF
 

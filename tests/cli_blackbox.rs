@@ -241,7 +241,7 @@ fn demo_runs_end_to_end() {
         text(&output.stderr)
     );
     assert!(
-        stdout.contains("What the sandbox SMTP server received (3 messages)"),
+        stdout.contains("What the sandbox SMTP server received (5 messages)"),
         "{stdout}"
     );
     assert!(

@@ -14,6 +14,7 @@ use crate::sandbox::{Sandbox, SandboxOptions, USER};
 use anyhow::Context as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -42,6 +43,113 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Messages the demo submits through the relay path.
+const RELAY_MESSAGES: usize = 2;
+
+/// The relay path, as `oxirelay serve` runs it: an app submits over SMTP
+/// (STARTTLS + AUTH PLAIN with an app password) to the relay's listener;
+/// the message is committed to the queue before the 250; the delivery
+/// engine sends it upstream through the account.
+async fn relay_path(
+    dir: &Path,
+    config_text: &str,
+    context: &Context,
+    sandbox: &Sandbox,
+    at: &impl Fn() -> String,
+) -> anyhow::Result<()> {
+    use crate::delivery::engine::{Engine, EngineConfig};
+    use crate::smtp::client::{Session, Timeouts, UpstreamTarget};
+    use crate::submit::{Listeners, SubmissionOptions, SubmissionPolicy};
+    println!(
+        "\n{} relay path: an app submits over SMTP to the relay; the queue delivers upstream",
+        at()
+    );
+    let ca = crate::sandbox::certs::SandboxCa::generate()?;
+    ca.write_leaf(&dir.join("relay-cert.pem"), &dir.join("relay-key.pem"))?;
+    ca.write_ca(&dir.join("relay-ca.pem"))?;
+    let password = crate::users::generate_app_password();
+    let relay_text = format!(
+        "{config_text}\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"starttls\"\ncert = \"relay-cert.pem\"\nkey = \"relay-key.pem\"\n\n\
+         [[user]]\nname = \"printer\"\npassword_hash = \"{}\"\nallowed_from = [\"{USER}\"]\naccount = \"demo\"\n",
+        crate::users::hash_password(&password)?
+    );
+    let config = Config::parse(&relay_text, &dir.join("oxirelay.toml"))?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let policy = SubmissionPolicy::new(
+        &config,
+        context.store.clone(),
+        wake.clone(),
+        SubmissionOptions::default(),
+    );
+    let (listeners_stop, listeners_signal) = crate::smtp::server::shutdown_channel();
+    let listeners = Listeners::start(&config, &policy, listeners_signal).await?;
+    let addr = *listeners.addrs().first().context("the relay listener")?;
+    let (engine_stop, engine_signal) = tokio::sync::watch::channel(false);
+    let engine = Engine::start(
+        context.store.clone(),
+        context.broker.clone(),
+        EngineConfig {
+            workers: 2,
+            ..EngineConfig::default()
+        },
+        wake,
+        engine_signal,
+    );
+    println!(
+        "{} relay listening on {addr} (STARTTLS; AUTH only after TLS); user \"printer\" with an app password",
+        at()
+    );
+
+    let target = UpstreamTarget {
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+        security: crate::config::TlsMode::Starttls,
+        tls_config: crate::tls::client_config(Some(&dir.join("relay-ca.pem")))?,
+        ehlo_name: "printer.demo".into(),
+        timeouts: Timeouts::default(),
+    };
+    let mut session = Session::connect(&target).await?;
+    session
+        .authenticate_password(&crate::smtp::sasl::PasswordCredentials {
+            authzid: None,
+            user: "printer".into(),
+            password,
+        })
+        .await?;
+    let before = sandbox.smtp.inbox().count();
+    for n in 1..=RELAY_MESSAGES {
+        let message = Composition {
+            from: USER.into(),
+            to: vec![format!("relayed{n}@example.net")],
+            subject: format!("oxirelay demo: relayed message {n} (submitted by a device)"),
+            body: "Submitted over SMTP with a password, delivered upstream with OAuth2.\n".into(),
+            ..Default::default()
+        }
+        .build()?;
+        let report = session.send(&message.envelope, &message.bytes).await?;
+        let reply = match &report.data {
+            crate::smtp::client::DataOutcome::Final(reply) => reply.to_string(),
+            other => format!("{other:?}"),
+        };
+        println!("{} device submitted message {n}: {reply}", at());
+    }
+    let _ = session.quit().await;
+    sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(before + RELAY_MESSAGES, Duration::from_secs(30))
+        .await?;
+    println!(
+        "{} the delivery engine delivered both from the queue to the sandbox",
+        at()
+    );
+    listeners_stop.trigger();
+    let _ = listeners.wait().await;
+    let _ = engine_stop.send(true);
+    engine.shutdown().await;
     Ok(())
 }
 
@@ -160,6 +268,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    relay_path(&dir, &config_text, &context, &sandbox, &at).await?;
+
     let entries = sandbox.smtp.inbox().list()?;
     println!(
         "\nWhat the sandbox SMTP server received ({} messages):",
@@ -192,10 +302,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     print_events.abort();
     sandbox.shutdown().await;
+    let expected = args.messages as usize + RELAY_MESSAGES;
     anyhow::ensure!(
-        entries.len() == args.messages as usize,
-        "expected {} messages at the sandbox, found {}",
-        args.messages,
+        entries.len() == expected,
+        "expected {expected} messages at the sandbox, found {}",
         entries.len()
     );
     if args.keep {

@@ -97,7 +97,10 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         let per_auth = summary.upstream_messages as f64 / summary.upstream_sessions.max(1) as f64;
         println!(
             "oxirelay: stopped: {} recipients delivered; upstream: {} authenticated sessions, {} messages ({per_auth:.1} per AUTH); {tokens_obtained} access tokens obtained; {} deliveries cut off (their messages return when the lease ends)",
-            summary.recipients_delivered, summary.upstream_sessions, summary.upstream_messages, summary.workers_cut_off
+            summary.recipients_delivered,
+            summary.upstream_sessions,
+            summary.upstream_messages,
+            summary.workers_cut_off
         );
     }
     Ok(ExitCode::SUCCESS)

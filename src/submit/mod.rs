@@ -13,6 +13,7 @@
 //! - [`received`]: the `Received:` trace header.
 
 pub mod allow_list;
+pub mod auth_cache;
 pub mod directory;
 pub mod issuers;
 pub mod listeners;

@@ -103,6 +103,7 @@ struct Shared {
     /// Argon2 runs on the blocking pool; this bounds how many at once so a
     /// burst of logins cannot take every core.
     hashing_slots: Semaphore,
+    verified: crate::submit::auth_cache::VerifiedPasswords,
     /// Recipients per message by account name, from the provider presets.
     recipient_limits: HashMap<String, usize>,
     max_recipients: usize,
@@ -153,6 +154,11 @@ impl SubmissionPolicy {
                 work_arrived,
                 throttle: Mutex::new(AuthThrottle::new(options.throttle.clone())),
                 hashing_slots: Semaphore::new(cores),
+                // Ten minutes: a device reconnecting for every message costs
+                // one Argon2 check per ten minutes.
+                verified: crate::submit::auth_cache::VerifiedPasswords::new(Duration::from_secs(
+                    600,
+                )),
                 recipient_limits,
                 max_recipients,
                 options,
@@ -218,6 +224,15 @@ impl SubmissionPolicy {
             .map_err(|()| AuthRefusal::Temporary)?;
         let verified = match user {
             // An OAuth-only user has no hash: no password can match.
+            Some(user)
+                if !user.password_hash.is_empty()
+                    && self
+                        .shared
+                        .verified
+                        .contains(&user, password, Instant::now()) =>
+            {
+                Some(user)
+            }
             Some(user) if !user.password_hash.is_empty() => {
                 let permit = self
                     .shared
@@ -225,14 +240,31 @@ impl SubmissionPolicy {
                     .acquire()
                     .await
                     .map_err(|_| AuthRefusal::Temporary)?;
-                let password = password.clone();
+                // Sessions that arrived together wait here; the first one's
+                // success serves the rest.
+                if self
+                    .shared
+                    .verified
+                    .contains(&user, password, Instant::now())
+                {
+                    drop(permit);
+                    return self.password_verified(context, name, user);
+                }
+                let candidate = password.clone();
                 let checked = tokio::task::spawn_blocking(move || {
-                    crate::users::verify_password(&user, &password).map(|ok| ok.then_some(user))
+                    crate::users::verify_password(&user, &candidate).map(|ok| ok.then_some(user))
                 })
                 .await;
                 drop(permit);
                 match checked {
-                    Ok(Ok(found)) => found,
+                    Ok(Ok(found)) => {
+                        if let Some(user) = &found {
+                            self.shared
+                                .verified
+                                .remember(user, password, Instant::now());
+                        }
+                        found
+                    }
                     Ok(Err(error)) => {
                         // The config holds a broken hash: the operator must
                         // fix it; the client cannot.
@@ -251,20 +283,27 @@ impl SubmissionPolicy {
             }
         };
         match verified {
-            Some(user) => {
-                self.auth_succeeded(name);
-                tracing::info!(peer = %context.peer, user = %user.name, "submission AUTH with password");
-                Ok(Identity {
-                    user: user.name,
-                    subject: None,
-                })
-            }
+            Some(user) => self.password_verified(context, name, user),
             None => {
                 self.auth_failed(context, name);
                 tracing::info!(peer = %context.peer, user = %name, password = %password.fingerprint(), "submission AUTH failed");
                 Err(AuthRefusal::Credentials)
             }
         }
+    }
+
+    fn password_verified(
+        &self,
+        context: &SessionContext,
+        name: &str,
+        user: SubmissionUser,
+    ) -> Result<Identity, AuthRefusal> {
+        self.auth_succeeded(name);
+        tracing::info!(peer = %context.peer, user = %user.name, "submission AUTH with password");
+        Ok(Identity {
+            user: user.name,
+            subject: None,
+        })
     }
 
     /// Runs one Argon2 verification whose result is thrown away, so an

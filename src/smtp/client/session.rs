@@ -80,6 +80,43 @@ impl Session {
         self.connected_at
     }
 
+    /// AUTH PLAIN (RFC 4616) with a password, for submitting to a relay's
+    /// listener (the demo, the benchmark). Upstream providers get tokens,
+    /// never passwords: the delivery path does not call this.
+    pub async fn authenticate_password(
+        &mut self,
+        credentials: &sasl::PasswordCredentials,
+    ) -> Result<(), ClientError> {
+        self.wire.ensure_usable()?;
+        if !self.capabilities.offers_auth(Mechanism::Plain) {
+            return Err(ClientError::MechanismNotOffered {
+                address: self.wire.address().to_string(),
+                mechanism: Mechanism::Plain,
+                offered: self.capabilities.auth.clone(),
+            });
+        }
+        // The line holds the password: wiped from memory once written.
+        let line = Zeroizing::new(format!(
+            "AUTH PLAIN {}\r\n",
+            *Zeroizing::new(sasl::encode_base64(
+                sasl::encode_plain(credentials).expose().as_bytes()
+            ))
+        ));
+        let limit = self.target.timeouts.command;
+        self.wire.write(line.as_bytes(), Stage::Auth, limit).await?;
+        let reply = self.wire.read_reply(Stage::Auth, limit).await?;
+        if reply.is_positive() {
+            self.authenticated = true;
+            return Ok(());
+        }
+        Err(ClientError::AuthRejected {
+            address: self.wire.address().to_string(),
+            user: credentials.user.clone(),
+            reply,
+            status: None,
+        })
+    }
+
     /// AUTH with a bearer token, the SASL message sent as the initial
     /// response (RFC 4954 lets it be up to 12,288 octets per line; Microsoft
     /// and Google accept their long tokens this way).

@@ -29,7 +29,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// `synchronous=FULL`: acknowledgements (enqueue), tokens, users, control.
     pool: SqlitePool,
+    /// `synchronous=NORMAL`: the delivery bookkeeping (claims, outcomes,
+    /// releases). In WAL mode a commit here survives a process crash; a
+    /// power cut may lose the last ones, which only re-delivers messages
+    /// (at-least-once, contract 2), while the fsync each would cost is what
+    /// limits a relay's throughput: the file has one writer at a time.
+    bookkeeping: SqlitePool,
     committer: queue::GroupCommitter,
 }
 
@@ -51,13 +58,19 @@ impl SqliteStore {
         let path = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
         restrict_permissions(&path);
+        let bookkeeping = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
         let store = SqliteStore {
             committer: queue::GroupCommitter::start(pool.clone()),
             pool,
+            bookkeeping,
         };
         store.migrate().await?;
         Ok(store)
@@ -250,7 +263,7 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        queue::claim(&self.pool, owner, now, lease_until, limit).await
+        queue::claim(&self.bookkeeping, owner, now, lease_until, limit).await
     }
 
     async fn complete_attempt(
@@ -259,7 +272,7 @@ impl Store for SqliteStore {
         lease: &ClaimLease,
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError> {
-        queue::complete_attempt(&self.pool, id, lease, outcome).await
+        queue::complete_attempt(&self.bookkeeping, id, lease, outcome).await
     }
 
     async fn release(
@@ -268,7 +281,7 @@ impl Store for SqliteStore {
         lease: &ClaimLease,
         next_attempt_at: i64,
     ) -> Result<(), StoreError> {
-        queue::release(&self.pool, id, lease, next_attempt_at).await
+        queue::release(&self.bookkeeping, id, lease, next_attempt_at).await
     }
 
     async fn messages(
