@@ -770,6 +770,7 @@ impl Shared {
         if let Err(error) = self.store.record_event(&event).await {
             tracing::error!(%error, kind, "cannot record an event");
         }
+        self.broker.audit(kind, Some(account), &event.detail);
     }
 
     async fn send_dsn(

@@ -357,6 +357,23 @@ impl Broker {
         Ok(())
     }
 
+    /// Records an event that is not the broker's own (a message outcome) in
+    /// the audit log, if there is one, under this broker's actor.
+    pub fn audit(&self, action: &str, account: Option<&str>, detail: &str) {
+        let Some(audit) = &self.audit else { return };
+        let entry = crate::audit::AuditEntry {
+            actor: self.actor.clone(),
+            action: action.to_string(),
+            account: account.map(str::to_string),
+            token_fingerprint: None,
+            message_id: None,
+            detail: detail.to_string(),
+        };
+        if let Err(e) = audit.append(entry) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<BrokerEvent> {
         self.events.subscribe()
     }
