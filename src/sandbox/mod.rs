@@ -62,6 +62,9 @@ pub struct SandboxOptions {
     pub http_addr: SocketAddr,
     pub smtp_addr: SocketAddr,
     pub device_interval: Duration,
+    /// How much the sandbox's own required interval grows at each
+    /// `slow_down` (the client adds 5 s by itself, RFC 8628 section 3.5).
+    pub slow_down_increment: Duration,
     /// The demo client's secret (random unless given).
     pub client_secret: Secret,
     /// Concurrent SMTP sessions; beyond it the greeting is 421, as a
@@ -78,6 +81,7 @@ impl SandboxOptions {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             smtp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_interval: Duration::from_secs(5),
+            slow_down_increment: Duration::from_secs(5),
             client_secret: random_secret(),
             // Room for load tests and benchmarks with many concurrent senders.
             max_smtp_sessions: 256,
@@ -163,6 +167,7 @@ impl Sandbox {
             access_token_ttl: options.token_ttl,
             auto_approve: options.auto_approve,
             device_interval: options.device_interval,
+            slow_down_increment: options.slow_down_increment,
             scopes: vec![SMTP_SCOPE.into(), authz::OFFLINE_ACCESS.into()],
             clients: vec![
                 SandboxClient {

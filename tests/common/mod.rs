@@ -40,6 +40,11 @@ impl Harness {
         let mut options = SandboxOptions::new(dir.path().join("sandbox"));
         options.token_ttl = token_ttl;
         options.auto_approve = true;
+        // The device flow's polling interval: short, so device tests are quick.
+        options.device_interval = Duration::from_secs(1);
+        // The server keeps its interval; the client's own +5 s is what the
+        // device tests measure.
+        options.slow_down_increment = Duration::ZERO;
         let sandbox = Sandbox::start(options).await.expect("sandbox starts");
         write_private(
             &dir.path().join("master.key"),
