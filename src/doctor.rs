@@ -15,6 +15,9 @@ const MICROSOFT_IDLE_WARN_DAYS: i64 = 75;
 const GOOGLE_TESTING_LIFETIME_DAYS: i64 = 7;
 const UNUSED_WARN_DAYS: i64 = 30;
 const KEY_AGE_WARN_DAYS: i64 = 365;
+/// `serve` validates every 30 minutes by default; a day without a check
+/// means no relay is running or validation is failing silently.
+const VALIDATION_WARN_HOURS: i64 = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,9 +70,11 @@ pub async fn run(config: &Config, store: Option<&dyn Store>) -> Vec<Finding> {
         Some(store) => match store.token_records().await {
             Ok(records) => {
                 let now = crate::clock::now_unix();
+                let events = store.events(10_000).await.unwrap_or_default();
                 for account in &config.accounts {
                     let record = records.iter().find(|r| r.account == account.name);
                     check_account_health(account, record, now, &mut findings);
+                    check_last_validation(account, &events, now, &mut findings);
                 }
             }
             Err(e) => findings.push(finding(
@@ -393,6 +398,43 @@ fn check_account_health(
             format!("no successful token for {idle_days} days"),
             Some("remove the account if it is no longer used (and revoke its grant)".into()),
         ));
+    }
+}
+
+fn check_last_validation(
+    account: &crate::config::AccountConfig,
+    events: &[crate::store::Event],
+    now: i64,
+    findings: &mut Vec<Finding>,
+) {
+    let check = format!("account {}: validation", account.name);
+    let last = events
+        .iter()
+        .filter(|e| {
+            e.account.as_deref() == Some(account.name.as_str())
+                && e.kind.starts_with("account.validat")
+        })
+        .max_by_key(|e| e.at);
+    match last {
+        None => findings.push(finding(
+            check,
+            Status::Warn,
+            "never validated",
+            Some(format!("run `oxirelay account check {}`, and keep `oxirelay serve` running (it validates every 30 minutes)", account.name)),
+        )),
+        Some(event) if (now - event.at) / 3600 >= VALIDATION_WARN_HOURS => findings.push(finding(
+            check,
+            Status::Warn,
+            format!("last validated {} ({})", crate::clock::format_unix(event.at), event.kind),
+            Some("is `oxirelay serve` running? run `oxirelay account check` now".into()),
+        )),
+        Some(event) if event.kind == "account.validation_failed" => findings.push(finding(
+            check,
+            Status::Fail,
+            format!("the last validation failed: {}", event.detail),
+            None,
+        )),
+        Some(event) => findings.push(pass(check, format!("validated {}", crate::clock::format_unix(event.at)))),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// How long a delivery may hold a message; a crashed instance's messages return after this.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub lease: Duration,
+    /// A message still undelivered this long after submission expires (its sender gets a DSN).
+    #[arg(long, default_value = "5d", value_parser = super::parse_duration)]
+    pub max_age: Duration,
     /// Do not send delivery status notifications (bounces) to senders.
     #[arg(long)]
     pub no_dsn: bool,
@@ -46,6 +49,10 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let engine_config = EngineConfig {
         workers: args.workers.max(1),
         lease: args.lease,
+        schedule: crate::delivery::schedule::RetrySchedule {
+            max_age: args.max_age,
+            ..Default::default()
+        },
         maintenance_interval: IDLE_POLL,
         dsn: !args.no_dsn,
         ..EngineConfig::default()
