@@ -3,6 +3,10 @@
 //! each line carries a sequence number and the SHA-256 of the previous
 //! line, so an edited, inserted or deleted line breaks the chain, and
 //! `oxirelay audit verify` names the first broken line.
+//!
+//! Several processes append to one log (`serve` and every CLI command), so
+//! each append takes an exclusive lock on the file and reads the chain's
+//! end from the file itself, not from memory.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -85,29 +89,50 @@ fn line_hash(seq: u64, at: &str, entry: &AuditEntry, prev: &str) -> String {
         .collect()
 }
 
-struct Tail {
-    file: File,
-    seq: u64,
-    hash: String,
-}
-
-/// An open audit log. Appends are serialised and flushed to disk.
+/// An open audit log. Appends are serialised (across processes too) and
+/// flushed to disk.
 pub struct AuditLog {
     path: PathBuf,
-    tail: Mutex<Tail>,
+    file: Mutex<File>,
+}
+
+/// Longest line the tail reader expects; an entry is a few hundred bytes.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// The sequence number and hash of the last line, read from the file.
+fn read_tail(file: &mut File) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok((0, GENESIS.to_string()));
+    }
+    let start = len.saturating_sub(MAX_LINE);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity((len - start) as usize);
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let last = text
+        .trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default();
+    let line: AuditLine = serde_json::from_str(last).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the last line is not an audit line: {e}"),
+        )
+    })?;
+    Ok((line.seq, line.hash))
 }
 
 impl AuditLog {
     /// Opens (or creates, mode 0600) the log and finds the end of its chain.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        let (seq, hash) = if path.exists() {
-            let report = verify(path)?;
-            (report.lines as u64, report.last_hash)
-        } else {
-            (0, GENESIS.to_string())
-        };
+        if path.exists() {
+            verify(path)?;
+        }
         let mut options = OpenOptions::new();
-        options.create(true).append(true);
+        options.create(true).append(true).read(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -119,7 +144,7 @@ impl AuditLog {
         })?;
         Ok(AuditLog {
             path: path.to_path_buf(),
-            tail: Mutex::new(Tail { file, seq, hash }),
+            file: Mutex::new(file),
         })
     }
 
@@ -133,27 +158,31 @@ impl AuditLog {
             source,
         };
         // A poisoned lock means a writer panicked mid-append; the file is
-        // still a valid prefix, so carry on from the recorded tail.
-        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = tail.seq + 1;
-        let at = chrono::Utc::now()
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string();
-        let hash = line_hash(seq, &at, &entry, &tail.hash);
-        let line = AuditLine {
-            seq,
-            at,
-            entry,
-            prev: tail.hash.clone(),
-            hash: hash.clone(),
-        };
-        let mut bytes = serde_json::to_vec(&line).expect("an audit line of strings serialises");
-        bytes.push(b'\n');
-        tail.file.write_all(&bytes).map_err(write_error)?;
-        tail.file.sync_data().map_err(write_error)?;
-        tail.seq = seq;
-        tail.hash = hash;
-        Ok(())
+        // still a valid prefix, and the tail is read from it anyway.
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.lock().map_err(write_error)?;
+        let result = (|| {
+            let (seq, prev) = read_tail(&mut file)?;
+            let seq = seq + 1;
+            let at = chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            let hash = line_hash(seq, &at, &entry, &prev);
+            let line = AuditLine {
+                seq,
+                at,
+                entry,
+                prev,
+                hash,
+            };
+            let mut bytes = serde_json::to_vec(&line).expect("an audit line of strings serialises");
+            bytes.push(b'\n');
+            file.write_all(&bytes)?;
+            file.sync_data()
+        })();
+        let unlocked = file.unlock();
+        result.map_err(write_error)?;
+        unlocked.map_err(write_error)
     }
 }
 
@@ -246,6 +275,21 @@ mod tests {
             .append(entry("lockdown"))
             .expect("append");
         assert_eq!(verify(&path).expect("intact").lines, 4);
+    }
+
+    #[test]
+    fn two_writers_on_one_file_keep_one_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (a, b) = (
+            AuditLog::open(&path).expect("a"),
+            AuditLog::open(&path).expect("b"),
+        );
+        for i in 0..10 {
+            let log = if i % 3 == 0 { &a } else { &b };
+            log.append(entry("interleaved")).expect("append");
+        }
+        assert_eq!(verify(&path).expect("one intact chain").lines, 10);
     }
 
     #[test]

@@ -376,3 +376,77 @@ async fn sendmail_t_enqueues_and_the_running_relay_delivers() {
         .expect("join");
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawn_consent_is_caught_by_validation_and_queued_mail_waits_for_the_new_one() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("authorization_code", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    harness.consent().await;
+    let relay = RelayProcess::start(&harness.config_path, &["--validate-every", "1s"]);
+    // The person withdraws consent at the provider; the relay's access
+    // token still has an hour on it, so only validation can tell.
+    harness
+        .sandbox
+        .auth
+        .revoke_all_for_subject(oxirelay::sandbox::USER);
+    let relay = tokio::task::spawn_blocking(move || {
+        let line = relay.wait_for_line("oxirelay: account acct failed validation");
+        assert!(line.contains("oxirelay account login acct"), "{line}");
+        relay
+    })
+    .await
+    .expect("join");
+    let record = harness
+        .context
+        .store
+        .token_record(common::ACCOUNT)
+        .await
+        .expect("store")
+        .expect("record");
+    assert_eq!(record.state, oxirelay::store::AccountState::NeedsConsent);
+
+    let (acks, received) = std::sync::mpsc::channel();
+    let mut client = submit(&relay, &access, "waiting", 2, acks);
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("ends");
+    let waiting: Vec<String> = received.try_iter().collect();
+    assert_eq!(waiting.len(), 2, "the relay still accepts mail");
+    let kept = harness
+        .context
+        .store
+        .messages(None, 10)
+        .await
+        .expect("store");
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.iter().all(|m| !m.state.is_final()),
+        "kept in the queue: {kept:?}"
+    );
+    assert_eq!(harness.sandbox.smtp.inbox().count(), 0);
+
+    // A new consent; the operator retries the waiting mail at once.
+    harness.consent().await;
+    for message in &kept {
+        let output = Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .arg("-c")
+            .arg(&harness.config_path)
+            .args(["queue", "retry", &message.id.0])
+            .output()
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    arrived(&harness, &waiting).await;
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}

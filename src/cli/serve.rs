@@ -238,7 +238,7 @@ async fn validate_regularly(
         for name in &names {
             let report = crate::oauth::health::check_account(&broker, name).await;
             if !report.healthy {
-                eprintln!(
+                println!(
                     "oxirelay: account {name} failed validation: {}",
                     report.detail
                 );
