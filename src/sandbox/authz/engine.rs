@@ -277,10 +277,8 @@ impl AuthCore {
         // The hint only orders the lookups (§2.1); both kinds are tried.
         let refresh_first = params.get("token_type_hint") != Some("access_token");
         let mut revoked = refresh_first && ledger.revoke_refresh(&client.client_id, token);
-        if !revoked {
-            if let Some(jti) = self.our_jwt_id(token) {
-                revoked = ledger.revoke_access(&client.client_id, &jti);
-            }
+        if !revoked && let Some(jti) = self.our_jwt_id(token) {
+            revoked = ledger.revoke_access(&client.client_id, &jti);
         }
         if !revoked && !refresh_first {
             revoked = ledger.revoke_refresh(&client.client_id, token);

@@ -99,10 +99,10 @@ impl TokenFaults {
                 ((index + 1) as f64 * f).floor() > (index as f64 * f).floor()
             }
         };
-        if let FaultSchedule::Next(n) = plan.schedule {
-            if index + 1 >= n {
-                state.plan = None;
-            }
+        if let FaultSchedule::Next(n) = plan.schedule
+            && index + 1 >= n
+        {
+            state.plan = None;
         }
         hit.then_some(plan.fault)
     }

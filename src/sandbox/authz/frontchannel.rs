@@ -93,13 +93,13 @@ pub(crate) async fn authorize(State(core): Core, RawQuery(query): RawQuery) -> R
         Err(e) => return back("invalid_scope", &e.error_description),
     };
     let login_hint = params.get("login_hint");
-    if let Some(hint) = login_hint {
-        if !core.config.is_user(hint) {
-            return back(
-                "invalid_request",
-                "login_hint is not a user of this sandbox",
-            );
-        }
+    if let Some(hint) = login_hint
+        && !core.config.is_user(hint)
+    {
+        return back(
+            "invalid_request",
+            "login_hint is not a user of this sandbox",
+        );
     }
     let request = AuthorizeRequest {
         client_id: client.client_id.clone(),

@@ -499,10 +499,8 @@ impl Ledger {
                 RefreshIssue::None
             },
         };
-        if rotate {
-            if let Some(record) = self.refresh.get_mut(&hash) {
-                record.state = RefreshState::Rotated;
-            }
+        if rotate && let Some(record) = self.refresh.get_mut(&hash) {
+            record.state = RefreshState::Rotated;
         }
         Ok(grant)
     }
