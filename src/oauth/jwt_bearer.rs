@@ -78,3 +78,60 @@ pub fn sign_assertion(
         token_uri: key.token_uri,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assertion_is_signed_by_the_key_and_names_the_mailbox() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+        let key_json = serde_json::json!({
+            "type": "service_account",
+            "client_email": "relay@project.iam.gserviceaccount.com",
+            "private_key": key.serialize_pem(),
+            "private_key_id": "key-1",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        });
+        let assertion = sign_assertion(
+            &Secret::new(key_json.to_string()),
+            "noreply@example.com",
+            &["https://mail.google.com/".to_string()],
+            "https://unused.example/token",
+        )
+        .expect("signs");
+        assert_eq!(
+            assertion.token_uri.as_deref(),
+            Some("https://oauth2.googleapis.com/token")
+        );
+        let decoding = jsonwebtoken::DecodingKey::from_rsa_pem(key.public_key_pem().as_bytes())
+            .expect("public key");
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&["https://oauth2.googleapis.com/token"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            assertion.jwt.expose(),
+            &decoding,
+            &validation,
+        )
+        .expect("a valid RS256 assertion for the token endpoint");
+        assert_eq!(data.header.kid.as_deref(), Some("key-1"));
+        assert_eq!(data.claims["iss"], "relay@project.iam.gserviceaccount.com");
+        assert_eq!(
+            data.claims["sub"], "noreply@example.com",
+            "domain-wide delegation: acts for the mailbox"
+        );
+        assert_eq!(data.claims["scope"], "https://mail.google.com/");
+        assert_eq!(
+            data.claims["exp"].as_u64().expect("exp") - data.claims["iat"].as_u64().expect("iat"),
+            3600
+        );
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_a_service_account_key_says_so() {
+        let err = sign_assertion(&Secret::new("{}"), "a@b", &[], "https://x")
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("Service accounts > Keys"), "{err}");
+    }
+}
