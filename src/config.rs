@@ -267,6 +267,10 @@ pub struct AccountConfig {
     /// Allows `http://` token endpoints and `tls = "none"`, for loopback hosts only.
     #[serde(default)]
     pub insecure_loopback: bool,
+    /// The `aud` the provider puts in this account's access tokens, when they
+    /// are JWTs: enables the local JWT check in regular validation.
+    #[serde(default)]
+    pub audience: Option<String>,
     /// Seconds before expiry at which a token is refreshed (default: the preset's).
     #[serde(default)]
     pub refresh_skew_secs: Option<u64>,

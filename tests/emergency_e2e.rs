@@ -229,3 +229,37 @@ async fn validation_detects_a_token_revoked_at_the_provider_and_consent_restores
     );
     harness.send(1).await.expect("delivers again");
 }
+
+#[tokio::test]
+async fn validation_checks_a_jwt_locally_when_the_audience_is_known() {
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let config = std::fs::read_to_string(&harness.config_path).expect("config");
+    // The account table is the last one in the file.
+    std::fs::write(
+        &harness.config_path,
+        format!("{config}audience = \"smtp\"\n"),
+    )
+    .expect("write");
+    harness.restart().await;
+    let good = oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT).await;
+    assert!(good.healthy, "{}", good.detail);
+
+    std::fs::write(
+        &harness.config_path,
+        format!("{config}audience = \"another-service\"\n"),
+    )
+    .expect("write");
+    harness.restart().await;
+    let wrong = oxirelay::oauth::health::check_account(&harness.context.broker, ACCOUNT).await;
+    assert!(!wrong.healthy, "{:?}: {}", wrong.method, wrong.detail);
+    assert_eq!(
+        wrong.method,
+        Some(oxirelay::oauth::health::CheckMethod::Jwt)
+    );
+    assert!(
+        wrong.detail.contains("JWT check") && wrong.detail.contains("another-service"),
+        "{}",
+        wrong.detail
+    );
+}

@@ -49,6 +49,8 @@ pub struct Account {
     pub sasl: Mechanism,
     pub insecure_loopback: bool,
     pub refresh_skew: Duration,
+    /// The `aud` of the account's JWT access tokens, if configured.
+    pub audience: Option<String>,
 }
 
 impl Account {
@@ -109,6 +111,7 @@ impl Account {
             },
             sasl: config.sasl.unwrap_or(preset.sasl),
             insecure_loopback: config.insecure_loopback,
+            audience: config.audience.clone(),
             refresh_skew: config
                 .refresh_skew_secs
                 .map(Duration::from_secs)
