@@ -263,3 +263,74 @@ async fn validation_checks_a_jwt_locally_when_the_audience_is_known() {
         wrong.detail
     );
 }
+
+#[tokio::test]
+async fn a_service_account_key_is_sealed_in_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_private(
+        &dir.path().join("master.key"),
+        &oxirelay::secret::generate_master_key(),
+    );
+    let config_path = dir.path().join("oxirelay.toml");
+    std::fs::write(
+        &config_path,
+        "[store]\nurl = \"sqlite://oxirelay.db\"\n[secrets]\nmaster_key = \"file:master.key\"\n\n\
+         [[account]]\nname = \"workspace\"\nprovider = \"google\"\ngrant = \"jwt_bearer\"\n\
+         client_id = \"1234567890\"\nuser = \"noreply@example.com\"\n",
+    )
+    .expect("write");
+    let context = oxirelay::cli::Context::from_config(
+        oxirelay::config::Config::load(&config_path).expect("config"),
+    )
+    .await
+    .expect("context");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let json = serde_json::json!({
+        "type": "service_account",
+        "client_email": "relay@project.iam.gserviceaccount.com",
+        "private_key": key.serialize_pem(),
+        "token_uri": "https://oauth2.googleapis.com/token",
+    })
+    .to_string();
+    context
+        .broker
+        .import_service_account_key("workspace", oxirelay::secret::Secret::new(json.clone()))
+        .await
+        .expect("imported");
+    let sealed = context
+        .store
+        .sealed_secret("workspace", oxirelay::oauth::account::SERVICE_ACCOUNT_KEY)
+        .await
+        .expect("store")
+        .expect("sealed");
+    assert_eq!(
+        context
+            .key
+            .open_secret(&seal_context("workspace"), &sealed)
+            .expect("opens")
+            .expose(),
+        json
+    );
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(format!(
+            "{}{suffix}",
+            dir.path().join("oxirelay.db").display()
+        )) {
+            assert!(
+                !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+                "no key material in the store file"
+            );
+        }
+    }
+    let refused = context
+        .broker
+        .import_service_account_key(
+            "workspace",
+            oxirelay::secret::Secret::new("{\"not\":\"a key\"}"),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "a file that is not a key is refused before it is stored"
+    );
+}

@@ -42,6 +42,11 @@ pub enum AccountCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Seal a Google service-account key (JSON, from standard input) into the store, for the jwt_bearer grant.
+    #[command(
+        after_help = "Example:\n  oxirelay account import-key workspace < sa-key.json && shred -u sa-key.json"
+    )]
+    ImportKey { account: String },
     /// Store a refresh token obtained elsewhere (read from standard input).
     #[command(
         after_help = "Example (migrating from another tool):\n  oxirelay account import-token office < refresh_token.txt"
@@ -110,6 +115,25 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
         }
         AccountCommand::Login(args) => {
             super::login::run(&context, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AccountCommand::ImportKey { account } => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the key from standard input")?;
+            context
+                .broker
+                .import_service_account_key(&account, crate::secret::Secret::new(text))
+                .await?;
+            context.audit(
+                "account.key_imported",
+                Some(&account),
+                "service-account key sealed in the store",
+            )?;
+            eprintln!(
+                "account {account}: service-account key checked and sealed in the store; delete the JSON file now"
+            );
             Ok(ExitCode::SUCCESS)
         }
         AccountCommand::ImportToken { account } => {

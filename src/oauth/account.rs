@@ -130,6 +130,9 @@ pub fn seal_context(account: &str) -> String {
     format!("oxirelay account {account}")
 }
 
+/// The store's kind name for a sealed service-account key.
+pub const SERVICE_ACCOUNT_KEY: &str = "service_account_key";
+
 fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u16), ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         path: PathBuf::from(format!("account {:?}", config.name)),
@@ -172,12 +175,6 @@ pub fn validate_account(config: &AccountConfig) -> Result<(), String> {
     if config.grant == GrantKind::ClientCredentials && config.client_secret.is_none() {
         return Err(
             "the client_credentials grant needs client_secret = \"env:NAME\" or \"file:PATH\""
-                .to_string(),
-        );
-    }
-    if config.grant == GrantKind::JwtBearer && config.service_account_key.is_none() {
-        return Err(
-            "the jwt_bearer grant needs service_account_key = \"file:/path/to/key.json\""
                 .to_string(),
         );
     }

@@ -635,6 +635,35 @@ impl Broker {
         Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
     }
 
+    /// Seals a Google service-account key into the store, after checking that
+    /// it signs an assertion.
+    pub async fn import_service_account_key(
+        &self,
+        name: &str,
+        key_json: Secret,
+    ) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
+        let account = &slot.account;
+        crate::oauth::jwt_bearer::sign_assertion(
+            &key_json,
+            &account.user,
+            &account.scopes,
+            "https://oauth2.googleapis.com/token",
+        )
+        .map_err(|e| BrokerError::Assertion {
+            account: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let sealed = self.key.seal_secret(&account.seal_context(), &key_json);
+        self.store
+            .put_sealed_secret(name, crate::oauth::account::SERVICE_ACCOUNT_KEY, &sealed)
+            .await?;
+        let mut state = slot.state.lock().await;
+        state.cached = None;
+        state.backoff_until = None;
+        Ok(())
+    }
+
     /// Replaces the stored refresh token (migration from another tool).
     pub async fn import_refresh_token(
         &self,
@@ -751,7 +780,7 @@ impl Broker {
             GrantKind::ClientCredentials | GrantKind::JwtBearer => None,
         };
         let assertion = match account.grant {
-            GrantKind::JwtBearer => Some(self.jwt_assertion(account, &endpoint)?),
+            GrantKind::JwtBearer => Some(self.jwt_assertion(account, &endpoint).await?),
             _ => None,
         };
         let grant = match (&refresh_token, &assertion) {
@@ -797,21 +826,39 @@ impl Broker {
         Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
     }
 
-    fn jwt_assertion(
+    /// The service-account key: the config's reference, else the copy sealed
+    /// in the store by `account import-key`.
+    async fn service_account_key(&self, account: &Account) -> Result<Secret, BrokerError> {
+        if let Some(key) = &account.service_account_key {
+            return Ok(key.clone());
+        }
+        let sealed = self
+            .store
+            .sealed_secret(&account.name, crate::oauth::account::SERVICE_ACCOUNT_KEY)
+            .await?
+            .ok_or_else(|| BrokerError::Assertion {
+                account: account.name.clone(),
+                reason: format!(
+                    "no service-account key: run `oxirelay account import-key {} < key.json` (it is stored sealed), or set service_account_key",
+                    account.name
+                ),
+            })?;
+        self.key
+            .open_secret(&account.seal_context(), &sealed)
+            .map_err(|source| BrokerError::Seal {
+                account: account.name.clone(),
+                source,
+            })
+    }
+
+    async fn jwt_assertion(
         &self,
         account: &Account,
         endpoint: &TokenEndpoint,
     ) -> Result<Secret, BrokerError> {
-        let key =
-            account
-                .service_account_key
-                .as_ref()
-                .ok_or_else(|| BrokerError::UnsupportedGrant {
-                    account: account.name.clone(),
-                    grant: account.grant,
-                })?;
+        let key = self.service_account_key(account).await?;
         crate::oauth::jwt_bearer::sign_assertion(
-            key,
+            &key,
             &account.user,
             &account.scopes,
             endpoint.url.as_str(),

@@ -209,6 +209,20 @@ pub trait Store: Send + Sync {
 
     async fn remove_user(&self, name: &str) -> Result<bool, StoreError>;
 
+    /// A secret of an account kept sealed in the store (a service-account key).
+    async fn sealed_secret(
+        &self,
+        account: &str,
+        kind: &str,
+    ) -> Result<Option<SealedValue>, StoreError>;
+
+    async fn put_sealed_secret(
+        &self,
+        account: &str,
+        kind: &str,
+        sealed: &SealedValue,
+    ) -> Result<(), StoreError>;
+
     /// The emergency stop, if it is on: delivery pauses, mail stays queued.
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError>;
 

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("0002_queue.sql")),
     (3, include_str!("0003_users.sql")),
     (4, include_str!("0004_control.sql")),
+    (5, include_str!("0005_account_secrets.sql")),
 ];
 
 #[derive(Clone)]
@@ -350,6 +351,39 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn sealed_secret(
+        &self,
+        account: &str,
+        kind: &str,
+    ) -> Result<Option<SealedValue>, StoreError> {
+        let sealed: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT sealed FROM account_secrets WHERE account = ? AND kind = ?")
+                .bind(account)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(sealed.map(SealedValue::from_stored))
+    }
+
+    async fn put_sealed_secret(
+        &self,
+        account: &str,
+        kind: &str,
+        sealed: &SealedValue,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO account_secrets (account, kind, sealed, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(account, kind) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(account)
+        .bind(kind)
+        .bind(sealed.as_bytes())
+        .bind(crate::clock::now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {
