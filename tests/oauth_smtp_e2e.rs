@@ -260,7 +260,8 @@ async fn no_credentials_are_sent_when_starttls_is_not_offered() {
 #[tokio::test]
 async fn wrong_token_gets_the_rfc7628_exchange_byte_for_byte() {
     let harness = Harness::start("client_credentials", "xoauth2", HOUR).await;
-    let mut client = smtpd_common::Client::connect_addr(harness.sandbox.smtp.addr()).await;
+    let mut client =
+        smtpd_common::Client::connect_addr(harness.sandbox.smtp.addr(), smtpd_common::WAIT).await;
     let ehlo = client
         .greet_with_starttls_trusting(harness.sandbox.ca_file())
         .await;

@@ -6,6 +6,12 @@
 
 #![allow(dead_code)]
 
+#[path = "../line_client/mod.rs"]
+mod line_client;
+// Not every test crate that includes this module uses every helper.
+#[allow(unused_imports)]
+pub use line_client::{Client, plain};
+
 use oxirelay::config::Config;
 use oxirelay::sandbox::certs::SandboxCa;
 use oxirelay::sandbox::{CLIENT_ID, SMTP_SCOPE, Sandbox, SandboxOptions, USER};
@@ -18,11 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -217,129 +219,16 @@ insecure_loopback = true
     }
 }
 
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-/// A line-level SMTP client for tests.
-pub struct Client {
-    transport: Option<Transport>,
-    received: Vec<u8>,
-}
-
+/// The relay's listeners, on the shared line client.
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        Client {
-            transport: Some(Transport::Plain(stream)),
-            received: Vec::new(),
-        }
-    }
-
-    pub async fn handshake(&mut self, ca_file: &Path) {
-        let Some(Transport::Plain(stream)) = self.transport.take() else {
-            panic!("handshake on a non-plaintext transport");
-        };
-        let config = oxirelay::tls::client_config(Some(ca_file)).expect("client TLS config");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let tls = tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, stream))
-            .await
-            .expect("handshake in time")
-            .expect("handshake succeeds with the test CA");
-        self.transport = Some(Transport::Tls(Box::new(tls)));
-    }
-
-    pub async fn write(&mut self, bytes: &[u8]) {
-        let result = match self.transport.as_mut().expect("connected") {
-            Transport::Plain(stream) => stream.write_all(bytes).await,
-            Transport::Tls(stream) => match stream.write_all(bytes).await {
-                Ok(()) => stream.flush().await,
-                Err(error) => Err(error),
-            },
-        };
-        result.expect("write");
-    }
-
-    async fn read_some(&mut self) -> usize {
-        let mut buffer = [0u8; 4096];
-        let read = match self.transport.as_mut().expect("connected") {
-            Transport::Plain(stream) => stream.read(&mut buffer).await,
-            Transport::Tls(stream) => stream.read(&mut buffer).await,
-        };
-        let read = read.unwrap_or(0);
-        self.received.extend_from_slice(&buffer[..read]);
-        read
-    }
-
-    /// The next complete reply (all its lines), as text.
-    pub async fn reply(&mut self) -> String {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(end) = complete_reply_end(&self.received) {
-                    let reply: Vec<u8> = self.received.drain(..end).collect();
-                    return String::from_utf8(reply).expect("UTF-8 reply");
-                }
-                if self.read_some().await == 0 {
-                    panic!(
-                        "connection closed before a complete reply; got {:?}",
-                        String::from_utf8_lossy(&self.received)
-                    );
-                }
-            }
-        })
-        .await
-        .expect("a reply in time")
-    }
-
-    pub async fn command(&mut self, line: &str) -> String {
-        self.write(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
+        Client::connect_addr(addr, WAIT).await
     }
 
     /// Greeting, EHLO, STARTTLS, handshake, EHLO; returns the last EHLO reply.
     pub async fn greet_with_starttls(&mut self, ca_file: &Path) -> String {
-        assert!(self.reply().await.starts_with("220 "));
-        assert!(self.command("EHLO client.test").await.starts_with("250"));
-        assert!(self.command("STARTTLS").await.starts_with("220 "));
-        self.handshake(ca_file).await;
-        self.command("EHLO client.test").await
+        self.greet_with_starttls_trusting(ca_file).await
     }
-
-    pub async fn auth_plain(&mut self, user: &str, password: &str) -> String {
-        self.command(&format!("AUTH PLAIN {}", plain(user, password)))
-            .await
-    }
-
-    /// MAIL, RCPT, DATA and `message` (which must end with CRLF); returns
-    /// the reply to the end of data.
-    pub async fn send(&mut self, from: &str, to: &str, message: &[u8]) -> String {
-        let reply = self.command(&format!("MAIL FROM:<{from}>")).await;
-        assert!(reply.starts_with("250"), "MAIL: {reply}");
-        let reply = self.command(&format!("RCPT TO:<{to}>")).await;
-        assert!(reply.starts_with("250"), "RCPT: {reply}");
-        let reply = self.command("DATA").await;
-        assert!(reply.starts_with("354"), "DATA: {reply}");
-        self.write(message).await;
-        self.write(b".\r\n").await;
-        self.reply().await
-    }
-}
-
-fn complete_reply_end(bytes: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while let Some(offset) = bytes[start..].windows(2).position(|w| w == b"\r\n") {
-        let line = &bytes[start..start + offset];
-        start += offset + 2;
-        if line.len() < 4 || line[3] == b' ' {
-            return Some(start);
-        }
-    }
-    None
-}
-
-pub fn plain(user: &str, password: &str) -> String {
-    oxirelay::smtp::sasl::encode_base64(format!("\0{user}\0{password}").as_bytes())
 }
 
 /// The queue id in "250 2.0.0 Ok: queued as ID".
