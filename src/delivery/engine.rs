@@ -717,17 +717,6 @@ impl Shared {
                 return;
             }
         };
-        self.count(|s| {
-            s.attempts += 1;
-            s.recipients_delivered += delivered as u64;
-            s.recipients_deferred += deferred as u64;
-            s.recipients_bounced += bounced as u64;
-            match state {
-                MessageState::Delivered => s.messages_delivered += 1,
-                MessageState::Bounced => s.messages_bounced += 1,
-                _ => {}
-            }
-        });
         let why = result.error.as_deref().unwrap_or("");
         for (count, kind, detail) in [
             (delivered, "message.delivered", String::new()),
@@ -754,6 +743,19 @@ impl Shared {
                 .await;
             }
         }
+        // Counted only once its events are written: whoever waits on the
+        // stats (serve's summary, tests) then sees the whole attempt.
+        self.count(|s| {
+            s.attempts += 1;
+            s.recipients_delivered += delivered as u64;
+            s.recipients_deferred += deferred as u64;
+            s.recipients_bounced += bounced as u64;
+            match state {
+                MessageState::Delivered => s.messages_delivered += 1,
+                MessageState::Bounced => s.messages_bounced += 1,
+                _ => {}
+            }
+        });
         tracing::info!(id = %message.id, account = %message.account, attempts, delivered, deferred, bounced, %state, "delivery attempt recorded");
         if let Some(account) = account {
             self.send_dsn(message, body, account, &result.bounced).await;
