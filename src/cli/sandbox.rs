@@ -32,6 +32,10 @@ pub struct SandboxArgs {
     /// Concurrent SMTP sessions before the greeting is 421 (raise it for load tests).
     #[arg(long, default_value_t = 256)]
     pub max_sessions: usize,
+    /// Which provider to behave like: its token shape, line limits, replies
+    /// and limits (strict: the RFCs at their tightest).
+    #[arg(long, value_enum, default_value_t = crate::sandbox::ProfileName::Strict)]
+    pub profile: crate::sandbox::ProfileName,
 }
 
 #[derive(clap::Subcommand)]
@@ -62,6 +66,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     options.http_addr = args.http;
     options.smtp_addr = args.smtp;
     options.max_smtp_sessions = args.max_sessions;
+    options.profile = args.profile;
     let sandbox = Sandbox::start(options).await?;
     let secret_file = std::fs::canonicalize(&args.dir)?.join("client.secret");
     write_secret(&secret_file, sandbox.client_secret.expose())?;

@@ -9,7 +9,10 @@
 pub mod authz;
 pub mod certs;
 pub mod inbox;
+pub mod profile;
 pub mod smtp;
+
+pub use profile::{ProfileName, TokenShape};
 
 use crate::oauth::validate::{JwtValidator, introspect};
 use crate::secret::Secret;
@@ -70,6 +73,8 @@ pub struct SandboxOptions {
     /// Concurrent SMTP sessions; beyond it the greeting is 421, as a
     /// provider's connection limit answers. Benchmarks raise it.
     pub max_smtp_sessions: usize,
+    /// Which provider the sandbox behaves like (`strict` by default).
+    pub profile: ProfileName,
 }
 
 impl SandboxOptions {
@@ -85,6 +90,7 @@ impl SandboxOptions {
             client_secret: random_secret(),
             // Room for load tests and benchmarks with many concurrent senders.
             max_smtp_sessions: 256,
+            profile: ProfileName::default(),
         }
     }
 }
