@@ -601,7 +601,7 @@ fn a_policy_can_word_the_refusal_as_its_provider_does() {
         ),
         "334 ",
     );
-    let status = OAuthErrorStatus::from_base64(reply.trim_end()[4..].as_bytes()).expect("status");
+    let status = OAuthErrorStatus::from_base64(&reply.trim_end().as_bytes()[4..]).expect("status");
     assert_eq!(status.status, "401");
     smtp.exchange("", "535 5.7.8 Username and Password not accepted\r\n");
 }
