@@ -34,10 +34,16 @@ pub struct Harness {
 }
 
 pub async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+/// A harness whose sandbox is set up by `configure` (a provider profile,
+/// a changed limit).
+pub async fn harness_with(configure: impl FnOnce(&mut SandboxOptions)) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sandbox = Sandbox::start(SandboxOptions::new(dir.path().join("sandbox")))
-        .await
-        .expect("sandbox");
+    let mut options = SandboxOptions::new(dir.path().join("sandbox"));
+    configure(&mut options);
+    let sandbox = Sandbox::start(options).await.expect("sandbox");
     let secret_path = dir.path().join("client.secret");
     write_private(&secret_path, sandbox.client_secret.expose());
     let text = sandbox.account_toml(
@@ -135,6 +141,27 @@ impl Harness {
             ids.push(id);
         }
         ids
+    }
+
+    /// The account's row: its state and the reason.
+    pub async fn account_state(&self) -> (oxirelay::store::AccountState, String) {
+        let record = self
+            .store
+            .token_record(ACCOUNT)
+            .await
+            .expect("read")
+            .expect("the account has a row");
+        (record.state, record.state_reason.unwrap_or_default())
+    }
+
+    /// The kinds of the events recorded for the account, oldest first.
+    pub async fn event_kinds(&self) -> Vec<String> {
+        let events = self.store.events(1000).await.expect("events");
+        events
+            .into_iter()
+            .filter(|e| e.account.as_deref() == Some(ACCOUNT))
+            .map(|e| e.kind)
+            .collect()
     }
 
     pub async fn messages(&self) -> Vec<QueuedMessage> {
