@@ -2,10 +2,11 @@
 //! with the preset's defaults filled in and every rule about endpoints and
 //! transport security checked once, here.
 
-use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host};
+use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host, parse_host_port};
 use crate::oauth::preset::{GrantKind, Preset, ProviderKind, preset};
 use crate::secret::Secret;
 use crate::smtp::sasl::Mechanism;
+use crate::tls::{ServerTrust, SpkiPin};
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
@@ -27,7 +28,8 @@ pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
+    /// From `ca_file` or `tls_pin_sha256` (at most one of them is set).
+    pub trust: ServerTrust,
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +109,7 @@ impl Account {
                 host,
                 port,
                 tls: config.tls.unwrap_or(preset.tls),
-                ca_file: config.ca_file.clone(),
+                trust: server_trust(config)?,
             },
             sasl: config.sasl.unwrap_or(preset.sasl),
             insecure_loopback: config.insecure_loopback,
@@ -139,25 +141,51 @@ fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u1
         message,
     };
     match &config.smtp {
-        Some(text) => {
-            let (host, port) = text
-                .rsplit_once(':')
-                .ok_or_else(|| invalid(format!("smtp = {text:?} must be host:port")))?;
-            let port = port
-                .parse()
-                .map_err(|_| invalid(format!("smtp = {text:?}: {port:?} is not a port number")))?;
-            Ok((
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-                port,
-            ))
-        }
+        Some(text) => parse_host_port(text).map_err(|e| invalid(format!("smtp = {e}"))),
         None => preset
             .smtp_host
             .map(|h| (h.to_string(), preset.smtp_port))
             .ok_or_else(|| invalid("a generic account needs smtp = \"host:port\"".to_string())),
     }
+}
+
+/// How the upstream server is checked: pinned keys, a CA file, or the
+/// system roots.
+fn server_trust(config: &AccountConfig) -> Result<ServerTrust, ConfigError> {
+    let pins = parse_pins(config).map_err(|message| ConfigError::Invalid {
+        path: PathBuf::from(format!("account {:?}", config.name)),
+        message,
+    })?;
+    Ok(if pins.is_empty() {
+        ServerTrust::from_ca_file(config.ca_file.as_deref())
+    } else {
+        ServerTrust::Pinned(pins)
+    })
+}
+
+fn parse_pins(config: &AccountConfig) -> Result<Vec<SpkiPin>, String> {
+    config
+        .tls_pin_sha256
+        .iter()
+        .map(|text| SpkiPin::parse(text).map_err(|e| format!("tls_pin_sha256: {e}")))
+        .collect()
+}
+
+/// The rules of `ca_file` and `tls_pin_sha256` together.
+fn validate_trust(config: &AccountConfig) -> Result<(), String> {
+    let pins = parse_pins(config)?;
+    if pins.is_empty() {
+        return Ok(());
+    }
+    if config.ca_file.is_some() {
+        return Err("ca_file and tls_pin_sha256 are both set; a pin replaces the certificate chain check, so ca_file would be ignored: keep one (the pin, for a server whose certificate webpki refuses)".to_string());
+    }
+    if config.tls == Some(TlsMode::None) {
+        return Err(
+            "tls_pin_sha256 needs TLS; with tls = \"none\" there is no key to check".to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// Every rule a single account entry must meet; the message names the fix.
@@ -208,6 +236,7 @@ pub fn validate_account(config: &AccountConfig) -> Result<(), String> {
                 .map_err(|e| format!("{key}: {e}"))?;
         }
     }
+    validate_trust(config)?;
     if config.tls == Some(TlsMode::None) {
         let host = config
             .smtp
