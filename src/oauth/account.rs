@@ -272,6 +272,60 @@ pub fn require_secure_url(url: &Url, insecure_loopback: bool) -> Result<(), Stri
 mod tests {
     use super::*;
 
+    fn generic(extra: &str) -> AccountConfig {
+        toml::from_str(&format!(
+            "name = \"lab\"\nprovider = \"generic\"\ngrant = \"client_credentials\"\ntoken_url = \"https://id.example.net/token\"\nclient_id = \"relay\"\nclient_secret = \"env:LAB_SECRET\"\nuser = \"a@example.net\"\nsmtp = \"mail.example.net:587\"\n{extra}"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn trust_is_the_system_a_ca_file_or_pins() {
+        let pin = SpkiPin::of_spki(b"key");
+        let other = SpkiPin::of_spki(b"next key");
+        assert_eq!(
+            server_trust(&generic("")).expect("ok"),
+            ServerTrust::SystemRoots
+        );
+        assert_eq!(
+            server_trust(&generic("ca_file = \"/etc/ca.pem\"\n")).expect("ok"),
+            ServerTrust::CaFile(PathBuf::from("/etc/ca.pem"))
+        );
+        let one = generic(&format!("tls_pin_sha256 = \"{pin}\"\n"));
+        validate_account(&one).expect("valid");
+        assert_eq!(
+            server_trust(&one).expect("ok"),
+            ServerTrust::Pinned(vec![pin])
+        );
+        let two = generic(&format!(
+            "tls_pin_sha256 = [\"{pin}\", \"sha256//{other}\"]\n"
+        ));
+        assert_eq!(
+            server_trust(&two).expect("ok"),
+            ServerTrust::Pinned(vec![pin, other])
+        );
+    }
+
+    #[test]
+    fn pins_are_checked_with_their_neighbours() {
+        let pin = SpkiPin::of_spki(b"key");
+        let err = validate_account(&generic(&format!(
+            "tls_pin_sha256 = \"{pin}\"\nca_file = \"/etc/ca.pem\"\n"
+        )))
+        .expect_err("both");
+        assert!(
+            err.contains("ca_file and tls_pin_sha256 are both set"),
+            "{err}"
+        );
+        let err = validate_account(&generic("tls_pin_sha256 = \"abc\"\n")).expect_err("bad pin");
+        assert!(err.starts_with("tls_pin_sha256: \"abc\""), "{err}");
+        let err = validate_account(&generic(&format!(
+            "tls_pin_sha256 = \"{pin}\"\ntls = \"none\"\n"
+        )))
+        .expect_err("no TLS");
+        assert!(err.contains("needs TLS"), "{err}");
+    }
+
     #[test]
     fn http_only_for_marked_loopback() {
         let url = |s| Url::parse(s).expect("url");

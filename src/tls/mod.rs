@@ -196,3 +196,6 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests;
