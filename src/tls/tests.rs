@@ -128,6 +128,21 @@ fn rejection(error: &rustls::Error) -> &CertificateRejection {
         .unwrap_or_else(|| panic!("expected a certificate rejection, got {error:?}"))
 }
 
+/// How a client trusting only `ca` (as `ca_file`) refuses `server`.
+async fn refusal_with_ca_file(
+    server: &TestCert,
+    ca: &TestCert,
+    name: &str,
+) -> CertificateRejection {
+    let file = ca.ca_file();
+    let trust = ServerTrust::CaFile(file.path().to_path_buf());
+    let client = client_config_for(&trust).expect("client");
+    let error = handshake(server.server_config(), client, name)
+        .await
+        .expect_err("the certificate is refused");
+    rejection(&error).clone()
+}
+
 #[tokio::test]
 async fn a_matching_pin_is_accepted_without_chain_or_name() {
     let cert = TestCert::self_signed_ca();
@@ -202,16 +217,7 @@ async fn a_pinned_certificate_signed_with_another_key_is_refused() {
 #[tokio::test]
 async fn a_self_signed_ca_in_ca_file_is_refused_as_a_server_certificate() {
     let cert = TestCert::self_signed_ca();
-    let file = cert.ca_file();
-    let trust = ServerTrust::CaFile(file.path().to_path_buf());
-    let error = handshake(
-        cert.server_config(),
-        client_config_for(&trust).expect("client"),
-        "localhost",
-    )
-    .await
-    .expect_err("webpki refuses a CA as end entity");
-    let rejection = rejection(&error);
+    let rejection = refusal_with_ca_file(&cert, &cert, "localhost").await;
     assert!(
         matches!(rejection.problem, Problem::CaAsEndEntity),
         "{rejection:?}"
@@ -249,16 +255,7 @@ async fn an_untrusted_self_signed_certificate_says_so_for_each_trust() {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "Another CA");
     });
-    let file = unrelated.ca_file();
-    let trust = ServerTrust::CaFile(file.path().to_path_buf());
-    let error = handshake(
-        cert.server_config(),
-        client_config_for(&trust).expect("client"),
-        "localhost",
-    )
-    .await
-    .expect_err("not in ca_file");
-    let rejection = rejection(&error);
+    let rejection = refusal_with_ca_file(&cert, &unrelated, "localhost").await;
     assert!(
         matches!(rejection.problem, Problem::UnknownIssuer),
         "{rejection:?}"
@@ -270,7 +267,7 @@ async fn an_untrusted_self_signed_certificate_says_so_for_each_trust() {
     // Without ca_file, setting one is a fitting next step.
     let without = CertificateRejection {
         trust: ServerTrust::SystemRoots,
-        ..rejection.clone()
+        ..rejection
     };
     let text = without.describe("localhost:587");
     assert!(
@@ -282,15 +279,9 @@ async fn an_untrusted_self_signed_certificate_says_so_for_each_trust() {
 #[tokio::test]
 async fn a_name_mismatch_lists_the_names_the_certificate_has() {
     let cert = TestCert::new(&["mail.internal.test"], |_| {});
-    let file = cert.ca_file();
-    let error = handshake(
-        cert.server_config(),
-        client_config(Some(file.path())).expect("client"),
-        "localhost",
-    )
-    .await
-    .expect_err("wrong name");
-    let text = rejection(&error).describe("localhost:587");
+    let text = refusal_with_ca_file(&cert, &cert, "localhost")
+        .await
+        .describe("localhost:587");
     assert!(
         text.contains("is valid for mail.internal.test, not for localhost"),
         "{text}"
@@ -304,15 +295,9 @@ async fn an_expired_certificate_says_when_it_expired() {
         params.not_before = rcgen::date_time_ymd(2001, 1, 1);
         params.not_after = rcgen::date_time_ymd(2002, 1, 1);
     });
-    let file = cert.ca_file();
-    let error = handshake(
-        cert.server_config(),
-        client_config(Some(file.path())).expect("client"),
-        "localhost",
-    )
-    .await
-    .expect_err("expired");
-    let text = rejection(&error).describe("localhost:587");
+    let text = refusal_with_ca_file(&cert, &cert, "localhost")
+        .await
+        .describe("localhost:587");
     assert!(text.contains("expired on 2002-01-01T00:00:00Z"), "{text}");
     assert!(!text.contains("ca_file"), "{text}");
 }
