@@ -165,6 +165,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "user")]
     pub users: Vec<UserConfig>,
+    /// Networks of devices that cannot authenticate, each mapped to the
+    /// account that delivers their mail and the senders they may use.
+    #[serde(default, rename = "network")]
+    pub networks: Vec<NetworkConfig>,
     /// Authorization servers whose access tokens the submission listener
     /// accepts over XOAUTH2/OAUTHBEARER.
     #[serde(default, rename = "issuer")]
@@ -292,6 +296,25 @@ pub struct ListenerConfig {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub allow_ips: Vec<String>,
+    /// `[[network]]` names whose devices may submit here without AUTH.
+    #[serde(default)]
+    pub networks: Vec<String>,
+}
+
+/// Devices that cannot authenticate (printers, scanners): their addresses
+/// stand in for a login, on the listeners that name this network. There is
+/// no default identity (DESIGN.md contract 8): the account and the senders
+/// are explicit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub name: String,
+    /// CIDR blocks or single addresses.
+    pub addrs: Vec<String>,
+    /// The account that delivers their mail.
+    pub account: String,
+    /// The senders (addresses or `@domain`) they may put in MAIL FROM and From.
+    pub allowed_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -441,7 +464,45 @@ impl Config {
                 ));
             }
         }
+        let mut networks = std::collections::HashSet::new();
+        for network in &self.networks {
+            if !networks.insert(network.name.as_str()) {
+                return Err(format!("network {:?} is defined twice", network.name));
+            }
+            if !seen.contains(network.account.as_str()) {
+                return Err(format!(
+                    "network {:?} refers to account {:?}, which is not defined",
+                    network.name, network.account
+                ));
+            }
+            if network.addrs.is_empty() {
+                return Err(format!(
+                    "network {:?} has no addrs; list the devices' addresses or CIDR blocks, e.g. addrs = [\"192.168.10.0/24\"]",
+                    network.name
+                ));
+            }
+            if network.allowed_from.is_empty() {
+                return Err(format!(
+                    "network {:?} has no allowed_from; name the senders its devices may use, e.g. allowed_from = [\"scanner@contoso.com\"]",
+                    network.name
+                ));
+            }
+        }
         for listener in &self.listeners {
+            for name in &listener.networks {
+                if !networks.contains(name.as_str()) {
+                    return Err(format!(
+                        "listener {}: networks names {name:?}, which is not a [[network]]",
+                        listener.addr
+                    ));
+                }
+            }
+            if !listener.networks.is_empty() && listener.allow_ips.is_empty() {
+                return Err(format!(
+                    "listener {}: networks (submission without AUTH) needs allow_ips, so that only those networks can connect",
+                    listener.addr
+                ));
+            }
             if listener.tls == TlsMode::None && listener.allow_ips.is_empty() {
                 return Err(format!(
                     "listener {}: tls = \"none\" needs allow_ips; a plaintext listener open to every address would let passwords cross the network unencrypted",
@@ -622,6 +683,47 @@ user = "noreply@contoso.com"
         let err = parse(&text).expect_err("unknown key").to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("line 10"), "{err}");
+    }
+
+    #[test]
+    fn networks_are_explicit_and_need_a_restricted_listener() {
+        let account = "[[account]]\nname = \"office\"\nprovider = \"microsoft\"\ngrant = \"client_credentials\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"00000000-0000-0000-0000-000000000000\"\nclient_secret = \"env:X\"\nuser = \"noreply@contoso.com\"\n";
+        let network = |delivering: &str, senders: &str| {
+            format!(
+                "{account}[[network]]\nname = \"printers\"\naddrs = [\"192.168.10.0/24\"]\naccount = \"{delivering}\"\n{senders}"
+            )
+        };
+        let senders = "allowed_from = [\"scanner@contoso.com\"]\n";
+        let plaintext =
+            |keys: &str| format!("[[listener]]\naddr = \"0.0.0.0:25\"\ntls = \"none\"\n{keys}");
+        let mapped = plaintext("allow_ips = [\"192.168.10.0/24\"]\nnetworks = [\"printers\"]\n");
+        let config = parse(&format!("{}{mapped}", network("office", senders))).expect("mapped");
+        assert_eq!(config.networks[0].account, "office");
+        assert_eq!(config.listeners[0].networks, ["printers"]);
+        let starttls_open = "[[listener]]\naddr = \"0.0.0.0:587\"\ntls = \"starttls\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nnetworks = [\"printers\"]\n";
+        for (text, expected) in [
+            (network("office", ""), "missing field `allowed_from`"),
+            (
+                network("office", "allowed_from = []\n"),
+                "has no allowed_from",
+            ),
+            (network("nobody", senders), "refers to account \"nobody\""),
+            (
+                format!(
+                    "{}{}",
+                    network("office", senders),
+                    plaintext("allow_ips = [\"10.0.0.0/8\"]\nnetworks = [\"scanners\"]\n")
+                ),
+                "networks names \"scanners\", which is not a [[network]]",
+            ),
+            (
+                format!("{}{starttls_open}", network("office", senders)),
+                "networks (submission without AUTH) needs allow_ips",
+            ),
+        ] {
+            let err = parse(&text).expect_err(expected).to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

@@ -841,8 +841,9 @@ impl Shared {
                     kind,
                     &message.account,
                     format!(
-                        "message {} attempt {attempts}: {count} of {} recipients{detail}",
+                        "message {} (submitted by {}) attempt {attempts}: {count} of {} recipients{detail}",
                         message.id,
+                        message.submitted_by,
                         message.recipients.len()
                     ),
                 )

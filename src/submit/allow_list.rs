@@ -55,6 +55,13 @@ impl Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether every address of `other` is in this block.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix && self.contains(other.network)
+    }
+}
+
 fn same_prefix(a: u128, b: u128, prefix: u8, width: u32) -> bool {
     if prefix == 0 {
         return true;
@@ -88,6 +95,23 @@ impl AllowList {
 
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.0.is_empty() || self.0.iter().any(|cidr| cidr.contains(ip))
+    }
+
+    /// Whether `ip` is in one of the blocks (an empty list holds nothing).
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|cidr| cidr.contains(ip))
+    }
+
+    /// The blocks of `other` that this list does not wholly allow.
+    pub fn uncovered<'a>(&self, other: &'a AllowList) -> Vec<&'a Cidr> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        other
+            .0
+            .iter()
+            .filter(|block| !self.0.iter().any(|mine| mine.covers(block)))
+            .collect()
     }
 }
 
@@ -129,6 +153,22 @@ mod tests {
             let err = Cidr::parse(bad).expect_err(bad).to_string();
             assert!(err.contains("192.168.10.0/24"), "{err}");
         }
+    }
+
+    #[test]
+    fn blocks_cover_smaller_blocks_of_the_same_family() {
+        let lan = AllowList::parse(&["192.168.10.0/24", "fd00::/8"]).expect("lan");
+        let printers = AllowList::parse(&["192.168.10.0/28", "192.168.10.200", "fd00:1::/32"])
+            .expect("printers");
+        assert!(lan.uncovered(&printers).is_empty());
+        let wider = AllowList::parse(&["192.168.0.0/16", "10.0.0.1"]).expect("wider");
+        let left: Vec<String> = lan
+            .uncovered(&wider)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(left, ["192.168.0.0/16", "10.0.0.1/32"]);
+        assert!(!AllowList::default().holds(ip("10.0.0.1")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! starts serving, so a bad entry leaves nothing half-started.
 
 use super::allow_list::{AllowList, CidrError};
+use super::networks::Network;
 use super::policy::{ListenerAccess, SubmissionPolicy};
 use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::smtp::server::{ServeError, ServerOptions, ShutdownSignal, serve};
@@ -22,6 +23,20 @@ pub enum ListenerError {
         "listener {addr}: tls = \"none\" needs allow_ips; a plaintext listener open to every address would let passwords cross the network unencrypted"
     )]
     OpenPlaintext { addr: String },
+    #[error("network {network:?}: addrs: {source}")]
+    NetworkAddrs { network: String, source: CidrError },
+    #[error(
+        "listener {addr}: network {network:?} has addresses its allow_ips does not admit ({blocks}); add them to allow_ips, or narrow the network"
+    )]
+    NetworkOutside {
+        addr: String,
+        network: String,
+        blocks: String,
+    },
+    #[error(
+        "listener {addr}: networks (submission without AUTH) needs allow_ips, so that only those networks can connect"
+    )]
+    OpenNetworks { addr: String },
     #[error("listener {addr}: tls = {mode:?} needs cert and key (PEM files)")]
     MissingCertificate { addr: String, mode: TlsMode },
     #[error("listener {addr}: cannot load its TLS certificate: {source}")]
@@ -57,9 +72,21 @@ impl Listeners {
         policy: &SubmissionPolicy,
         shutdown: ShutdownSignal,
     ) -> Result<RunningListeners, ListenerError> {
+        let networks = config
+            .networks
+            .iter()
+            .map(|network| {
+                Network::from_config(network)
+                    .map(Arc::new)
+                    .map_err(|source| ListenerError::NetworkAddrs {
+                        network: network.name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut prepared = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
-            prepared.push(prepare(listener).await?);
+            prepared.push(prepare(listener, &networks).await?);
         }
         let options = policy.options();
         let mut running = RunningListeners {
@@ -91,7 +118,10 @@ impl Listeners {
     }
 }
 
-async fn prepare(listener: &ListenerConfig) -> Result<Prepared, ListenerError> {
+async fn prepare(
+    listener: &ListenerConfig,
+    networks: &[Arc<Network>],
+) -> Result<Prepared, ListenerError> {
     let addr = listener.addr.clone();
     let allow =
         AllowList::parse(&listener.allow_ips).map_err(|source| ListenerError::AllowIps {
@@ -117,6 +147,9 @@ async fn prepare(listener: &ListenerConfig) -> Result<Prepared, ListenerError> {
             (Some(tls), ListenerAccess::tls(allow))
         }
     };
+    let access = access
+        .with_networks(listener_networks(listener, networks)?)
+        .ok_or_else(|| ListenerError::OpenNetworks { addr: addr.clone() })?;
     let socket = TcpListener::bind(&addr)
         .await
         .map_err(|source| ListenerError::Bind {
@@ -134,6 +167,40 @@ async fn prepare(listener: &ListenerConfig) -> Result<Prepared, ListenerError> {
         mode: listener.tls,
         access,
     })
+}
+
+/// The networks `listener` names, each wholly inside its allow-list: a
+/// network partly outside would look mapped and yet be refused at connect.
+fn listener_networks(
+    listener: &ListenerConfig,
+    networks: &[Arc<Network>],
+) -> Result<Vec<Arc<Network>>, ListenerError> {
+    let allow =
+        AllowList::parse(&listener.allow_ips).map_err(|source| ListenerError::AllowIps {
+            addr: listener.addr.clone(),
+            source,
+        })?;
+    listener
+        .networks
+        .iter()
+        .filter_map(|name| networks.iter().find(|n| &n.name == name))
+        .map(|network| {
+            let outside = allow.uncovered(&network.addrs);
+            if outside.is_empty() {
+                Ok(network.clone())
+            } else {
+                Err(ListenerError::NetworkOutside {
+                    addr: listener.addr.clone(),
+                    network: network.name.clone(),
+                    blocks: outside
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        })
+        .collect()
 }
 
 /// The listeners, serving. Trigger the shutdown given to
@@ -164,5 +231,53 @@ impl RunningListeners {
             });
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetworkConfig;
+
+    fn listener(allow_ips: &[&str]) -> ListenerConfig {
+        ListenerConfig {
+            addr: "0.0.0.0:25".into(),
+            tls: TlsMode::None,
+            cert: None,
+            key: None,
+            allow_ips: allow_ips.iter().map(|s| s.to_string()).collect(),
+            networks: vec!["printers".into()],
+        }
+    }
+
+    fn printers(addrs: &[&str]) -> Vec<Arc<Network>> {
+        let config = NetworkConfig {
+            name: "printers".into(),
+            addrs: addrs.iter().map(|s| s.to_string()).collect(),
+            account: "office".into(),
+            allowed_from: vec!["scanner@contoso.com".into()],
+        };
+        vec![Arc::new(Network::from_config(&config).expect("network"))]
+    }
+
+    #[test]
+    fn a_network_must_lie_inside_the_listeners_allow_list() {
+        let inside = listener_networks(
+            &listener(&["192.168.10.0/24"]),
+            &printers(&["192.168.10.0/28"]),
+        )
+        .expect("inside");
+        assert_eq!(inside.len(), 1);
+        assert_eq!(inside[0].submitter.name, "network:printers");
+        let error = listener_networks(
+            &listener(&["192.168.10.0/24"]),
+            &printers(&["192.168.10.0/28", "10.1.0.0/16"]),
+        )
+        .expect_err("partly outside")
+        .to_string();
+        assert_eq!(
+            error,
+            "listener 0.0.0.0:25: network \"printers\" has addresses its allow_ips does not admit (10.1.0.0/16); add them to allow_ips, or narrow the network"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! - [`directory`]: submission users from the config and the store.
 //! - [`issuers`]: bearer-token checks against `[[issuer]]`s.
 //! - [`throttle`]: failed-auth lockouts per address and per user.
+//! - [`networks`]: devices that submit without AUTH from mapped networks.
 //! - [`allow_list`]: CIDR allow-lists of listeners.
 //! - [`received`]: the `Received:` trace header.
 
@@ -17,6 +18,7 @@ pub mod auth_cache;
 pub mod directory;
 pub mod issuers;
 pub mod listeners;
+pub mod networks;
 pub mod policy;
 pub mod received;
 pub mod throttle;

@@ -4,7 +4,8 @@
 //! - Who may connect: the listener's IP allow-list (554 5.7.1 at connect).
 //! - Who is authenticated: PLAIN/LOGIN against the submission users'
 //!   Argon2id hashes, XOAUTH2/OAUTHBEARER against the `[[issuer]]`s; both
-//!   behind the failed-auth throttle.
+//!   behind the failed-auth throttle. Devices of a `[[network]]` the
+//!   listener names need no AUTH: their address is their identity.
 //! - Who may send what: the user's `allowed_from` (contract 8).
 //! - Where a message goes: a `Received:` header in front, then the durable
 //!   queue; the id is returned (and 250 sent) only after the commit
@@ -13,6 +14,7 @@
 use super::allow_list::AllowList;
 use super::directory::UserDirectory;
 use super::issuers::{TokenError, TrustedIssuers};
+use super::networks::Network;
 use super::received::received_header;
 use super::throttle::{AuthThrottle, ThrottleRules};
 use crate::config::Config;
@@ -73,6 +75,10 @@ pub struct ListenerAccess {
     /// allow-list (DESIGN.md contract 5); [`ListenerAccess::plaintext`]
     /// enforces that.
     plaintext_auth: bool,
+    /// Networks whose devices submit without AUTH. Only ever non-empty
+    /// together with a non-empty allow-list; [`ListenerAccess::with_networks`]
+    /// enforces that.
+    networks: Vec<Arc<Network>>,
 }
 
 impl ListenerAccess {
@@ -81,6 +87,7 @@ impl ListenerAccess {
         ListenerAccess {
             allow,
             plaintext_auth: false,
+            networks: Vec::new(),
         }
     }
 
@@ -90,7 +97,24 @@ impl ListenerAccess {
         allow.is_restricted().then_some(ListenerAccess {
             allow,
             plaintext_auth: true,
+            networks: Vec::new(),
         })
+    }
+
+    /// The same, accepting submissions without AUTH from `networks`;
+    /// `None` if the listener is open to every address, since an address
+    /// then proves nothing.
+    pub fn with_networks(self, networks: Vec<Arc<Network>>) -> Option<Self> {
+        (networks.is_empty() || self.allow.is_restricted())
+            .then_some(ListenerAccess { networks, ..self })
+    }
+
+    /// The network `ip` submits from without AUTH, if any.
+    fn network_for(&self, ip: std::net::IpAddr) -> Option<&Network> {
+        self.networks
+            .iter()
+            .map(Arc::as_ref)
+            .find(|network| network.addrs.holds(ip))
     }
 }
 
@@ -379,9 +403,13 @@ impl SubmissionPolicy {
         })
     }
 
-    /// The authenticated user of this session, or the refusal to send.
+    /// Who submits in this session: the authenticated user, or the
+    /// network an unauthenticated device is in; else the refusal to send.
     async fn session_user(&self, context: &SessionContext) -> Result<SubmissionUser, Refusal> {
         let Some(auth) = &context.auth else {
+            if let Some(network) = self.access.network_for(context.peer.ip()) {
+                return Ok(network.submitter.clone());
+            }
             return Err(Reply::new(530, "5.7.0 Authentication required").into());
         };
         match self.find_user(&auth.identity.user).await {
@@ -506,7 +534,9 @@ impl SessionPolicy for SubmissionPolicy {
                 .into());
             }
             Ok(SessionRules {
-                auth_required: true,
+                // A mapped network's devices need no AUTH; AUTH is still
+                // offered, and a user who logs in is that user.
+                auth_required: self.access.network_for(peer.ip()).is_none(),
                 plaintext_auth_allowed: self.access.plaintext_auth,
                 mechanisms: self.mechanisms(),
                 offer_starttls: true,
@@ -545,10 +575,23 @@ impl SessionPolicy for SubmissionPolicy {
     ) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
             let user = self.session_user(context).await?;
+            // Without AUTH, a refused sender is what a failed login is to a
+            // user: counted per address, so a device cannot probe senders.
+            let unauthenticated = context.auth.is_none();
+            if unauthenticated && self.throttled(context, &user.name) {
+                return Err(Reply::new(
+                    450,
+                    "4.7.1 Too many refused senders from this address; try again later",
+                )
+                .into());
+            }
             if user.may_send_as(mail_from) {
                 return Ok(());
             }
-            tracing::info!(user = %user.name, %mail_from, "sender refused");
+            if unauthenticated {
+                self.auth_failed(context, &user.name);
+            }
+            tracing::info!(user = %user.name, %mail_from, peer = %context.peer, "sender refused");
             Err(Reply::new(
                 550,
                 format!(

@@ -199,6 +199,30 @@ impl Harness {
     }
 }
 
+/// The addresses of `Harness::add_network_relay`: 127.0.0.1 is a device of
+/// the network, 127.0.0.2 may connect but is not in it, 127.0.0.3 may not
+/// connect at all.
+pub const DEVICE_IP: [u8; 4] = [127, 0, 0, 1];
+pub const OTHER_HOST_IP: [u8; 4] = [127, 0, 0, 2];
+pub const OUTSIDE_IP: [u8; 4] = [127, 0, 0, 3];
+
+impl Harness {
+    /// Two plaintext listeners for devices that cannot authenticate: the
+    /// first maps the network "devices" (127.0.0.1, sending as the sandbox
+    /// user) to the account, the second has the same allow_ips and no
+    /// mapping.
+    pub fn add_network_relay(&self) {
+        let extra = format!(
+            "\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nallow_ips = [\"127.0.0.1\", \"127.0.0.2\"]\nnetworks = [\"devices\"]\n\n\
+             [[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nallow_ips = [\"127.0.0.1\", \"127.0.0.2\"]\n\n\
+             [[network]]\nname = \"devices\"\naddrs = [\"127.0.0.1/32\"]\naccount = \"{ACCOUNT}\"\nallowed_from = [\"{USER}\"]\n"
+        );
+        let mut text = std::fs::read_to_string(&self.config_path).expect("config");
+        text.push_str(&extra);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+}
+
 /// A running `oxirelay serve` child process.
 pub struct RelayProcess {
     pub child: std::process::Child,

@@ -34,6 +34,28 @@ impl Client {
         }
     }
 
+    /// Connects in plaintext from the loopback address `source` (any of
+    /// 127.0.0.0/8 on Linux), as a device on another host would.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        wait: Duration,
+    ) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .expect("bind the source address");
+        let stream = tokio::time::timeout(wait, socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            transport: Some(Transport::Plain(stream)),
+            received: Vec::new(),
+            wait,
+        }
+    }
+
     pub async fn handshake(&mut self, ca_file: &Path) {
         let Some(Transport::Plain(stream)) = self.transport.take() else {
             panic!("handshake on a non-plaintext transport");
