@@ -237,3 +237,178 @@ async fn curl_submit(
     ]))
     .await
 }
+
+/// A scope long enough that every token carrying it is over 2,000
+/// characters, as real providers' are (the `strict` sandbox profile pads
+/// its own tokens to that length).
+fn long_scope() -> String {
+    format!("urn:oxirelay:interop:{}", "long-token-".repeat(110))
+}
+
+#[tokio::test]
+async fn long_tokens_reach_dovecot_with_the_initial_response_on_its_own_line() {
+    if !Dovecot::installed() {
+        return;
+    }
+    let upstream = Upstream::start_with(
+        Checks::ByIntrospection,
+        &["xoauth2", "oauthbearer"],
+        Some(long_scope()),
+        Vec::new(),
+    )
+    .await;
+    let config = upstream.relay_config(
+        &[
+            upstream.account("long-xoauth2", "xoauth2", "starttls"),
+            upstream.account("long-oauthbearer", "oauthbearer", "implicit"),
+        ],
+        "",
+    );
+    let token = config.token("long-xoauth2").await;
+    assert!(
+        token.len() >= 2000,
+        "the token is long ({} characters)",
+        token.len()
+    );
+    // Dovecot 2.3 reads at most 1,030 octets of AUTH command line ("500
+    // 5.5.2 Line too long"), but 8,192 octets of SASL response after "334":
+    // the relay must send the initial response on its own line (RFC 4954
+    // section 4; DESIGN.md contract 5).
+    send_and_check(&upstream, &config, "long-xoauth2", 1).await;
+    send_and_check(&upstream, &config, "long-oauthbearer", 2).await;
+    assert_eq!(
+        upstream.provider.auth.stats().token_requests,
+        2,
+        "one token per account: nothing refused, nothing refreshed"
+    );
+}
+
+#[tokio::test]
+async fn a_token_revoked_out_of_band_is_refreshed_once_and_the_mail_delivered() {
+    if !Dovecot::installed() {
+        return;
+    }
+    let upstream = Upstream::start(Checks::ByIntrospection).await;
+    let accounts = [
+        ("revoked-xoauth2", "xoauth2"),
+        ("revoked-oauthbearer", "oauthbearer"),
+    ];
+    let config = upstream.relay_config(
+        &accounts.map(|(name, sasl)| upstream.account(name, sasl, "starttls")),
+        "",
+    );
+    let mut n = 0;
+    for (name, _) in accounts {
+        n += 1;
+        send_and_check(&upstream, &config, name, n).await;
+        let requests = upstream.provider.auth.stats().token_requests;
+        // The relay holds the token (sealed in its store, valid for an
+        // hour); the provider revokes it behind the relay's back.
+        let held = config.token(name).await;
+        assert_eq!(
+            upstream.provider.auth.stats().token_requests,
+            requests,
+            "`oxirelay token` returns the held token"
+        );
+        upstream.provider.revoke(&held).await;
+
+        // Dovecot's introspection now says inactive; the relay drops the
+        // token, gets one new token, retries once in the same session, and
+        // the mail goes through (contract 4).
+        n += 1;
+        send_and_check(&upstream, &config, name, n).await;
+        assert_eq!(
+            upstream.provider.auth.stats().token_requests,
+            requests + 1,
+            "exactly one refresh"
+        );
+        assert_ne!(config.token(name).await, held, "a new token is held");
+    }
+    assert_eq!(
+        upstream
+            .dovecot
+            .count_in_log("Introspection failed: Provided token is not valid"),
+        2,
+        "Dovecot refused each revoked token once:\n{}",
+        upstream.dovecot.log()
+    );
+}
+
+#[tokio::test]
+async fn swaks_submits_to_oxirelay_serve_which_delivers_through_dovecot() {
+    if !Dovecot::installed() || !interop_common::tools::have_swaks() {
+        return;
+    }
+    let upstream = Upstream::start(Checks::ByIntrospection).await;
+    let ca = oxirelay::sandbox::certs::SandboxCa::generate().expect("CA");
+    let password = oxirelay::users::generate_app_password();
+    let hash = oxirelay::users::hash_password(&password).expect("hash");
+    let listener_dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, ca_file) = (
+        listener_dir.path().join("cert.pem"),
+        listener_dir.path().join("key.pem"),
+        listener_dir.path().join("ca.pem"),
+    );
+    ca.write_leaf(&cert, &key).expect("leaf");
+    ca.write_ca(&ca_file).expect("CA file");
+    let config = upstream.relay_config(
+        &[upstream.account("dovecot", "oauthbearer", "starttls")],
+        &format!(
+            r#"
+[[listener]]
+addr = "127.0.0.1:0"
+tls = "starttls"
+cert = "{cert}"
+key = "{key}"
+
+[[user]]
+name = "printer"
+password_hash = "{hash}"
+allowed_from = ["{USER}"]
+account = "dovecot"
+"#,
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    );
+    let relay = interop_common::relay::ServedRelay::start(&config).await;
+    let subject = "swaks through oxirelay serve";
+    let sent = message(subject);
+    let data = listener_dir.path().join("message.eml");
+    // swaks ends DATA with CRLF "." CRLF after the text it is given, so the
+    // text it is given lacks the message's last CRLF.
+    std::fs::write(&data, sent.strip_suffix(b"\r\n").expect("CRLF")).expect("write message");
+    let output = interop_common::run(tokio::process::Command::new("swaks").args([
+        "--server",
+        &relay.listeners[0].to_string(),
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        ca_file.to_str().expect("UTF-8"),
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "printer",
+        "--auth-password",
+        password.expose(),
+        "--from",
+        USER,
+        "--to",
+        RECIPIENT,
+        "--data",
+        &format!("@{}", data.display()),
+    ]))
+    .await;
+    assert!(
+        output.status.success(),
+        "swaks failed: {}",
+        describe(&output)
+    );
+    let (_, arrived) = upstream.sink.find(1, subject).await;
+    // Two trace headers in front: the relay's and Dovecot's.
+    assert_intact(&arrived, &sent);
+    let text = String::from_utf8_lossy(&arrived);
+    assert!(text.contains("by dovecot.test with ESMTPSA"), "{text}");
+    assert_eq!(text.matches("Received:").count(), 2, "{text}");
+    relay.stop().await;
+}

@@ -24,6 +24,24 @@ pub fn have(program: &str) -> bool {
     found
 }
 
+/// Whether swaks can do TLS (it needs Perl's Net::SSLeay for that).
+pub fn have_swaks() -> bool {
+    if !have("swaks") {
+        return false;
+    }
+    let tls = std::process::Command::new("perl")
+        .args(["-MNet::SSLeay", "-e", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !tls {
+        eprintln!(
+            "SKIPPED: swaks cannot do TLS without Net::SSLeay (libnet-ssleay-perl); run scripts/install-test-tools"
+        );
+    }
+    tls
+}
+
 /// Whether all of `programs` are installed (reporting each missing one).
 pub fn have_all(programs: &[&str]) -> bool {
     programs
