@@ -353,6 +353,13 @@ fn check_account_health(
             ),
             Some(format!("oxirelay account login {}", account.name)),
         )),
+        AccountState::NeedsAdmin => findings.push(finding(
+            check.clone(),
+            Status::Fail,
+            "the provider refuses this account until an administrator acts; its mail stays queued"
+                .to_string(),
+            record.state_reason.clone(),
+        )),
         AccountState::Failing => findings.push(finding(
             check.clone(),
             Status::Warn,

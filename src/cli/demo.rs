@@ -228,7 +228,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 BrokerEventKind::TokenInvalidated => {
                     format!("upstream refused token {fp}; dropped")
                 }
-                BrokerEventKind::Revoked | BrokerEventKind::Reinstated => detail,
+                BrokerEventKind::NeedsAdmin => format!("needs an administrator: {detail}"),
+                BrokerEventKind::Revoked
+                | BrokerEventKind::Reinstated
+                | BrokerEventKind::AdminResolved => detail,
             };
             println!("{} broker: {what}", format_args!("{:>8}", "·"));
         }

@@ -24,7 +24,7 @@
 //!   expires and returns the message (at-least-once).
 
 use crate::clock::now_unix;
-use crate::delivery::classify::{ReplyClass, ReplyFacts, classify};
+use crate::delivery::classify::{AdminStep, ReplyClass, ReplyFacts, classify};
 use crate::delivery::dsn::{DsnOrigin, FailedRecipient, build_dsn};
 use crate::delivery::limits::{AccountLimiter, AccountLimits, Admission};
 use crate::delivery::pool::{PoolConfig, PoolStats, SessionPool};
@@ -69,8 +69,12 @@ pub struct EngineConfig {
     /// Limits per account name, replacing the provider's defaults.
     pub limits: HashMap<String, AccountLimits>,
     /// How long to leave an account alone after the provider throttled it
-    /// or refused a freshly refreshed token.
+    /// (unless its reply says how long) or refused a freshly refreshed token.
     pub throttle_backoff: Duration,
+    /// How long to leave an account alone when its provider refuses logins
+    /// until an administrator acts (SMTP AUTH turned off): each try is a
+    /// failed login at the provider, and the fix takes minutes to apply.
+    pub admin_backoff: Duration,
     /// Send DSNs to senders for bounced and expired recipients.
     pub dsn: bool,
     /// The Reporting-MTA name in DSNs.
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             // Providers' throttling windows are about a minute (Exchange's
             // per-minute message rate, Google's "try again later").
             throttle_backoff: Duration::from_secs(60),
+            admin_backoff: Duration::from_secs(10 * 60),
             dsn: true,
             reporting_mta: ehlo_name(),
             maintenance_interval: Duration::from_secs(60),
@@ -122,6 +127,10 @@ pub struct EngineStats {
     pub released_at_shutdown: u64,
     /// Times a provider's throttling reply backed off an account.
     pub throttled: u64,
+    /// Times a provider's sending quota paused an account.
+    pub quota_pauses: u64,
+    /// Attempts stopped by a provider setting only an administrator can change.
+    pub needs_admin: u64,
     pub dsns_enqueued: u64,
     /// Outcomes that could not be recorded because the lease was lost.
     pub leases_lost: u64,
@@ -406,9 +415,36 @@ struct AttemptResult {
     /// The upstream refused even a fresh token (contract 4): further
     /// logins now would only add failed logins, which providers punish.
     auth_failed: bool,
+    /// Leave the account alone this long (a quota's window, a lockout).
+    pause: Option<Duration>,
+    /// A provider setting only an administrator can change stopped this.
+    admin: Option<AdminStep>,
+    quota: bool,
 }
 
 impl AttemptResult {
+    fn pause_for(&mut self, pause: Duration) {
+        self.pause = Some(self.pause.map_or(pause, |p| p.max(pause)));
+    }
+
+    /// What a reply means for the account, beyond its recipients.
+    fn note_account(&mut self, class: ReplyClass) {
+        match class {
+            ReplyClass::Throttled { pause } => {
+                self.throttled = true;
+                if let Some(pause) = pause {
+                    self.pause_for(pause);
+                }
+            }
+            ReplyClass::QuotaExceeded { pause } => {
+                self.quota = true;
+                self.pause_for(pause);
+            }
+            ReplyClass::NeedsAdmin(step) => self.admin = Some(step),
+            _ => {}
+        }
+    }
+
     fn note_error(&mut self, error: impl FnOnce() -> String) {
         if self.error.is_none() {
             self.error = Some(error());
@@ -417,24 +453,24 @@ impl AttemptResult {
 
     /// The upstream replied `reply` about recipient `index`.
     fn refused(&mut self, index: usize, address: &str, reply: &Reply) {
-        let class = classify(ReplyFacts {
-            code: reply.code,
-            enhanced: reply.enhanced,
-            text: &reply.text(),
-        });
+        let class = classify(ReplyFacts::of(reply, &reply.text()));
+        self.note_account(class);
         let state = match class {
             ReplyClass::Accepted => RecipientState::Delivered,
             ReplyClass::Bounce => {
                 self.bounced.push(FailedRecipient::refused(address, reply));
                 RecipientState::Bounced
             }
-            ReplyClass::Throttled => {
-                self.throttled = true;
-                RecipientState::Deferred
-            }
-            // Auth failures after contract 4 (in `open_session`) defer:
-            // the account may recover (a permission still propagating).
-            ReplyClass::Defer | ReplyClass::AuthFailure => RecipientState::Deferred,
+            // Throttling, quotas and settings an administrator must change
+            // keep the mail queued: none is the recipient's fault. Auth
+            // failures after contract 4 (in `open_session`) defer too: the
+            // account may recover (a permission still propagating).
+            ReplyClass::Throttled { .. }
+            | ReplyClass::QuotaExceeded { .. }
+            | ReplyClass::NeedsAdmin(_)
+            | ReplyClass::TokenNearExpiry
+            | ReplyClass::Defer
+            | ReplyClass::AuthFailure => RecipientState::Deferred,
         };
         if state != RecipientState::Delivered {
             self.note_error(|| reply.to_string());
@@ -550,22 +586,77 @@ impl Shared {
             }
         }
         let result = self.attempt(account, &message, &body, &open).await;
-        if result.throttled || result.auth_failed {
-            tracing::warn!(
-                account = %account.name,
-                backoff = ?self.config.throttle_backoff,
-                reason = if result.throttled { "the provider is throttling the account" } else { "the provider refused a fresh token" },
-                "backing off the account"
-            );
-            self.limiter(account, |l| {
-                l.back_off(self.config.throttle_backoff, Instant::now())
-            });
-            if result.throttled {
-                self.count(|s| s.throttled += 1);
-            }
-        }
+        self.account_after(account, &message, &result).await;
         self.record(&message, &body, &lease, Some(account), result)
             .await;
+    }
+
+    /// What an attempt means for the account: back off, record that an
+    /// administrator must act, or that one has.
+    async fn account_after(
+        &self,
+        account: &Account,
+        message: &QueuedMessage,
+        result: &AttemptResult,
+    ) {
+        let backoff = [
+            (result.throttled || result.auth_failed).then_some(self.config.throttle_backoff),
+            result.pause,
+            result
+                .admin
+                .filter(|step| step.cleared_by_login())
+                .map(|_| self.config.admin_backoff),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(backoff) = backoff {
+            let reason = if result.admin.is_some() {
+                "the provider refuses the account until an administrator acts"
+            } else if result.quota {
+                "the provider's sending quota is used up"
+            } else if result.throttled {
+                "the provider is throttling the account"
+            } else {
+                "the provider refused a fresh token"
+            };
+            tracing::warn!(account = %account.name, ?backoff, reason, "backing off the account");
+            self.limiter(account, |l| l.back_off(backoff, Instant::now()));
+        }
+        if result.throttled {
+            self.count(|s| s.throttled += 1);
+        }
+        if result.quota {
+            self.count(|s| s.quota_pauses += 1);
+        }
+        match result.admin {
+            Some(step) => {
+                self.count(|s| s.needs_admin += 1);
+                // A login refusal was recorded when the session opened.
+                if !step.cleared_by_login()
+                    && let Err(error) = self
+                        .broker
+                        .report_needs_admin(&account.name, &step.instruction(&account.user))
+                        .await
+                {
+                    tracing::error!(account = %account.name, %error, "cannot record that the account needs an administrator");
+                }
+            }
+            None if result.count(RecipientState::Delivered) > 0
+                && message
+                    .last_error
+                    .as_deref()
+                    .is_some_and(was_send_as_denied) =>
+            {
+                // This very message was refused Send As before and went now.
+                let resolved =
+                    |reason: &str| AdminStep::of_reason(reason) == Some(AdminStep::SendAsDenied);
+                if let Err(error) = self.broker.clear_needs_admin(&account.name, resolved).await {
+                    tracing::warn!(account = %account.name, %error, "cannot record that Send As works again");
+                }
+            }
+            None => {}
+        }
     }
 
     /// Sends the open recipients, in transactions of at most the account's
@@ -581,16 +672,15 @@ impl Shared {
         let mut pooled = match self.pool.checkout(account).await {
             Ok(pooled) => pooled,
             Err(error) => {
-                result.auth_failed = matches!(error, UpstreamError::AuthFailed { .. });
-                if let UpstreamError::Smtp(client) = &error
-                    && let Some(reply) = client.reply()
-                    && classify(ReplyFacts {
-                        code: reply.code,
-                        enhanced: reply.enhanced,
-                        text: &reply.text(),
-                    }) == ReplyClass::Throttled
-                {
-                    result.throttled = true;
+                match &error {
+                    UpstreamError::AuthFailed { .. } => result.auth_failed = true,
+                    UpstreamError::NeedsAdmin { step, .. } => result.admin = Some(*step),
+                    UpstreamError::Smtp(client) => {
+                        if let Some(reply) = client.reply() {
+                            result.note_account(classify(ReplyFacts::of(reply, &reply.text())));
+                        }
+                    }
+                    _ => {}
                 }
                 // Whatever stops a session (network, token endpoint down,
                 // consent needed, a refused token after contract 4) is the
@@ -694,8 +784,12 @@ impl Shared {
         let delivered = result.count(RecipientState::Delivered);
         let deferred = result.count(RecipientState::Deferred);
         let bounced = result.count(RecipientState::Bounced);
-        let next_attempt_at = (deferred > 0)
-            .then(|| now_unix() + secs_ceil(self.config.schedule.delay_after(attempts)));
+        // Not before the account may go again (a quota's window), so the
+        // message is not claimed only to be given back.
+        let next_attempt_at = (deferred > 0).then(|| {
+            let delay = self.config.schedule.delay_after(attempts);
+            now_unix() + secs_ceil(result.pause.map_or(delay, |pause| pause.max(delay)))
+        });
         let outcome = AttemptOutcome {
             recipients: result.recipients,
             next_attempt_at,
@@ -860,6 +954,12 @@ impl Shared {
             self.send_dsn(&message, &body, account, &failed).await;
         }
     }
+}
+
+/// Whether a message's last error was a provider's refusal of Send As.
+fn was_send_as_denied(last_error: &str) -> bool {
+    let text = last_error.to_ascii_lowercase();
+    text.contains(" 5.7.60 ") || text.contains("sendasdenied")
 }
 
 #[cfg(test)]

@@ -1,9 +1,16 @@
 //! Opening an authenticated upstream session for an account, with
 //! contract 4: when the server refuses the token, drop it, refresh once,
 //! retry once; if that fails too, mark the account failing and give up.
+//! What the refusal says decides first (`classify`): a provider reply that
+//! only an administrator can fix (SMTP AUTH turned off) marks the account
+//! as needing one, without a refresh; a token the provider calls close to
+//! expiry is refreshed without counting against the account. A reply to
+//! AUTH that did not judge the token (`ClientError::AuthNotJudged`) is
+//! passed on untouched.
 //! `send_now` is the one-shot path of `oxirelay send`; the queue's workers
 //! reuse the same session opening.
 
+use crate::delivery::classify::{self, AdminStep, ReplyClass, ReplyFacts};
 use crate::message::OutgoingMessage;
 use crate::oauth::account::Account;
 use crate::oauth::broker::{AccessToken, Broker, BrokerError};
@@ -32,6 +39,22 @@ pub enum UpstreamError {
         reply: String,
         hint: String,
     },
+    #[error("account {account}: {server} answered \"{reply}\". {instruction}")]
+    NeedsAdmin {
+        account: String,
+        server: String,
+        reply: String,
+        step: AdminStep,
+        instruction: String,
+    },
+    #[error(
+        "account {account}: {server} refused even a freshly issued token as close to expiry ({reply}): the provider issues tokens that live less than its own expiry margin, so no refresh can help; check the token lifetime policy at the provider. The mail stays queued"
+    )]
+    TokenNearExpiry {
+        account: String,
+        server: String,
+        reply: String,
+    },
 }
 
 impl UpstreamError {
@@ -43,6 +66,8 @@ impl UpstreamError {
             // The grant may be fine and the provider's side still settling
             // (a new service principal takes minutes to apply): defer.
             UpstreamError::AuthFailed { .. } => true,
+            // Queued mail waits for the administrator (or the provider).
+            UpstreamError::NeedsAdmin { .. } | UpstreamError::TokenNearExpiry { .. } => true,
         }
     }
 }
@@ -101,7 +126,8 @@ async fn connect(target: &UpstreamTarget) -> Result<Session, ClientError> {
     }
 }
 
-/// AUTH with `token`; on refusal, contract 4.
+/// AUTH with `token`; on refusal, contract 4, as the refusal's meaning
+/// allows (see the module header).
 pub async fn authenticate(
     session: &mut Session,
     broker: &Broker,
@@ -112,34 +138,52 @@ pub async fn authenticate(
         user: account.user.clone(),
         token: token.secret.clone(),
     };
-    match session
+    let error = match session
         .authenticate(account.sasl, &credentials(&token))
         .await
     {
-        Ok(()) => return Ok(token),
-        Err(error) if error.is_auth_rejected() => {
-            tracing::info!(account = %account.name, token = %token.fingerprint(), "upstream refused the token; refreshing once");
-            broker.invalidate(&account.name, &token).await?;
+        Ok(()) => {
+            logged_in(broker, account).await;
+            return Ok(token);
         }
+        Err(error) if error.is_auth_rejected() => error,
         Err(error) => return Err(error.into()),
+    };
+    if let ReplyClass::NeedsAdmin(step) = refusal_class(&error) {
+        return Err(needs_admin(broker, account, session, &error, step).await);
     }
+    tracing::info!(account = %account.name, token = %token.fingerprint(), reply = ?error.reply().map(ToString::to_string), "upstream refused the token; refreshing once");
+    broker.invalidate(&account.name, &token).await?;
     let fresh = broker.access_token(&account.name).await?;
-    match session
+    let error = match session
         .authenticate(account.sasl, &credentials(&fresh))
         .await
     {
-        Ok(()) => Ok(fresh),
-        Err(error) if error.is_auth_rejected() => {
-            let reply = error.reply().map(|r| r.to_string()).unwrap_or_default();
+        Ok(()) => {
+            logged_in(broker, account).await;
+            return Ok(fresh);
+        }
+        Err(error) if error.is_auth_rejected() => error,
+        Err(error) => return Err(error.into()),
+    };
+    let reply = error.reply().map(|r| r.to_string()).unwrap_or_default();
+    match refusal_class(&error) {
+        ReplyClass::NeedsAdmin(step) => {
+            Err(needs_admin(broker, account, session, &error, step).await)
+        }
+        ReplyClass::TokenNearExpiry => {
+            // The token is fine by every measure but the provider's margin;
+            // it is not a failure of the account's grant.
+            Err(UpstreamError::TokenNearExpiry {
+                account: account.name.clone(),
+                server: session.target().address(),
+                reply,
+            })
+        }
+        _ => {
             let hint = error
                 .reply()
-                .and_then(|r| {
-                    crate::delivery::classify::explain(crate::delivery::classify::ReplyFacts {
-                        code: r.code,
-                        enhanced: r.enhanced,
-                        text: &r.text(),
-                    })
-                })
+                .and_then(|r| classify::explain(ReplyFacts::of(r, &r.text())))
                 .unwrap_or("Check that the mailbox in `user` matches the grant and that the app has the SMTP permission.")
                 .to_string();
             broker
@@ -156,7 +200,44 @@ pub async fn authenticate(
                 hint,
             })
         }
-        Err(error) => Err(error.into()),
+    }
+}
+
+fn refusal_class(error: &ClientError) -> ReplyClass {
+    error.reply().map_or(ReplyClass::AuthFailure, |reply| {
+        classify::classify(ReplyFacts::of(reply, &reply.text()))
+    })
+}
+
+/// The provider refuses the account until its administrator acts: record
+/// that, with the step, and give the error that carries it.
+async fn needs_admin(
+    broker: &Broker,
+    account: &Account,
+    session: &Session,
+    error: &ClientError,
+    step: AdminStep,
+) -> UpstreamError {
+    let instruction = step.instruction(&account.user);
+    if let Err(store) = broker.report_needs_admin(&account.name, &instruction).await {
+        tracing::error!(account = %account.name, error = %store, "cannot record that the account needs an administrator");
+    }
+    UpstreamError::NeedsAdmin {
+        account: account.name.clone(),
+        server: session.target().address(),
+        reply: error.reply().map(|r| r.to_string()).unwrap_or_default(),
+        step,
+        instruction,
+    }
+}
+
+/// A login succeeded: if the account was waiting for an administrator to
+/// allow logins, it no longer is.
+async fn logged_in(broker: &Broker, account: &Account) {
+    let resolved =
+        |reason: &str| AdminStep::of_reason(reason).is_some_and(AdminStep::cleared_by_login);
+    if let Err(error) = broker.clear_needs_admin(&account.name, resolved).await {
+        tracing::warn!(account = %account.name, %error, "cannot record that the account's logins work again");
     }
 }
 

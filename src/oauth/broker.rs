@@ -148,6 +148,8 @@ pub enum BrokerEventKind {
     TokenInvalidated,
     Revoked,
     Reinstated,
+    NeedsAdmin,
+    AdminResolved,
 }
 
 impl BrokerEventKind {
@@ -160,6 +162,8 @@ impl BrokerEventKind {
             BrokerEventKind::TokenInvalidated => "token.invalidated",
             BrokerEventKind::Revoked => "account.revoked",
             BrokerEventKind::Reinstated => "account.reinstated",
+            BrokerEventKind::NeedsAdmin => "account.needs_admin",
+            BrokerEventKind::AdminResolved => "account.admin_resolved",
         }
     }
 }
@@ -595,6 +599,90 @@ impl Broker {
         Ok(())
     }
 
+    /// The provider refuses the account for a reason only its administrator
+    /// can fix, which `reason` spells out. Tokens are kept (they are fine);
+    /// the state and its reason tell `account list` and `doctor`. An event
+    /// is emitted only when the state or the reason is new, so retries do
+    /// not repeat the alert. Returns whether anything changed.
+    pub async fn report_needs_admin(&self, name: &str, reason: &str) -> Result<bool, BrokerError> {
+        let slot = self.slot(name)?;
+        for _ in 0..MAX_WRITE_RACES {
+            let mut record = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            if matches!(
+                record.state,
+                AccountState::NeedsConsent | AccountState::Revoked
+            ) || (record.state == AccountState::NeedsAdmin
+                && record.state_reason.as_deref() == Some(reason))
+            {
+                return Ok(false);
+            }
+            record.generation += 1;
+            record.state = AccountState::NeedsAdmin;
+            record.state_reason = Some(reason.to_string());
+            record.last_failure_at = Some(now_unix());
+            record.updated_at = now_unix();
+            if self.store.save_token_record(&record).await? {
+                // The cached token's generation is now behind the row's:
+                // drop it so the next use reads the row again.
+                slot.state.lock().await.cached = None;
+                tracing::warn!(account = %name, "{reason}");
+                self.emit(
+                    &slot.account,
+                    BrokerEventKind::NeedsAdmin,
+                    None,
+                    None,
+                    reason.to_string(),
+                )
+                .await;
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    /// The administrator's step was taken, as a delivery just showed: back
+    /// to valid, if the account needs an administrator for a reason that
+    /// `resolved` accepts. Returns whether the state changed.
+    pub async fn clear_needs_admin(
+        &self,
+        name: &str,
+        resolved: impl Fn(&str) -> bool,
+    ) -> Result<bool, BrokerError> {
+        let slot = self.slot(name)?;
+        for _ in 0..MAX_WRITE_RACES {
+            let Some(mut record) = self.store.token_record(name).await? else {
+                return Ok(false);
+            };
+            if record.state != AccountState::NeedsAdmin
+                || !resolved(record.state_reason.as_deref().unwrap_or_default())
+            {
+                return Ok(false);
+            }
+            let was = record.state_reason.take().unwrap_or_default();
+            record.generation += 1;
+            record.state = AccountState::Valid;
+            record.last_success_at = Some(now_unix());
+            record.updated_at = now_unix();
+            if self.store.save_token_record(&record).await? {
+                slot.state.lock().await.cached = None;
+                self.emit(
+                    &slot.account,
+                    BrokerEventKind::AdminResolved,
+                    None,
+                    None,
+                    format!("resolved: {was}"),
+                )
+                .await;
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
     /// Stores the tokens of a fresh consent (authorization code, device code,
     /// or an imported refresh token) and makes the account usable again.
     pub async fn store_consent(
@@ -892,8 +980,12 @@ impl Broker {
         if response.scope.is_some() {
             record.granted_scope = response.scope.clone();
         }
-        record.state = AccountState::Valid;
-        record.state_reason = None;
+        // A new token does not undo an administrator's setting at the
+        // provider: that state ends when a delivery shows it has changed.
+        if record.state != AccountState::NeedsAdmin {
+            record.state = AccountState::Valid;
+            record.state_reason = None;
+        }
         record.consecutive_failures = 0;
         record.last_success_at = Some(received);
         record.updated_at = now_unix();

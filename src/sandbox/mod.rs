@@ -12,7 +12,7 @@ pub mod inbox;
 pub mod profile;
 pub mod smtp;
 
-pub use profile::{ProfileName, TokenShape};
+pub use profile::{ProfileName, SmtpProfile, TokenShape};
 
 use crate::oauth::validate::{JwtValidator, introspect};
 use crate::secret::Secret;
@@ -75,6 +75,9 @@ pub struct SandboxOptions {
     pub max_smtp_sessions: usize,
     /// Which provider the sandbox behaves like (`strict` by default).
     pub profile: ProfileName,
+    /// The SMTP server's behaviour when not the profile's own (a test that
+    /// needs a smaller quota, say): start from `profile.smtp()`.
+    pub smtp: Option<SmtpProfile>,
 }
 
 impl SandboxOptions {
@@ -91,6 +94,7 @@ impl SandboxOptions {
             // Room for load tests and benchmarks with many concurrent senders.
             max_smtp_sessions: 256,
             profile: ProfileName::default(),
+            smtp: None,
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct Sandbox {
     pub smtp: RunningSandboxSmtp,
     pub dir: PathBuf,
     pub client_secret: Secret,
+    pub profile: ProfileName,
 }
 
 struct SandboxVerifier {
@@ -156,6 +161,7 @@ impl BearerVerifier for SandboxVerifier {
             Ok(VerifiedBearer {
                 subject: validated.subject,
                 scopes: validated.scopes,
+                expires_at: Some(validated.expires_at),
             })
         })
     }
@@ -208,6 +214,10 @@ impl Sandbox {
         let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
         smtp_config.required_scope = SMTP_SCOPE.into();
         smtp_config.max_sessions = options.max_smtp_sessions;
+        smtp_config.profile = options
+            .smtp
+            .clone()
+            .unwrap_or_else(|| options.profile.smtp());
         smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
         let listener = tokio::net::TcpListener::bind(options.smtp_addr)
             .await
@@ -221,6 +231,7 @@ impl Sandbox {
             smtp,
             dir: options.dir,
             client_secret: options.client_secret,
+            profile: options.profile,
         })
     }
 
@@ -244,7 +255,7 @@ scopes = ["{SMTP_SCOPE}"{offline}]
 smtp = "127.0.0.1:{port}"
 tls = "starttls"
 ca_file = "{ca}"
-sasl = "oauthbearer"
+sasl = "{sasl}"
 insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0.0.1
 "#,
             issuer = self.auth.issuer().as_str().trim_end_matches('/'),
@@ -255,6 +266,11 @@ insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0
             },
             port = self.smtp.addr().port(),
             ca = self.ca_file().display(),
+            // Exchange offers XOAUTH2 only.
+            sasl = match self.profile {
+                ProfileName::Microsoft => "xoauth2",
+                _ => "oauthbearer",
+            },
         )
     }
 

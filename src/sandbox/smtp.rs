@@ -4,17 +4,26 @@
 //! carries the required scope and belongs to the SASL user, failures as RFC
 //! 7628 error challenges — and stores what it accepts in an [`Inbox`].
 //!
+//! What it answers, and when, is the provider profile's
+//! ([`super::profile::SmtpProfile`]): line limits, the wording of each
+//! refusal, tokens close to expiry, sessions per mailbox, sending quotas,
+//! failed-login lockouts, Send As. Administrators' switches (SMTP AUTH off
+//! for a mailbox, Send As grants) are set at run time on [`Mailboxes`].
+//!
 //! It counts what it sees ([`SmtpStats`]) and can misbehave on purpose
 //! ([`SmtpFaults`]) so the relay's client can be tested against both.
 
 mod faults;
+mod mailboxes;
 mod stats;
 
 pub use faults::{Fault, FaultStage, FaultTimes, SmtpFaults};
+pub use mailboxes::Mailboxes;
 pub use stats::SmtpStats;
 
 use super::certs::{CertsError, SandboxCa};
 use super::inbox::{Delivery, Inbox, InboxError};
+use super::profile::{ChallengeStyle, ProfileName, SmtpProfile};
 use crate::secret::Secret;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::{
@@ -26,7 +35,7 @@ use faults::StageFault;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,6 +46,8 @@ pub struct VerifiedBearer {
     /// Whose token it is: must equal the SASL user.
     pub subject: String,
     pub scopes: Vec<String>,
+    /// When the token expires, if the verifier knows.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// Checks bearer tokens for the sandbox SMTP server. `oauth::validate`
@@ -82,6 +93,8 @@ pub struct SandboxSmtpConfig {
     pub max_sessions: usize,
     pub max_message_size: usize,
     pub max_recipients: usize,
+    /// What the server answers, and when.
+    pub profile: SmtpProfile,
 }
 
 impl SandboxSmtpConfig {
@@ -102,6 +115,7 @@ impl SandboxSmtpConfig {
             max_sessions: 32,
             max_message_size: rules.max_message_size,
             max_recipients: rules.max_recipients,
+            profile: ProfileName::default().smtp(),
         }
     }
 }
@@ -125,20 +139,24 @@ impl SandboxSmtp {
         let tls = config.ca.server_config()?;
         let (stats, _) = watch::channel(SmtpStats::default());
         let faults = SmtpFaults::default();
+        let mailboxes = Mailboxes::default();
         let policy = Arc::new(SandboxPolicy {
             verifier: config.verifier,
             required_scope: config.required_scope,
             inbox: inbox.clone(),
             stats: stats.clone(),
             faults: faults.clone(),
+            mailboxes: mailboxes.clone(),
             rules: SessionRules {
                 auth_required: true,
                 plaintext_auth_allowed: false,
-                mechanisms: vec![Mechanism::OAuthBearer, Mechanism::XOAuth2],
+                mechanisms: config.profile.mechanisms.clone(),
                 offer_starttls: true,
                 max_message_size: config.max_message_size,
                 max_recipients: config.max_recipients,
+                line_limit: config.profile.line_limit.clone(),
             },
+            profile: config.profile,
         });
         let options = ServerOptions {
             tls_mode: config.tls_mode,
@@ -155,6 +173,7 @@ impl SandboxSmtp {
             inbox,
             stats,
             faults,
+            mailboxes,
             trigger,
             task,
         })
@@ -168,6 +187,7 @@ pub struct RunningSandboxSmtp {
     inbox: Inbox,
     stats: watch::Sender<SmtpStats>,
     faults: SmtpFaults,
+    mailboxes: Mailboxes,
     trigger: ShutdownTrigger,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -210,6 +230,11 @@ impl RunningSandboxSmtp {
         &self.faults
     }
 
+    /// The administrators' switches and the per-mailbox counters.
+    pub fn mailboxes(&self) -> &Mailboxes {
+        &self.mailboxes
+    }
+
     /// Stops accepting, ends the sessions (421 at their next read) and
     /// waits for them.
     pub async fn shutdown(self) -> Result<(), SandboxSmtpError> {
@@ -227,7 +252,9 @@ struct SandboxPolicy {
     inbox: Inbox,
     stats: watch::Sender<SmtpStats>,
     faults: SmtpFaults,
+    mailboxes: Mailboxes,
     rules: SessionRules,
+    profile: SmtpProfile,
 }
 
 impl SandboxPolicy {
@@ -250,17 +277,15 @@ impl SandboxPolicy {
         if context.channel != Channel::Tls {
             return Err(AuthRefusal::Token(status("invalid_request", None)));
         }
-        let verified = self
-            .verifier
-            .verify(token)
-            .await
-            .map_err(AuthRefusal::Token)?;
+        self.admit_login(user)?;
+        let verified = match self.verifier.verify(token).await {
+            Ok(verified) => verified,
+            Err(status) => return Err(self.refuse_token(user, status)),
+        };
         if !verified.scopes.contains(&self.required_scope) {
             tracing::info!(%user, token = %token.fingerprint(), "token lacks the required scope");
-            return Err(AuthRefusal::Token(status(
-                "insufficient_scope",
-                Some(self.required_scope.clone()),
-            )));
+            let status = status("insufficient_scope", Some(self.required_scope.clone()));
+            return Err(self.refuse_token(user, status));
         }
         if verified.subject != user {
             tracing::info!(
@@ -269,12 +294,96 @@ impl SandboxPolicy {
                 token = %token.fingerprint(),
                 "token belongs to another user"
             );
-            return Err(AuthRefusal::Token(status("invalid_token", None)));
+            return Err(self.refuse_token(user, status("invalid_token", None)));
         }
+        if let (Some(near), Some(expires_at)) = (&self.profile.near_expiry, verified.expires_at) {
+            let left = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            if left < near.within {
+                tracing::info!(%user, token = %token.fingerprint(), left_secs = left.as_secs(), "token too close to expiry");
+                return Err(AuthRefusal::Reply {
+                    challenge: None,
+                    reply: near.reply.clone(),
+                });
+            }
+        }
+        self.mailboxes.logged_in(user, context.peer);
         Ok(Identity {
             user: user.to_string(),
             subject: Some(verified.subject),
         })
+    }
+
+    /// What is refused before any credential is looked at: a mailbox
+    /// locked out after failed logins, or one whose SMTP AUTH is off.
+    fn admit_login(&self, user: &str) -> Result<(), AuthRefusal> {
+        if let Some(limit) = &self.profile.failed_logins
+            && self.mailboxes.failed_logins(user, limit.window) >= limit.count as usize
+        {
+            return Err(AuthRefusal::Reply {
+                challenge: None,
+                reply: limit.reply.clone(),
+            });
+        }
+        if self.mailboxes.smtp_auth_disabled(user) {
+            return Err(AuthRefusal::Reply {
+                challenge: None,
+                reply: self.profile.auth_disabled.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A refused token, in the profile's words; counted against the mailbox.
+    fn refuse_token(&self, user: &str, rfc7628: OAuthErrorStatus) -> AuthRefusal {
+        self.mailboxes.login_failed(user);
+        let refusal = &self.profile.token_refused;
+        let challenge = match refusal.challenge {
+            ChallengeStyle::None => None,
+            ChallengeStyle::Rfc7628 => Some(Box::new(rfc7628)),
+            // Google reports an HTTP status and its one scope.
+            ChallengeStyle::Google => Some(Box::new(OAuthErrorStatus {
+                status: if rfc7628.status == "invalid_request" {
+                    "400".into()
+                } else {
+                    "401".into()
+                },
+                schemes: Some("bearer".into()),
+                scope: Some("https://mail.google.com/".into()),
+                openid_configuration: None,
+            })),
+        };
+        AuthRefusal::Reply {
+            challenge,
+            reply: refusal.reply.clone(),
+        }
+    }
+
+    /// The checks a provider makes when the message is complete: Send As
+    /// rights, then the sending quotas (a refused message is not counted).
+    fn check_submission(
+        &self,
+        context: &SessionContext,
+        envelope: &Envelope,
+    ) -> Result<(), Refusal> {
+        let Some(user) = context.auth.as_ref().map(|a| a.identity.user.as_str()) else {
+            return Ok(());
+        };
+        if let Some(reply) = &self.profile.send_as_denied
+            && !envelope.mail_from.is_empty()
+            && !envelope.mail_from.eq_ignore_ascii_case(user)
+            && !self.mailboxes.may_send_as(user, &envelope.mail_from)
+        {
+            return Err(Refusal::Reply(reply.clone()));
+        }
+        if let Some(limit) = self
+            .mailboxes
+            .count_message(user, &self.profile.message_limits)
+        {
+            return Err(Refusal::Reply(limit.reply.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -312,6 +421,25 @@ impl SessionPolicy for SandboxPolicy {
         Box::pin(self.check_token(context, user, token))
     }
 
+    fn verify_password<'a>(
+        &'a self,
+        _context: &'a SessionContext,
+        user: &'a str,
+        _password: &'a Secret,
+    ) -> BoxFuture<'a, Result<Identity, AuthRefusal>> {
+        Box::pin(async move {
+            self.admit_login(user)?;
+            self.mailboxes.login_failed(user);
+            Err(match &self.profile.password_refused {
+                Some(reply) => AuthRefusal::Reply {
+                    challenge: None,
+                    reply: reply.clone(),
+                },
+                None => AuthRefusal::Credentials,
+            })
+        })
+    }
+
     fn check_hello<'a>(
         &'a self,
         _context: &'a SessionContext,
@@ -321,10 +449,22 @@ impl SessionPolicy for SandboxPolicy {
 
     fn check_sender<'a>(
         &'a self,
-        _context: &'a SessionContext,
+        context: &'a SessionContext,
         _mail_from: &'a str,
     ) -> BoxFuture<'a, Result<(), Refusal>> {
-        Box::pin(async move { self.stage(FaultStage::Mail) })
+        Box::pin(async move {
+            self.stage(FaultStage::Mail)?;
+            if let (Some(cap), Some(auth)) = (&self.profile.sessions_per_mailbox, &context.auth)
+                && !self.mailboxes.within_session_cap(
+                    &auth.identity.user,
+                    context.peer,
+                    cap.sessions,
+                )
+            {
+                return Err(Refusal::Reply(cap.reply.clone()));
+            }
+            Ok(())
+        })
     }
 
     fn check_recipient<'a>(
@@ -361,6 +501,7 @@ impl SessionPolicy for SandboxPolicy {
     ) -> BoxFuture<'a, Result<String, Refusal>> {
         Box::pin(async move {
             self.stage(FaultStage::EndOfData)?;
+            self.check_submission(context, envelope)?;
             let delivery = Delivery {
                 mail_from: envelope.mail_from.clone(),
                 rcpt_to: envelope.rcpt_to.clone(),
@@ -383,6 +524,10 @@ impl SessionPolicy for SandboxPolicy {
 
     fn observe(&self, event: &SessionEvent) {
         self.stats.send_modify(|stats| stats.record(event));
+    }
+
+    fn on_disconnect(&self, peer: SocketAddr) {
+        self.mailboxes.disconnected(peer);
     }
 
     fn reply_delay(&self) -> Option<Duration> {

@@ -48,6 +48,10 @@ pub enum AccountState {
     NeedsConsent,
     /// Tokens were revoked on purpose; nothing is requested until login.
     Revoked,
+    /// The provider refuses the account for a reason no token fixes (SMTP
+    /// AUTH turned off, Send As missing): an administrator must act, as the
+    /// state reason says. Tokens are still refreshed; mail stays queued.
+    NeedsAdmin,
 }
 
 impl AccountState {
@@ -58,6 +62,7 @@ impl AccountState {
             AccountState::Failing => "failing",
             AccountState::NeedsConsent => "needs_consent",
             AccountState::Revoked => "revoked",
+            AccountState::NeedsAdmin => "needs_admin",
         }
     }
 
@@ -68,6 +73,7 @@ impl AccountState {
             "failing" => AccountState::Failing,
             "needs_consent" => AccountState::NeedsConsent,
             "revoked" => AccountState::Revoked,
+            "needs_admin" => AccountState::NeedsAdmin,
             other => return Err(StoreError::Corrupt(format!("account state {other:?}"))),
         })
     }

@@ -20,8 +20,8 @@ use crate::secret::Secret;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::reply::standard;
 use crate::smtp::server::{
-    AuthRefusal, BoxFuture, Envelope, Identity, Refusal, Reply, SessionContext, SessionPolicy,
-    SessionRules,
+    AuthRefusal, BoxFuture, Envelope, Identity, LineLimit, Refusal, Reply, SessionContext,
+    SessionPolicy, SessionRules,
 };
 use crate::store::{NewMessage, Store};
 use crate::users::SubmissionUser;
@@ -514,6 +514,7 @@ impl SessionPolicy for SubmissionPolicy {
                 // The largest of the accounts' limits; the user's own
                 // account's limit is applied at RCPT, once AUTH says who.
                 max_recipients: self.shared.max_recipients,
+                line_limit: LineLimit::default(),
             })
         })
     }

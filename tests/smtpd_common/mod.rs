@@ -42,6 +42,7 @@ impl FixedTokens {
             VerifiedBearer {
                 subject: ALICE.into(),
                 scopes: vec!["openid".into(), "smtp.send".into()],
+                expires_at: None,
             },
         );
         tokens.insert(
@@ -49,6 +50,7 @@ impl FixedTokens {
             VerifiedBearer {
                 subject: ALICE.into(),
                 scopes: vec!["openid".into()],
+                expires_at: None,
             },
         );
         Arc::new(FixedTokens(tokens))

@@ -97,6 +97,11 @@ pub enum ClientError {
         status: Option<Box<OAuthErrorStatus>>,
     },
 
+    /// A reply to AUTH that is not a verdict on the credential (a syntax or
+    /// line-length error, `421`, `454`): the token was not judged.
+    #[error("{}", auth_not_judged(address, reply))]
+    AuthNotJudged { address: String, reply: Reply },
+
     #[error("{address} does not offer AUTH {mechanism} (it offers: {}); no credentials were sent. Set sasl to a mechanism it offers", if offered.is_empty() { "none".to_string() } else { offered.join(" ") })]
     MechanismNotOffered {
         address: String,
@@ -165,9 +170,9 @@ impl ClientError {
             | ClientError::Protocol { .. }
             | ClientError::Unusable { .. } => true,
             ClientError::TlsHandshake { certificate, .. } => !certificate,
-            ClientError::Reply { reply, .. } | ClientError::AuthRejected { reply, .. } => {
-                reply.is_transient()
-            }
+            ClientError::Reply { reply, .. }
+            | ClientError::AuthRejected { reply, .. }
+            | ClientError::AuthNotJudged { reply, .. } => reply.is_transient(),
             ClientError::InvalidServerName { .. }
             | ClientError::InvalidEhloName { .. }
             | ClientError::StartTlsNotOffered { .. }
@@ -194,12 +199,26 @@ impl ClientError {
     /// The reply the server gave, for errors that carry one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
-            ClientError::Reply { reply, .. } | ClientError::AuthRejected { reply, .. } => {
-                Some(reply)
-            }
+            ClientError::Reply { reply, .. }
+            | ClientError::AuthRejected { reply, .. }
+            | ClientError::AuthNotJudged { reply, .. } => Some(reply),
             _ => None,
         }
     }
+}
+
+/// What a reply to AUTH that did not judge the token means, said once.
+fn auth_not_judged(address: &str, reply: &Reply) -> String {
+    let what = match reply.code {
+        500..=504 | 555 => {
+            "refused the AUTH command itself (its syntax or length), which says nothing about the token; the token is kept. If it persists, the server does not accept this mechanism's exchange: check sasl for the account"
+        }
+        400..=499 => {
+            "is not accepting logins at the moment; the token was not refused and is kept. Delivery is retried later"
+        }
+        _ => "did not accept the login, without a verdict on the token; the token is kept",
+    };
+    format!("{address} answered AUTH with \"{reply}\": it {what}")
 }
 
 #[cfg(test)]
@@ -250,5 +269,24 @@ mod tests {
         assert!(text.contains("\"invalid_token\""), "{text}");
         assert!(text.contains("scope \"smtp\""), "{text}");
         assert!(error.is_auth_rejected() && error.is_permanent());
+    }
+
+    #[test]
+    fn a_line_length_reply_to_auth_says_the_token_was_not_judged() {
+        let error = ClientError::AuthNotJudged {
+            address: "smtp.gmail.com:587".into(),
+            reply: reply(555, "5.5.2 Syntax error, command line too long"),
+        };
+        assert!(!error.is_auth_rejected() && error.is_permanent());
+        assert_eq!(
+            error.to_string(),
+            "smtp.gmail.com:587 answered AUTH with \"555 5.5.2 Syntax error, command line too long\": it refused the AUTH command itself (its syntax or length), which says nothing about the token; the token is kept. If it persists, the server does not accept this mechanism's exchange: check sasl for the account"
+        );
+        let busy = ClientError::AuthNotJudged {
+            address: "smtp.gmail.com:587".into(),
+            reply: reply(454, "4.7.0 Too many login attempts, please try again later"),
+        };
+        assert!(busy.is_transient());
+        assert!(busy.to_string().contains("not accepting logins"));
     }
 }

@@ -18,6 +18,7 @@
 //! - `establish`: connecting and securing; `session`: AUTH and sending;
 //!   `wire`: the I/O shell with deadlines.
 
+mod auth_reply;
 pub mod capabilities;
 pub mod data;
 pub mod envelope;

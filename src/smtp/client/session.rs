@@ -6,6 +6,7 @@
 //! ends the transaction it starts, with the reply to the final dot or with
 //! RSET, so the next `send` always starts clean.
 
+use super::auth_reply;
 use super::capabilities::Capabilities;
 use super::envelope::{DataOutcome, Envelope, RecipientReport, SendReport, Transaction};
 use super::error::{ClientError, Stage};
@@ -15,6 +16,21 @@ use super::wire::{Transport, Wire};
 use crate::smtp::sasl::{self, BearerCredentials, Mechanism, OAuthErrorStatus};
 use std::time::Instant;
 use zeroize::Zeroizing;
+
+/// RFC 5321 section 4.5.3.1.4: a command line, CRLF included, is at most
+/// 512 octets. RFC 4954 section 4 holds AUTH to it too.
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// How a SASL exchange ended.
+struct SaslOutcome {
+    /// The server's final reply.
+    reply: Reply,
+    /// The RFC 7628 error challenge, when the server sent one (boxed to
+    /// keep every `Result<_, ClientError>` small).
+    status: Option<Box<OAuthErrorStatus>>,
+    /// Whether the response rode on the AUTH line.
+    inline: bool,
+}
 
 /// Commands per pipelined write. Replies are read only after a group is
 /// written; a bounded group keeps the server's replies within the socket
@@ -88,43 +104,25 @@ impl Session {
         credentials: &sasl::PasswordCredentials,
     ) -> Result<(), ClientError> {
         self.wire.ensure_usable()?;
-        if !self.capabilities.offers_auth(Mechanism::Plain) {
-            return Err(ClientError::MechanismNotOffered {
-                address: self.wire.address().to_string(),
-                mechanism: Mechanism::Plain,
-                offered: self.capabilities.auth.clone(),
-            });
-        }
-        // The line holds the password: wiped from memory once written.
-        let line = Zeroizing::new(format!(
-            "AUTH PLAIN {}\r\n",
-            *Zeroizing::new(sasl::encode_base64(
-                sasl::encode_plain(credentials).expose().as_bytes()
-            ))
-        ));
-        let limit = self.target.timeouts.command;
-        self.wire.write(line.as_bytes(), Stage::Auth, limit).await?;
-        let reply = self.wire.read_reply(Stage::Auth, limit).await?;
-        if reply.is_positive() {
+        self.require_mechanism(Mechanism::Plain)?;
+        let message = sasl::encode_plain(credentials);
+        let exchange = self.sasl_exchange(Mechanism::Plain, &message).await?;
+        if exchange.reply.is_positive() {
             self.authenticated = true;
             return Ok(());
         }
-        Err(ClientError::AuthRejected {
-            address: self.wire.address().to_string(),
-            user: credentials.user.clone(),
-            reply,
-            status: None,
-        })
+        Err(self.auth_refused(&credentials.user, exchange))
     }
 
-    /// AUTH with a bearer token, the SASL message sent as the initial
-    /// response (RFC 4954 lets it be up to 12,288 octets per line; Microsoft
-    /// and Google accept their long tokens this way).
+    /// AUTH with a bearer token (XOAUTH2 or OAUTHBEARER).
     ///
-    /// On refusal returns [`ClientError::AuthRejected`] with the final reply
-    /// and, when the server sent the RFC 7628 error challenge, its decoded
-    /// status. The session stays usable: the caller may refresh the token and
-    /// call this again (contract 4).
+    /// On refusal of the token (`535`, `534`, the RFC 7628 error challenge,
+    /// a provider's token-specific reply: see [`auth_reply`]) returns
+    /// [`ClientError::AuthRejected`] with the final reply and the decoded
+    /// status. Any other reply (a syntax or line-length error, `421`, `454`)
+    /// is [`ClientError::AuthNotJudged`]: the token was not looked at, and
+    /// contract 4's refresh must not run. The session stays usable after a
+    /// refusal: the caller may refresh the token and call this again.
     pub async fn authenticate(
         &mut self,
         mechanism: Mechanism,
@@ -142,13 +140,7 @@ impl Session {
             ),
             other => return Err(ClientError::UnsupportedMechanism(other)),
         };
-        if !self.capabilities.offers_auth(mechanism) {
-            return Err(ClientError::MechanismNotOffered {
-                address: self.wire.address().to_string(),
-                mechanism,
-                offered: self.capabilities.auth.clone(),
-            });
-        }
+        self.require_mechanism(mechanism)?;
         tracing::debug!(
             address = %self.wire.address(),
             %mechanism,
@@ -156,30 +148,8 @@ impl Session {
             token = %credentials.token.fingerprint(),
             "authenticating"
         );
-        // The line holds the token: wiped from memory once written.
-        let line = Zeroizing::new(format!(
-            "AUTH {} {}\r\n",
-            mechanism.wire_name(),
-            *Zeroizing::new(sasl::encode_base64(message.expose().as_bytes()))
-        ));
-        let limit = self.target.timeouts.command;
-        self.wire.write(line.as_bytes(), Stage::Auth, limit).await?;
-        let mut reply = self.wire.read_reply(Stage::Auth, limit).await?;
-        let mut status = None;
-        if reply.code == 334 {
-            // RFC 7628 section 3.2.3: the server reports why in a challenge
-            // and waits for the client's acknowledgement before failing.
-            status =
-                OAuthErrorStatus::from_base64(reply.first_line_payload().as_bytes()).map(Box::new);
-            let ack = format!("{}\r\n", sasl::error_challenge_ack(mechanism));
-            reply = self.wire.command(&ack, Stage::Auth, limit).await?;
-            if reply.code == 334 {
-                // A second challenge has no meaning for these mechanisms:
-                // cancel the exchange (RFC 4954 "*") and report the refusal.
-                reply = self.wire.command("*\r\n", Stage::Auth, limit).await?;
-            }
-        }
-        if reply.is_positive() {
+        let exchange = self.sasl_exchange(mechanism, &message).await?;
+        if exchange.reply.is_positive() {
             self.authenticated = true;
             tracing::info!(address = %self.wire.address(), user = %credentials.user, "authenticated");
             return Ok(());
@@ -188,16 +158,105 @@ impl Session {
             address = %self.wire.address(),
             user = %credentials.user,
             token = %credentials.token.fingerprint(),
-            reply = %reply,
-            oauth_status = status.as_ref().map(|s| s.status.as_str()),
+            reply = %exchange.reply,
+            oauth_status = exchange.status.as_ref().map(|s| s.status.as_str()),
+            inline = exchange.inline,
             "authentication refused"
         );
-        Err(ClientError::AuthRejected {
+        Err(self.auth_refused(&credentials.user, exchange))
+    }
+
+    fn require_mechanism(&self, mechanism: Mechanism) -> Result<(), ClientError> {
+        if self.capabilities.offers_auth(mechanism) {
+            return Ok(());
+        }
+        Err(ClientError::MechanismNotOffered {
             address: self.wire.address().to_string(),
-            user: credentials.user.clone(),
+            mechanism,
+            offered: self.capabilities.auth.clone(),
+        })
+    }
+
+    /// One SASL exchange for a single-message mechanism (PLAIN, XOAUTH2,
+    /// OAUTHBEARER), up to the server's final reply.
+    ///
+    /// RFC 4954 section 4: the initial response rides on the AUTH line
+    /// only when that line stays within 512 octets with its CRLF; otherwise
+    /// `AUTH MECH` alone, the server's empty `334 ` challenge, then the
+    /// response on a line of its own (where RFC 4954 allows 12,288
+    /// octets). Real bearer tokens are 1-4 KB and real servers refuse long
+    /// command lines (Gmail `555 5.5.2`, Dovecot `500 5.5.2`).
+    ///
+    /// RFC 7628 section 3.2.2: a refused bearer token is reported in a
+    /// `334` error challenge, acknowledged before the final reply comes.
+    async fn sasl_exchange(
+        &mut self,
+        mechanism: Mechanism,
+        message: &crate::secret::Secret,
+    ) -> Result<SaslOutcome, ClientError> {
+        let limit = self.target.timeouts.command;
+        // The lines hold the credential: wiped from memory once written.
+        let response = Zeroizing::new(sasl::encode_base64(message.expose().as_bytes()));
+        let inline = Zeroizing::new(format!("AUTH {} {}\r\n", mechanism.wire_name(), *response));
+        let fits_inline = inline.len() <= MAX_COMMAND_LINE;
+        let mut reply = if fits_inline {
+            self.wire
+                .write(inline.as_bytes(), Stage::Auth, limit)
+                .await?;
+            self.wire.read_reply(Stage::Auth, limit).await?
+        } else {
+            let start = format!("AUTH {}\r\n", mechanism.wire_name());
+            let prompt = self.wire.command(&start, Stage::Auth, limit).await?;
+            if prompt.code != 334 {
+                // Refused before the credential was sent: nothing was judged.
+                return Ok(SaslOutcome {
+                    reply: prompt,
+                    status: None,
+                    inline: false,
+                });
+            }
+            let line = Zeroizing::new(format!("{}\r\n", *response));
+            self.wire.write(line.as_bytes(), Stage::Auth, limit).await?;
+            self.wire.read_reply(Stage::Auth, limit).await?
+        };
+        let mut status = None;
+        if reply.code == 334 {
+            if mechanism.is_oauth() {
+                status = OAuthErrorStatus::from_base64(reply.first_line_payload().as_bytes())
+                    .map(Box::new);
+                let ack = format!("{}\r\n", sasl::error_challenge_ack(mechanism));
+                reply = self.wire.command(&ack, Stage::Auth, limit).await?;
+            }
+            if reply.code == 334 {
+                // A further challenge has no meaning for these mechanisms:
+                // cancel the exchange (RFC 4954 "*") and report the refusal.
+                reply = self.wire.command("*\r\n", Stage::Auth, limit).await?;
+            }
+        }
+        Ok(SaslOutcome {
             reply,
             status,
+            inline: fits_inline,
         })
+    }
+
+    /// The error for a failed exchange: a refusal of the credential, or a
+    /// reply that did not judge it.
+    fn auth_refused(&self, user: &str, exchange: SaslOutcome) -> ClientError {
+        let address = self.wire.address().to_string();
+        if auth_reply::refuses_credential(&exchange.reply, exchange.status.is_some()) {
+            ClientError::AuthRejected {
+                address,
+                user: user.to_string(),
+                reply: exchange.reply,
+                status: exchange.status,
+            }
+        } else {
+            ClientError::AuthNotJudged {
+                address,
+                reply: exchange.reply,
+            }
+        }
     }
 
     /// One mail transaction: MAIL FROM, RCPT TO per recipient, DATA. With

@@ -21,7 +21,7 @@ mod session_tests;
 
 pub use policy::{
     AuthRefusal, Authenticated, BoxFuture, Channel, Credentials, DataPlan, Envelope, Identity,
-    Refusal, SessionContext, SessionEvent, SessionPolicy, SessionRules,
+    LineLimit, Refusal, SessionContext, SessionEvent, SessionPolicy, SessionRules,
 };
 pub use reply::Reply;
 pub use session::{Answer, Question, Session, SessionConfig, Step};

@@ -33,6 +33,39 @@ pub struct SessionRules {
     pub max_message_size: usize,
     /// Recipients per message; beyond it RCPT gets 452 4.5.3.
     pub max_recipients: usize,
+    /// How long a command line may be.
+    pub line_limit: LineLimit,
+}
+
+/// The longest lines a session accepts, CRLF included, and the reply to a
+/// longer one (providers word it differently: Gmail `555 5.5.2 Syntax
+/// error, command line too long`, Dovecot `500 5.5.2 Line too long`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineLimit {
+    /// Any command but AUTH.
+    pub command: usize,
+    /// An AUTH command with its initial response. RFC 4954 section 4 holds
+    /// it to the command limit; a lenient server allows more.
+    pub auth_command: usize,
+    /// A SASL response (the line after a `334`): RFC 4954 allows 12,288
+    /// octets, [`super::session::MAX_AUTH_LINE`]; some servers allow less.
+    pub sasl_response: usize,
+    pub reply: Reply,
+}
+
+impl Default for LineLimit {
+    /// What the submission listener accepts: RFC 5321's 512 octets with room
+    /// for the ESMTP parameters of the extensions it offers, and AUTH lines
+    /// as long as a SASL response may be (RFC 4954 section 4: 12,288), since
+    /// many clients send long tokens inline and the listener should take them.
+    fn default() -> Self {
+        LineLimit {
+            command: 1024,
+            auth_command: super::session::MAX_AUTH_LINE,
+            sasl_response: super::session::MAX_AUTH_LINE,
+            reply: super::reply::standard::line_too_long(),
+        }
+    }
 }
 
 impl Default for SessionRules {
@@ -46,6 +79,7 @@ impl Default for SessionRules {
             max_message_size: 35 * 1024 * 1024,
             // RFC 5321 section 4.5.3.1.8: at least 100 must be accepted.
             max_recipients: 100,
+            line_limit: LineLimit::default(),
         }
     }
 }
@@ -150,6 +184,14 @@ pub enum AuthRefusal {
     /// They could not be checked now (validator unreachable): 454 4.7.0,
     /// and the client may try again later.
     Temporary,
+    /// Refused with exactly this exchange, as a provider answers: the RFC
+    /// 7628 error challenge first when given (bearer mechanisms only),
+    /// then `reply`.
+    Reply {
+        /// Boxed: a refusal travels in every `Result` of the AUTH path.
+        challenge: Option<Box<OAuthErrorStatus>>,
+        reply: Reply,
+    },
 }
 
 /// A refusal of a command by the policy.
@@ -283,6 +325,10 @@ pub trait SessionPolicy: Send + Sync + 'static {
 
     /// Told of each [`SessionEvent`]. Must not block.
     fn observe(&self, _event: &SessionEvent) {}
+
+    /// The session from `peer` has ended (whatever ended it), for policies
+    /// that keep per-session state such as concurrent logins per mailbox.
+    fn on_disconnect(&self, _peer: SocketAddr) {}
 
     /// A delay before each reply (fault injection: a slow server).
     fn reply_delay(&self) -> Option<Duration> {

@@ -15,8 +15,8 @@ pub enum SaslStep {
     /// LOGIN, after `334 UGFzc3dvcmQ6`.
     LoginPassword { user: String },
     /// RFC 7628 section 3.2.3: the error challenge was sent; the client's
-    /// next line (`AQ==` or empty) only asks for the final 535.
-    ErrorAcknowledgement,
+    /// next line (`AQ==` or empty) only asks for this final reply.
+    ErrorAcknowledgement { final_reply: Reply },
 }
 
 #[derive(Debug)]
@@ -46,10 +46,10 @@ pub fn continue_with(step: &SaslStep, line: &[u8]) -> SaslProgress {
     if line.trim_ascii() == b"*" {
         return SaslProgress::Failed(standard::auth_cancelled());
     }
-    if *step == SaslStep::ErrorAcknowledgement {
+    if let SaslStep::ErrorAcknowledgement { final_reply } = step {
         // Whatever the client sends after the error challenge (RFC 7628
         // asks for %x01), the exchange has failed.
-        return SaslProgress::Failed(standard::auth_failed());
+        return SaslProgress::Failed(final_reply.clone());
     }
     let raw = match sasl::decode_base64(line) {
         Ok(raw) => raw,
@@ -104,8 +104,8 @@ pub fn continue_with(step: &SaslStep, line: &[u8]) -> SaslProgress {
             }),
             Err(_) => Err(sasl::SaslError::NotUtf8),
         },
-        SaslStep::ErrorAcknowledgement => {
-            return SaslProgress::Failed(standard::auth_failed());
+        SaslStep::ErrorAcknowledgement { final_reply } => {
+            return SaslProgress::Failed(final_reply.clone());
         }
     };
     match decoded {

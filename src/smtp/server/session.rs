@@ -20,12 +20,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 
-/// RFC 5321 section 4.5.3.1.4 allows 512 octets per command line; the ESMTP
-/// parameters of the extensions we offer (SIZE, BODY, SMTPUTF8, AUTH=) may
-/// extend it, so allow twice that.
-pub const MAX_COMMAND_LINE: usize = 1024;
-/// RFC 4954 section 4: AUTH lines and SASL responses up to 12288 octets
-/// (bearer tokens are long).
+/// RFC 4954 section 4: SASL responses (the lines after a `334`) up to
+/// 12,288 octets, since bearer tokens are long. No line is buffered beyond
+/// it; command lines have the shorter limit of [`SessionRules::line_limit`].
 pub const MAX_AUTH_LINE: usize = 12288;
 /// Syntax and sequence errors tolerated before the session is closed, so a
 /// confused or hostile client cannot keep a session slot forever.
@@ -425,7 +422,11 @@ impl Session {
             };
             let line: Vec<u8> = self.input.drain(..=end).collect();
             if std::mem::take(&mut self.discarding_line) || line.len() > MAX_AUTH_LINE {
-                self.error(standard::line_too_long());
+                if matches!(self.phase, Phase::Sasl(_)) {
+                    self.phase = Phase::Ready;
+                }
+                let reply = self.rules.line_limit.reply.clone();
+                self.error(reply);
                 if matches!(self.phase, Phase::Closed) {
                     return None;
                 }
@@ -438,6 +439,11 @@ impl Session {
     fn on_line(&mut self, line: &[u8]) {
         if let Phase::Sasl(step) = &self.phase {
             let step = step.clone();
+            if line.len() > self.rules.line_limit.sasl_response {
+                self.phase = Phase::Ready;
+                let reply = self.rules.line_limit.reply.clone();
+                return self.error(reply);
+            }
             let content = strip_line_ending(line);
             let progress = sasl_exchange::continue_with(&step, content);
             self.phase = Phase::Ready;
@@ -445,8 +451,15 @@ impl Session {
             return;
         }
         let is_auth = line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ");
-        if line.len() > MAX_COMMAND_LINE && !is_auth {
-            self.error(standard::line_too_long());
+        let limit = &self.rules.line_limit;
+        let longest = if is_auth {
+            limit.auth_command
+        } else {
+            limit.command
+        };
+        if line.len() > longest {
+            let reply = limit.reply.clone();
+            self.error(reply);
             return;
         }
         match Request::parse(&mut line.iter()) {
@@ -639,21 +652,28 @@ impl Session {
         };
         tracing::info!(%user, %mechanism, %credential, ?refusal, "SMTP AUTH refused");
         self.observe(SessionEvent::AuthFailed { mechanism });
-        match refusal {
-            AuthRefusal::Temporary => self.reply(standard::auth_temporary_failure()),
-            AuthRefusal::Token(_) | AuthRefusal::Credentials if mechanism.is_oauth() => {
-                // RFC 7628 section 3.2.2: a failed bearer token gets an
-                // error challenge; the final 535 follows the client's ack.
-                let status = match refusal {
-                    AuthRefusal::Token(status) => status,
-                    _ => invalid_token_status(),
-                };
-                self.phase = Phase::Sasl(SaslStep::ErrorAcknowledgement);
+        let (challenge, final_reply) = match refusal {
+            AuthRefusal::Temporary => return self.reply(standard::auth_temporary_failure()),
+            // RFC 7628 section 3.2.2: a failed bearer token gets an error
+            // challenge; the final 535 follows the client's ack.
+            AuthRefusal::Token(status) => (Some(status), standard::auth_failed()),
+            AuthRefusal::Credentials => (
+                mechanism.is_oauth().then(invalid_token_status),
+                standard::auth_failed(),
+            ),
+            AuthRefusal::Reply { challenge, reply } => (challenge.map(|c| *c), reply),
+        };
+        match challenge.filter(|_| mechanism.is_oauth()) {
+            Some(status) => {
+                self.phase = Phase::Sasl(SaslStep::ErrorAcknowledgement { final_reply });
                 self.reply(Reply::new(334, status.to_base64()));
             }
-            AuthRefusal::Token(_) | AuthRefusal::Credentials => {
-                self.reply(standard::auth_failed());
-                self.count_auth_failure();
+            None => {
+                let failed = final_reply.code() == 535;
+                self.reply(final_reply);
+                if failed {
+                    self.count_auth_failure();
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //! for scanner).
 
 use super::policy::{
-    AuthRefusal, Channel, Credentials, DataPlan, Envelope, Identity, Refusal, SessionRules,
+    AuthRefusal, Channel, Credentials, DataPlan, Envelope, Identity, LineLimit, Refusal,
+    SessionRules,
 };
 use super::reply::Reply;
 use super::session::{Answer, Question, Session, SessionConfig, Step};
@@ -130,6 +131,22 @@ impl Harness {
                         subject: Some("alice@example.com".into()),
                     }),
                     "unreachable" => Err(AuthRefusal::Temporary),
+                    "disabled" => Err(AuthRefusal::Reply {
+                        challenge: None,
+                        reply: Reply::new(
+                            535,
+                            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox",
+                        ),
+                    }),
+                    "google-expired" => Err(AuthRefusal::Reply {
+                        challenge: Some(Box::new(OAuthErrorStatus {
+                            status: "401".into(),
+                            schemes: Some("bearer".into()),
+                            scope: Some("https://mail.google.com/".into()),
+                            openid_configuration: None,
+                        })),
+                        reply: Reply::new(535, "5.7.8 Username and Password not accepted"),
+                    }),
                     _ => Err(AuthRefusal::Token(expired_status())),
                 })
             }
@@ -517,6 +534,76 @@ fn over_long_lines_are_refused_and_skipped() {
     );
     let out = smtp.send(&format!("{}\r\nNOOP\r\n", "b".repeat(20_000)));
     assert_eq!(out, "500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n");
+}
+
+/// A server that holds AUTH to RFC 5321's 512 octets, as the sandbox's
+/// strict profile and Dovecot do, with SASL responses allowed `response`.
+fn strict_lines(response: usize) -> Harness {
+    let mut harness = Harness::with(
+        Channel::Tls,
+        SessionRules {
+            line_limit: LineLimit {
+                command: 512,
+                auth_command: 512,
+                sasl_response: response,
+                reply: Reply::new(500, "5.5.2 Line too long"),
+            },
+            ..rules()
+        },
+    );
+    harness.exchange("EHLO client.test", "250-mx.test greets client.test");
+    harness
+}
+
+#[test]
+fn a_512_octet_limit_refuses_a_long_inline_token_and_takes_it_after_334() {
+    let token = "good-token";
+    let long_user = format!("{}@example.com", "a".repeat(400));
+    let inline = format!("AUTH XOAUTH2 {}", xoauth2(&long_user, token));
+    assert!(inline.len() + 2 > 512);
+    let mut smtp = strict_lines(12288);
+    smtp.exchange(&inline, "500 5.5.2 Line too long\r\n");
+    // The same credentials in two steps reach the policy (which refuses
+    // this user; the point is that the line was read).
+    smtp.exchange("AUTH XOAUTH2", "334 \r\n");
+    smtp.exchange(&xoauth2(&long_user, token), "334 ");
+    smtp.exchange("", "535 5.7.8");
+    // A command line of exactly 512 octets with its CRLF is accepted.
+    let noop = format!("NOOP {}", "n".repeat(512 - 2 - 5));
+    smtp.exchange(&noop, "250 2.0.0 OK");
+    smtp.exchange(&format!("{noop}n"), "500 5.5.2 Line too long");
+    smtp.exchange("AUTH XOAUTH2", "334 \r\n");
+    smtp.exchange(&xoauth2("alice@example.com", "good-token"), "235 2.7.0");
+}
+
+#[test]
+fn a_sasl_response_beyond_the_limit_ends_the_exchange_with_the_limit_reply() {
+    let mut smtp = strict_lines(1024);
+    smtp.exchange("AUTH OAUTHBEARER", "334 \r\n");
+    smtp.exchange(&"A".repeat(1500), "500 5.5.2 Line too long\r\n");
+    // The exchange is over: the next line is a command again.
+    smtp.exchange("NOOP", "250 2.0.0 OK");
+}
+
+#[test]
+fn a_policy_can_word_the_refusal_as_its_provider_does() {
+    let mut smtp = Harness::tls();
+    // No challenge: the provider's final reply at once.
+    smtp.exchange(
+        &format!("AUTH XOAUTH2 {}", xoauth2("alice@example.com", "disabled")),
+        "535 5.7.139 Authentication unsuccessful",
+    );
+    // Google's challenge, then its own final reply after the ack.
+    let reply = smtp.exchange(
+        &format!(
+            "AUTH XOAUTH2 {}",
+            xoauth2("alice@example.com", "google-expired")
+        ),
+        "334 ",
+    );
+    let status = OAuthErrorStatus::from_base64(&reply.trim_end().as_bytes()[4..]).expect("status");
+    assert_eq!(status.status, "401");
+    smtp.exchange("", "535 5.7.8 Username and Password not accepted\r\n");
 }
 
 #[test]

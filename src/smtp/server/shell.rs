@@ -184,8 +184,11 @@ impl Connection {
         }
         // Free the slot before reporting the end, so whoever waits for
         // "session closed" can connect again at once.
-        let Connection { slot, policy, .. } = self;
+        let Connection {
+            slot, policy, peer, ..
+        } = self;
         drop(slot);
+        policy.on_disconnect(peer);
         policy.observe(&SessionEvent::Closed);
     }
 

@@ -1,5 +1,6 @@
 //! The client over real loopback TCP and real TLS, against a scripted peer.
 
+mod auth_exchange;
 mod peer;
 
 use super::*;
