@@ -24,6 +24,8 @@ pub mod relay;
 pub mod sink;
 pub mod tools;
 
+// Not every test crate uses every re-export.
+#[allow(unused_imports)]
 pub use tools::{WAIT, have, run};
 
 /// The mailbox every test sends as (the sandbox's user).

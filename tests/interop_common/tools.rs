@@ -63,6 +63,31 @@ pub async fn run(command: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("{command:?} could not run: {e}"))
 }
 
+/// [`run`] with `input` as standard input (msmtp, sendmail-style clients).
+pub async fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt;
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} could not run: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let finished = async move {
+        // A client that fails early stops reading: its exit status says why.
+        let _ = stdin.write_all(&input).await;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    tokio::time::timeout(WAIT, finished)
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("{command:?} failed: {e}"))
+}
+
 /// Standard output and error of a finished program, tokens redacted: what a
 /// failing assertion may print.
 pub fn describe(output: &Output) -> String {
