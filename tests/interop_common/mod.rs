@@ -15,6 +15,8 @@
 //!   project's own `smtp::server` session storing into a Maildir.
 //! - [`relay`]: an oxirelay config on disk, the built binary run as a user
 //!   runs it (`send`, `token`, `serve`).
+//! - [`submission`]: `oxirelay serve` with listeners and users in front of
+//!   the full sandbox, and each third-party client's way of submitting.
 
 #![allow(dead_code)]
 
@@ -22,6 +24,7 @@ pub mod dovecot;
 pub mod provider;
 pub mod relay;
 pub mod sink;
+pub mod submission;
 pub mod tools;
 
 // Not every test crate uses every re-export.
