@@ -190,7 +190,9 @@ userdb {{
   driver = static
   args = uid={mail_uid} gid={mail_gid}
 }}
+# No chroot: a test instance may run unprivileged, where chroot() fails.
 service submission-login {{
+  chroot =
   inet_listener submission {{
     address = 127.0.0.1
     port = {port}
@@ -202,6 +204,7 @@ service submission-login {{
   }}
 }}
 service anvil {{
+  chroot =
   unix_listener anvil-auth-penalty {{
     mode = 0
   }}
