@@ -42,13 +42,6 @@ pub fn have_swaks() -> bool {
     tls
 }
 
-/// Whether all of `programs` are installed (reporting each missing one).
-pub fn have_all(programs: &[&str]) -> bool {
-    programs
-        .iter()
-        .fold(true, |all, program| have(program) && all)
-}
-
 /// Runs `command` to completion within [`WAIT`], without standard input; the
 /// process is killed if the test fails or the deadline passes.
 pub async fn run(command: &mut Command) -> Output {
