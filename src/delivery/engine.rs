@@ -585,10 +585,29 @@ impl Shared {
                 return;
             }
         }
-        let result = self.attempt(account, &message, &body, &open).await;
+        let mut result = self.attempt(account, &message, &body, &open).await;
+        result.pause = self.account_backoff(&result);
         self.account_after(account, &message, &result).await;
         self.record(&message, &body, &lease, Some(account), result)
             .await;
+    }
+
+    /// How long the account must be left alone after `result`: the longest
+    /// of what the provider asked for (a quota's window, a lockout), the
+    /// throttling back-off, and the wait for an administrator. The messages
+    /// the attempt deferred are not due before it ends either.
+    fn account_backoff(&self, result: &AttemptResult) -> Option<Duration> {
+        [
+            (result.throttled || result.auth_failed).then_some(self.config.throttle_backoff),
+            result.pause,
+            result
+                .admin
+                .filter(|step| step.cleared_by_login())
+                .map(|_| self.config.admin_backoff),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 
     /// What an attempt means for the account: back off, record that an
@@ -599,18 +618,7 @@ impl Shared {
         message: &QueuedMessage,
         result: &AttemptResult,
     ) {
-        let backoff = [
-            (result.throttled || result.auth_failed).then_some(self.config.throttle_backoff),
-            result.pause,
-            result
-                .admin
-                .filter(|step| step.cleared_by_login())
-                .map(|_| self.config.admin_backoff),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        if let Some(backoff) = backoff {
+        if let Some(backoff) = result.pause {
             let reason = if result.admin.is_some() {
                 "the provider refuses the account until an administrator acts"
             } else if result.quota {
@@ -761,9 +769,13 @@ impl Shared {
                 result.bounce_all(message, group, &error.to_string());
             }
             _ => {
-                // Network, timeout, a dropped connection, a refused RSET:
-                // the session is not to be trusted, nor the rest of the
-                // attempt on it.
+                // Network, timeout, a dropped connection, a refused RSET, a
+                // 421: the session is not to be trusted, nor the rest of
+                // the attempt on it. A reply may still speak for the
+                // account (a 421 "try again later" is a throttle).
+                if let Some(reply) = error.reply() {
+                    result.note_account(classify(ReplyFacts::of(reply, &reply.text())));
+                }
                 let reason = error.to_string();
                 result.defer_all(group, &reason);
                 *broken = Some(reason);

@@ -34,17 +34,32 @@ pub struct Harness {
 }
 
 pub async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+/// A harness whose sandbox is set up by `configure` (a provider profile,
+/// a changed limit).
+pub async fn harness_with(configure: impl FnOnce(&mut SandboxOptions)) -> Harness {
+    harness_custom(configure, |toml| toml).await
+}
+
+/// A harness whose sandbox is set up by `configure` and whose account is
+/// the sandbox's snippet as `edit` changes it (another SASL mechanism).
+pub async fn harness_custom(
+    configure: impl FnOnce(&mut SandboxOptions),
+    edit: impl FnOnce(String) -> String,
+) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sandbox = Sandbox::start(SandboxOptions::new(dir.path().join("sandbox")))
-        .await
-        .expect("sandbox");
+    let mut options = SandboxOptions::new(dir.path().join("sandbox"));
+    configure(&mut options);
+    let sandbox = Sandbox::start(options).await.expect("sandbox");
     let secret_path = dir.path().join("client.secret");
     write_private(&secret_path, sandbox.client_secret.expose());
-    let text = sandbox.account_toml(
+    let text = edit(sandbox.account_toml(
         ACCOUNT,
         "client_credentials",
         &format!("file:{}", secret_path.display()),
-    );
+    ));
     let config =
         Config::parse(&text, &dir.path().join("oxirelay.toml")).expect("the sandbox's config");
     let account = Account::from_config(&config.accounts[0]).expect("account");
@@ -135,6 +150,47 @@ impl Harness {
             ids.push(id);
         }
         ids
+    }
+
+    /// Revokes one access token at the sandbox's RFC 7009 endpoint, as an
+    /// administrator's action elsewhere would.
+    pub async fn revoke_access_token(&self, token: &oxirelay::secret::Secret) {
+        let response = reqwest::Client::new()
+            .post(self.sandbox.auth.revocation_url())
+            .basic_auth(
+                oxirelay::sandbox::CLIENT_ID,
+                Some(self.sandbox.client_secret.expose()),
+            )
+            .form(&[
+                ("token", token.expose()),
+                ("token_type_hint", "access_token"),
+            ])
+            .send()
+            .await
+            .expect("revocation request");
+        assert!(response.status().is_success(), "{}", response.status());
+        assert!(!self.sandbox.auth.is_token_active(token));
+    }
+
+    /// The account's row: its state and the reason.
+    pub async fn account_state(&self) -> (oxirelay::store::AccountState, String) {
+        let record = self
+            .store
+            .token_record(ACCOUNT)
+            .await
+            .expect("read")
+            .expect("the account has a row");
+        (record.state, record.state_reason.unwrap_or_default())
+    }
+
+    /// The kinds of the events recorded for the account, oldest first.
+    pub async fn event_kinds(&self) -> Vec<String> {
+        let events = self.store.events(1000).await.expect("events");
+        events
+            .into_iter()
+            .filter(|e| e.account.as_deref() == Some(ACCOUNT))
+            .map(|e| e.kind)
+            .collect()
     }
 
     pub async fn messages(&self) -> Vec<QueuedMessage> {

@@ -320,10 +320,18 @@ impl Session {
             let stage = if index == 0 { Stage::Mail } else { Stage::Rcpt };
             self.wire.write(&batch, stage, limit).await?;
             if index == 0 {
-                mail_reply = Some(self.wire.read_reply(Stage::Mail, limit).await?);
+                let reply = self.wire.read_reply(Stage::Mail, limit).await?;
+                if reply.code == 421 {
+                    // The server is closing: no further reply will come.
+                    return Err(self.refused(Stage::Mail, reply));
+                }
+                mail_reply = Some(reply);
             }
             for address in addresses {
                 let reply = self.wire.read_reply(Stage::Rcpt, limit).await?;
+                if reply.code == 421 {
+                    return Err(self.refused(Stage::Rcpt, reply));
+                }
                 recipients.push(RecipientReport {
                     address: address.clone(),
                     reply,

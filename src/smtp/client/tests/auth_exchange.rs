@@ -191,3 +191,38 @@ async fn a_line_too_long_reply_is_not_a_verdict_on_the_token() {
         assert!(error.to_string().contains("the token"), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_connection_dropped_during_auth_is_not_a_refusal() {
+    let pki = TestPki::for_names(&["localhost"]);
+    let peer = Peer::bind(Some(pki.server_config.clone())).await;
+    let port = peer.port();
+    let mut script = starttls_opening("250-mx.test\r\n250 AUTH XOAUTH2\r\n");
+    // The peer reads the AUTH line and hangs up: the script ends there.
+    script.push(expect("AUTH XOAUTH2"));
+    let running = peer.run(script);
+    let mut session = Session::connect(&target(port, TlsMode::Starttls, pki.client_config.clone()))
+        .await
+        .expect("session");
+    let error = session
+        .authenticate(Mechanism::XOAuth2, &credentials(&"d".repeat(2000)))
+        .await
+        .expect_err("the connection is gone");
+    assert!(!error.is_auth_rejected(), "{error:?}");
+    assert!(error.is_transient(), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            ClientError::Closed {
+                stage: Stage::Auth,
+                ..
+            } | ClientError::Io {
+                stage: Stage::Auth,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!session.is_usable());
+    running.finish().await.expect("script followed");
+}
