@@ -93,18 +93,27 @@ impl Dovecot {
     /// Whether Dovecot with the submission service is installed; says
     /// SKIPPED when not.
     pub fn installed() -> bool {
-        let found = Path::new("/usr/lib/dovecot/submission").exists()
-            && Command::new("dovecot")
-                .arg("--version")
-                .stdin(Stdio::null())
-                .output()
-                .is_ok_and(|o| o.status.success());
-        if !found {
+        let version = Command::new("dovecot")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let Some(version) = version.filter(|_| Path::new("/usr/lib/dovecot/submission").exists())
+        else {
             eprintln!(
                 "SKIPPED: dovecot (dovecot-core, dovecot-submissiond) is not installed; run scripts/install-test-tools"
             );
-        }
-        found
+            return false;
+        };
+        // The config below is Dovecot 2.3's; 2.4 (Debian 13) changed the
+        // syntax of most of it. Fail loudly rather than skip quietly.
+        assert!(
+            version.starts_with("2.3."),
+            "Dovecot {version} is installed; these tests write a Dovecot 2.3 config: port tests/interop_common/dovecot.rs to it"
+        );
+        true
     }
 
     pub async fn start(options: DovecotOptions) -> Dovecot {
@@ -410,12 +419,17 @@ fn escape_identifier(identifier: &str) -> String {
 }
 
 /// The keys of a JWKS document as Dovecot's key dict wants them: one PEM
-/// `PUBLIC KEY` (SubjectPublicKeyInfo) per JWK, under `default` (the
-/// sandbox's tokens carry no `azp`).
-pub fn keys_from_jwks(jwks: &serde_json::Value) -> Vec<DictKey> {
+/// `PUBLIC KEY` (SubjectPublicKeyInfo) per JWK, under `default` (for tokens
+/// without `azp`, as the sandbox's are today) and under each of `azps`
+/// (Entra-shaped tokens name the client in `azp`).
+pub fn keys_from_jwks(jwks: &serde_json::Value, azps: &[&str]) -> Vec<DictKey> {
     let keys = jwks["keys"].as_array().expect("a JWKS has keys");
+    let azps: Vec<&str> = std::iter::once("default")
+        .chain(azps.iter().copied())
+        .collect();
     keys.iter()
-        .map(|jwk| {
+        .flat_map(|jwk| azps.iter().map(move |azp| (jwk, *azp)))
+        .map(|(jwk, azp)| {
             let field = |name: &str| {
                 jwk[name]
                     .as_str()
@@ -426,7 +440,7 @@ pub fn keys_from_jwks(jwks: &serde_json::Value) -> Vec<DictKey> {
             // (RFC 7638 thumbprints) never have dots.
             assert!(!kid.contains('.'), "kid {kid} would need dict escaping");
             DictKey {
-                azp: "default".into(),
+                azp: azp.into(),
                 alg: field("alg").to_string(),
                 kid: kid.to_string(),
                 pem: jwk_to_pem(jwk),

@@ -111,7 +111,8 @@ impl Upstream {
         let sink = sink::Sink::start().await;
         let validation = match checks {
             Checks::Locally => {
-                let mut keys = dovecot::keys_from_jwks(&provider.jwks().await);
+                let mut keys =
+                    dovecot::keys_from_jwks(&provider.jwks().await, &[provider::RELAY_CLIENT]);
                 keys.extend(extra_keys);
                 dovecot::Validation::Local {
                     keys,
