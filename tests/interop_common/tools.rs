@@ -50,10 +50,12 @@ pub async fn run(command: &mut Command) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Name the program only: its arguments may hold a token.
+    let program = program_name(command);
     tokio::time::timeout(WAIT, command.output())
         .await
-        .unwrap_or_else(|_| panic!("{command:?} did not finish within {WAIT:?}"))
-        .unwrap_or_else(|e| panic!("{command:?} could not run: {e}"))
+        .unwrap_or_else(|_| panic!("{program} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("{program} could not run: {e}"))
 }
 
 /// [`run`] with `input` as standard input (msmtp, sendmail-style clients).
@@ -64,9 +66,10 @@ pub async fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    let program = program_name(command);
     let mut child = command
         .spawn()
-        .unwrap_or_else(|e| panic!("{command:?} could not run: {e}"));
+        .unwrap_or_else(|e| panic!("{program} could not run: {e}"));
     let mut stdin = child.stdin.take().expect("stdin");
     let input = input.to_vec();
     let finished = async move {
@@ -77,8 +80,16 @@ pub async fn run_with_input(command: &mut Command, input: &[u8]) -> Output {
     };
     tokio::time::timeout(WAIT, finished)
         .await
-        .unwrap_or_else(|_| panic!("{command:?} did not finish within {WAIT:?}"))
-        .unwrap_or_else(|e| panic!("{command:?} failed: {e}"))
+        .unwrap_or_else(|_| panic!("{program} did not finish within {WAIT:?}"))
+        .unwrap_or_else(|e| panic!("{program} failed: {e}"))
+}
+
+fn program_name(command: &Command) -> String {
+    command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Standard output and error of a finished program, tokens redacted: what a
