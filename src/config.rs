@@ -262,6 +262,11 @@ pub struct AccountConfig {
     pub tls: Option<TlsMode>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Pins of the upstream server's key (base64 SHA-256 of its
+    /// SubjectPublicKeyInfo): one string, or a list during a key rollover.
+    /// Replaces the certificate chain check; checked in `oauth::account`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub tls_pin_sha256: Vec<String>,
     #[serde(default)]
     pub sasl: Option<Mechanism>,
     /// Allows `http://` token endpoints and `tls = "none"`, for loopback hosts only.
@@ -515,6 +520,36 @@ fn validate_issuer(issuer: &IssuerConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// `key = "a"` or `key = ["a", "b"]`, as a list either way.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or a list of strings")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(value) => vec![value],
+        OneOrMany::Many(values) => values,
+    })
+}
+
+/// `host:port`, `[v6]:port` or `v6-address:port` (the last colon splits),
+/// with the brackets taken off the host.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} must be host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host before the port"));
+    }
+    Ok((host.to_string(), port))
+}
+
 /// toml's message already names the line, column and key; keep it and add
 /// the offending line so the reader sees it without opening the file.
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
@@ -638,6 +673,38 @@ user = "noreply@contoso.com"
             .expect_err("empty audience")
             .to_string();
         assert!(err.contains("audience"), "{err}");
+    }
+
+    #[test]
+    fn pins_are_one_string_or_a_list() {
+        let one = format!("{GOOD_ACCOUNT}tls_pin_sha256 = \"a\"\n");
+        let config = Config::parse(&one, Path::new("x.toml"));
+        // "a" is no pin: the account's validation says so, after parsing.
+        let err = config.expect_err("not a pin").to_string();
+        assert!(err.contains("tls_pin_sha256"), "{err}");
+        let text: AccountConfig = toml::from_str(
+            "name = \"n\"\nprovider = \"generic\"\ngrant = \"client_credentials\"\nclient_id = \"c\"\nuser = \"u@x\"\ntls_pin_sha256 = [\"a\", \"b\"]\n",
+        )
+        .expect("a list parses");
+        assert_eq!(text.tls_pin_sha256, ["a", "b"]);
+        let err = toml::from_str::<AccountConfig>(
+            "name = \"n\"\nprovider = \"generic\"\ngrant = \"client_credentials\"\nclient_id = \"c\"\nuser = \"u@x\"\ntls_pin_sha256 = 3\n",
+        )
+        .expect_err("a number is not a pin")
+        .to_string();
+        assert!(err.contains("a string or a list of strings"), "{err}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("mail.example:587"),
+            Ok(("mail.example".into(), 587))
+        );
+        assert_eq!(parse_host_port("[::1]:465"), Ok(("::1".into(), 465)));
+        assert!(parse_host_port("mail.example").is_err());
+        assert!(parse_host_port("mail.example:smtp").is_err());
+        assert!(parse_host_port(":25").is_err());
     }
 
     #[test]

@@ -217,6 +217,25 @@ fn check_account_config(account: &crate::config::AccountConfig, findings: &mut V
             Some("use starttls or implicit for anything but the sandbox".into()),
         ));
     }
+    if !account.tls_pin_sha256.is_empty() {
+        let pins = account.tls_pin_sha256.len();
+        findings.push(if account.provider == ProviderKind::Generic {
+            pass(
+                format!("{name}: TLS"),
+                format!(
+                    "the upstream server is trusted by its pinned key ({pins} pin{}), not by a CA chain, its name or its dates; add the next key's pin before the server's key changes",
+                    if pins == 1 { "" } else { "s" }
+                ),
+            )
+        } else {
+            finding(
+                format!("{name}: TLS"),
+                Status::Warn,
+                "tls_pin_sha256 pins a public provider's key: delivery stops the day it rotates its certificate's key",
+                Some("remove tls_pin_sha256; the system roots verify public providers".into()),
+            )
+        });
+    }
     let preset = preset(account.provider);
     if account.provider != ProviderKind::Generic
         && let Some(scopes) = &account.scopes

@@ -147,3 +147,58 @@ user = "noreply@contoso.com"
     assert!(ok, "{findings:#}");
     assert!(statuses(&findings, "fail").is_empty(), "{findings:#}");
 }
+
+#[test]
+fn pinned_accounts_are_noted_and_a_pinned_public_provider_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_private(
+        &dir.path().join("master.key"),
+        &oxirelay::secret::generate_master_key(),
+    );
+    write_private(&dir.path().join("relay.secret"), "s3cret");
+    let pin = "89FDIbOT6GJTcWKLEEBKF3yw411zUUEW4tEPLIy2p7s=";
+    let config = dir.path().join("oxirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[secrets]
+master_key = "file:master.key"
+
+[[account]]
+name = "internal"
+provider = "generic"
+grant = "client_credentials"
+token_url = "https://id.internal.test/token"
+client_id = "relay"
+client_secret = "file:relay.secret"
+user = "relay@internal.test"
+smtp = "mail.internal.test:587"
+tls_pin_sha256 = ["{pin}", "sha256//{pin}"]
+
+[[account]]
+name = "office"
+provider = "microsoft"
+grant = "client_credentials"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+client_secret = "file:relay.secret"
+user = "noreply@contoso.com"
+tls_pin_sha256 = "{pin}"
+"#
+        ),
+    )
+    .expect("write config");
+    let (_, findings) = doctor(&config, &[]);
+    let passes = statuses(&findings, "pass").join("\n");
+    let warns = statuses(&findings, "warn").join("\n");
+    assert!(
+        passes.contains(
+            "account internal: TLS: the upstream server is trusted by its pinned key (2 pins)"
+        ),
+        "{passes}"
+    );
+    assert!(
+        warns.contains("account office: TLS: tls_pin_sha256 pins a public provider's key"),
+        "{warns}"
+    );
+}

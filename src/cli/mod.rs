@@ -15,6 +15,7 @@ mod sandbox;
 mod send;
 mod sendmail;
 mod serve;
+mod tls;
 mod token;
 mod user;
 
@@ -119,6 +120,9 @@ pub enum Command {
     /// The message queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// TLS of upstream servers: print the pin of a private server's key.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
@@ -165,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
+        Command::Tls(command) => tls::run(command).await,
     }
 }
 

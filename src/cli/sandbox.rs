@@ -36,6 +36,10 @@ pub struct SandboxArgs {
     /// and limits (strict: the RFCs at their tightest).
     #[arg(long, value_enum, default_value_t = crate::sandbox::ProfileName::Strict)]
     pub profile: crate::sandbox::ProfileName,
+    /// The SMTP server's certificate: ca-signed (trust it with ca_file), or
+    /// self-signed-ca, like many internal servers (pin it with tls_pin_sha256).
+    #[arg(long, value_enum, default_value_t = crate::sandbox::ServerCertificate::CaSigned)]
+    pub server_certificate: crate::sandbox::ServerCertificate,
 }
 
 #[derive(clap::Subcommand)]
@@ -67,6 +71,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     options.smtp_addr = args.smtp;
     options.max_smtp_sessions = args.max_sessions;
     options.profile = args.profile;
+    options.server_certificate = args.server_certificate;
     let sandbox = Sandbox::start(options).await?;
     let secret_file = std::fs::canonicalize(&args.dir)?.join("client.secret");
     write_secret(&secret_file, sandbox.client_secret.expose())?;
@@ -109,6 +114,12 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             &format!("file:{}", secret_file.display())
         )
     );
+    if args.server_certificate == crate::sandbox::ServerCertificate::SelfSignedCa {
+        println!(
+            "The SMTP server presents a self-signed CA certificate, as many internal servers do: with the ca_file above, sending fails and says why. To send, remove ca_file and pin the key instead: tls_pin_sha256 = the pin `oxirelay tls pin 127.0.0.1:{}` prints.\n",
+            sandbox.smtp.addr().port()
+        );
+    }
     println!(
         "Then: oxirelay -c oxirelay.toml send --account sandbox --from {} --to you@example.net --subject hi --body hello",
         crate::sandbox::USER

@@ -86,13 +86,12 @@ pub fn ehlo_name() -> String {
 }
 
 pub fn target_for(account: &Account) -> Result<UpstreamTarget, UpstreamError> {
-    let tls_config =
-        crate::tls::client_config(account.smtp.ca_file.as_deref()).map_err(|source| {
-            UpstreamError::Tls {
-                account: account.name.clone(),
-                source,
-            }
-        })?;
+    let tls_config = crate::tls::client_config_for(&account.smtp.trust).map_err(|source| {
+        UpstreamError::Tls {
+            account: account.name.clone(),
+            source,
+        }
+    })?;
     Ok(UpstreamTarget {
         host: account.smtp.host.clone(),
         port: account.smtp.port,

@@ -2,10 +2,11 @@
 //! with the preset's defaults filled in and every rule about endpoints and
 //! transport security checked once, here.
 
-use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host};
+use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host, parse_host_port};
 use crate::oauth::preset::{GrantKind, Preset, ProviderKind, preset};
 use crate::secret::Secret;
 use crate::smtp::sasl::Mechanism;
+use crate::tls::{ServerTrust, SpkiPin};
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
@@ -27,7 +28,8 @@ pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
-    pub ca_file: Option<PathBuf>,
+    /// From `ca_file` or `tls_pin_sha256` (at most one of them is set).
+    pub trust: ServerTrust,
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +109,7 @@ impl Account {
                 host,
                 port,
                 tls: config.tls.unwrap_or(preset.tls),
-                ca_file: config.ca_file.clone(),
+                trust: server_trust(config)?,
             },
             sasl: config.sasl.unwrap_or(preset.sasl),
             insecure_loopback: config.insecure_loopback,
@@ -139,25 +141,51 @@ fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u1
         message,
     };
     match &config.smtp {
-        Some(text) => {
-            let (host, port) = text
-                .rsplit_once(':')
-                .ok_or_else(|| invalid(format!("smtp = {text:?} must be host:port")))?;
-            let port = port
-                .parse()
-                .map_err(|_| invalid(format!("smtp = {text:?}: {port:?} is not a port number")))?;
-            Ok((
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
-                port,
-            ))
-        }
+        Some(text) => parse_host_port(text).map_err(|e| invalid(format!("smtp = {e}"))),
         None => preset
             .smtp_host
             .map(|h| (h.to_string(), preset.smtp_port))
             .ok_or_else(|| invalid("a generic account needs smtp = \"host:port\"".to_string())),
     }
+}
+
+/// How the upstream server is checked: pinned keys, a CA file, or the
+/// system roots.
+fn server_trust(config: &AccountConfig) -> Result<ServerTrust, ConfigError> {
+    let pins = parse_pins(config).map_err(|message| ConfigError::Invalid {
+        path: PathBuf::from(format!("account {:?}", config.name)),
+        message,
+    })?;
+    Ok(if pins.is_empty() {
+        ServerTrust::from_ca_file(config.ca_file.as_deref())
+    } else {
+        ServerTrust::Pinned(pins)
+    })
+}
+
+fn parse_pins(config: &AccountConfig) -> Result<Vec<SpkiPin>, String> {
+    config
+        .tls_pin_sha256
+        .iter()
+        .map(|text| SpkiPin::parse(text).map_err(|e| format!("tls_pin_sha256: {e}")))
+        .collect()
+}
+
+/// The rules of `ca_file` and `tls_pin_sha256` together.
+fn validate_trust(config: &AccountConfig) -> Result<(), String> {
+    let pins = parse_pins(config)?;
+    if pins.is_empty() {
+        return Ok(());
+    }
+    if config.ca_file.is_some() {
+        return Err("ca_file and tls_pin_sha256 are both set; a pin replaces the certificate chain check, so ca_file would be ignored: keep one (the pin, for a server whose certificate webpki refuses)".to_string());
+    }
+    if config.tls == Some(TlsMode::None) {
+        return Err(
+            "tls_pin_sha256 needs TLS; with tls = \"none\" there is no key to check".to_string(),
+        );
+    }
+    Ok(())
 }
 
 /// Every rule a single account entry must meet; the message names the fix.
@@ -208,6 +236,7 @@ pub fn validate_account(config: &AccountConfig) -> Result<(), String> {
                 .map_err(|e| format!("{key}: {e}"))?;
         }
     }
+    validate_trust(config)?;
     if config.tls == Some(TlsMode::None) {
         let host = config
             .smtp
@@ -242,6 +271,60 @@ pub fn require_secure_url(url: &Url, insecure_loopback: bool) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn generic(extra: &str) -> AccountConfig {
+        toml::from_str(&format!(
+            "name = \"lab\"\nprovider = \"generic\"\ngrant = \"client_credentials\"\ntoken_url = \"https://id.example.net/token\"\nclient_id = \"relay\"\nclient_secret = \"env:LAB_SECRET\"\nuser = \"a@example.net\"\nsmtp = \"mail.example.net:587\"\n{extra}"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn trust_is_the_system_a_ca_file_or_pins() {
+        let pin = SpkiPin::of_spki(b"key");
+        let other = SpkiPin::of_spki(b"next key");
+        assert_eq!(
+            server_trust(&generic("")).expect("ok"),
+            ServerTrust::SystemRoots
+        );
+        assert_eq!(
+            server_trust(&generic("ca_file = \"/etc/ca.pem\"\n")).expect("ok"),
+            ServerTrust::CaFile(PathBuf::from("/etc/ca.pem"))
+        );
+        let one = generic(&format!("tls_pin_sha256 = \"{pin}\"\n"));
+        validate_account(&one).expect("valid");
+        assert_eq!(
+            server_trust(&one).expect("ok"),
+            ServerTrust::Pinned(vec![pin])
+        );
+        let two = generic(&format!(
+            "tls_pin_sha256 = [\"{pin}\", \"sha256//{other}\"]\n"
+        ));
+        assert_eq!(
+            server_trust(&two).expect("ok"),
+            ServerTrust::Pinned(vec![pin, other])
+        );
+    }
+
+    #[test]
+    fn pins_are_checked_with_their_neighbours() {
+        let pin = SpkiPin::of_spki(b"key");
+        let err = validate_account(&generic(&format!(
+            "tls_pin_sha256 = \"{pin}\"\nca_file = \"/etc/ca.pem\"\n"
+        )))
+        .expect_err("both");
+        assert!(
+            err.contains("ca_file and tls_pin_sha256 are both set"),
+            "{err}"
+        );
+        let err = validate_account(&generic("tls_pin_sha256 = \"abc\"\n")).expect_err("bad pin");
+        assert!(err.starts_with("tls_pin_sha256: \"abc\""), "{err}");
+        let err = validate_account(&generic(&format!(
+            "tls_pin_sha256 = \"{pin}\"\ntls = \"none\"\n"
+        )))
+        .expect_err("no TLS");
+        assert!(err.contains("needs TLS"), "{err}");
+    }
 
     #[test]
     fn http_only_for_marked_loopback() {

@@ -1,6 +1,11 @@
 //! The sandbox's certificates: a throw-away CA generated at start, and a
 //! leaf for `localhost`, `127.0.0.1` and `::1` signed by it. Clients trust
 //! the sandbox by trusting the CA file (never by turning verification off).
+//!
+//! [`SandboxCa::generate_self_signed_ca`] makes the other shape, the one
+//! many internal servers have: one self-signed CA certificate that is also
+//! the server's own. webpki refuses it whatever the trust anchors, so it is
+//! what the private-server messages and `tls_pin_sha256` are tested with.
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
@@ -78,6 +83,50 @@ impl SandboxCa {
         })
     }
 
+    /// One certificate for [`LEAF_NAMES`] that is its own CA (basic
+    /// constraints CA=true) and the server's certificate at once.
+    pub fn generate_self_signed_ca() -> Result<Self, CertsError> {
+        let mut params = rcgen::CertificateParams::new(LEAF_NAMES.map(String::from).to_vec())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "oxirelay sandbox private server");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(SandboxCa {
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            leaf_der: cert.der().clone(),
+            leaf_key_der: key.serialize_der(),
+            leaf_pem: cert.pem(),
+            leaf_key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Whether the server's certificate is the CA certificate itself.
+    fn is_self_signed_leaf(&self) -> bool {
+        self.leaf_der == self.ca_der
+    }
+
+    /// The chain the server sends: the leaf, and the CA unless they are one.
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        if self.is_self_signed_leaf() {
+            vec![self.leaf_der.clone()]
+        } else {
+            vec![self.leaf_der.clone(), self.ca_der.clone()]
+        }
+    }
+
+    /// The server certificate, DER (the one whose key a client pins).
+    pub fn leaf_der(&self) -> &CertificateDer<'static> {
+        &self.leaf_der
+    }
+
     /// The CA certificate, PEM: what a client adds as `ca_file`.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -103,8 +152,12 @@ impl SandboxCa {
             let path = path.to_path_buf();
             move |source| CertsError::Write { path, source }
         };
-        std::fs::write(cert, format!("{}{}", self.leaf_pem, self.ca_pem))
-            .map_err(write_error(cert))?;
+        let chain = if self.is_self_signed_leaf() {
+            self.leaf_pem.clone()
+        } else {
+            format!("{}{}", self.leaf_pem, self.ca_pem)
+        };
+        std::fs::write(cert, chain).map_err(write_error(cert))?;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -122,10 +175,7 @@ impl SandboxCa {
     /// A rustls server configuration presenting the leaf.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CertsError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone()));
-        Ok(crate::tls::server_config(
-            vec![self.leaf_der.clone(), self.ca_der.clone()],
-            key,
-        )?)
+        Ok(crate::tls::server_config(self.chain(), key)?)
     }
 
     /// A rustls client configuration trusting only this CA (for tests and
@@ -164,6 +214,17 @@ mod tests {
             1
         );
         assert!(!format!("{ca:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_self_signed_ca_is_its_own_server_certificate() {
+        let ca = SandboxCa::generate_self_signed_ca().expect("generate");
+        assert_eq!(ca.leaf_der(), ca.ca_der());
+        assert_eq!(ca.chain().len(), 1);
+        let summary = crate::tls::CertificateSummary::parse(ca.leaf_der()).expect("parses");
+        assert!(summary.is_ca && summary.self_signed, "{summary:?}");
+        assert_eq!(summary.names, LEAF_NAMES);
+        ca.server_config().expect("server config");
     }
 
     #[test]

@@ -78,6 +78,19 @@ pub struct SandboxOptions {
     /// The SMTP server's behaviour when not the profile's own (a test that
     /// needs a smaller quota, say): start from `profile.smtp()`.
     pub smtp: Option<SmtpProfile>,
+    /// The certificate its SMTP server presents.
+    pub server_certificate: ServerCertificate,
+}
+
+/// What the sandbox SMTP server's certificate looks like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerCertificate {
+    /// A leaf signed by a generated CA: trusted with `ca_file`.
+    #[default]
+    CaSigned,
+    /// A self-signed CA certificate as the server's own, like many internal
+    /// servers: webpki refuses it even from `ca_file`; pin its key instead.
+    SelfSignedCa,
 }
 
 impl SandboxOptions {
@@ -95,6 +108,7 @@ impl SandboxOptions {
             max_smtp_sessions: 256,
             profile: ProfileName::default(),
             smtp: None,
+            server_certificate: ServerCertificate::default(),
         }
     }
 }
@@ -210,7 +224,10 @@ impl Sandbox {
             introspection_url: auth.introspection_url(),
             introspection_secret,
         });
-        let ca = Arc::new(SandboxCa::generate()?);
+        let ca = Arc::new(match options.server_certificate {
+            ServerCertificate::CaSigned => SandboxCa::generate()?,
+            ServerCertificate::SelfSignedCa => SandboxCa::generate_self_signed_ca()?,
+        });
         let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
         smtp_config.required_scope = SMTP_SCOPE.into();
         smtp_config.max_sessions = options.max_smtp_sessions;

@@ -36,6 +36,16 @@ impl Harness {
     /// `grant`: "client_credentials" or "authorization_code"; `sasl`:
     /// "xoauth2" or "oauthbearer".
     pub async fn start(grant: &str, sasl: &str, token_ttl: Duration) -> Harness {
+        Self::start_with(grant, sasl, token_ttl, |_| {}).await
+    }
+
+    /// As [`Harness::start`], with the sandbox's options changed first.
+    pub async fn start_with(
+        grant: &str,
+        sasl: &str,
+        token_ttl: Duration,
+        configure: impl FnOnce(&mut SandboxOptions),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = SandboxOptions::new(dir.path().join("sandbox"));
         options.token_ttl = token_ttl;
@@ -45,6 +55,7 @@ impl Harness {
         // The server keeps its interval; the client's own +5 s is what the
         // device tests measure.
         options.slow_down_increment = Duration::ZERO;
+        configure(&mut options);
         let sandbox = Sandbox::start(options).await.expect("sandbox starts");
         write_private(
             &dir.path().join("master.key"),

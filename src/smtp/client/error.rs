@@ -53,7 +53,10 @@ pub enum ClientError {
     )]
     Connect { address: String, reason: String },
 
-    #[error("TLS handshake with {host} failed: {reason}{}", if *certificate { "; if the server uses a private CA, set ca_file for the account to that CA's PEM file" } else { "" })]
+    /// For a refused certificate, `reason` is the
+    /// [`crate::tls::CertificateRejection`]'s account of what is wrong and
+    /// what to do, written for this account's trust settings.
+    #[error("TLS handshake with {host} failed: {reason}")]
     TlsHandshake {
         host: String,
         reason: String,

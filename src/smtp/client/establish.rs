@@ -6,14 +6,17 @@
 //!   for the sandbox, [`PlaintextSession::allow_plaintext_on_loopback`].
 //! - Implicit TLS goes straight to a [`Session`].
 //!
-//! Certificates are verified by rustls against the configured roots with the
-//! target host as the server name; there is no switch to turn that off.
+//! Certificates are verified as the target's TLS configuration says
+//! ([`crate::tls::ServerTrust`]: the configured roots with the target host as
+//! the server name, or the account's pinned keys); there is no switch to turn
+//! verification off.
 
 use super::capabilities::Capabilities;
 use super::error::{ClientError, Stage};
 use super::session::Session;
 use super::target::{TlsMode, UpstreamTarget, is_loopback_host};
 use super::wire::{Transport, Wire};
+use crate::tls::CertificateRejection;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -208,9 +211,13 @@ async fn tls_handshake(
                 rustls_error,
                 Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
             );
+            let reason = match rustls_error.and_then(CertificateRejection::find) {
+                Some(rejection) => rejection.describe(&target.address()),
+                None => error.to_string(),
+            };
             Err(ClientError::TlsHandshake {
                 host,
-                reason: error.to_string(),
+                reason,
                 certificate,
             })
         }

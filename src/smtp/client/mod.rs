@@ -17,6 +17,7 @@
 //! - [`envelope`]: one transaction's commands and its per-recipient report.
 //! - `establish`: connecting and securing; `session`: AUTH and sending;
 //!   `wire`: the I/O shell with deadlines.
+//! - [`probe`]: reading a server's certificate for `oxirelay tls pin`.
 
 mod auth_reply;
 pub mod capabilities;
@@ -24,6 +25,7 @@ pub mod data;
 pub mod envelope;
 mod error;
 mod establish;
+pub mod probe;
 pub mod reply;
 mod session;
 mod target;

@@ -77,6 +77,20 @@ impl Session {
         matches!(self.wire.stream(), Transport::Tls(_))
     }
 
+    /// The certificate chain the server presented, end-entity first
+    /// (empty for loopback plaintext).
+    pub fn peer_certificates(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        match self.wire.stream() {
+            Transport::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .to_vec(),
+            Transport::LoopbackPlaintext(_) => Vec::new(),
+        }
+    }
+
     pub fn is_authenticated(&self) -> bool {
         self.authenticated
     }
