@@ -1,136 +1,123 @@
-//! Real third-party clients submit to the relay: Python's smtplib
-//! (STARTTLS + AUTH PLAIN, trusting the test CA) and curl (OAUTHBEARER with
-//! an access token from the sandbox's authorization server, validated by
-//! the relay against the sandbox issuer's discovered JWKS).
+//! Real third-party clients submit to the relay's listeners and each
+//! message is followed to the upstream: swaks, msmtp, curl and Python's
+//! smtplib, each with AUTH PLAIN and AUTH LOGIN after STARTTLS and on
+//! implicit TLS, trusting the listeners' CA; and curl with OAUTHBEARER and
+//! a sandbox token, validated by the relay against the sandbox issuer's
+//! JWKS. The relay is `oxirelay serve` (the built binary); its upstream is
+//! the sandbox, whose inbox must hold each message intact.
+//!
+//! Needs the clients (`scripts/install-test-tools`); a test whose client is
+//! missing prints SKIPPED and returns.
 
-mod submit_common;
+mod interop_common;
 
-use oxirelay::sandbox::USER;
-use std::process::Stdio;
-use submit_common::*;
+use interop_common::submission::{COMBINATIONS, Client, SubmissionRelay, submit};
+use interop_common::tools::{describe, run};
+use interop_common::{RECIPIENT, USER, assert_intact, message};
 use tokio::process::Command;
 
-async fn run(command: &mut Command) -> std::process::Output {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    tokio::time::timeout(WAIT, command.output())
-        .await
-        .expect("the client finishes in time")
-        .expect("the client runs")
-}
-
-const SMTPLIB: &str = r#"
-import smtplib, ssl, sys
-host, port, ca, user, password, sender, rcpt = sys.argv[1:8]
-context = ssl.create_default_context(cafile=ca)
-with smtplib.SMTP(host, int(port), local_hostname="python.test", timeout=15) as smtp:
-    smtp.starttls(context=context)
-    smtp.login(user, password)
-    message = "From: %s\r\nTo: %s\r\nSubject: from smtplib\r\n\r\nhello from python\r\n" % (sender, rcpt)
-    refused = smtp.sendmail(sender, [rcpt], message)
-    assert not refused, refused
-print("sent")
-"#;
-
-#[tokio::test]
-async fn python_smtplib_submits_with_starttls_and_auth_plain() {
-    if !have("python3") {
+/// `client` submits one message for each TLS mode and mechanism; each must
+/// reach the sandbox, byte for byte after the trace headers.
+async fn submits_with_every_tls_mode_and_password_mechanism(client: Client) {
+    if !client.installed() {
         return;
     }
-    let relay = Relay::start().await;
-    let sender = format!("lp1@{PRINTER_DOMAIN}");
-    let output = run(Command::new("python3").args([
-        "-c",
-        SMTPLIB,
-        "localhost",
-        &relay.addr(STARTTLS).port().to_string(),
-        &relay.ca_file.display().to_string(),
-        PRINTER,
-        PRINTER_PASSWORD,
-        &sender,
-        "bob@example.com",
-    ]))
-    .await;
-    assert!(
-        output.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let queued = relay.queued().await;
-    assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].submitted_by, PRINTER);
-    assert_eq!(queued[0].mail_from, sender);
-    let body = String::from_utf8(relay.body(&queued[0].id.0).await).expect("UTF-8");
-    assert!(
-        body.starts_with("Received: from python.test ([127.0.0.1])"),
-        "{body}"
-    );
-    assert!(body.ends_with("\r\n\r\nhello from python\r\n"), "{body}");
-    relay.shutdown().await;
+    let relay = SubmissionRelay::start().await;
+    for (n, (tls, auth)) in COMBINATIONS.into_iter().enumerate() {
+        let subject = format!("{} {tls:?} {}", client.program(), auth.name());
+        let sent = message(&subject);
+        let output = submit(&relay, client, tls, auth, &sent).await;
+        assert!(
+            output.status.success(),
+            "{client:?} with {tls:?} and AUTH {}: {}",
+            auth.name(),
+            describe(&output)
+        );
+        let arrived = relay.arrived(n + 1, &subject).await;
+        assert_intact(&arrived, &sent);
+        let text = String::from_utf8_lossy(&arrived);
+        assert!(
+            text.starts_with("Received: from ") && text.contains("with ESMTPSA"),
+            "the relay's trace header records TLS and AUTH: {text}"
+        );
+        if client == Client::Smtplib {
+            // The EHLO name smtplib was given.
+            assert!(
+                text.starts_with("Received: from python.test ([127.0.0.1])"),
+                "{text}"
+            );
+        }
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn swaks_submits_with_plain_and_login_over_starttls_and_implicit_tls() {
+    submits_with_every_tls_mode_and_password_mechanism(Client::Swaks).await;
+}
+
+#[tokio::test]
+async fn msmtp_submits_with_plain_and_login_over_starttls_and_implicit_tls() {
+    submits_with_every_tls_mode_and_password_mechanism(Client::Msmtp).await;
+}
+
+#[tokio::test]
+async fn curl_submits_with_plain_and_login_over_starttls_and_implicit_tls() {
+    submits_with_every_tls_mode_and_password_mechanism(Client::Curl).await;
+}
+
+#[tokio::test]
+async fn python_smtplib_submits_with_plain_and_login_over_starttls_and_implicit_tls() {
+    submits_with_every_tls_mode_and_password_mechanism(Client::Smtplib).await;
 }
 
 #[tokio::test]
 async fn curl_submits_with_oauthbearer_and_a_sandbox_token() {
-    if !have("curl") {
+    if !Client::Curl.installed() {
         return;
     }
-    let relay = Relay::start().await;
+    let relay = SubmissionRelay::start().await;
     let token = relay.sandbox_token().await;
-    let message = relay.dir.path().join("message.eml");
-    std::fs::write(
-        &message,
-        format!(
-            "From: {USER}\r\nTo: bob@example.com\r\nSubject: from curl\r\n\r\nhello from curl\r\n"
-        ),
-    )
-    .expect("write message");
+    let subject = "curl OAUTHBEARER to the relay";
+    let sent = message(subject);
+    let file = relay.config.dir.path().join("bearer.eml");
+    std::fs::write(&file, &sent).expect("write message");
     let curl = |token: &str| {
         let mut command = Command::new("curl");
         command.args([
             "--silent",
             "--show-error",
             "--url",
-            &format!("smtp://127.0.0.1:{}", relay.addr(STARTTLS).port()),
+            &format!("smtp://127.0.0.1:{}", relay.relay.listeners[0].port()),
             "--ssl-reqd",
             "--cacert",
-            &relay.ca_file.display().to_string(),
+            relay.ca_file.to_str().expect("UTF-8"),
             "--mail-from",
             USER,
             "--mail-rcpt",
-            "bob@example.com",
+            RECIPIENT,
             "--user",
             &format!("{USER}:"),
             "--oauth2-bearer",
             token,
             "--login-options",
             "AUTH=OAUTHBEARER",
-            "-T",
-            &message.display().to_string(),
+            "--upload-file",
+            file.to_str().expect("UTF-8"),
         ]);
         command
     };
     let output = run(&mut curl(&token)).await;
-    assert!(
-        output.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let queued = relay.queued().await;
-    assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].submitted_by, USER);
-    assert_eq!(queued[0].account, ACCOUNT);
-    let body = String::from_utf8(relay.body(&queued[0].id.0).await).expect("UTF-8");
-    assert!(body.contains("with ESMTPSA"), "{body}");
-    assert!(body.ends_with("\r\n\r\nhello from curl\r\n"), "{body}");
+    assert!(output.status.success(), "curl: {}", describe(&output));
+    let arrived = relay.arrived(1, subject).await;
+    assert_intact(&arrived, &sent);
 
-    // A forged token (right shape, wrong signature) is refused.
+    // A forged token (right shape, wrong signature) is refused, and
+    // nothing more reaches the sandbox.
     let mut parts: Vec<&str> = token.split('.').collect();
     parts[2] = "AAAA";
     let output = run(&mut curl(&parts.join("."))).await;
     assert!(!output.status.success(), "a forged token was accepted");
-    assert_eq!(relay.queued().await.len(), 1);
-    relay.shutdown().await;
+    assert_eq!(relay.sandbox.smtp.inbox().count(), 1);
+    relay.stop().await;
 }
