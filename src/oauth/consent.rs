@@ -3,10 +3,16 @@
 //! build the authorization URL, check what comes back to the redirect URI,
 //! exchange the code. Opening a browser and listening on the loopback
 //! redirect are the CLI's business.
+//!
+//! A refresh token is asked for the way the provider wants it asked
+//! ([`OfflineRequest`], preset data), and what came back is reported as it
+//! is: a consent without a refresh token is a login that ends with the
+//! access token, and [`missing_refresh_token`] says why it likely happened.
 
 use crate::oauth::account::{Account, Endpoints};
 use crate::oauth::broker::{AccessToken, Broker, BrokerError};
 use crate::oauth::grant::GrantRequest;
+use crate::oauth::preset::{GrantKind, OfflineRequest, ProviderKind};
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
@@ -93,11 +99,8 @@ pub fn begin(
         if let Some(hint) = login_hint {
             query.append_pair("login_hint", hint);
         }
-        if account.preset.kind == crate::oauth::preset::ProviderKind::Google {
-            // Google issues a refresh token only with offline access, and
-            // only on a fresh consent screen.
-            query.append_pair("access_type", "offline");
-            query.append_pair("prompt", "consent");
+        for (key, value) in offline_parameters(account) {
+            query.append_pair(key, value);
         }
     }
     Ok(AuthorizationRequest {
@@ -107,6 +110,41 @@ pub fn begin(
         redirect_uri: redirect_uri.to_string(),
         scopes: account.scopes.clone(),
     })
+}
+
+/// The authorization request parameters that ask for a refresh token, as
+/// the account's provider wants them.
+pub fn offline_parameters(account: &Account) -> Vec<(&'static str, &'static str)> {
+    let asks_offline = account.scopes.iter().any(|s| s == OFFLINE_ACCESS);
+    match account.preset.offline_request {
+        OfflineRequest::GoogleAccessType => vec![("access_type", "offline"), ("prompt", "consent")],
+        OfflineRequest::ScopeWithConsentPrompt if asks_offline => vec![("prompt", "consent")],
+        OfflineRequest::ScopeWithConsentPrompt | OfflineRequest::Scope => Vec::new(),
+    }
+}
+
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// Why a consent ended without a refresh token, most likely first, and
+/// what to change; for the person who just logged in.
+pub fn missing_refresh_token(account: &Account, endpoints: &Endpoints) -> String {
+    let asks_offline = account.scopes.iter().any(|s| s == OFFLINE_ACCESS);
+    let device = account.grant == GrantKind::DeviceCode;
+    match account.preset.kind {
+        ProviderKind::Google => "Google issues a refresh token only with access_type=offline on a consent screen that was shown; remove the app's access at https://myaccount.google.com/permissions and log in again".to_string(),
+        ProviderKind::Microsoft if !asks_offline => format!(
+            "the account's scopes lack offline_access; remove `scopes` from account {} (the preset asks for it) or add \"offline_access\"",
+            account.name
+        ),
+        ProviderKind::Microsoft => "Microsoft did not grant offline_access: check that the app registration lists the delegated permission offline_access and that consent was given for it".to_string(),
+        ProviderKind::Generic if !asks_offline => format!(
+            "the account's scopes lack offline_access, the scope OpenID providers issue refresh tokens for; add \"offline_access\" to `scopes` of account {}",
+            account.name
+        ),
+        ProviderKind::Generic if !endpoints.metadata.may_support_scope(OFFLINE_ACCESS) => "the provider does not list offline_access among its scopes_supported; enable refresh tokens (offline access) for this client at the provider".to_string(),
+        ProviderKind::Generic if device => "the provider did not grant offline access to the device flow (OpenID Connect Core section 11 ties offline_access to the authorization code flow); log in with the browser instead, or allow refresh tokens for this client at the provider".to_string(),
+        ProviderKind::Generic => "the provider ignored offline_access although oxirelay sent prompt=consent (OpenID Connect Core section 11); allow refresh tokens (offline access) for this client at the provider".to_string(),
+    }
 }
 
 /// Checks the query the provider sent to the redirect URI and returns the code.
@@ -150,13 +188,21 @@ pub fn code_from_callback(
         .ok_or(ConsentError::NoCode)
 }
 
+/// What a finished consent stored.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub token: AccessToken,
+    /// The provider sent a refresh token with this consent.
+    pub refresh_token_issued: bool,
+}
+
 /// Exchanges the code (with the PKCE verifier) and stores the tokens.
 pub async fn finish(
     broker: &Broker,
     account: &str,
     request: &AuthorizationRequest,
     code: &Secret,
-) -> Result<AccessToken, BrokerError> {
+) -> Result<Consent, BrokerError> {
     let endpoint = broker.token_endpoint(account).await?;
     let http = broker.http(account)?;
     let response = endpoint
@@ -177,7 +223,12 @@ pub async fn finish(
             },
             source,
         })?;
-    broker.store_consent(account, response).await
+    let refresh_token_issued = response.refresh_token.is_some();
+    let token = broker.store_consent(account, response).await?;
+    Ok(Consent {
+        token,
+        refresh_token_issued,
+    })
 }
 
 #[cfg(test)]

@@ -7,14 +7,17 @@ use serde::Serialize;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::access_token::{TokenMint, looks_like_jwt};
 use super::config::{AuthServerConfig, OFFLINE_ACCESS, SandboxClient};
 use super::consent::ConsentForms;
+use super::entra;
 use super::faults::TokenFaults;
-use super::ledger::{CodeRequest, DeviceStart, Grant, Ledger, RefreshIssue, random_token};
+use super::ledger::{CodeRequest, DeviceStart, Grant, Ledger, RefreshIssue};
 use super::oauth_error::{ErrorCode, OAuthError};
 use super::params::Params;
 use super::stats::{GrantKind, StatsRecorder};
-use crate::oauth::jwt::{AccessTokenClaims, SIGNING_ALGORITHM, SigningKey, unix_now};
+use crate::oauth::jwt::{SigningKey, unix_now};
+use crate::sandbox::profile::TokenShape;
 use crate::secret::Secret;
 
 /// Everything the server knows; shared by all handlers.
@@ -155,6 +158,15 @@ impl AuthCore {
         client: &SandboxClient,
         params: &Params,
     ) -> Result<Grant, OAuthError> {
+        if client.client_secret.is_none() {
+            return Err(OAuthError::new(
+                ErrorCode::UnauthorizedClient,
+                format!(
+                    "client {} is a public client (no secret); client_credentials needs a confidential client",
+                    client.client_id
+                ),
+            ));
+        }
         let Some(subject) = client.app_subject.clone() else {
             return Err(OAuthError::new(
                 ErrorCode::UnauthorizedClient,
@@ -166,11 +178,12 @@ impl AuthCore {
         };
         // App-only tokens never come with a refresh token (RFC 6749 §4.4.3),
         // so offline_access is meaningless here and dropped.
-        let scopes = self
+        let scopes: Vec<String> = self
             .parse_scope(params.get("scope"))?
             .into_iter()
             .filter(|s| s != OFFLINE_ACCESS)
             .collect();
+        self.check_shape_scopes(&scopes, true)?;
         Ok(Grant {
             client_id: client.client_id.clone(),
             subject,
@@ -178,6 +191,28 @@ impl AuthCore {
             family: None,
             refresh: RefreshIssue::None,
         })
+    }
+
+    /// The profile's own rules for the scopes of one request (Entra's
+    /// resource naming); `app_only` for client credentials.
+    pub(crate) fn check_shape_scopes(
+        &self,
+        scopes: &[String],
+        app_only: bool,
+    ) -> Result<(), OAuthError> {
+        match self.config.token_shape {
+            TokenShape::Entra => entra::resource_access(&self.config, scopes, app_only).map(|_| ()),
+            TokenShape::Jwt { .. } | TokenShape::Opaque => Ok(()),
+        }
+    }
+
+    /// Issues and recognises this server's access tokens.
+    pub(crate) fn mint(&self) -> TokenMint<'_> {
+        TokenMint {
+            config: &self.config,
+            issuer: &self.issuer,
+            key: &self.key,
+        }
     }
 
     /// The requested scopes, each one known; the default when none asked.
@@ -206,23 +241,9 @@ impl AuthCore {
     fn issue(&self, ledger: &mut Ledger, grant: Grant) -> Result<TokenResponse, OAuthError> {
         let now = unix_now();
         let ttl = self.config.access_token_ttl.as_secs().max(1);
-        let claims = AccessTokenClaims {
-            iss: self.issuer.clone(),
-            sub: grant.subject.clone(),
-            aud: self.config.audience.clone(),
-            exp: now + ttl,
-            iat: now,
-            jti: random_token(),
-            scope: grant.scopes.join(" "),
-            client_id: grant.client_id.clone(),
-        };
-        let access = self.key.sign(&claims).map_err(|e| {
-            OAuthError::new(
-                ErrorCode::ServerError,
-                format!("cannot sign the token: {e}"),
-            )
-        })?;
-        ledger.record_access(&claims.jti, &grant, claims.exp, now);
+        let exp = now + ttl;
+        let minted = self.mint().mint(&grant, now, exp)?;
+        ledger.record_access(&minted.id, &grant, exp, now);
         let refresh = match grant.refresh {
             RefreshIssue::New => ledger.issue_refresh(&grant),
             RefreshIssue::None => None,
@@ -230,15 +251,15 @@ impl AuthCore {
         tracing::info!(
             client_id = %grant.client_id,
             subject = %grant.subject,
-            access_token = %access.fingerprint(),
+            access_token = %minted.token.fingerprint(),
             refresh_token = ?refresh.as_ref().map(Secret::fingerprint),
             "sandbox issued tokens"
         );
         Ok(TokenResponse {
-            access_token: access.expose().to_string(),
+            access_token: minted.token.expose().to_string(),
             token_type: "Bearer",
             expires_in: ttl,
-            scope: claims.scope,
+            scope: grant.scopes.join(" "),
             refresh_token: refresh.map(|r| r.expose().to_string()),
         })
     }
@@ -258,6 +279,7 @@ impl AuthCore {
         params: &Params,
     ) -> Result<DeviceStart, OAuthError> {
         let scopes = self.parse_scope(params.get("scope"))?;
+        self.check_shape_scopes(&scopes, false)?;
         let start = self.ledger().start_device(
             &client.client_id,
             scopes,
@@ -277,8 +299,8 @@ impl AuthCore {
         // The hint only orders the lookups (§2.1); both kinds are tried.
         let refresh_first = params.get("token_type_hint") != Some("access_token");
         let mut revoked = refresh_first && ledger.revoke_refresh(&client.client_id, token);
-        if !revoked && let Some(jti) = self.our_jwt_id(token) {
-            revoked = ledger.revoke_access(&client.client_id, &jti);
+        if !revoked && let Some(id) = self.mint().token_id(token, false) {
+            revoked = ledger.revoke_access(&client.client_id, &id);
         }
         if !revoked && !refresh_first {
             revoked = ledger.revoke_refresh(&client.client_id, token);
@@ -293,9 +315,26 @@ impl AuthCore {
         Ok(())
     }
 
-    /// RFC 7662 for any client of this server (they act as resource servers).
-    pub(crate) fn introspect(&self, params: &Params) -> Result<IntrospectionResponse, OAuthError> {
+    /// RFC 7662 for the clients of this server that may introspect (they
+    /// act as resource servers).
+    pub(crate) fn introspect(
+        &self,
+        client: &SandboxClient,
+        params: &Params,
+    ) -> Result<IntrospectionResponse, OAuthError> {
+        if !client.may_introspect {
+            return Err(OAuthError::invalid_client(format!(
+                "client {} may not use the introspection endpoint; introspect with a resource server's credentials",
+                client.client_id
+            )));
+        }
         let token = params.require("token")?;
+        if self.config.introspection_declines_jwts && looks_like_jwt(token) {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedTokenType,
+                "JWT access tokens are not introspected here: they are self-contained, validate them locally with the JWKS",
+            ));
+        }
         Ok(self.introspect_token(token))
     }
 
@@ -315,34 +354,23 @@ impl AuthCore {
                 exp: None,
             };
         }
-        match self.verify_own(token, true) {
-            Some(claims) if !ledger.access_revoked(&claims.jti) => IntrospectionResponse {
+        let mint = self.mint();
+        let info = mint
+            .token_id(token, true)
+            .and_then(|id| ledger.access_info(&id));
+        match info {
+            // Opaque tokens carry no `exp`: the ledger's is the one that counts.
+            Some(info) if !info.revoked && info.exp_unix >= unix_now() => IntrospectionResponse {
                 active: true,
-                sub: Some(claims.sub),
-                scope: Some(claims.scope),
-                exp: Some(claims.exp),
-                client_id: Some(claims.client_id),
+                sub: Some(info.subject),
+                scope: Some(info.scopes.join(" ")),
+                exp: Some(info.exp_unix),
+                client_id: Some(info.client_id),
                 token_type: Some("Bearer"),
-                iss: Some(claims.iss),
+                iss: Some(mint.token_issuer()),
             },
             _ => IntrospectionResponse::default(),
         }
-    }
-
-    /// The jti of a JWT this server signed, expired or not.
-    fn our_jwt_id(&self, token: &str) -> Option<String> {
-        self.verify_own(token, false).map(|c| c.jti)
-    }
-
-    fn verify_own(&self, token: &str, check_exp: bool) -> Option<AccessTokenClaims> {
-        let mut validation = jsonwebtoken::Validation::new(SIGNING_ALGORITHM);
-        validation.leeway = 0;
-        validation.validate_exp = check_exp;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        jsonwebtoken::decode::<AccessTokenClaims>(token, &self.key.decoding_key(), &validation)
-            .ok()
-            .map(|data| data.claims)
     }
 
     /// Withdraws every consent of `subject`; returns the families revoked.
