@@ -175,10 +175,10 @@ impl BearerVerifier for SandboxVerifier {
                     Err(_) => return Err(bearer_status("invalid_token", None)),
                 };
             if introspection.as_ref().is_some_and(|i| !i.active) {
-                return Err(bearer_status(
-                    "invalid_token",
-                    Some(self.permission.smtp_scope),
-                ));
+                // A signed token that is no longer active (revoked) gets the
+                // scope to ask for again; a token nobody issued gets nothing.
+                let scope = local.is_some().then_some(self.permission.smtp_scope);
+                return Err(bearer_status("invalid_token", scope));
             }
             // The authorization server knows which mailbox a grant is for
             // (Entra's `sub` is a pairwise id, an opaque token says nothing).

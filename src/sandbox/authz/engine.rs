@@ -385,15 +385,257 @@ impl AuthCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::ProfileName;
     use crate::sandbox::authz::config::{DEMO_CLIENT_ID, DEMO_USER};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use std::sync::OnceLock;
+
+    /// One key for the module's tests (RSA generation is slow in debug builds).
+    fn key() -> SigningKey {
+        static KEY: OnceLock<SigningKey> = OnceLock::new();
+        KEY.get_or_init(|| SigningKey::generate().expect("key"))
+            .clone()
+    }
 
     fn core() -> AuthCore {
+        core_with(AuthServerConfig::default())
+    }
+
+    fn core_with(config: AuthServerConfig) -> AuthCore {
         AuthCore::new(
-            AuthServerConfig::default(),
+            config,
             "http://127.0.0.1:1".into(),
-            SigningKey::generate().expect("key"),
+            key(),
             TokenFaults::default(),
         )
+    }
+
+    /// A server with `profile`'s token shape and scopes.
+    fn profile_core(profile: ProfileName) -> AuthCore {
+        let oauth = crate::sandbox::oauth_profile(profile);
+        core_with(AuthServerConfig {
+            token_shape: profile.token_shape(),
+            scopes: oauth.offered_scopes.iter().map(|s| s.to_string()).collect(),
+            ..AuthServerConfig::default()
+        })
+    }
+
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    const REDIRECT: &str = "http://127.0.0.1/callback";
+
+    /// A user's consent for `scopes`, redeemed: the token response.
+    fn user_tokens(core: &AuthCore, scopes: &[&str]) -> TokenResponse {
+        let code = core.issue_code(CodeRequest {
+            client_id: DEMO_CLIENT_ID.into(),
+            redirect_uri: REDIRECT.into(),
+            code_challenge: CHALLENGE.into(),
+            subject: DEMO_USER.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        });
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        core.token(
+            &client,
+            &params(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.expose()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ]),
+        )
+        .expect("code redeemed")
+    }
+
+    fn app_tokens(core: &AuthCore, scope: &str) -> Result<TokenResponse, OAuthError> {
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        core.token(
+            &client,
+            &params(&[("grant_type", "client_credentials"), ("scope", scope)]),
+        )
+    }
+
+    /// The JSON of a JWT's header and claims, unverified.
+    fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+        let mut parts = token.split('.');
+        let mut decode = || {
+            let part = parts.next().expect("part");
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("b64url")).expect("json")
+        };
+        (decode(), decode())
+    }
+
+    #[test]
+    fn strict_tokens_are_rs256_jwts_of_2000_characters_padded_with_groups() {
+        let core = profile_core(ProfileName::Strict);
+        for token in [
+            user_tokens(&core, &["smtp.send", "offline_access"]).access_token,
+            app_tokens(&core, "smtp.send").expect("app").access_token,
+        ] {
+            assert!(token.len() >= 2000, "{} characters", token.len());
+            let (header, claims) = jwt_parts(&token);
+            assert_eq!(header["alg"], "RS256");
+            assert_eq!(header["typ"], "at+jwt");
+            // The standard claims say what they always said; the length is
+            // in the groups, stable for the user.
+            assert_eq!(claims["sub"], DEMO_USER);
+            assert_eq!(claims["aud"], "smtp");
+            assert!(
+                claims["scope"]
+                    .as_str()
+                    .expect("scope")
+                    .starts_with("smtp.send")
+            );
+            let groups = claims["groups"].as_array().expect("groups");
+            assert!(groups.len() > 10, "{groups:?}");
+            assert_eq!(groups[0].as_str().expect("uuid").len(), 36);
+            assert!(core.introspect_token(&token).active);
+        }
+    }
+
+    #[test]
+    fn entra_user_tokens_have_scp_upn_and_the_exchange_audience() {
+        let core = profile_core(ProfileName::Microsoft);
+        let response = user_tokens(
+            &core,
+            &["https://outlook.office.com/SMTP.Send", "offline_access"],
+        );
+        assert!(response.refresh_token.is_some());
+        let token = &response.access_token;
+        assert!(token.len() >= 1500, "{} characters", token.len());
+        let (header, claims) = jwt_parts(token);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["x5t"], core.key.x5t());
+        assert_eq!(header["kid"], core.key.kid());
+        assert_eq!(claims["aud"], "https://outlook.office.com");
+        assert_eq!(
+            claims["iss"],
+            format!("https://sts.windows.net/{}/", core.config.tenant_id)
+        );
+        assert_eq!(claims["scp"], "SMTP.Send");
+        assert!(claims.get("roles").is_none());
+        for field in ["upn", "email", "unique_name"] {
+            assert_eq!(claims[field], DEMO_USER, "{field}");
+        }
+        assert_eq!(claims["tid"], core.config.tenant_id);
+        assert_eq!(claims["appid"], DEMO_CLIENT_ID);
+        assert_eq!(claims["ver"], "1.0");
+        assert_eq!(claims["idtyp"], "user");
+        for field in ["iat", "nbf", "exp"] {
+            assert!(claims[field].is_u64(), "{field}");
+        }
+        for field in ["oid", "uti", "sub", "aio", "rh"] {
+            assert!(claims[field].is_string(), "{field}");
+        }
+        assert_ne!(claims["sub"], DEMO_USER, "Entra's sub is pairwise");
+        let seen = core.introspect_token(token);
+        assert!(seen.active);
+        assert_eq!(seen.sub.as_deref(), Some(DEMO_USER));
+    }
+
+    #[test]
+    fn entra_app_only_tokens_carry_roles_and_need_dot_default() {
+        let core = profile_core(ProfileName::Microsoft);
+        let token = app_tokens(&core, "https://outlook.office365.com/.default")
+            .expect("app-only")
+            .access_token;
+        assert!(token.len() >= 1500, "{} characters", token.len());
+        let (_, claims) = jwt_parts(&token);
+        assert_eq!(claims["aud"], "https://outlook.office365.com");
+        assert_eq!(claims["roles"], serde_json::json!(["SMTP.SendAsApp"]));
+        assert!(claims.get("scp").is_none());
+        assert!(claims.get("upn").is_none());
+        assert_eq!(claims["idtyp"], "app");
+        assert_eq!(claims["appidacr"], "1");
+        assert_eq!(claims["sub"], claims["oid"]);
+        let err = app_tokens(&core, "https://outlook.office.com/SMTP.Send").expect_err("named");
+        assert_eq!(err.error, ErrorCode::InvalidScope);
+        assert!(err.error_description.contains("AADSTS1002012"), "{err}");
+        // Revocation finds the token by its uti.
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        core.revoke(&client, &params(&[("token", &token)]))
+            .expect("revoke");
+        assert!(!core.introspect_token(&token).active);
+    }
+
+    #[test]
+    fn google_tokens_are_opaque_and_known_only_to_the_ledger() {
+        let core = profile_core(ProfileName::Google);
+        let response = user_tokens(&core, &["https://mail.google.com/", "offline_access"]);
+        let token = &response.access_token;
+        let random = token.strip_prefix("ya29.").expect("ya29. prefix");
+        assert!(
+            (190..=220).contains(&random.len()),
+            "{} characters",
+            random.len()
+        );
+        assert!(
+            random
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{random}"
+        );
+        assert!(jsonwebtoken::decode_header(token).is_err(), "not a JWT");
+        let seen = core.introspect_token(token);
+        assert!(seen.active);
+        assert_eq!(seen.sub.as_deref(), Some(DEMO_USER));
+        assert_eq!(
+            seen.scope.as_deref(),
+            Some("https://mail.google.com/ offline_access")
+        );
+        assert!(seen.exp.is_some_and(|exp| exp > unix_now()));
+        // Made-up tokens of the same shape are unknown.
+        assert!(
+            !core
+                .introspect_token(&format!("ya29.{}", "A".repeat(200)))
+                .active
+        );
+        // Withdrawing consent ends the opaque token too.
+        core.revoke_subject(DEMO_USER);
+        assert!(!core.introspect_token(token).active);
+    }
+
+    #[test]
+    fn introspection_can_decline_jwts_and_public_clients() {
+        let core = core_with(AuthServerConfig {
+            introspection_declines_jwts: true,
+            ..AuthServerConfig::default()
+        });
+        let client = core.config.client(DEMO_CLIENT_ID).expect("demo").clone();
+        let token = app_tokens(&core, "smtp").expect("token").access_token;
+        let err = core
+            .introspect(&client, &params(&[("token", &token)]))
+            .expect_err("declined");
+        assert_eq!(err.error, ErrorCode::UnsupportedTokenType);
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+        let public = SandboxClient::public("native");
+        let err = core
+            .introspect(&public, &params(&[("token", "x")]))
+            .expect_err("public");
+        assert_eq!(err.error, ErrorCode::InvalidClient);
+        let allowed = SandboxClient {
+            may_introspect: true,
+            ..SandboxClient::public("native")
+        };
+        // Refresh tokens are not JWTs: still introspected.
+        assert!(
+            core.introspect(&allowed, &params(&[("token", "x")]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn public_clients_may_not_use_client_credentials() {
+        let core = core();
+        let public = SandboxClient {
+            app_subject: Some(DEMO_USER.into()),
+            ..SandboxClient::public("native")
+        };
+        let err = core
+            .token(&public, &params(&[("grant_type", "client_credentials")]))
+            .expect_err("public");
+        assert_eq!(err.error, ErrorCode::UnauthorizedClient);
     }
 
     fn params(pairs: &[(&str, &str)]) -> Params {
