@@ -916,7 +916,7 @@ impl Broker {
         source: TokenError,
     ) -> BrokerError {
         let explanation = match source.oauth_error() {
-            Some(oauth) => oauth.explain(&account.name),
+            Some(oauth) => crate::oauth::explain::explain(oauth, &account.name),
             None => source.to_string(),
         };
         if source.oauth_error().is_some_and(|e| e.needs_consent()) {

@@ -173,6 +173,7 @@ pub fn code_from_callback(
             code_text: error.to_string(),
             description: get("error_description").map(str::to_string),
             http_status: 0,
+            grant_type: None,
         };
         return Err(ConsentError::Refused {
             error: error.to_string(),
@@ -218,7 +219,7 @@ pub async fn finish(
         .map_err(|source| BrokerError::Token {
             account: account.to_string(),
             explanation: match source.oauth_error() {
-                Some(oauth) => oauth.explain(account),
+                Some(oauth) => crate::oauth::explain::explain(oauth, account),
                 None => source.to_string(),
             },
             source,

@@ -155,6 +155,9 @@ pub struct OAuthError {
     pub code_text: String,
     pub description: Option<String>,
     pub http_status: u16,
+    /// The grant that was refused (`authorization_code`, `refresh_token`,
+    /// ...); `None` for a refusal at the authorization endpoint.
+    pub grant_type: Option<&'static str>,
 }
 
 impl OAuthError {
@@ -172,14 +175,6 @@ impl OAuthError {
             Some(d) => format!("{} ({})", self.code_text, first_line(d)),
             None => self.code_text.clone(),
         }
-    }
-
-    /// What happened and what to do, for a person. `account` names the
-    /// command to run.
-    pub fn explain(&self, account: &str) -> String {
-        let said = self.summary();
-        let next = crate::oauth::explain::next_step(self, account);
-        format!("the token endpoint refused the request: {said}. {next}")
     }
 }
 
@@ -322,7 +317,13 @@ impl TokenEndpoint {
             url: self.url.to_string(),
             reason: describe_reqwest_error(&e),
         })?;
-        parse_token_response(self.url.as_str(), status, &body)
+        parse_token_response(self.url.as_str(), status, &body).map_err(|error| match error {
+            TokenError::Rejected(mut refusal) => {
+                refusal.grant_type = Some(grant.grant_type());
+                TokenError::Rejected(refusal)
+            }
+            other => other,
+        })
     }
 }
 
@@ -369,6 +370,7 @@ pub fn parse_token_response(
                 code_text: raw.error.clone(),
                 description: raw.error_description,
                 http_status: status,
+                grant_type: None,
             }))
         }
         Ok(raw) => Err(TokenError::Unavailable {
@@ -437,8 +439,7 @@ mod tests {
         let oauth = error.oauth_error().expect("oauth error");
         assert!(oauth.needs_consent());
         assert!(
-            oauth
-                .explain("office")
+            crate::oauth::explain::explain(oauth, "office")
                 .contains("oxirelay account login office")
         );
     }

@@ -159,7 +159,8 @@ pub const GOOGLE: Preset = Preset {
     offline_request: OfflineRequest::GoogleAccessType,
     // Gmail's limits for paid Google Workspace accounts. Workspace trial
     // accounts (500 messages a day until the first payment) and consumer
-    // gmail.com accounts (about 500 a day) have lower ones: configure them.
+    // gmail.com accounts (about 500 a day) have lower ones, which Google
+    // enforces first (550 5.4.5); the preset cannot tell the kinds apart.
     limits: ProviderLimits {
         messages_per_minute: None,
         messages_per_day: Some(2_000),
