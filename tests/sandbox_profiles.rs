@@ -103,9 +103,9 @@ async fn smtp_auth(sandbox: &Sandbox, token: &str) -> String {
     client.greet_with_starttls_trusting(sandbox.ca_file()).await;
     assert_eq!(client.command("AUTH XOAUTH2").await, "334 \r\n");
     let reply = client.command(&xoauth2(USER, token)).await;
-    if reply.starts_with("334 ") {
+    if let Some(challenge) = reply.strip_prefix("334 ") {
         // The RFC 7628 error challenge; the client acknowledges it.
-        let status = oxirelay::smtp::sasl::decode_base64(reply[4..].trim_end().as_bytes())
+        let status = oxirelay::smtp::sasl::decode_base64(challenge.trim_end().as_bytes())
             .map(|raw| String::from_utf8_lossy(&raw).into_owned())
             .expect("base64 challenge");
         let last = client.command("").await;

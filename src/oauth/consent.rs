@@ -279,6 +279,64 @@ mod tests {
         assert_eq!(code.expose(), "the-code");
     }
 
+    fn account(provider: &str, extra: &str) -> Account {
+        let text = format!(
+            "name = \"a\"\nprovider = \"{provider}\"\ngrant = \"authorization_code\"\nclient_id = \"c\"\nuser = \"u@example.net\"\n{extra}"
+        );
+        let config: crate::config::AccountConfig = toml::from_str(&text).expect("account");
+        Account::from_config(&config).expect("valid")
+    }
+
+    #[test]
+    fn offline_access_is_asked_the_providers_way() {
+        let generic = |scopes: &str| {
+            account(
+                "generic",
+                &format!(
+                    "issuer = \"https://id.example.net\"\nsmtp = \"mail.example.net:587\"\nscopes = {scopes}"
+                ),
+            )
+        };
+        // OpenID Connect Core section 11: offline_access needs prompt=consent.
+        assert_eq!(
+            offline_parameters(&generic(r#"["openid", "smtp", "offline_access"]"#)),
+            [("prompt", "consent")]
+        );
+        assert!(offline_parameters(&generic(r#"["smtp"]"#)).is_empty());
+        // Microsoft: the scope alone (prompt=consent would force a consent
+        // screen users may not be allowed to answer).
+        let microsoft = account("microsoft", "tenant = \"contoso.onmicrosoft.com\"");
+        assert!(microsoft.scopes.iter().any(|s| s == "offline_access"));
+        assert!(offline_parameters(&microsoft).is_empty());
+        // Google: access_type=offline, on a consent screen that is shown.
+        assert_eq!(
+            offline_parameters(&account("google", "")),
+            [("access_type", "offline"), ("prompt", "consent")]
+        );
+    }
+
+    #[test]
+    fn a_missing_refresh_token_is_explained_by_its_likely_cause() {
+        let endpoints = Endpoints::default();
+        let no_offline = account(
+            "generic",
+            "issuer = \"https://id.example.net\"\nsmtp = \"m:587\"\nscopes = [\"smtp\"]",
+        );
+        assert!(missing_refresh_token(&no_offline, &endpoints).contains("lack offline_access"));
+        let asked = account(
+            "generic",
+            "issuer = \"https://id.example.net\"\nsmtp = \"m:587\"\nscopes = [\"smtp\", \"offline_access\"]",
+        );
+        let mut unlisted = Endpoints::default();
+        unlisted.metadata.scopes_supported = Some(vec!["smtp".into()]);
+        assert!(missing_refresh_token(&asked, &unlisted).contains("scopes_supported"));
+        assert!(missing_refresh_token(&asked, &endpoints).contains("prompt=consent"));
+        assert!(
+            missing_refresh_token(&account("google", ""), &endpoints)
+                .contains("myaccount.google.com/permissions")
+        );
+    }
+
     #[test]
     fn callback_error_is_explained() {
         let err = code_from_callback(&request(), "error=access_denied&state=abc", "a")
