@@ -1,5 +1,8 @@
 //! Authorization server metadata discovery: RFC 8414, then OpenID Connect
 //! Discovery as the fallback (Google and Microsoft publish only the latter).
+//! Besides the endpoints, what shapes our requests is kept: the client
+//! authentication methods the token endpoint takes, the scopes it lists,
+//! and whether it is an OpenID provider.
 
 use crate::oauth::account::{Endpoints, ProviderMetadata, require_secure_url};
 use crate::oauth::grant::describe_reqwest_error;

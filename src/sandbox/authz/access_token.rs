@@ -188,16 +188,7 @@ fn opaque_id(token: &str) -> String {
 
 /// The `i`th group of `subject`: the same groups in every token of a user.
 fn group_id(subject: &str, i: usize) -> String {
-    let digest = Sha256::digest(format!("group\0{subject}\0{i}").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    entra::uuid_from(&["group", subject, &i.to_string()])
 }
 
 #[cfg(test)]

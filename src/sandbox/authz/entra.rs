@@ -302,7 +302,7 @@ fn capitalised(word: &str) -> String {
 }
 
 /// A stable UUID-shaped id from `parts` (object ids do not change between tokens).
-fn uuid_from(parts: &[&str]) -> String {
+pub(crate) fn uuid_from(parts: &[&str]) -> String {
     let hex = hex_id(parts, 16);
     format!(
         "{}-{}-{}-{}-{}",
