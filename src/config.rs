@@ -283,6 +283,12 @@ pub struct AccountConfig {
     /// Seconds before expiry at which a token is refreshed (default: the preset's).
     #[serde(default)]
     pub refresh_skew_secs: Option<u64>,
+    /// How the client authenticates at the token, device authorization,
+    /// revocation and introspection endpoints: `client_secret_basic` or
+    /// `client_secret_post` (default: the preset's, else what discovery
+    /// offers).
+    #[serde(default)]
+    pub token_endpoint_auth: Option<crate::oauth::grant::ClientAuth>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -724,6 +730,20 @@ user = "noreply@contoso.com"
             let err = parse(&text).expect_err(expected).to_string();
             assert!(err.contains(expected), "{expected}: {err}");
         }
+    }
+
+    #[test]
+    fn token_endpoint_auth_takes_the_rfc_names_only() {
+        let text = format!("{GOOD_ACCOUNT}token_endpoint_auth = \"client_secret_post\"\n");
+        let config = parse(&text).expect("valid");
+        assert_eq!(
+            config.accounts[0].token_endpoint_auth,
+            Some(crate::oauth::grant::ClientAuth::Post)
+        );
+        let text = format!("{GOOD_ACCOUNT}token_endpoint_auth = \"post\"\n");
+        let err = parse(&text).expect_err("not a method name").to_string();
+        assert!(err.contains("client_secret_basic"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
     }
 
     #[test]

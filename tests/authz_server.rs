@@ -3,8 +3,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oxirelay::oauth::grant::ClientAuth;
 use oxirelay::oauth::jwt::{AccessTokenClaims, SigningKey, unix_now};
-use oxirelay::oauth::validate::{JwtValidator, ValidationError, introspect};
+use oxirelay::oauth::validate::{IntrospectionClient, JwtValidator, ValidationError, introspect};
 use oxirelay::sandbox::authz::{
     AuthServer, AuthServerConfig, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_USER, RunningAuthServer,
     SandboxClient, TokenFault,
@@ -29,6 +30,15 @@ fn http() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
+}
+
+/// The demo client at the introspection endpoint, with `secret`.
+fn demo_client(secret: &Secret) -> IntrospectionClient<'_> {
+    IntrospectionClient {
+        client_id: DEMO_CLIENT_ID,
+        client_secret: Some(secret),
+        auth: ClientAuth::Basic,
+    }
 }
 
 fn challenge(verifier: &str) -> String {
@@ -168,8 +178,8 @@ async fn metadata_describes_every_endpoint() {
         .json()
         .await
         .expect("json");
-    assert_eq!(jwks["keys"][0]["kty"], "EC");
-    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
     server.shutdown().await.expect("shutdown");
 }
 
@@ -504,7 +514,7 @@ async fn revoke_then_introspect_inactive() {
     let client_secret = Secret::new(DEMO_CLIENT_SECRET);
     let url = server.introspection_url();
 
-    let seen = introspect(&http(), &url, DEMO_CLIENT_ID, &client_secret, &access)
+    let seen = introspect(&http(), &url, demo_client(&client_secret), &access)
         .await
         .expect("introspect");
     assert!(seen.active);
@@ -530,14 +540,14 @@ async fn revoke_then_introspect_inactive() {
             .as_u16(),
         200
     );
-    let seen = introspect(&http(), &url, DEMO_CLIENT_ID, &client_secret, &access)
+    let seen = introspect(&http(), &url, demo_client(&client_secret), &access)
         .await
         .expect("introspect");
     assert!(!seen.active, "revoked access token is inactive");
 
     // Revoking the refresh token revokes its family.
     assert!(
-        introspect(&http(), &url, DEMO_CLIENT_ID, &client_secret, &refresh)
+        introspect(&http(), &url, demo_client(&client_secret), &refresh)
             .await
             .expect("i")
             .active
@@ -551,7 +561,7 @@ async fn revoke_then_introspect_inactive() {
         200
     );
     assert!(
-        !introspect(&http(), &url, DEMO_CLIENT_ID, &client_secret, &refresh)
+        !introspect(&http(), &url, demo_client(&client_secret), &refresh)
             .await
             .expect("i")
             .active
@@ -579,7 +589,7 @@ async fn revoke_then_introspect_inactive() {
     assert_eq!((stats.revocations, stats.introspections), (3, 4));
 
     // Introspection with a bad secret is an authentication error.
-    let err = introspect(&http(), &url, DEMO_CLIENT_ID, &Secret::new("bad"), &access)
+    let err = introspect(&http(), &url, demo_client(&Secret::new("bad")), &access)
         .await
         .expect_err("401");
     assert!(!err.is_transient(), "{err}");
@@ -809,12 +819,10 @@ async fn concurrent_requests_are_each_counted_and_awaitable() {
 #[tokio::test]
 async fn app_only_needs_an_app_subject_and_shutdown_closes_the_port() {
     let mut config = AuthServerConfig::default();
-    config.clients.push(SandboxClient {
-        client_id: "no-mailbox".into(),
-        client_secret: Secret::new("s3cret"),
-        redirect_uris: vec![],
-        app_subject: None,
-    });
+    config.clients.push(SandboxClient::confidential(
+        "no-mailbox",
+        Secret::new("s3cret"),
+    ));
     let server = start(config).await;
     let body: Value = http()
         .post(server.token_url())

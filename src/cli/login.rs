@@ -93,7 +93,14 @@ pub async fn run(context: &Context, args: LoginArgs) -> anyhow::Result<()> {
         account.name, account.preset.kind, account.user
     );
     explain_scopes(&account.scopes);
-    let token = if device_flow {
+    if account.scopes.iter().any(|s| s == "offline_access")
+        && !endpoints.metadata.may_support_scope("offline_access")
+    {
+        println!(
+            "WARNING: the provider does not list offline_access among the scopes it supports; it may issue no refresh token."
+        );
+    }
+    let (token, refresh_token_issued) = if device_flow {
         let device_url = endpoints.device.clone().ok_or_else(|| {
             anyhow::anyhow!("the provider of account {} has no device authorization endpoint; log in with the browser instead (without --device)", account.name)
         })?;
@@ -120,7 +127,8 @@ pub async fn run(context: &Context, args: LoginArgs) -> anyhow::Result<()> {
         })
         .await?;
         eprintln!();
-        broker.store_consent(&account.name, response).await?
+        let issued = response.refresh_token.is_some();
+        (broker.store_consent(&account.name, response).await?, issued)
     } else {
         let listener = RedirectListener::bind("/").await?;
         // Microsoft registers desktop redirects as http://localhost (any
@@ -142,24 +150,44 @@ pub async fn run(context: &Context, args: LoginArgs) -> anyhow::Result<()> {
         println!("Waiting for the browser to come back to {redirect_uri} ...");
         let query = listener.wait_for_query(args.timeout).await?;
         let code = consent::code_from_callback(&request, &query, &account.name)?;
-        consent::finish(broker, &account.name, &request, &code)
+        let consent = consent::finish(broker, &account.name, &request, &code)
             .await
-            .context("exchanging the authorization code")?
+            .context("exchanging the authorization code")?;
+        (consent.token, consent.refresh_token_issued)
     };
     let record = context.store.token_record(&account.name).await?;
-    println!(
-        "\nConsent stored for account {}: refresh token sealed in the store, access token {} valid until {}.",
-        account.name,
-        token.fingerprint(),
-        crate::clock::format_unix(crate::clock::to_unix(token.expires_at))
-    );
+    let valid_until = crate::clock::format_unix(crate::clock::to_unix(token.expires_at));
+    if refresh_token_issued {
+        println!(
+            "\nConsent stored for account {}: refresh token sealed in the store, access token {} valid until {valid_until}.",
+            account.name,
+            token.fingerprint(),
+        );
+    } else {
+        // Loud, and on both streams: a login that looks fine and dies in an
+        // hour is the worst outcome of this command.
+        let older = if record.as_ref().is_some_and(|r| r.refresh_token.is_some()) {
+            " The refresh token of an earlier login is still stored; it may no longer work."
+        } else {
+            ""
+        };
+        let warning = format!(
+            "WARNING: the provider issued NO refresh token. Account {} works only until its access token {} expires at {valid_until}; then it needs `oxirelay account login {}` again.{older}\nLikely cause: {}.",
+            account.name,
+            token.fingerprint(),
+            account.name,
+            consent::missing_refresh_token(&account, &endpoints),
+        );
+        println!("\n{warning}");
+        eprintln!("{warning}");
+    }
     report_granted(
         &account.scopes,
         record.as_ref().and_then(|r| r.granted_scope.as_deref()),
     );
-    if account.preset.kind == ProviderKind::Google {
+    if account.preset.kind == ProviderKind::Google && refresh_token_issued {
         println!(
-            "Note: if the Google app is in Testing status, this refresh token dies in 7 days; publish the app to keep it."
+            "Note: if the Google app's OAuth consent screen has the External user type and Testing publishing status, this refresh token dies in 7 days: publish the app (In production), or, for a Workspace mailbox, use the Internal user type."
         );
     }
     Ok(())

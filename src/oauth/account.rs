@@ -3,6 +3,7 @@
 //! transport security checked once, here.
 
 use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host, parse_host_port};
+use crate::oauth::grant::ClientAuth;
 use crate::oauth::preset::{GrantKind, Preset, ProviderKind, preset};
 use crate::secret::Secret;
 use crate::smtp::sasl::Mechanism;
@@ -21,6 +22,29 @@ pub struct Endpoints {
     pub revoke: Option<Url>,
     pub introspect: Option<Url>,
     pub jwks: Option<Url>,
+    /// What discovery said besides the endpoints (empty without discovery).
+    pub metadata: ProviderMetadata,
+}
+
+/// What a provider's metadata document says that shapes our requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderMetadata {
+    /// `token_endpoint_auth_methods_supported`, if the document has it.
+    pub token_auth_methods: Option<Vec<String>>,
+    /// `scopes_supported`, if the document has it.
+    pub scopes_supported: Option<Vec<String>>,
+    /// The document describes an OpenID provider (OpenID Connect
+    /// Discovery fields, or `openid` among its scopes).
+    pub openid: bool,
+}
+
+impl ProviderMetadata {
+    /// False only when the provider lists its scopes and `scope` is not one.
+    pub fn may_support_scope(&self, scope: &str) -> bool {
+        self.scopes_supported
+            .as_ref()
+            .is_none_or(|scopes| scopes.iter().any(|s| s == scope))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +77,8 @@ pub struct Account {
     pub refresh_skew: Duration,
     /// The `aud` of the account's JWT access tokens, if configured.
     pub audience: Option<String>,
+    /// `token_endpoint_auth` from the config, if set.
+    pub token_endpoint_auth: Option<ClientAuth>,
 }
 
 impl Account {
@@ -76,6 +102,7 @@ impl Account {
             revoke: configured(&config.revoke_url).or_else(|| template(preset.revoke_url)),
             introspect: configured(&config.introspect_url),
             jwks: configured(&config.jwks_url),
+            metadata: ProviderMetadata::default(),
         };
         let (host, port) = smtp_host_port(config, preset)?;
         Ok(Account {
@@ -114,11 +141,22 @@ impl Account {
             sasl: config.sasl.unwrap_or(preset.sasl),
             insecure_loopback: config.insecure_loopback,
             audience: config.audience.clone(),
+            token_endpoint_auth: config.token_endpoint_auth,
             refresh_skew: config
                 .refresh_skew_secs
                 .map(Duration::from_secs)
                 .unwrap_or(preset.refresh_skew),
         })
+    }
+
+    /// How this account's client authenticates, at every endpoint that
+    /// authenticates clients: the config's `token_endpoint_auth`, else the
+    /// preset's (Microsoft and Google document the secret in the body),
+    /// else what the provider's metadata offers (Basic when it says nothing).
+    pub fn client_auth(&self, metadata: &ProviderMetadata) -> ClientAuth {
+        self.token_endpoint_auth
+            .or(self.preset.client_auth)
+            .unwrap_or_else(|| ClientAuth::for_server(metadata.token_auth_methods.as_deref()))
     }
 
     /// The store's key for this account's sealed values: binding the

@@ -19,9 +19,7 @@ use crate::audit::AuditLog;
 use crate::clock::{from_unix, now_unix, to_unix};
 use crate::oauth::account::{Account, Endpoints};
 use crate::oauth::discovery::{DiscoveryError, discover};
-use crate::oauth::grant::{
-    ClientAuth, GrantRequest, TokenEndpoint, TokenError, TokenResponse, http_client,
-};
+use crate::oauth::grant::{GrantRequest, TokenEndpoint, TokenError, TokenResponse, http_client};
 use crate::oauth::preset::{GrantKind, ProviderKind};
 use crate::secret::{Fingerprint, MasterKey, SealError, Secret};
 use crate::store::{AccountState, Event, Store, StoreError, TokenRecord};
@@ -428,6 +426,7 @@ impl Broker {
                             revoke: configured.revoke.or(found.revoke),
                             introspect: configured.introspect.or(found.introspect),
                             jwks: configured.jwks.or(found.jwks),
+                            metadata: found.metadata,
                         })
                     }
                     _ => Ok(configured),
@@ -444,9 +443,8 @@ impl Broker {
 
     async fn token_endpoint_of(&self, slot: &AccountSlot) -> Result<TokenEndpoint, BrokerError> {
         let account = &slot.account;
-        let url = self
-            .endpoints_of(slot)
-            .await?
+        let endpoints = self.endpoints_of(slot).await?;
+        let url = endpoints
             .token
             .clone()
             .ok_or_else(|| BrokerError::NoTokenEndpoint {
@@ -456,12 +454,7 @@ impl Broker {
             url,
             client_id: account.client_id.clone(),
             client_secret: account.client_secret.clone(),
-            // Microsoft and Google document the secret in the body; RFC 6749
-            // requires every server to accept Basic, so generic uses that.
-            client_auth: match account.preset.kind {
-                ProviderKind::Generic => ClientAuth::Basic,
-                _ => ClientAuth::Post,
-            },
+            client_auth: account.client_auth(&endpoints.metadata),
             insecure_loopback: account.insecure_loopback,
         })
     }
@@ -1015,7 +1008,7 @@ impl Broker {
         source: TokenError,
     ) -> BrokerError {
         let explanation = match source.oauth_error() {
-            Some(oauth) => oauth.explain(&account.name),
+            Some(oauth) => crate::oauth::explain::explain(oauth, &account.name),
             None => source.to_string(),
         };
         if source.oauth_error().is_some_and(|e| e.needs_consent()) {

@@ -3,10 +3,16 @@
 //! build the authorization URL, check what comes back to the redirect URI,
 //! exchange the code. Opening a browser and listening on the loopback
 //! redirect are the CLI's business.
+//!
+//! A refresh token is asked for the way the provider wants it asked
+//! ([`OfflineRequest`], preset data), and what came back is reported as it
+//! is: a consent without a refresh token is a login that ends with the
+//! access token, and [`missing_refresh_token`] says why it likely happened.
 
 use crate::oauth::account::{Account, Endpoints};
 use crate::oauth::broker::{AccessToken, Broker, BrokerError};
 use crate::oauth::grant::GrantRequest;
+use crate::oauth::preset::{GrantKind, OfflineRequest, ProviderKind};
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
@@ -93,11 +99,8 @@ pub fn begin(
         if let Some(hint) = login_hint {
             query.append_pair("login_hint", hint);
         }
-        if account.preset.kind == crate::oauth::preset::ProviderKind::Google {
-            // Google issues a refresh token only with offline access, and
-            // only on a fresh consent screen.
-            query.append_pair("access_type", "offline");
-            query.append_pair("prompt", "consent");
+        for (key, value) in offline_parameters(account) {
+            query.append_pair(key, value);
         }
     }
     Ok(AuthorizationRequest {
@@ -107,6 +110,41 @@ pub fn begin(
         redirect_uri: redirect_uri.to_string(),
         scopes: account.scopes.clone(),
     })
+}
+
+/// The authorization request parameters that ask for a refresh token, as
+/// the account's provider wants them.
+pub fn offline_parameters(account: &Account) -> Vec<(&'static str, &'static str)> {
+    let asks_offline = account.scopes.iter().any(|s| s == OFFLINE_ACCESS);
+    match account.preset.offline_request {
+        OfflineRequest::GoogleAccessType => vec![("access_type", "offline"), ("prompt", "consent")],
+        OfflineRequest::ScopeWithConsentPrompt if asks_offline => vec![("prompt", "consent")],
+        OfflineRequest::ScopeWithConsentPrompt | OfflineRequest::Scope => Vec::new(),
+    }
+}
+
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// Why a consent ended without a refresh token, most likely first, and
+/// what to change; for the person who just logged in.
+pub fn missing_refresh_token(account: &Account, endpoints: &Endpoints) -> String {
+    let asks_offline = account.scopes.iter().any(|s| s == OFFLINE_ACCESS);
+    let device = account.grant == GrantKind::DeviceCode;
+    match account.preset.kind {
+        ProviderKind::Google => "Google issues a refresh token only with access_type=offline on a consent screen that was shown; remove the app's access at https://myaccount.google.com/permissions and log in again".to_string(),
+        ProviderKind::Microsoft if !asks_offline => format!(
+            "the account's scopes lack offline_access; remove `scopes` from account {} (the preset asks for it) or add \"offline_access\"",
+            account.name
+        ),
+        ProviderKind::Microsoft => "Microsoft did not grant offline_access: check that the app registration lists the delegated permission offline_access and that consent was given for it".to_string(),
+        ProviderKind::Generic if !asks_offline => format!(
+            "the account's scopes lack offline_access, the scope OpenID providers issue refresh tokens for; add \"offline_access\" to `scopes` of account {}",
+            account.name
+        ),
+        ProviderKind::Generic if !endpoints.metadata.may_support_scope(OFFLINE_ACCESS) => "the provider does not list offline_access among its scopes_supported; enable refresh tokens (offline access) for this client at the provider".to_string(),
+        ProviderKind::Generic if device => "the provider did not grant offline access to the device flow (OpenID Connect Core section 11 ties offline_access to the authorization code flow); log in with the browser instead, or allow refresh tokens for this client at the provider".to_string(),
+        ProviderKind::Generic => "the provider ignored offline_access although oxirelay sent prompt=consent (OpenID Connect Core section 11); allow refresh tokens (offline access) for this client at the provider".to_string(),
+    }
 }
 
 /// Checks the query the provider sent to the redirect URI and returns the code.
@@ -135,6 +173,7 @@ pub fn code_from_callback(
             code_text: error.to_string(),
             description: get("error_description").map(str::to_string),
             http_status: 0,
+            grant_type: None,
         };
         return Err(ConsentError::Refused {
             error: error.to_string(),
@@ -150,13 +189,21 @@ pub fn code_from_callback(
         .ok_or(ConsentError::NoCode)
 }
 
+/// What a finished consent stored.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    pub token: AccessToken,
+    /// The provider sent a refresh token with this consent.
+    pub refresh_token_issued: bool,
+}
+
 /// Exchanges the code (with the PKCE verifier) and stores the tokens.
 pub async fn finish(
     broker: &Broker,
     account: &str,
     request: &AuthorizationRequest,
     code: &Secret,
-) -> Result<AccessToken, BrokerError> {
+) -> Result<Consent, BrokerError> {
     let endpoint = broker.token_endpoint(account).await?;
     let http = broker.http(account)?;
     let response = endpoint
@@ -172,12 +219,17 @@ pub async fn finish(
         .map_err(|source| BrokerError::Token {
             account: account.to_string(),
             explanation: match source.oauth_error() {
-                Some(oauth) => oauth.explain(account),
+                Some(oauth) => crate::oauth::explain::explain(oauth, account),
                 None => source.to_string(),
             },
             source,
         })?;
-    broker.store_consent(account, response).await
+    let refresh_token_issued = response.refresh_token.is_some();
+    let token = broker.store_consent(account, response).await?;
+    Ok(Consent {
+        token,
+        refresh_token_issued,
+    })
 }
 
 #[cfg(test)]
@@ -225,6 +277,64 @@ mod tests {
         ));
         let code = code_from_callback(&request(), "code=the-code&state=abc", "a").expect("ok");
         assert_eq!(code.expose(), "the-code");
+    }
+
+    fn account(provider: &str, extra: &str) -> Account {
+        let text = format!(
+            "name = \"a\"\nprovider = \"{provider}\"\ngrant = \"authorization_code\"\nclient_id = \"c\"\nuser = \"u@example.net\"\n{extra}"
+        );
+        let config: crate::config::AccountConfig = toml::from_str(&text).expect("account");
+        Account::from_config(&config).expect("valid")
+    }
+
+    #[test]
+    fn offline_access_is_asked_the_providers_way() {
+        let generic = |scopes: &str| {
+            account(
+                "generic",
+                &format!(
+                    "issuer = \"https://id.example.net\"\nsmtp = \"mail.example.net:587\"\nscopes = {scopes}"
+                ),
+            )
+        };
+        // OpenID Connect Core section 11: offline_access needs prompt=consent.
+        assert_eq!(
+            offline_parameters(&generic(r#"["openid", "smtp", "offline_access"]"#)),
+            [("prompt", "consent")]
+        );
+        assert!(offline_parameters(&generic(r#"["smtp"]"#)).is_empty());
+        // Microsoft: the scope alone (prompt=consent would force a consent
+        // screen users may not be allowed to answer).
+        let microsoft = account("microsoft", "tenant = \"contoso.onmicrosoft.com\"");
+        assert!(microsoft.scopes.iter().any(|s| s == "offline_access"));
+        assert!(offline_parameters(&microsoft).is_empty());
+        // Google: access_type=offline, on a consent screen that is shown.
+        assert_eq!(
+            offline_parameters(&account("google", "")),
+            [("access_type", "offline"), ("prompt", "consent")]
+        );
+    }
+
+    #[test]
+    fn a_missing_refresh_token_is_explained_by_its_likely_cause() {
+        let endpoints = Endpoints::default();
+        let no_offline = account(
+            "generic",
+            "issuer = \"https://id.example.net\"\nsmtp = \"m:587\"\nscopes = [\"smtp\"]",
+        );
+        assert!(missing_refresh_token(&no_offline, &endpoints).contains("lack offline_access"));
+        let asked = account(
+            "generic",
+            "issuer = \"https://id.example.net\"\nsmtp = \"m:587\"\nscopes = [\"smtp\", \"offline_access\"]",
+        );
+        let mut unlisted = Endpoints::default();
+        unlisted.metadata.scopes_supported = Some(vec!["smtp".into()]);
+        assert!(missing_refresh_token(&asked, &unlisted).contains("scopes_supported"));
+        assert!(missing_refresh_token(&asked, &endpoints).contains("prompt=consent"));
+        assert!(
+            missing_refresh_token(&account("google", ""), &endpoints)
+                .contains("myaccount.google.com/permissions")
+        );
     }
 
     #[test]

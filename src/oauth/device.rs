@@ -53,7 +53,8 @@ struct RawDeviceAuthorization {
     interval: Option<u64>,
 }
 
-/// Asks for a device code and user code.
+/// Asks for a device code and user code. The client authenticates as at
+/// the token endpoint (RFC 8628 section 3.1).
 pub async fn start(
     http: &reqwest::Client,
     device_url: &Url,
@@ -62,21 +63,16 @@ pub async fn start(
 ) -> Result<DeviceAuthorization, DeviceError> {
     crate::oauth::account::require_secure_url(device_url, endpoint.insecure_loopback)
         .map_err(|e| DeviceError::Start(TokenError::Insecure(e)))?;
-    let mut form = vec![
-        ("client_id", endpoint.client_id.clone()),
-        ("scope", scopes.join(" ")),
-    ];
-    if let Some(secret) = &endpoint.client_secret {
-        form.push(("client_secret", secret.expose().to_string()));
-    }
+    let mut form: Vec<(&'static str, String)> = vec![("scope", scopes.join(" "))];
+    let request = endpoint.authenticate(http.post(device_url.clone()), &mut form);
     let transport = |e: reqwest::Error| {
         DeviceError::Start(TokenError::Transport {
             url: device_url.to_string(),
             reason: describe_reqwest_error(&e),
         })
     };
-    let response = http
-        .post(device_url.clone())
+    let response = request
+        .header(reqwest::header::ACCEPT, "application/json")
         .form(&form)
         .send()
         .await

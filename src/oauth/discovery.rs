@@ -1,7 +1,10 @@
 //! Authorization server metadata discovery: RFC 8414, then OpenID Connect
 //! Discovery as the fallback (Google and Microsoft publish only the latter).
+//! Besides the endpoints, what shapes our requests is kept: the client
+//! authentication methods the token endpoint takes, the scopes it lists,
+//! and whether it is an OpenID provider.
 
-use crate::oauth::account::{Endpoints, require_secure_url};
+use crate::oauth::account::{Endpoints, ProviderMetadata, require_secure_url};
 use crate::oauth::grant::describe_reqwest_error;
 use serde::Deserialize;
 use url::Url;
@@ -25,6 +28,26 @@ struct Metadata {
     revocation_endpoint: Option<String>,
     introspection_endpoint: Option<String>,
     jwks_uri: Option<String>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    scopes_supported: Option<Vec<String>>,
+    /// Required by OpenID Connect Discovery, absent from plain RFC 8414.
+    id_token_signing_alg_values_supported: Option<Vec<String>>,
+}
+
+impl Metadata {
+    fn provider_metadata(&self, found_at: &Url) -> ProviderMetadata {
+        let openid = found_at.path().contains("openid-configuration")
+            || self.id_token_signing_alg_values_supported.is_some()
+            || self
+                .scopes_supported
+                .as_ref()
+                .is_some_and(|scopes| scopes.iter().any(|s| s == "openid"));
+        ProviderMetadata {
+            token_auth_methods: self.token_endpoint_auth_methods_supported.clone(),
+            scopes_supported: self.scopes_supported.clone(),
+            openid,
+        }
+    }
 }
 
 /// The metadata URLs to try for an issuer, in order (RFC 8414 section 3:
@@ -90,6 +113,7 @@ pub async fn discover(
             Ok(Some(url))
         };
         return Ok(Endpoints {
+            metadata: metadata.provider_metadata(&url),
             token: endpoint(&metadata.token_endpoint)?,
             authorize: endpoint(&metadata.authorization_endpoint)?,
             device: endpoint(&metadata.device_authorization_endpoint)?,

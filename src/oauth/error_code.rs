@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// The registered error codes (RFC 6749 section 5.2, RFC 8628 section 3.5,
-/// OpenID Connect), shared by the client that reads them and the sandbox
+/// RFC 7009, OpenID Connect), shared by the client that reads them and the sandbox
 /// server that sends them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +20,9 @@ pub enum ErrorCode {
     ExpiredToken,
     ServerError,
     TemporarilyUnavailable,
+    /// RFC 7009 section 2.2.1: the server does not handle this kind of
+    /// token at this endpoint (some say so for JWTs at introspection).
+    UnsupportedTokenType,
     /// `consent_required` or `interaction_required` (OpenID Connect).
     ConsentRequired,
     /// A code outside the registry; the raw text travels beside it.
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::ExpiredToken => "expired_token",
             ErrorCode::ServerError => "server_error",
             ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+            ErrorCode::UnsupportedTokenType => "unsupported_token_type",
             ErrorCode::ConsentRequired => "consent_required",
             ErrorCode::Unknown => "unknown",
         }
@@ -60,6 +64,7 @@ impl ErrorCode {
             "expired_token" => ErrorCode::ExpiredToken,
             "server_error" => ErrorCode::ServerError,
             "temporarily_unavailable" => ErrorCode::TemporarilyUnavailable,
+            "unsupported_token_type" => ErrorCode::UnsupportedTokenType,
             "consent_required" | "interaction_required" => ErrorCode::ConsentRequired,
             _ => ErrorCode::Unknown,
         }

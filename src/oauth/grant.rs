@@ -10,7 +10,7 @@ use crate::oauth::account::require_secure_url;
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 use url::Url;
 
@@ -34,12 +34,71 @@ pub fn http_client(insecure_loopback: bool) -> reqwest::Client {
         .expect("the HTTP client builds with the rustls backend")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a confidential client presents its secret, by the RFC 8414 / RFC
+/// 7591 names that config files and discovery documents use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ClientAuth {
-    /// `Authorization: Basic` (RFC 6749 section 2.3.1; every server must accept it).
+    /// `Authorization: Basic` (RFC 6749 section 2.3.1, the default when a
+    /// server's metadata names no method).
+    #[serde(rename = "client_secret_basic")]
     Basic,
     /// `client_id` and `client_secret` in the form body.
+    #[serde(rename = "client_secret_post")]
     Post,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "client_secret_basic",
+            ClientAuth::Post => "client_secret_post",
+        }
+    }
+
+    /// The method to use with a server that advertises `advertised`
+    /// (`token_endpoint_auth_methods_supported`): Basic where it is
+    /// offered or nothing is said (RFC 8414 section 2: the default is
+    /// client_secret_basic), else post where offered.
+    pub fn for_server(advertised: Option<&[String]>) -> ClientAuth {
+        match advertised {
+            Some(methods)
+                if !methods.iter().any(|m| m == "client_secret_basic")
+                    && methods.iter().any(|m| m == "client_secret_post") =>
+            {
+                ClientAuth::Post
+            }
+            _ => ClientAuth::Basic,
+        }
+    }
+}
+
+/// Adds a client's authentication to a form POST, the same way at every
+/// endpoint that authenticates clients (token, device authorization,
+/// revocation, introspection: RFC 8628 section 3.1, RFC 7009 section 2.1,
+/// RFC 7662 section 2.1 all defer to the token endpoint's rules). A public
+/// client (no secret) sends its client_id alone (RFC 6749 section 3.2.1).
+pub fn authenticate_client(
+    request: reqwest::RequestBuilder,
+    form: &mut Vec<(&'static str, String)>,
+    client_id: &str,
+    client_secret: Option<&Secret>,
+    auth: ClientAuth,
+) -> reqwest::RequestBuilder {
+    match (client_secret, auth) {
+        (Some(secret), ClientAuth::Basic) => request.header(
+            reqwest::header::AUTHORIZATION,
+            basic_authorization(client_id, secret).expose(),
+        ),
+        (Some(secret), ClientAuth::Post) => {
+            form.push(("client_id", client_id.to_string()));
+            form.push(("client_secret", secret.expose().to_string()));
+            request
+        }
+        (None, _) => {
+            form.push(("client_id", client_id.to_string()));
+            request
+        }
+    }
 }
 
 /// One grant to exchange for tokens.
@@ -96,6 +155,9 @@ pub struct OAuthError {
     pub code_text: String,
     pub description: Option<String>,
     pub http_status: u16,
+    /// The grant that was refused (`authorization_code`, `refresh_token`,
+    /// ...); `None` for a refusal at the authorization endpoint.
+    pub grant_type: Option<&'static str>,
 }
 
 impl OAuthError {
@@ -113,14 +175,6 @@ impl OAuthError {
             Some(d) => format!("{} ({})", self.code_text, first_line(d)),
             None => self.code_text.clone(),
         }
-    }
-
-    /// What happened and what to do, for a person. `account` names the
-    /// command to run.
-    pub fn explain(&self, account: &str) -> String {
-        let said = self.summary();
-        let next = crate::oauth::explain::next_step(self, account);
-        format!("the token endpoint refused the request: {said}. {next}")
     }
 }
 
@@ -199,13 +253,30 @@ struct RawErrorResponse {
 }
 
 impl TokenEndpoint {
+    /// Adds this client's authentication to a POST to any of the
+    /// provider's endpoints (see [`authenticate_client`]).
+    pub fn authenticate(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> reqwest::RequestBuilder {
+        authenticate_client(
+            request,
+            form,
+            &self.client_id,
+            self.client_secret.as_ref(),
+            self.client_auth,
+        )
+    }
+
     pub async fn request(
         &self,
         http: &reqwest::Client,
         grant: &GrantRequest<'_>,
     ) -> Result<TokenResponse, TokenError> {
         require_secure_url(&self.url, self.insecure_loopback).map_err(TokenError::Insecure)?;
-        let mut form: Vec<(&str, String)> = vec![("grant_type", grant.grant_type().to_string())];
+        let mut form: Vec<(&'static str, String)> =
+            vec![("grant_type", grant.grant_type().to_string())];
         match grant {
             GrantRequest::ClientCredentials { scopes } => {
                 if !scopes.is_empty() {
@@ -231,20 +302,7 @@ impl TokenEndpoint {
                 form.push(("assertion", assertion.expose().to_string()));
             }
         }
-        let mut request = http.post(self.url.clone());
-        match (&self.client_secret, self.client_auth) {
-            (Some(secret), ClientAuth::Basic) => {
-                request = request.header(
-                    reqwest::header::AUTHORIZATION,
-                    basic_authorization(&self.client_id, secret).expose(),
-                );
-            }
-            (Some(secret), ClientAuth::Post) => {
-                form.push(("client_id", self.client_id.clone()));
-                form.push(("client_secret", secret.expose().to_string()));
-            }
-            (None, _) => form.push(("client_id", self.client_id.clone())),
-        }
+        let request = self.authenticate(http.post(self.url.clone()), &mut form);
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&form)
@@ -259,7 +317,13 @@ impl TokenEndpoint {
             url: self.url.to_string(),
             reason: describe_reqwest_error(&e),
         })?;
-        parse_token_response(self.url.as_str(), status, &body)
+        parse_token_response(self.url.as_str(), status, &body).map_err(|error| match error {
+            TokenError::Rejected(mut refusal) => {
+                refusal.grant_type = Some(grant.grant_type());
+                TokenError::Rejected(refusal)
+            }
+            other => other,
+        })
     }
 }
 
@@ -306,6 +370,7 @@ pub fn parse_token_response(
                 code_text: raw.error.clone(),
                 description: raw.error_description,
                 http_status: status,
+                grant_type: None,
             }))
         }
         Ok(raw) => Err(TokenError::Unavailable {
@@ -326,7 +391,7 @@ pub fn parse_token_response(
 }
 
 /// RFC 6749 section 2.3.1: id and secret are form-urlencoded before base64.
-fn basic_authorization(client_id: &str, secret: &Secret) -> Secret {
+pub fn basic_authorization(client_id: &str, secret: &Secret) -> Secret {
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     Secret::new(format!(
         "Basic {}",
@@ -374,8 +439,7 @@ mod tests {
         let oauth = error.oauth_error().expect("oauth error");
         assert!(oauth.needs_consent());
         assert!(
-            oauth
-                .explain("office")
+            crate::oauth::explain::explain(oauth, "office")
                 .contains("oxirelay account login office")
         );
     }
@@ -394,6 +458,24 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn auth_method_follows_the_metadata() {
+        let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(ClientAuth::for_server(None), ClientAuth::Basic);
+        assert_eq!(
+            ClientAuth::for_server(Some(&list(&["client_secret_post"]))),
+            ClientAuth::Post
+        );
+        assert_eq!(
+            ClientAuth::for_server(Some(&list(&["client_secret_post", "client_secret_basic"]))),
+            ClientAuth::Basic
+        );
+        assert_eq!(
+            ClientAuth::for_server(Some(&list(&["private_key_jwt"]))),
+            ClientAuth::Basic
+        );
     }
 
     #[test]

@@ -1,13 +1,21 @@
 //! Regular validation of an account's grant, so a dead grant is found by a
-//! check, not by a delivery: introspection (RFC 7662) where the provider
-//! offers it, otherwise a real SMTP AUTH followed by QUIT (the one check
-//! every provider supports; Microsoft's and Google's access tokens are not
-//! meant to be validated by clients). A token the check finds dead is
-//! dropped and a fresh one is tried, which moves a withdrawn consent to
-//! `NeedsConsent` with instructions.
+//! check, not by a delivery: a JWT access token is checked locally (JWKS
+//! signature, expiry, audience, scope) when the account names its audience;
+//! then introspection (RFC 7662) where the provider offers it, also for a
+//! public client where the provider lets one introspect; otherwise a real
+//! SMTP AUTH followed by QUIT (the one check every provider supports;
+//! Microsoft's and Google's access tokens are not meant to be validated by
+//! clients). A token the check finds dead is dropped and a fresh one is
+//! tried, which moves a withdrawn consent to `NeedsConsent` with
+//! instructions.
+//!
+//! Only an answer about the token is a verdict. An introspection endpoint
+//! that declines the request (`unsupported_token_type` for JWTs, a client
+//! it does not let introspect) or cannot be reached says nothing about the
+//! token: the local check's verdict stands, or the SMTP check decides.
 
 use crate::oauth::broker::{AccessToken, Broker, BrokerError};
-use crate::oauth::validate::introspect;
+use crate::oauth::validate::{IntrospectionClient, introspect};
 use crate::store::Event;
 use serde::Serialize;
 
@@ -29,19 +37,31 @@ pub struct HealthReport {
     pub checked_at: i64,
 }
 
+/// What one probe found: the method that decided, its verdict, and why
+/// an earlier method did not decide (if one did not).
+struct Verdict {
+    method: CheckMethod,
+    outcome: Result<(), String>,
+    note: Option<String>,
+}
+
 /// Whether `token` is accepted where it will be used.
-async fn probe(
-    broker: &Broker,
-    name: &str,
-    token: &AccessToken,
-) -> Result<(CheckMethod, Result<(), String>), BrokerError> {
+async fn probe(broker: &Broker, name: &str, token: &AccessToken) -> Result<Verdict, BrokerError> {
     let endpoints = broker.endpoints(name).await?;
     let account = broker
         .account(name)
         .ok_or_else(|| BrokerError::UnknownAccount(name.to_string()))?;
+    let decided = |method, outcome, note| {
+        Ok(Verdict {
+            method,
+            outcome,
+            note,
+        })
+    };
     // A JWT is checked locally first (it cannot show a revocation, so the
     // provider is still asked below when it can be).
     let looks_like_jwt = token.secret.expose().split('.').count() == 3;
+    let mut local_check_passed = false;
     if let (true, Some(jwks), Some(audience), Some(issuer)) = (
         looks_like_jwt,
         &endpoints.jwks,
@@ -62,48 +82,72 @@ async fn probe(
                     .filter(|s| *s != "offline_access" && !claims.has_scope(s))
                     .collect();
                 if !missing.is_empty() {
-                    return Ok((
+                    return decided(
                         CheckMethod::Jwt,
                         Err(format!("the token lacks the scope {missing:?}")),
-                    ));
+                        None,
+                    );
                 }
+                local_check_passed = true;
             }
             // Keys unreachable for now: the other checks still run.
             Err(e) if e.is_transient() => {}
             Err(e) => {
-                return Ok((
+                return decided(
                     CheckMethod::Jwt,
                     Err(format!("the token fails the JWT check: {e}")),
-                ));
+                    None,
+                );
             }
         }
-        if endpoints.introspect.is_none() {
-            return Ok((CheckMethod::Jwt, Ok(())));
-        }
     }
-    if let (Some(url), Some(secret)) = (&endpoints.introspect, &account.client_secret) {
+    let mut note = None;
+    if let Some(url) = &endpoints.introspect {
         let http = broker.http(name)?;
-        let verdict = match introspect(&http, url, &account.client_id, secret, &token.secret).await
+        // The account's own client, authenticated as at the token endpoint;
+        // a public client sends its client_id alone.
+        let client = broker.token_endpoint(name).await?;
+        match introspect(
+            &http,
+            url,
+            IntrospectionClient::from(&client),
+            &token.secret,
+        )
+        .await
         {
-            Ok(result) if result.active => Ok(()),
-            Ok(_) => Err(
-                "the provider says the token is no longer active (revoked or expired)".to_string(),
-            ),
-            Err(e) if e.is_transient() => {
-                return Ok((
-                    CheckMethod::Introspection,
-                    Err(format!("introspection unavailable: {e}")),
-                ));
+            Ok(answer) if answer.active => {
+                return decided(CheckMethod::Introspection, Ok(()), None);
             }
-            Err(e) => Err(format!("introspection failed: {e}")),
-        };
-        return Ok((CheckMethod::Introspection, verdict));
+            Ok(_) => {
+                return decided(
+                    CheckMethod::Introspection,
+                    Err(
+                        "the provider says the token is no longer active (revoked or expired)"
+                            .to_string(),
+                    ),
+                    None,
+                );
+            }
+            // No verdict on the token: fall back to what else can tell.
+            Err(e) => note = Some(e.to_string()),
+        }
     }
-    let verdict = match crate::delivery::upstream::probe_auth(account, token).await {
+    if local_check_passed {
+        return decided(CheckMethod::Jwt, Ok(()), note);
+    }
+    let outcome = match crate::delivery::upstream::probe_auth(account, token).await {
         Ok(()) => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    Ok((CheckMethod::SmtpAuth, verdict))
+    decided(CheckMethod::SmtpAuth, outcome, note)
+}
+
+/// The report's words for a token that passed, with why a method was skipped.
+fn accepted(token: &AccessToken, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("token {} accepted ({note})", token.fingerprint()),
+        None => format!("token {} accepted", token.fingerprint()),
+    }
 }
 
 /// Checks one account, records the result as an event, and returns it.
@@ -118,31 +162,31 @@ pub async fn check_account(broker: &Broker, name: &str) -> HealthReport {
     };
     let result = async {
         let token = broker.access_token(name).await?;
-        let (method, verdict) = probe(broker, name, &token).await?;
-        if let Err(reason) = verdict {
+        let first = probe(broker, name, &token).await?;
+        if let Err(reason) = first.outcome {
             // Drop the refused token and try once with a fresh one: a dead
             // grant shows up here as invalid_grant → NeedsConsent.
             broker.invalidate(name, &token).await?;
             let fresh = broker.access_token(name).await?;
-            let (method, verdict) = probe(broker, name, &fresh).await?;
-            return Ok::<_, BrokerError>(match verdict {
+            let again = probe(broker, name, &fresh).await?;
+            return Ok::<_, BrokerError>(match again.outcome {
                 Ok(()) => report(
                     true,
-                    Some(method),
+                    Some(again.method),
                     format!("the old token was refused ({reason}); a fresh one works"),
                 ),
-                Err(again) => {
+                Err(refused) => {
                     broker
-                        .report_upstream_rejection(name, &fresh, &format!("validation: {again}"))
+                        .report_upstream_rejection(name, &fresh, &format!("validation: {refused}"))
                         .await?;
-                    report(false, Some(method), again)
+                    report(false, Some(again.method), refused)
                 }
             });
         }
         Ok(report(
             true,
-            Some(method),
-            format!("token {} accepted", token.fingerprint()),
+            Some(first.method),
+            accepted(&token, first.note.as_deref()),
         ))
     }
     .await;

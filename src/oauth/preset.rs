@@ -3,6 +3,7 @@
 //! branches scattered through it.
 
 use crate::config::TlsMode;
+use crate::oauth::grant::ClientAuth;
 use crate::smtp::sasl::Mechanism;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -53,6 +54,22 @@ impl fmt::Display for GrantKind {
     }
 }
 
+/// How the authorization request asks for a refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineRequest {
+    /// The `offline_access` scope is enough (Microsoft identity platform,
+    /// where `prompt=consent` would force a consent screen users may not be
+    /// allowed to answer).
+    Scope,
+    /// Google: `access_type=offline`, and `prompt=consent`, without which a
+    /// refresh token is issued only at the first consent ever.
+    GoogleAccessType,
+    /// OpenID Connect Core section 11: `offline_access` counts only with
+    /// `prompt=consent` (servers that are not OpenID providers ignore the
+    /// parameter, RFC 6749 section 3.1).
+    ScopeWithConsentPrompt,
+}
+
 /// Default sending limits of a provider, applied unless configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProviderLimits {
@@ -82,6 +99,9 @@ pub struct Preset {
     pub token_url: Option<&'static str>,
     pub device_url: Option<&'static str>,
     pub revoke_url: Option<&'static str>,
+    /// How the client authenticates; `None`: from the provider's metadata.
+    pub client_auth: Option<ClientAuth>,
+    pub offline_request: OfflineRequest,
     pub limits: ProviderLimits,
 }
 
@@ -107,6 +127,9 @@ pub const MICROSOFT: Preset = Preset {
     // Microsoft identity platform has no RFC 7009 endpoint; sessions are
     // revoked through Graph (revokeSignInSessions) or the Entra portal.
     revoke_url: None,
+    // Microsoft documents client_secret in the body.
+    client_auth: Some(ClientAuth::Post),
+    offline_request: OfflineRequest::Scope,
     limits: ProviderLimits {
         messages_per_minute: Some(30),
         messages_per_day: None,
@@ -131,6 +154,13 @@ pub const GOOGLE: Preset = Preset {
     token_url: Some("https://oauth2.googleapis.com/token"),
     device_url: None,
     revoke_url: Some("https://oauth2.googleapis.com/revoke"),
+    // Google documents client_secret in the body.
+    client_auth: Some(ClientAuth::Post),
+    offline_request: OfflineRequest::GoogleAccessType,
+    // Gmail's limits for paid Google Workspace accounts. Workspace trial
+    // accounts (500 messages a day until the first payment) and consumer
+    // gmail.com accounts (about 500 a day) have lower ones, which Google
+    // enforces first (550 5.4.5); the preset cannot tell the kinds apart.
     limits: ProviderLimits {
         messages_per_minute: None,
         messages_per_day: Some(2_000),
@@ -158,6 +188,8 @@ pub const GENERIC: Preset = Preset {
     token_url: None,
     device_url: None,
     revoke_url: None,
+    client_auth: None,
+    offline_request: OfflineRequest::ScopeWithConsentPrompt,
     limits: ProviderLimits {
         messages_per_minute: None,
         messages_per_day: None,

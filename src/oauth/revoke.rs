@@ -5,8 +5,6 @@
 use crate::oauth::account::require_secure_url;
 use crate::oauth::grant::{TokenEndpoint, describe_reqwest_error};
 use crate::secret::Secret;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use url::Url;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +21,8 @@ pub enum RevokeError {
     Insecure(String),
 }
 
-/// RFC 7009 section 2.1: the client authenticates as at the token endpoint;
-/// the server answers 200 even for tokens it does not know.
+/// RFC 7009 section 2.1: the client authenticates as at the token endpoint
+/// (the same method); the server answers 200 even for tokens it does not know.
 pub async fn revoke(
     http: &reqwest::Client,
     url: &Url,
@@ -33,27 +31,11 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), RevokeError> {
     require_secure_url(url, client.insecure_loopback).map_err(RevokeError::Insecure)?;
-    let mut form = vec![
+    let mut form: Vec<(&'static str, String)> = vec![
         ("token", token.expose().to_string()),
         ("token_type_hint", hint.to_string()),
     ];
-    let mut request = http.post(url.clone());
-    match &client.client_secret {
-        Some(secret) => {
-            let encode =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let credentials = BASE64.encode(format!(
-                "{}:{}",
-                encode(&client.client_id),
-                encode(secret.expose())
-            ));
-            request = request.header(
-                reqwest::header::AUTHORIZATION,
-                format!("Basic {credentials}"),
-            );
-        }
-        None => form.push(("client_id", client.client_id.clone())),
-    }
+    let request = client.authenticate(http.post(url.clone()), &mut form);
     let response = request
         .form(&form)
         .send()

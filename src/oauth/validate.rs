@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::oauth::grant::{ClientAuth, TokenEndpoint, authenticate_client};
 use crate::secret::Secret;
 use crate::smtp::sasl::OAuthErrorStatus;
 
@@ -54,7 +55,7 @@ pub enum ValidationError {
     )]
     BadSignature { issuer: String },
     #[error(
-        "the access token is for another audience; expected aud \"{expected}\" (check the scope or resource the client asks for)"
+        "the access token is for another audience; expected aud {expected} (check the scope or resource the client asks for)"
     )]
     WrongAudience { expected: String },
     #[error("the access token was issued by someone else; expected iss \"{expected}\"")]
@@ -101,7 +102,10 @@ impl ValidationError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedToken {
     pub subject: String,
+    /// Delegated permissions: `scope` or `scp`.
     pub scopes: Vec<String>,
+    /// Application permissions of an app-only token (Entra's `roles`).
+    pub roles: Vec<String>,
     pub expires_at: SystemTime,
     pub client_id: Option<String>,
     pub issuer: String,
@@ -113,10 +117,15 @@ impl ValidatedToken {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
 }
 
 /// The claims we read. `scp` (Microsoft) and `azp` (OIDC) are accepted as
-/// spellings of `scope` and `client_id`.
+/// spellings of `scope` and `client_id`; `roles` carries the application
+/// permissions of Entra's app-only tokens, which have no `scp`.
 #[derive(Deserialize)]
 struct ReadClaims {
     sub: String,
@@ -131,14 +140,20 @@ struct ReadClaims {
     #[serde(default)]
     azp: Option<String>,
     #[serde(default)]
+    roles: Option<Vec<String>>,
+    #[serde(default)]
     jti: Option<String>,
+    /// Entra's token id.
+    #[serde(default)]
+    uti: Option<String>,
 }
 
-/// Checks JWT access tokens of one issuer for one audience.
+/// Checks JWT access tokens of one issuer for one or more audiences.
 pub struct JwtValidator {
     jwks_url: url::Url,
     issuer: String,
-    audience: String,
+    /// Accepted `aud` values; the first is the one named in messages.
+    audiences: Vec<String>,
     http: reqwest::Client,
     leeway: Duration,
     min_refetch_interval: Duration,
@@ -172,7 +187,7 @@ impl JwtValidator {
         JwtValidator {
             jwks_url,
             issuer,
-            audience,
+            audiences: vec![audience],
             http,
             leeway: DEFAULT_LEEWAY,
             min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
@@ -187,6 +202,17 @@ impl JwtValidator {
         self
     }
 
+    /// Accepts these audiences too (a resource known under several names,
+    /// as Exchange Online is under outlook.office.com and outlook.office365.com).
+    pub fn also_accepting(mut self, audiences: impl IntoIterator<Item = String>) -> Self {
+        for audience in audiences {
+            if !self.audiences.contains(&audience) {
+                self.audiences.push(audience);
+            }
+        }
+        self
+    }
+
     /// Overrides [`DEFAULT_MIN_REFETCH_INTERVAL`].
     pub fn with_min_refetch_interval(mut self, interval: Duration) -> Self {
         self.min_refetch_interval = interval;
@@ -197,8 +223,9 @@ impl JwtValidator {
         &self.issuer
     }
 
+    /// The main accepted audience.
     pub fn audience(&self) -> &str {
-        &self.audience
+        &self.audiences[0]
     }
 
     /// Verifies signature, `exp`, `iss` and `aud` and returns what the token says.
@@ -224,7 +251,7 @@ impl JwtValidator {
         // issuer; configs and discovery documents disagree on the slash.
         let bare = self.issuer.trim_end_matches('/');
         validation.set_issuer(&[bare.to_string(), format!("{bare}/")]);
-        validation.set_audience(&[&self.audience]);
+        validation.set_audience(&self.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<ReadClaims>(token.expose(), &key, &validation)
             .map_err(|e| self.classify(e.into_kind()))?;
@@ -233,10 +260,11 @@ impl JwtValidator {
         Ok(ValidatedToken {
             subject: claims.sub,
             scopes: scope.split_whitespace().map(str::to_string).collect(),
+            roles: claims.roles.unwrap_or_default(),
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
             client_id: claims.client_id.or(claims.azp),
             issuer: claims.iss,
-            jti: claims.jti,
+            jti: claims.jti.or(claims.uti),
         })
     }
 
@@ -245,7 +273,12 @@ impl JwtValidator {
             ErrorKind::ExpiredSignature => ValidationError::Expired,
             ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => self.bad_signature(),
             ErrorKind::InvalidAudience => ValidationError::WrongAudience {
-                expected: self.audience.clone(),
+                expected: self
+                    .audiences
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             },
             ErrorKind::InvalidIssuer => ValidationError::WrongIssuer {
                 expected: self.issuer.clone(),
@@ -429,9 +462,17 @@ pub enum IntrospectionError {
     #[error("cannot reach the introspection endpoint {url}: {reason}; retry later")]
     Unreachable { url: String, reason: String },
     #[error(
-        "the introspection endpoint {url} refused our client credentials (HTTP {status}); check client_id and client_secret"
+        "the introspection endpoint {url} refused our client credentials (HTTP {status}){detail}; check client_id and client_secret, and whether the provider lets this client introspect"
     )]
-    Unauthorized { url: String, status: u16 },
+    Unauthorized {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error(
+        "the introspection endpoint {url} does not introspect this kind of token (unsupported_token_type){detail}; JWT access tokens are checked locally instead"
+    )]
+    UnsupportedTokenType { url: String, detail: String },
     #[error("the introspection endpoint {url} answered HTTP {status}; retry later")]
     ServerError { url: String, status: u16 },
     #[error(
@@ -441,6 +482,16 @@ pub enum IntrospectionError {
 }
 
 impl IntrospectionError {
+    /// The endpoint answered about the request, not about the token: no
+    /// verdict on whether the token is alive.
+    pub fn declined(&self) -> bool {
+        matches!(
+            self,
+            IntrospectionError::UnsupportedTokenType { .. }
+                | IntrospectionError::Unauthorized { .. }
+        )
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -449,24 +500,55 @@ impl IntrospectionError {
     }
 }
 
-/// Asks `introspection_url` about `token`, authenticating with
-/// `client_secret_basic` (id and secret form-urlencoded first, as RFC 6749
-/// §2.3.1 requires).
+/// Who asks the introspection endpoint, and how it authenticates.
+#[derive(Debug, Clone, Copy)]
+pub struct IntrospectionClient<'a> {
+    pub client_id: &'a str,
+    /// `None` for a public client, where the provider lets those introspect.
+    pub client_secret: Option<&'a Secret>,
+    pub auth: ClientAuth,
+}
+
+impl<'a> From<&'a TokenEndpoint> for IntrospectionClient<'a> {
+    /// The account's own client, authenticating as at the token endpoint.
+    fn from(endpoint: &'a TokenEndpoint) -> Self {
+        IntrospectionClient {
+            client_id: &endpoint.client_id,
+            client_secret: endpoint.client_secret.as_ref(),
+            auth: endpoint.client_auth,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct IntrospectionRefusal {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Asks `introspection_url` about `token` (RFC 7662 section 2.1), the
+/// client authenticating as `client` says. The error body is read: a
+/// server that declines the token type says so (`unsupported_token_type`),
+/// which is no verdict on the token.
 pub async fn introspect(
     http: &reqwest::Client,
     introspection_url: &url::Url,
-    client_id: &str,
-    client_secret: &Secret,
+    client: IntrospectionClient<'_>,
     token: &Secret,
 ) -> Result<Introspection, IntrospectionError> {
     let url = introspection_url.to_string();
-    let response = http
-        .post(introspection_url.clone())
-        .basic_auth(
-            form_encode(client_id),
-            Some(form_encode(client_secret.expose())),
-        )
-        .form(&[("token", token.expose())])
+    let mut form: Vec<(&'static str, String)> = vec![("token", token.expose().to_string())];
+    let request = authenticate_client(
+        http.post(introspection_url.clone()),
+        &mut form,
+        client.client_id,
+        client.client_secret,
+        client.auth,
+    );
+    let response = request
+        .header(reqwest::header::ACCEPT, "application/json")
+        .form(&form)
         .timeout(JWKS_FETCH_TIMEOUT)
         .send()
         .await
@@ -475,12 +557,6 @@ pub async fn introspect(
             reason: e.to_string(),
         })?;
     let status = response.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(IntrospectionError::Unauthorized {
-            url,
-            status: status.as_u16(),
-        });
-    }
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(IntrospectionError::ServerError {
             url,
@@ -488,9 +564,29 @@ pub async fn introspect(
         });
     }
     if !status.is_success() {
-        return Err(IntrospectionError::BadResponse {
-            url,
-            reason: format!("HTTP {status}"),
+        let body = response.bytes().await.unwrap_or_default();
+        let refusal = serde_json::from_slice::<IntrospectionRefusal>(&body).ok();
+        let detail = refusal
+            .as_ref()
+            .and_then(|r| r.error_description.as_deref())
+            .map(|d| format!(": {}", d.lines().next().unwrap_or(d)))
+            .unwrap_or_default();
+        let code = refusal.as_ref().map(|r| r.error.as_str());
+        return Err(match (status.as_u16(), code) {
+            (_, Some("unsupported_token_type")) => {
+                IntrospectionError::UnsupportedTokenType { url, detail }
+            }
+            (401 | 403, _) | (_, Some("invalid_client" | "unauthorized_client")) => {
+                IntrospectionError::Unauthorized {
+                    url,
+                    status: status.as_u16(),
+                    detail,
+                }
+            }
+            _ => IntrospectionError::BadResponse {
+                url,
+                reason: format!("HTTP {status}{detail}"),
+            },
         });
     }
     response
@@ -541,6 +637,7 @@ mod tests {
         let token = ValidatedToken {
             subject: "a".into(),
             scopes: vec!["smtp".into(), "offline_access".into()],
+            roles: vec!["SMTP.SendAsApp".into()],
             expires_at: UNIX_EPOCH,
             client_id: None,
             issuer: "i".into(),
@@ -548,6 +645,8 @@ mod tests {
         };
         assert!(token.has_scope("smtp"));
         assert!(!token.has_scope("smt"));
+        assert!(token.has_role("SMTP.SendAsApp"));
+        assert!(!token.has_scope("SMTP.SendAsApp"), "roles are not scopes");
     }
 
     #[tokio::test]

@@ -1,20 +1,24 @@
 //! The sandbox provider: a real OAuth2 authorization server and a real
 //! OAuth2-enforcing SMTP server on loopback, for `oxirelay sandbox`,
 //! `oxirelay demo` and the tests. [`Sandbox::start`] runs both, wired
-//! together the way a provider's are: the SMTP server checks each bearer
+//! together the way a provider's are: the SMTP server checks a JWT bearer
 //! token's signature against the authorization server's JWKS, then asks its
 //! introspection endpoint whether the token is still active, so revoked
-//! tokens are refused as a real provider refuses them.
+//! tokens are refused as a real provider refuses them; an opaque token
+//! (the google profile's) only introspection can vouch for.
 
 pub mod authz;
 pub mod certs;
 pub mod inbox;
+pub mod oauth_profile;
 pub mod profile;
 pub mod smtp;
 
+pub use oauth_profile::{OAuthProfile, oauth_profile};
 pub use profile::{ProfileName, SmtpProfile, TokenShape};
 
-use crate::oauth::validate::{JwtValidator, introspect};
+use crate::oauth::grant::ClientAuth;
+use crate::oauth::validate::{IntrospectionClient, JwtValidator, introspect};
 use crate::secret::Secret;
 use crate::smtp::sasl::OAuthErrorStatus;
 use authz::{AuthServer, AuthServerConfig, RunningAuthServer, SandboxClient};
@@ -25,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The scope the sandbox SMTP server requires (Microsoft's is SMTP.Send).
+/// The strict profile's SMTP scope, and the name the SMTP server's own
+/// policy gives the permission to send: the verifier grants it to a token
+/// that carries the profile's permission (Microsoft's SMTP.Send or
+/// SMTP.SendAsApp, Google's mail scope).
 pub const SMTP_SCOPE: &str = "smtp.send";
 /// The client the demo and the printed config snippet use.
 pub const CLIENT_ID: &str = authz::DEMO_CLIENT_ID;
@@ -129,11 +136,25 @@ pub struct Sandbox {
     pub profile: ProfileName,
 }
 
+/// The SMTP server's token check, as the provider's resource server does
+/// it: a JWT's signature, issuer, audience and expiry locally, then
+/// introspection for revocation; an opaque token by introspection alone,
+/// and never without a positive answer. Then the profile's permission.
 struct SandboxVerifier {
     validator: JwtValidator,
     http: reqwest::Client,
     introspection_url: url::Url,
     introspection_secret: Secret,
+    permission: &'static OAuthProfile,
+}
+
+fn bearer_status(status: &str, scope: Option<&str>) -> OAuthErrorStatus {
+    OAuthErrorStatus {
+        status: status.into(),
+        schemes: Some("bearer".into()),
+        scope: scope.map(str::to_string),
+        openid_configuration: None,
+    }
 }
 
 impl BearerVerifier for SandboxVerifier {
@@ -144,38 +165,80 @@ impl BearerVerifier for SandboxVerifier {
         Box<dyn std::future::Future<Output = Result<VerifiedBearer, OAuthErrorStatus>> + Send + 'a>,
     > {
         Box::pin(async move {
-            let validated = self
-                .validator
-                .validate(token)
-                .await
-                .map_err(|e| e.rfc7628_status())?;
-            let unavailable = || OAuthErrorStatus {
-                status: "temporarily_unavailable".into(),
-                schemes: Some("bearer".into()),
-                scope: None,
-                openid_configuration: None,
+            let is_jwt = token.expose().split('.').count() == 3;
+            let local = if is_jwt {
+                Some(
+                    self.validator
+                        .validate(token)
+                        .await
+                        .map_err(|e| e.rfc7628_status())?,
+                )
+            } else {
+                None
             };
-            let introspection = introspect(
-                &self.http,
-                &self.introspection_url,
-                INTROSPECTION_CLIENT_ID,
-                &self.introspection_secret,
-                token,
-            )
-            .await
-            .map_err(|_| unavailable())?;
-            if !introspection.active {
-                return Err(OAuthErrorStatus {
-                    status: "invalid_token".into(),
-                    schemes: Some("bearer".into()),
-                    scope: Some(SMTP_SCOPE.into()),
-                    openid_configuration: None,
-                });
+            let client = IntrospectionClient {
+                client_id: INTROSPECTION_CLIENT_ID,
+                client_secret: Some(&self.introspection_secret),
+                auth: ClientAuth::Basic,
+            };
+            let introspection =
+                match introspect(&self.http, &self.introspection_url, client, token).await {
+                    Ok(answer) => Some(answer),
+                    // A provider that does not introspect its JWTs: their
+                    // signature check is the verdict. Never for an opaque token.
+                    Err(e) if e.declined() && local.is_some() => None,
+                    Err(e) if e.is_transient() || e.declined() => {
+                        return Err(bearer_status("temporarily_unavailable", None));
+                    }
+                    Err(_) => return Err(bearer_status("invalid_token", None)),
+                };
+            if introspection.as_ref().is_some_and(|i| !i.active) {
+                // A signed token that is no longer active (revoked) gets the
+                // scope to ask for again; a token nobody issued gets nothing.
+                let scope = local.is_some().then_some(self.permission.smtp_scope);
+                return Err(bearer_status("invalid_token", scope));
             }
+            // The authorization server knows which mailbox a grant is for
+            // (Entra's `sub` is a pairwise id, an opaque token says nothing).
+            let subject = introspection
+                .as_ref()
+                .and_then(|i| i.sub.clone())
+                .or_else(|| local.as_ref().map(|v| v.subject.clone()))
+                .ok_or_else(|| bearer_status("invalid_token", None))?;
+            let (mut scopes, roles) = match (&local, &introspection) {
+                (Some(local), _) => (local.scopes.clone(), local.roles.clone()),
+                (None, Some(answer)) => (
+                    answer
+                        .scope
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
+                    Vec::new(),
+                ),
+                (None, None) => return Err(bearer_status("invalid_token", None)),
+            };
+            if !self.permission.grants_smtp(&scopes, &roles) {
+                return Err(bearer_status(
+                    "insufficient_scope",
+                    Some(self.permission.smtp_scope),
+                ));
+            }
+            scopes.extend(roles);
+            if !scopes.iter().any(|s| s == SMTP_SCOPE) {
+                scopes.push(SMTP_SCOPE.to_string());
+            }
+            let expires_at = local.as_ref().map(|v| v.expires_at).or_else(|| {
+                introspection
+                    .as_ref()
+                    .and_then(|i| i.exp)
+                    .map(|exp| std::time::UNIX_EPOCH + Duration::from_secs(exp))
+            });
             Ok(VerifiedBearer {
-                subject: validated.subject,
-                scopes: validated.scopes,
-                expires_at: Some(validated.expires_at),
+                subject,
+                scopes,
+                expires_at,
             })
         })
     }
@@ -189,28 +252,28 @@ impl Sandbox {
             source,
         })?;
         let introspection_secret = random_secret();
+        let permission = oauth_profile(options.profile);
         let config = AuthServerConfig {
             access_token_ttl: options.token_ttl,
             auto_approve: options.auto_approve,
             device_interval: options.device_interval,
             slow_down_increment: options.slow_down_increment,
-            scopes: vec![SMTP_SCOPE.into(), authz::OFFLINE_ACCESS.into()],
+            scopes: permission
+                .offered_scopes
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            token_shape: options.profile.token_shape(),
             clients: vec![
                 SandboxClient {
-                    client_id: CLIENT_ID.into(),
-                    client_secret: options.client_secret.clone(),
                     redirect_uris: vec![
                         "http://127.0.0.1/callback".into(),
                         "http://127.0.0.1/".into(),
                     ],
                     app_subject: Some(USER.into()),
+                    ..SandboxClient::confidential(CLIENT_ID, options.client_secret.clone())
                 },
-                SandboxClient {
-                    client_id: INTROSPECTION_CLIENT_ID.into(),
-                    client_secret: introspection_secret.clone(),
-                    redirect_uris: vec![],
-                    app_subject: None,
-                },
+                SandboxClient::confidential(INTROSPECTION_CLIENT_ID, introspection_secret.clone()),
             ],
             ..AuthServerConfig::default()
         };
@@ -223,6 +286,7 @@ impl Sandbox {
             http,
             introspection_url: auth.introspection_url(),
             introspection_secret,
+            permission,
         });
         let ca = Arc::new(match options.server_certificate {
             ServerCertificate::CaSigned => SandboxCa::generate()?,
@@ -258,7 +322,16 @@ impl Sandbox {
 
     /// A config `[[account]]` for this sandbox. The client secret is
     /// referenced, never written: `secret_ref` is `env:NAME` or `file:PATH`.
+    /// The scopes and SASL mechanism are the profile's (Microsoft's and
+    /// Google's own scope names for those profiles).
     pub fn account_toml(&self, name: &str, grant: &str, secret_ref: &str) -> String {
+        let oauth = oauth_profile(self.profile);
+        let scopes = oauth
+            .scopes_for(grant)
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             r#"[[account]]
 name = "{name}"
@@ -268,7 +341,7 @@ issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
 client_secret = "{secret_ref}"
 user = "{USER}"
-scopes = ["{SMTP_SCOPE}"{offline}]
+scopes = [{scopes}]
 smtp = "127.0.0.1:{port}"
 tls = "starttls"
 ca_file = "{ca}"
@@ -276,18 +349,9 @@ sasl = "{sasl}"
 insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0.0.1
 "#,
             issuer = self.auth.issuer().as_str().trim_end_matches('/'),
-            offline = if grant == "client_credentials" {
-                ""
-            } else {
-                ", \"offline_access\""
-            },
             port = self.smtp.addr().port(),
             ca = self.ca_file().display(),
-            // Exchange offers XOAUTH2 only.
-            sasl = match self.profile {
-                ProfileName::Microsoft => "xoauth2",
-                _ => "oauthbearer",
-            },
+            sasl = oauth.sasl,
         )
     }
 
@@ -330,6 +394,7 @@ insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0
                 .map_err(|e| fail(&e))?;
         consent::finish(broker, account, &request, &code)
             .await
+            .map(|consent| consent.token)
             .map_err(|e| fail(&e))
     }
 

@@ -344,11 +344,13 @@ impl SandboxPolicy {
             ChallengeStyle::Rfc7628 => Some(Box::new(rfc7628)),
             // Google reports an HTTP status and its one scope.
             ChallengeStyle::Google => Some(Box::new(OAuthErrorStatus {
-                status: if rfc7628.status == "invalid_request" {
-                    "400".into()
-                } else {
-                    "401".into()
-                },
+                status: match rfc7628.status.as_str() {
+                    "invalid_request" => "400",
+                    // RFC 6750 section 3.1: a token without the scope is 403.
+                    "insufficient_scope" => "403",
+                    _ => "401",
+                }
+                .into(),
                 schemes: Some("bearer".into()),
                 scope: Some("https://mail.google.com/".into()),
                 openid_configuration: None,

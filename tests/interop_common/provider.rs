@@ -39,19 +39,15 @@ impl Provider {
             scopes,
             clients: vec![
                 SandboxClient {
-                    client_id: RELAY_CLIENT.into(),
-                    client_secret: relay_secret.clone(),
-                    redirect_uris: vec![],
                     app_subject: Some(USER.into()),
+                    ..SandboxClient::confidential(RELAY_CLIENT, relay_secret.clone())
                 },
-                SandboxClient {
-                    client_id: DOVECOT_CLIENT.into(),
-                    client_secret: dovecot_secret.clone(),
-                    redirect_uris: vec![],
-                    app_subject: None,
-                },
+                SandboxClient::confidential(DOVECOT_CLIENT, dovecot_secret.clone()),
             ],
             users: vec![USER.into()],
+            // `typ: JWT`, as Keycloak and most identity servers write it:
+            // Dovecot 2.3's local validation refuses RFC 9068's `at+jwt`.
+            jwt_header: oxirelay::oauth::jwt::HeaderStyle::Jwt,
             ..AuthServerConfig::default()
         };
         let auth = AuthServer::bind(([127, 0, 0, 1], 0).into(), config)

@@ -121,8 +121,8 @@ pub(crate) async fn revoke(State(core): Core, headers: HeaderMap, body: Bytes) -
 pub(crate) async fn introspect(State(core): Core, headers: HeaderMap, body: Bytes) -> Response {
     core.stats.update(|s| s.introspections += 1);
     let result = Params::parse(&body).and_then(|params| {
-        authenticate(&core.config, &headers, &params)?;
-        core.introspect(&params)
+        let client = authenticate(&core.config, &headers, &params)?;
+        core.introspect(client, &params)
     });
     match result {
         Ok(answer) => (StatusCode::OK, no_store(), axum::Json(answer)).into_response(),

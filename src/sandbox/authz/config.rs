@@ -1,8 +1,12 @@
 //! What the sandbox authorization server is configured with: token
-//! lifetimes, rotation, device-flow pacing, registered clients and users.
+//! lifetimes and shape, rotation, device-flow pacing, how clients
+//! authenticate, registered clients and users, and the switches that make
+//! it behave like stricter or quirkier providers.
 
 use std::time::Duration;
 
+use super::client_auth::ClientAuthMethod;
+use crate::sandbox::profile::{ProfileName, TokenShape};
 use crate::secret::Secret;
 
 /// The demo client registered by [`AuthServerConfig::default`].
@@ -15,6 +19,12 @@ pub const DEMO_USER: &str = "alice@sandbox.test";
 
 /// The scope that grants a refresh token to code and device grants.
 pub const OFFLINE_ACCESS: &str = "offline_access";
+
+/// The tenant (`tid`) of Entra-shaped tokens: made up, and recognisably so.
+pub const SANDBOX_TENANT_ID: &str = "5a4db0c5-0000-4000-8000-000000000001";
+
+/// What Exchange Online's app-only SMTP permission is called in `roles`.
+pub const SMTP_SEND_AS_APP: &str = "SMTP.SendAsApp";
 
 #[derive(Clone, Debug)]
 pub struct AuthServerConfig {
@@ -41,6 +51,28 @@ pub struct AuthServerConfig {
     pub users: Vec<String>,
     /// Faults active from the start (see [`super::TokenFaults`]).
     pub initial_faults: Option<super::FaultPlan>,
+    /// What issued access tokens look like (the profile's shape).
+    pub token_shape: TokenShape,
+    /// The JWT header of the `Jwt` shape: RFC 9068's `typ: at+jwt` by
+    /// default, or the `typ: JWT` most identity servers write.
+    pub jwt_header: crate::oauth::jwt::HeaderStyle,
+    /// Entra shape: the tenant id the tokens carry in `tid` and `iss`.
+    pub tenant_id: String,
+    /// Entra shape: the application permissions an administrator granted,
+    /// carried in `roles` of app-only tokens.
+    pub app_roles: Vec<String>,
+    /// How clients may authenticate at the token, device authorization,
+    /// revocation and introspection endpoints; advertised in the metadata.
+    /// `None` is listed when public clients are registered.
+    pub client_auth_methods: Vec<ClientAuthMethod>,
+    /// OpenID Connect Core section 11: `offline_access` is ignored unless
+    /// the authorization request also carries `prompt=consent`, so no
+    /// refresh token comes of it. Conformant OpenID providers do this.
+    pub offline_access_needs_consent_prompt: bool,
+    /// Introspection of a JWT access token answers `400
+    /// {"error":"unsupported_token_type"}`, as providers whose JWTs are
+    /// meant to be validated locally document.
+    pub introspection_declines_jwts: bool,
 }
 
 impl Default for AuthServerConfig {
@@ -56,13 +88,19 @@ impl Default for AuthServerConfig {
             audience: "smtp".into(),
             scopes: vec!["smtp".into(), OFFLINE_ACCESS.into()],
             clients: vec![SandboxClient {
-                client_id: DEMO_CLIENT_ID.into(),
-                client_secret: Secret::new(DEMO_CLIENT_SECRET),
                 redirect_uris: vec!["http://127.0.0.1/callback".into()],
                 app_subject: Some(DEMO_USER.into()),
+                ..SandboxClient::confidential(DEMO_CLIENT_ID, Secret::new(DEMO_CLIENT_SECRET))
             }],
             users: vec![DEMO_USER.into()],
             initial_faults: None,
+            token_shape: ProfileName::default().token_shape(),
+            jwt_header: crate::oauth::jwt::HeaderStyle::Rfc9068,
+            tenant_id: SANDBOX_TENANT_ID.into(),
+            app_roles: vec![SMTP_SEND_AS_APP.into()],
+            client_auth_methods: vec![ClientAuthMethod::SecretBasic, ClientAuthMethod::SecretPost],
+            offline_access_needs_consent_prompt: false,
+            introspection_declines_jwts: false,
         }
     }
 }
@@ -91,16 +129,44 @@ impl AuthServerConfig {
 #[derive(Clone, Debug)]
 pub struct SandboxClient {
     pub client_id: String,
-    pub client_secret: Secret,
+    /// `None`: a public client (RFC 6749 §2.1), which sends its client_id
+    /// and no secret, and may not use client_credentials.
+    pub client_secret: Option<Secret>,
     /// Exact redirect URIs; a loopback one (`http://127.0.0.1/...` or
     /// `http://[::1]/...`) matches any port, as RFC 8252 §7.3 asks.
     pub redirect_uris: Vec<String>,
     /// The mailbox an app-only (`client_credentials`) token is for; `None`
     /// means the client may not use that grant.
     pub app_subject: Option<String>,
+    /// Whether the client may call `/introspect`. Confidential clients act
+    /// as resource servers and may; public clients only where the provider
+    /// allows it (some let a client introspect its own tokens).
+    pub may_introspect: bool,
 }
 
 impl SandboxClient {
+    /// A client with a secret, no redirect URIs, no app subject.
+    pub fn confidential(client_id: impl Into<String>, secret: Secret) -> Self {
+        SandboxClient {
+            client_id: client_id.into(),
+            client_secret: Some(secret),
+            redirect_uris: Vec::new(),
+            app_subject: None,
+            may_introspect: true,
+        }
+    }
+
+    /// A public client (a native app without a secret).
+    pub fn public(client_id: impl Into<String>) -> Self {
+        SandboxClient {
+            client_id: client_id.into(),
+            client_secret: None,
+            redirect_uris: Vec::new(),
+            app_subject: None,
+            may_introspect: false,
+        }
+    }
+
     /// Whether `candidate` is one of this client's redirect URIs.
     pub fn allows_redirect(&self, candidate: &str) -> bool {
         self.redirect_uris

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::config::OFFLINE_ACCESS;
 use super::consent::{AuthorizeRequest, PendingConsent};
 use super::engine::AuthCore;
 use super::html;
@@ -88,10 +89,21 @@ pub(crate) async fn authorize(State(core): Core, RawQuery(query): RawQuery) -> R
             "code_challenge must be 43 to 128 characters of [A-Za-z0-9-._~]",
         );
     }
-    let scopes = match core.parse_scope(params.get("scope")) {
+    let mut scopes = match core.parse_scope(params.get("scope")) {
         Ok(scopes) => scopes,
         Err(e) => return back("invalid_scope", &e.error_description),
     };
+    if let Err(e) = core.check_shape_scopes(&scopes, false) {
+        return back(e.error.as_str(), &e.error_description);
+    }
+    // OpenID Connect Core section 11: without prompt=consent the server
+    // MUST ignore offline_access (no refresh token comes of it).
+    let prompt_consent = params
+        .get("prompt")
+        .is_some_and(|p| p.split_whitespace().any(|v| v == "consent"));
+    if core.config.offline_access_needs_consent_prompt && !prompt_consent {
+        scopes.retain(|s| s != OFFLINE_ACCESS);
+    }
     let login_hint = params.get("login_hint");
     if let Some(hint) = login_hint
         && !core.config.is_user(hint)

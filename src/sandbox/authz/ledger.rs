@@ -1,5 +1,6 @@
 //! The authorization server's memory: pending authorization and device
-//! codes, refresh-token families, issued access tokens and revocations, and
+//! codes, refresh-token families, issued access tokens (by token id: a JWT's
+//! `jti` or `uti`, or the hash of an opaque token) and revocations, and
 //! the rules that move them (single-use codes, PKCE, device polling pace,
 //! refresh rotation with reuse detection).
 //!
@@ -140,15 +141,27 @@ struct RefreshRecord {
 struct Family {
     subject: String,
     revoked: bool,
-    access_jtis: Vec<String>,
+    access_ids: Vec<String>,
 }
 
 #[derive(Debug)]
 struct AccessRecord {
     subject: String,
     client_id: String,
+    scopes: Vec<String>,
     family: Option<FamilyId>,
     exp_unix: u64,
+}
+
+/// What is known about an access token, for introspection: enough to
+/// answer for a token whose content says nothing (an opaque one).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AccessInfo {
+    pub subject: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub exp_unix: u64,
+    pub revoked: bool,
 }
 
 /// What is known about a refresh token, for introspection.
@@ -181,8 +194,9 @@ pub(crate) struct Ledger {
     refresh: HashMap<TokenHash, RefreshRecord>,
     families: HashMap<FamilyId, Family>,
     next_family: FamilyId,
+    /// Token id → what it was issued for.
     access: HashMap<String, AccessRecord>,
-    revoked_jtis: HashSet<String>,
+    revoked_access: HashSet<String>,
     /// Families revoked so far, for the server's counters.
     pub(crate) families_revoked: u64,
     /// Rotated refresh tokens presented again, for the server's counters.
@@ -529,40 +543,60 @@ impl Ledger {
 
     // ---- access tokens ----
 
-    pub(crate) fn record_access(&mut self, jti: &str, grant: &Grant, exp_unix: u64, now_unix: u64) {
-        // Forget tokens that expired: their jti can no longer matter.
+    /// Records an issued access token under `token_id`.
+    pub(crate) fn record_access(
+        &mut self,
+        token_id: &str,
+        grant: &Grant,
+        exp_unix: u64,
+        now_unix: u64,
+    ) {
+        // Forget tokens that expired: their id can no longer matter.
         self.access.retain(|_, a| a.exp_unix >= now_unix);
         let live = &self.access;
-        self.revoked_jtis.retain(|j| live.contains_key(j));
+        self.revoked_access.retain(|id| live.contains_key(id));
         if let Some(family) = grant.family.and_then(|f| self.families.get_mut(&f)) {
-            family.access_jtis.retain(|j| live.contains_key(j));
-            family.access_jtis.push(jti.to_string());
+            family.access_ids.retain(|id| live.contains_key(id));
+            family.access_ids.push(token_id.to_string());
         }
         self.access.insert(
-            jti.to_string(),
+            token_id.to_string(),
             AccessRecord {
                 subject: grant.subject.clone(),
                 client_id: grant.client_id.clone(),
+                scopes: grant.scopes.clone(),
                 family: grant.family,
                 exp_unix,
             },
         );
     }
 
-    pub(crate) fn access_revoked(&self, jti: &str) -> bool {
-        self.revoked_jtis.contains(jti)
+    pub(crate) fn access_revoked(&self, token_id: &str) -> bool {
+        self.revoked_access.contains(token_id)
             || self
                 .access
-                .get(jti)
+                .get(token_id)
                 .and_then(|a| a.family)
                 .is_some_and(|f| self.family_revoked(f))
     }
 
+    /// What an issued access token is, if this ledger issued it.
+    pub(crate) fn access_info(&self, token_id: &str) -> Option<AccessInfo> {
+        let record = self.access.get(token_id)?;
+        Some(AccessInfo {
+            subject: record.subject.clone(),
+            client_id: record.client_id.clone(),
+            scopes: record.scopes.clone(),
+            exp_unix: record.exp_unix,
+            revoked: self.access_revoked(token_id),
+        })
+    }
+
     /// RFC 7009 for an access token we issued to `client_id`.
-    pub(crate) fn revoke_access(&mut self, client_id: &str, jti: &str) -> bool {
-        match self.access.get(jti) {
+    pub(crate) fn revoke_access(&mut self, client_id: &str, token_id: &str) -> bool {
+        match self.access.get(token_id) {
             Some(record) if record.client_id == client_id => {
-                self.revoked_jtis.insert(jti.to_string())
+                self.revoked_access.insert(token_id.to_string())
             }
             _ => false,
         }
@@ -578,7 +612,7 @@ impl Ledger {
             Family {
                 subject: subject.to_string(),
                 revoked: false,
-                access_jtis: Vec::new(),
+                access_ids: Vec::new(),
             },
         );
         id
@@ -598,7 +632,8 @@ impl Ledger {
         }
         record.revoked = true;
         self.families_revoked += 1;
-        self.revoked_jtis.extend(record.access_jtis.iter().cloned());
+        self.revoked_access
+            .extend(record.access_ids.iter().cloned());
         true
     }
 
@@ -614,13 +649,13 @@ impl Ledger {
         for family in &families {
             self.revoke_family(*family);
         }
-        let jtis: Vec<String> = self
+        let ids: Vec<String> = self
             .access
             .iter()
             .filter(|(_, a)| a.subject == subject)
-            .map(|(jti, _)| jti.clone())
+            .map(|(id, _)| id.clone())
             .collect();
-        self.revoked_jtis.extend(jtis);
+        self.revoked_access.extend(ids);
         families.len()
     }
 }

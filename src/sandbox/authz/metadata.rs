@@ -29,6 +29,11 @@ pub struct AuthServerMetadata {
     pub scopes_supported: Vec<String>,
     /// RFC 9207: the `iss` parameter is sent in authorization responses.
     pub authorization_response_iss_parameter_supported: bool,
+    /// OpenID Connect Discovery fields, published when `openid` is offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_types_supported: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 impl AuthServerMetadata {
@@ -36,11 +41,13 @@ impl AuthServerMetadata {
         let issuer = core.issuer.clone();
         let at = |path: &str| format!("{issuer}{path}");
         let auth_methods = || {
-            vec![
-                "client_secret_basic".to_string(),
-                "client_secret_post".to_string(),
-            ]
+            core.config
+                .client_auth_methods
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect::<Vec<_>>()
         };
+        let openid = core.config.scopes.iter().any(|s| s == "openid");
         AuthServerMetadata {
             authorization_endpoint: at("/authorize"),
             token_endpoint: at("/token"),
@@ -61,6 +68,8 @@ impl AuthServerMetadata {
             introspection_endpoint_auth_methods_supported: auth_methods(),
             scopes_supported: core.config.scopes.clone(),
             authorization_response_iss_parameter_supported: true,
+            subject_types_supported: openid.then(|| vec!["public".to_string()]),
+            id_token_signing_alg_values_supported: openid.then(|| vec!["RS256".to_string()]),
             issuer,
         }
     }

@@ -24,6 +24,22 @@ use crate::secret::Secret;
 /// (a request held by an injected delay included) before cutting them.
 const GRACEFUL_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
+/// The signing key of every sandbox server in this process. Generating a
+/// 2048-bit RSA key takes most of a second in a debug build, and the tests
+/// start a server each; servers still tell their tokens apart by issuer
+/// (each has its own port), which every validator checks.
+fn process_signing_key() -> Result<SigningKey, JwtError> {
+    static KEY: std::sync::Mutex<Option<SigningKey>> = std::sync::Mutex::new(None);
+    // The slot holds a finished key or nothing; a panic cannot leave it half-written.
+    let mut slot = KEY.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(key) = slot.as_ref() {
+        return Ok(key.clone());
+    }
+    let key = SigningKey::generate()?;
+    *slot = Some(key.clone());
+    Ok(key)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthServerError {
     #[error("cannot create the sandbox signing key: {0}")]
@@ -65,7 +81,7 @@ impl AuthServer {
         let core = Arc::new(AuthCore::new(
             config,
             issuer,
-            SigningKey::generate()?,
+            process_signing_key()?,
             faults,
         ));
 
@@ -138,9 +154,9 @@ fn check_config(config: &AuthServerConfig) -> Result<(), AuthServerError> {
                 client.client_id
             )));
         }
-        if client.client_secret.is_empty() {
+        if client.client_secret.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(AuthServerError::Config(format!(
-                "client {} has an empty client_secret",
+                "client {} has an empty client_secret; give it one, or None for a public client",
                 client.client_id
             )));
         }
@@ -244,14 +260,22 @@ impl RunningAuthServer {
         &self.core.faults
     }
 
-    /// A validator for this server's tokens (issuer, audience, JWKS URL).
+    /// A validator for this server's JWT access tokens (their issuer, every
+    /// audience they may carry, the JWKS URL). Opaque tokens it cannot check.
     pub fn validator(&self, http: reqwest::Client) -> JwtValidator {
-        JwtValidator::new(
-            self.jwks_url(),
-            self.core.issuer.clone(),
-            self.core.config.audience.clone(),
-            http,
-        )
+        let mint = self.core.mint();
+        let mut audiences = mint.audiences().into_iter();
+        let first = audiences
+            .next()
+            .unwrap_or_else(|| self.core.config.audience.clone());
+        JwtValidator::new(self.jwks_url(), mint.token_issuer(), first, http)
+            .also_accepting(audiences)
+    }
+
+    /// The `iss` of this server's JWT access tokens (Entra-shaped tokens
+    /// name `https://sts.windows.net/{tid}/`, not [`Self::issuer_id`]).
+    pub fn token_issuer(&self) -> String {
+        self.core.mint().token_issuer()
     }
 
     /// Approves a device-flow user code as `user`, as the device page would.
