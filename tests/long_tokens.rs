@@ -36,6 +36,11 @@ async fn long_token_then_revoked(mechanism: Mechanism, sasl_name: &str) {
     let account = h.broker.account(ACCOUNT).expect("account").clone();
     assert_eq!(account.sasl, mechanism);
     let token = h.broker.access_token(ACCOUNT).await.expect("token");
+    assert!(
+        token.secret.expose().len() >= 2000,
+        "the strict profile issues 2,000-character tokens: {}",
+        token.secret.expose().len()
+    );
     let credentials = BearerCredentials {
         user: account.user.clone(),
         token: token.secret.clone(),

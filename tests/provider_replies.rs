@@ -410,3 +410,62 @@ async fn google_refuses_passwords_as_gmail_does() {
     assert!(explain(facts).expect("explained").contains("OAuth"));
     let _ = session.quit().await;
 }
+
+#[tokio::test]
+async fn a_token_exchange_calls_close_to_expiry_is_refreshed_without_failing_the_account() {
+    use oxirelay::sandbox::authz::TokenFault;
+    let h = harness_with(microsoft()).await;
+    h.sandbox.smtp.mailboxes().grant_send_as(USER, SENDER);
+    // The relay holds a token with five minutes left: inside Exchange's
+    // ten-minute margin (501 5.5.127).
+    let faults = h.sandbox.auth.faults();
+    faults.fail_next(1, TokenFault::ShortLived(Duration::from_secs(300)));
+    h.broker
+        .access_token(ACCOUNT)
+        .await
+        .expect("a short-lived token");
+    let engine = h.start(test_config());
+    h.enqueue(1, &["rcpt@example.net"]).await;
+    wait_stats(&engine, "delivered after a refresh", |s| {
+        s.messages_delivered == 1
+    })
+    .await;
+    assert_eq!(tokens_issued(&h), 2, "one refresh");
+    let (state, reason) = h.account_state().await;
+    assert_eq!(state, AccountState::Valid, "{reason}");
+    let kinds = h.event_kinds().await;
+    assert!(
+        kinds.contains(&"token.invalidated".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"token.refresh_failed".to_string()),
+        "{kinds:?}"
+    );
+
+    engine.shutdown().await;
+
+    // A provider that only ever issues tokens inside its own margin: the
+    // fresh token is refused too; the mail waits, the account is not failed.
+    // (A new engine: the first one's pooled session is logged in already.)
+    faults.fail_next(2, TokenFault::ShortLived(Duration::from_secs(300)));
+    let token = h.broker.access_token(ACCOUNT).await.expect("token");
+    h.broker.invalidate(ACCOUNT, &token).await.expect("drop it");
+    h.broker
+        .access_token(ACCOUNT)
+        .await
+        .expect("a short-lived token");
+    let engine = h.start(test_config());
+    let ids = h.enqueue(1, &["rcpt2@example.net"]).await;
+    wait_stats(&engine, "deferred", |s| s.attempts >= 1).await;
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Deferred, "{message:?}");
+    let error = message.last_error.unwrap_or_default();
+    assert!(
+        error.contains("5.5.127") && error.contains("no refresh can help"),
+        "{error}"
+    );
+    let (state, reason) = h.account_state().await;
+    assert_eq!(state, AccountState::Valid, "{reason}");
+    engine.shutdown().await;
+}

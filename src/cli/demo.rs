@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// Keep the temporary directory (config, store, inbox) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Which provider the sandbox plays (token shape, replies, limits).
+    #[arg(long, value_enum, default_value_t = crate::sandbox::ProfileName::Strict)]
+    pub profile: crate::sandbox::ProfileName,
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -153,6 +156,44 @@ async fn relay_path(
     Ok(())
 }
 
+/// How long the token is and how it goes on the wire (RFC 4954 section 4).
+fn describe_token(
+    account: &crate::oauth::account::Account,
+    sandbox: &Sandbox,
+    length: usize,
+) -> String {
+    use crate::smtp::sasl;
+    let credentials = sasl::BearerCredentials {
+        user: account.user.clone(),
+        token: crate::secret::Secret::new("t".repeat(length)),
+    };
+    let message = match account.sasl {
+        sasl::Mechanism::OAuthBearer => sasl::encode_oauthbearer(
+            &credentials,
+            &sasl::ServerName {
+                host: &account.smtp.host,
+                port: account.smtp.port,
+            },
+        ),
+        _ => sasl::encode_xoauth2(&credentials),
+    };
+    let line = format!("AUTH {} ", account.sasl).len()
+        + sasl::encode_base64(message.expose().as_bytes()).len()
+        + 2;
+    let how = if line > crate::smtp::client::MAX_COMMAND_LINE {
+        format!(
+            "the AUTH line with it would be {line} octets, over RFC 4954's 512, so `AUTH {}` goes alone and the token follows the 334",
+            account.sasl
+        )
+    } else {
+        "it fits on the AUTH line".to_string()
+    };
+    format!(
+        "access token: {length} characters ({} profile); {how}",
+        sandbox.profile
+    )
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let at = move || format!("[{:>5.1}s]", started.elapsed().as_secs_f64());
@@ -167,6 +208,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut options = SandboxOptions::new(dir.join("sandbox"));
     options.token_ttl = args.token_ttl;
     options.auto_approve = true;
+    options.profile = args.profile;
+    let mut smtp = args.profile.smtp();
+    // The demo's tokens live seconds so that a refresh shows; Exchange's
+    // ten-minute margin would refuse every one of them.
+    if smtp
+        .near_expiry
+        .as_ref()
+        .is_some_and(|near| near.within >= args.token_ttl)
+    {
+        smtp.near_expiry = None;
+    }
+    options.smtp = Some(smtp);
     let sandbox = Sandbox::start(options).await?;
     println!(
         "{} sandbox authorization server  {}",
@@ -202,8 +255,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(dir.join("oxirelay.toml"), &config_text)?;
     let config = Config::parse(&config_text, &dir.join("oxirelay.toml"))?;
     let context = Context::from_config(config).await?;
+    let sasl = context
+        .broker
+        .account("demo")
+        .context("the demo account")?
+        .sasl;
     println!(
-        "{} account \"demo\": generic provider, authorization_code grant, SASL OAUTHBEARER, secrets sealed in {}",
+        "{} account \"demo\": generic provider, authorization_code grant, SASL {sasl}, secrets sealed in {}",
         at(),
         dir.join("oxirelay.db").display()
     );
@@ -249,7 +307,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         at(),
         account.scopes.join(" ")
     );
-    sandbox.grant_consent(&context.broker, "demo").await?;
+    let token = sandbox.grant_consent(&context.broker, "demo").await?;
+    println!(
+        "{} {}",
+        at(),
+        describe_token(&account, &sandbox, token.secret.expose().len())
+    );
 
     let spacing =
         (args.token_ttl.mul_f64(1.5) / args.messages.max(1)).max(Duration::from_millis(500));

@@ -44,6 +44,7 @@ async fn token_inner(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<super::engine::TokenResponse, OAuthError> {
+    let mut lifetime = None;
     match core.faults.next_request() {
         Some(TokenFault::ServerError) => {
             return Err(OAuthError::new(
@@ -57,10 +58,11 @@ async fn token_inner(
             ));
         }
         Some(TokenFault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(TokenFault::ShortLived(short)) => lifetime = Some(short),
         None => {}
     }
     let client = authenticate(&core.config, headers, params)?;
-    core.token(client, params)
+    core.token_lasting(client, params, lifetime)
 }
 
 #[derive(Serialize)]

@@ -101,10 +101,22 @@ impl AuthCore {
     }
 
     /// The `/token` endpoint after client authentication.
+    #[cfg(test)]
     pub(crate) fn token(
         &self,
         client: &SandboxClient,
         params: &Params,
+    ) -> Result<TokenResponse, OAuthError> {
+        self.token_lasting(client, params, None)
+    }
+
+    /// The `/token` endpoint, the access token living `lifetime` instead of
+    /// the configured lifetime when given.
+    pub(crate) fn token_lasting(
+        &self,
+        client: &SandboxClient,
+        params: &Params,
+        lifetime: Option<std::time::Duration>,
     ) -> Result<TokenResponse, OAuthError> {
         let now = Instant::now();
         let kind = GrantKind::from_grant_type(params.get("grant_type"));
@@ -148,7 +160,7 @@ impl AuthCore {
             )),
         };
         self.publish_ledger_counters(&ledger);
-        let response = self.issue(&mut ledger, granted?)?;
+        let response = self.issue(&mut ledger, granted?, lifetime)?;
         self.stats.update(|s| s.tokens_issued += 1);
         Ok(response)
     }
@@ -238,9 +250,17 @@ impl AuthCore {
         Ok(scopes)
     }
 
-    fn issue(&self, ledger: &mut Ledger, grant: Grant) -> Result<TokenResponse, OAuthError> {
+    fn issue(
+        &self,
+        ledger: &mut Ledger,
+        grant: Grant,
+        lifetime: Option<std::time::Duration>,
+    ) -> Result<TokenResponse, OAuthError> {
         let now = unix_now();
-        let ttl = self.config.access_token_ttl.as_secs().max(1);
+        let ttl = lifetime
+            .unwrap_or(self.config.access_token_ttl)
+            .as_secs()
+            .max(1);
         let exp = now + ttl;
         let minted = self.mint().mint(&grant, now, exp)?;
         ledger.record_access(&minted.id, &grant, exp, now);

@@ -17,6 +17,10 @@ pub enum TokenFault {
     InvalidGrant,
     /// The request is handled normally, after this delay.
     Delay(Duration),
+    /// The request is handled normally, but the access token lives only
+    /// this long, as when a policy at the provider shortens lifetimes or a
+    /// token was issued long before it is used.
+    ShortLived(Duration),
 }
 
 /// Which requests a fault hits.

@@ -39,5 +39,5 @@ pub use envelope::{DataOutcome, Envelope, RecipientOutcome, RecipientReport, Sen
 pub use error::{ClientError, Stage};
 pub use establish::PlaintextSession;
 pub use reply::Reply;
-pub use session::Session;
+pub use session::{MAX_COMMAND_LINE, Session};
 pub use target::{Timeouts, TlsMode, UpstreamTarget, is_loopback_host};
