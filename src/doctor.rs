@@ -11,7 +11,8 @@ use std::path::Path;
 const DAY: i64 = 86_400;
 /// Microsoft refresh tokens die after 90 days unused; warn with a margin.
 const MICROSOFT_IDLE_WARN_DAYS: i64 = 75;
-/// Google refresh tokens of apps in "Testing" status die 7 days after consent.
+/// Google refresh tokens of apps of the External user type in "Testing"
+/// publishing status die 7 days after consent.
 const GOOGLE_TESTING_LIFETIME_DAYS: i64 = 7;
 const UNUSED_WARN_DAYS: i64 = 30;
 const KEY_AGE_WARN_DAYS: i64 = 365;
@@ -411,10 +412,10 @@ fn check_account_health(
             format!("account {}: refresh token", account.name),
             Status::Warn,
             format!(
-                "if the Google app is still in Testing status, this refresh token dies at {}",
+                "if the Google app is of the External user type and still in Testing status, this refresh token dies at {}",
                 crate::clock::format_unix(dies)
             ),
-            Some("publish the OAuth consent screen (In production), then consent again".into()),
+            Some("publish the OAuth consent screen (In production), or for Workspace mailboxes make the app's user type Internal; then consent again".into()),
         ));
     }
     if idle_days >= UNUSED_WARN_DAYS {

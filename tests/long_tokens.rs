@@ -27,9 +27,40 @@ fn message(n: usize) -> OutgoingMessage {
     }
 }
 
-async fn long_token_then_revoked(mechanism: Mechanism, sasl_name: &str) {
+/// Which line limit the upstream holds AUTH to.
+#[derive(Clone, Copy)]
+enum Server {
+    /// RFC 5321's 512 octets (the strict profile's own).
+    Strict,
+    /// Gmail's: 1,024 octets, then `555 5.5.2 Syntax error, command line too long`.
+    Gmail,
+    /// Dovecot's: `500 5.5.2 Line too long` beyond its 1,030-octet AUTH line.
+    Dovecot,
+}
+
+async fn long_token_then_revoked(mechanism: Mechanism, sasl_name: &str, server: Server) {
     let h = harness_custom(
-        |_| {},
+        move |options| {
+            use oxirelay::sandbox::ProfileName;
+            use oxirelay::smtp::server::{LineLimit, Reply};
+            match server {
+                Server::Strict => {}
+                Server::Gmail => {
+                    // Gmail's SMTP behaviour, with the strict profile's long JWTs.
+                    options.smtp = Some(ProfileName::Google.smtp());
+                }
+                Server::Dovecot => {
+                    let mut smtp = ProfileName::Strict.smtp();
+                    smtp.line_limit = LineLimit {
+                        command: 1032,
+                        auth_command: 1032,
+                        sasl_response: 8194,
+                        reply: Reply::new(500, "5.5.2 Line too long"),
+                    };
+                    options.smtp = Some(smtp);
+                }
+            }
+        },
         |toml| toml.replace("sasl = \"oauthbearer\"", &format!("sasl = \"{sasl_name}\"")),
     )
     .await;
@@ -94,10 +125,18 @@ async fn long_token_then_revoked(mechanism: Mechanism, sasl_name: &str) {
 
 #[tokio::test]
 async fn xoauth2_with_a_long_token_and_a_512_octet_server() {
-    long_token_then_revoked(Mechanism::XOAuth2, "xoauth2").await;
+    long_token_then_revoked(Mechanism::XOAuth2, "xoauth2", Server::Strict).await;
 }
 
 #[tokio::test]
 async fn oauthbearer_with_a_long_token_and_a_512_octet_server() {
-    long_token_then_revoked(Mechanism::OAuthBearer, "oauthbearer").await;
+    long_token_then_revoked(Mechanism::OAuthBearer, "oauthbearer", Server::Strict).await;
+}
+
+#[tokio::test]
+async fn long_tokens_through_gmails_and_dovecots_line_limits() {
+    for server in [Server::Gmail, Server::Dovecot] {
+        long_token_then_revoked(Mechanism::XOAuth2, "xoauth2", server).await;
+        long_token_then_revoked(Mechanism::OAuthBearer, "oauthbearer", server).await;
+    }
 }
