@@ -249,3 +249,67 @@ fn demo_runs_end_to_end() {
         "a refresh happened: {stdout}"
     );
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    // Standard error is a pipe here, as under journald or in a log file.
+    let output = oxirelay(&["-vv", "demo", "--messages", "1", "--token-ttl", "2s"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("DEBUG"),
+        "debug logs were written: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no ANSI escape codes: {stderr}");
+}
+
+#[test]
+fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("oxirelay.toml");
+    let output = oxirelay(&["-c", missing.to_str().expect("utf8"), "account", "list"]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
+#[test]
+fn help_suggests_a_key_file_the_relay_accepts() {
+    let output = oxirelay(&["--help"]);
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("oxirelay keygen --file master.key"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("keygen > "), "{stdout}");
+}
+
+#[test]
+fn a_port_in_use_is_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = oxirelay(&[
+        "sandbox",
+        "--dir",
+        dir.path().to_str().expect("utf8"),
+        "--http",
+        &port,
+        "--smtp",
+        "127.0.0.1:0",
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains(&port), "names the address: {stderr}");
+}

@@ -30,7 +30,7 @@ pub use context::Context;
     name = "oxirelay",
     version,
     about = "Send email through OAuth2-protected SMTP (Microsoft 365, Gmail, any XOAUTH2/OAUTHBEARER server).",
-    after_help = "Start here:\n  oxirelay demo                      see the whole path work against the built-in sandbox\n  oxirelay keygen > master.key       make the master key that seals tokens at rest\n  oxirelay -c oxirelay.toml account list"
+    after_help = "Start here:\n  oxirelay demo                      see the whole path work against the built-in sandbox\n  oxirelay keygen --file master.key  make the master key that seals tokens at rest (mode 0600)\n  oxirelay -c oxirelay.toml account list"
 )]
 pub struct Cli {
     /// Config file [default: $OXIRELAY_CONFIG, else ./oxirelay.toml]
@@ -144,10 +144,28 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes as one line, each said once. Many library
+/// errors already put their source in their own message (a `{source}` in
+/// the thiserror text), and anyhow's `{:#}` would then repeat it.
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -182,8 +200,13 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter =
         EnvFilter::try_from_env("OXIRELAY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a person at a terminal: files, pipes and journald
+    // get plain text (and NO_COLOR is honoured, https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second initialisation (tests calling in-process) is harmless.
     let _ = match format {
@@ -215,6 +238,21 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_reported_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read the config file oxirelay.toml: {0}")]
+        struct Read(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let error = anyhow::Error::new(Read(io)).context("cannot start");
+        assert_eq!(
+            report(&error),
+            "cannot start: cannot read the config file oxirelay.toml: No such file or directory"
+        );
+        let plain = anyhow::anyhow!("outer").context("top");
+        assert_eq!(report(&plain), "top: outer");
+    }
 
     #[test]
     fn durations() {

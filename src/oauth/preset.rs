@@ -19,7 +19,7 @@ pub enum ProviderKind {
 
 impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             ProviderKind::Microsoft => "microsoft",
             ProviderKind::Google => "google",
             ProviderKind::Generic => "generic",
@@ -45,7 +45,7 @@ impl GrantKind {
 
 impl fmt::Display for GrantKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             GrantKind::ClientCredentials => "client_credentials",
             GrantKind::AuthorizationCode => "authorization_code",
             GrantKind::DeviceCode => "device_code",

@@ -20,9 +20,10 @@ impl MessageId {
     }
 }
 
+/// `pad`, not `write_str`: tables (`queue list`) give ids and states a width.
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -74,7 +75,7 @@ impl MessageState {
 
 impl fmt::Display for MessageState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -176,4 +177,19 @@ pub struct AttemptOutcome {
     /// When to try the open recipients again; `None` when none are open.
     pub next_attempt_at: Option<i64>,
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_states_take_a_column_width() {
+        let row = format!(
+            "{:<17}|{:<10}|",
+            MessageId("0123456789ABCDEF".into()),
+            MessageState::Queued
+        );
+        assert_eq!(row, "0123456789ABCDEF |queued    |");
+    }
 }
