@@ -292,6 +292,9 @@ pub struct ListenerConfig {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub allow_ips: Vec<String>,
+    /// Where `RCPT TO:<postmaster>` goes; checked as an RFC 5321 mailbox.
+    #[serde(default)]
+    pub postmaster: Option<crate::message::mailbox::Mailbox>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -127,6 +127,8 @@ async fn prepare(listener: &ListenerConfig) -> Result<Prepared, ListenerError> {
         addr: addr.clone(),
         source,
     })?;
+    let mut access = access;
+    access.postmaster = listener.postmaster.as_ref().map(|m| m.as_str().to_string());
     Ok(Prepared {
         socket,
         addr: local,

@@ -73,6 +73,8 @@ pub struct ListenerAccess {
     /// allow-list (DESIGN.md contract 5); [`ListenerAccess::plaintext`]
     /// enforces that.
     plaintext_auth: bool,
+    /// Where `RCPT TO:<postmaster>` goes (the listener's `postmaster`).
+    pub postmaster: Option<String>,
 }
 
 impl ListenerAccess {
@@ -81,6 +83,7 @@ impl ListenerAccess {
         ListenerAccess {
             allow,
             plaintext_auth: false,
+            postmaster: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl ListenerAccess {
         allow.is_restricted().then_some(ListenerAccess {
             allow,
             plaintext_auth: true,
+            postmaster: None,
         })
     }
 }
@@ -515,6 +519,7 @@ impl SessionPolicy for SubmissionPolicy {
                 // account's limit is applied at RCPT, once AUTH says who.
                 max_recipients: self.shared.max_recipients,
                 line_limit: LineLimit::default(),
+                postmaster: self.access.postmaster.clone(),
             })
         })
     }
