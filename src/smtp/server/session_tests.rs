@@ -963,24 +963,40 @@ fn a_skipped_line_that_ends_in_a_bare_lf_ends_the_session() {
     assert_eq!(smtp.send("\nNOOP\r\n"), "250 2.0.0 OK\r\n");
 }
 
-/// Random scripts over SMTP's alphabet (commands, CRLF, bare CR/LF, dots),
-/// cut into random chunks: the session never panics, always settles, and
-/// never accepts a message holding a bare CR or LF.
+/// Random scripts over SMTP's alphabet (commands, CRLF, bare CR/LF, dots,
+/// NUL, quoted and hostile addresses, long lines), cut into random chunks:
+/// the session never panics, always settles, and never accepts a message
+/// holding a bare CR or LF, a NUL or a line over 998 octets, nor an
+/// envelope address that is not an RFC 5321 mailbox.
 #[test]
 fn random_scripts_never_panic_or_accept_bare_line_endings() {
+    use crate::message::mailbox::check_mailbox;
     use rand::{Rng, SeedableRng};
     let auth = format!("AUTH PLAIN {}\r\n", plain("scanner", "hunter2"));
-    let pieces: Vec<&[u8]> = vec![
+    let long_line = "x".repeat(1100);
+    let commands: Vec<&[u8]> = vec![
         b"EHLO c\r\n",
         auth.as_bytes(),
         b"AUTH XOAUTH2\r\n",
         b"AQ==\r\n",
         b"*\r\n",
         b"MAIL FROM:<a@x>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"MAIL FROM:<postmaster>\r\n",
         b"RCPT TO:<b@x>\r\n",
+        b"RCPT TO:<\"a b\"@x>\r\n",
+        b"RCPT TO:<postmaster>\r\n",
+        b"RCPT TO:<>\r\n",
+        b"RCPT TO:<a\rRSET\r@x>\r\n",
+        b"RCPT TO:<a\nRSET\r\n",
+        b"RCPT TO:<\"open@x>\r\n",
+        b"RCPT TO:<a\x00b@x>\r\n",
         b"DATA\r\n",
         b"STARTTLS\r\n",
         b"RSET\r\n",
+        long_line.as_bytes(),
+    ];
+    let body: Vec<&[u8]> = vec![
         b"Subject: x\r\n",
         b"\r\n",
         b".",
@@ -992,33 +1008,49 @@ fn random_scripts_never_panic_or_accept_bare_line_endings() {
         b"\n.\n",
         b"body text \xc3\xa9",
         b"\x00\xff",
+        b"\x00",
+        long_line.as_bytes(),
+        b"\"",
+        b"<",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7628);
-    let (mut accepted, mut tls_started) = (0, 0);
-    for round in 0..500 {
+    let (mut accepted, mut tls_started, mut quoted, mut postmaster) = (0, 0, 0, 0);
+    for round in 0..600 {
+        let base = SessionRules {
+            max_message_size: 64 * 1024,
+            max_recipients: 10,
+            postmaster: (round % 3 != 0).then(|| "admin@contoso.com".to_string()),
+            ..rules()
+        };
         let mut smtp = if round % 2 == 0 {
-            Harness::with(Channel::Tls, rules())
+            Harness::with(Channel::Tls, base)
         } else {
             let rules = SessionRules {
                 plaintext_auth_allowed: true,
-                ..rules()
+                ..base
             };
             Harness::with(Channel::Plaintext, rules)
         };
         let mut script = Vec::new();
         for _ in 0..rng.random_range(1..40) {
-            if rng.random_bool(0.2) {
+            if rng.random_bool(0.25) {
                 // A whole transaction with a random body, so scripts get
                 // past the envelope often enough to test DATA.
                 script.extend_from_slice(b"EHLO c\r\n");
                 script.extend_from_slice(auth.as_bytes());
-                script.extend_from_slice(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+                script.extend_from_slice(b"MAIL FROM:<a@x>\r\n");
+                for _ in 0..rng.random_range(1..4) {
+                    script.extend_from_slice(commands[rng.random_range(8..12)]);
+                }
+                script.extend_from_slice(b"DATA\r\n");
                 for _ in 0..rng.random_range(0..8) {
-                    script.extend_from_slice(pieces[rng.random_range(10..pieces.len())]);
+                    script.extend_from_slice(body[rng.random_range(0..body.len())]);
                 }
                 script.extend_from_slice(b"\r\n.\r\n");
+            } else if rng.random_bool(0.5) {
+                script.extend_from_slice(commands[rng.random_range(0..commands.len())]);
             } else {
-                script.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+                script.extend_from_slice(body[rng.random_range(0..body.len())]);
             }
         }
         let mut rest = &script[..];
@@ -1033,19 +1065,33 @@ fn random_scripts_never_panic_or_accept_bare_line_endings() {
             }
         }
         accepted += smtp.accepted.len();
-        for (_, message) in &smtp.accepted {
+        for (envelope, message) in &smtp.accepted {
             for (index, byte) in message.iter().enumerate() {
                 match byte {
                     b'\r' => assert_eq!(message.get(index + 1), Some(&b'\n'), "{message:?}"),
                     b'\n' => assert_eq!(message[index - 1], b'\r', "{message:?}"),
+                    0 => panic!("NUL accepted: {message:?}"),
                     _ => {}
                 }
+            }
+            for line in message.split(|b| *b == b'\n') {
+                assert!(line.len() <= 999, "a line of {} octets", line.len());
+            }
+            assert!(
+                envelope.mail_from.is_empty() || check_mailbox(&envelope.mail_from).is_ok(),
+                "{envelope:?}"
+            );
+            assert!(!envelope.rcpt_to.is_empty());
+            for rcpt in &envelope.rcpt_to {
+                assert_eq!(check_mailbox(rcpt), Ok(()), "{envelope:?}");
+                quoted += usize::from(rcpt == "\"a b\"@x");
+                postmaster += usize::from(rcpt == "admin@contoso.com");
             }
         }
     }
     // The scripts reach deep enough to matter.
     assert!(
-        accepted > 10 && tls_started > 10,
-        "{accepted} {tls_started}"
+        accepted > 100 && tls_started > 5 && quoted > 50 && postmaster > 50,
+        "{accepted} {tls_started} {quoted} {postmaster}"
     );
 }
