@@ -30,6 +30,14 @@ async fn scanner(relay: &Relay) -> Client {
     client
 }
 
+/// The scanner with a transaction open (MAIL FROM accepted).
+async fn scanner_transaction(relay: &Relay) -> Client {
+    let mut client = scanner(relay).await;
+    let mail = client.command(&format!("MAIL FROM:<{SCANNER_FROM}>")).await;
+    assert!(mail.starts_with("250 "), "{mail}");
+    client
+}
+
 /// Writes the sandbox's client secret where an account can read it.
 fn secret_file(relay: &Relay) -> std::path::PathBuf {
     use std::io::Write;
@@ -50,9 +58,7 @@ fn secret_file(relay: &Relay) -> std::path::PathBuf {
 #[tokio::test]
 async fn a_quoted_local_part_is_queued_and_delivered_upstream_exactly() {
     let relay = Relay::start().await;
-    let mut client = scanner(&relay).await;
-    let mail = client.command(&format!("MAIL FROM:<{SCANNER_FROM}>")).await;
-    assert!(mail.starts_with("250 "), "{mail}");
+    let mut client = scanner_transaction(&relay).await;
     let rcpt = client.command("RCPT TO:<\"a b\"@example.net>").await;
     assert!(rcpt.starts_with("250 "), "{rcpt}");
     assert!(client.command("DATA").await.starts_with("354"));
@@ -163,13 +169,7 @@ async fn nul_bytes_and_long_lines_are_refused_and_nothing_is_queued() {
 #[tokio::test]
 async fn bare_cr_in_a_command_is_refused_and_bare_lf_closes() {
     let relay = Relay::start().await;
-    let mut client = scanner(&relay).await;
-    assert!(
-        client
-            .command(&format!("MAIL FROM:<{SCANNER_FROM}>"))
-            .await
-            .starts_with("250 ")
-    );
+    let mut client = scanner_transaction(&relay).await;
     let reply = client.command("RCPT TO:<a\rRSET\r@example.net>").await;
     assert!(reply.starts_with("500 5.5.2 Bare CR"), "{reply}");
     // The transaction is still open (RSET did not run) and has no recipient.
@@ -205,13 +205,7 @@ async fn an_over_long_line_is_answered_without_waiting_for_its_end() {
 async fn postmaster_goes_to_the_listeners_address_or_is_refused() {
     let relay = Relay::start().await;
     // The shared relay's listeners have no postmaster.
-    let mut client = scanner(&relay).await;
-    assert!(
-        client
-            .command(&format!("MAIL FROM:<{SCANNER_FROM}>"))
-            .await
-            .starts_with("250 ")
-    );
+    let mut client = scanner_transaction(&relay).await;
     let reply = client.command("RCPT TO:<postmaster>").await;
     assert!(
         reply.starts_with("550 5.1.1 <postmaster> has no address configured"),

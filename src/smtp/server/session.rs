@@ -493,11 +493,12 @@ impl Session {
         self.error(reply);
     }
 
-    /// A line ended with LF alone. Postfix (`smtpd_forbid_bare_newline`)
-    /// and sendmail do the same: the client and the server no longer agree
-    /// where commands end, so whatever follows might be read as commands
-    /// the client never meant (injection through an application that
-    /// filters CRLF but not LF). The session ends after a clear reply.
+    /// A line ended with LF alone. Postfix (`smtpd_forbid_bare_newline =
+    /// yes`) and sendmail (its `g` option) also disconnect: the client and
+    /// the server no longer agree where commands end, so whatever follows
+    /// might be read as commands the client never meant (injection through
+    /// an application that filters CRLF but not LF). The session ends after
+    /// a clear reply.
     fn on_bare_line_feed(&mut self) {
         self.reply(standard::bare_lf_in_command());
         self.close();
