@@ -305,6 +305,9 @@ pub struct ListenerConfig {
     /// `[[network]]` names whose devices may submit here without AUTH.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Where `RCPT TO:<postmaster>` goes; checked as an RFC 5321 mailbox.
+    #[serde(default)]
+    pub postmaster: Option<crate::message::mailbox::Mailbox>,
 }
 
 /// Devices that cannot authenticate (printers, scanners): their addresses

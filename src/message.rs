@@ -5,6 +5,8 @@
 
 use mail_builder::MessageBuilder;
 
+pub mod mailbox;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
     #[error("{field} {value:?} is not a valid email address")]

@@ -155,6 +155,8 @@ impl SandboxSmtp {
                 max_message_size: config.max_message_size,
                 max_recipients: config.max_recipients,
                 line_limit: config.profile.line_limit.clone(),
+                // Like a provider's submission port: no local postmaster.
+                postmaster: None,
             },
             profile: config.profile,
         });

@@ -160,6 +160,8 @@ async fn prepare(
         addr: addr.clone(),
         source,
     })?;
+    let mut access = access;
+    access.postmaster = listener.postmaster.as_ref().map(|m| m.as_str().to_string());
     Ok(Prepared {
         socket,
         addr: local,
@@ -247,6 +249,7 @@ mod tests {
             key: None,
             allow_ips: allow_ips.iter().map(|s| s.to_string()).collect(),
             networks: vec!["printers".into()],
+            postmaster: None,
         }
     }
 

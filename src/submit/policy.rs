@@ -79,6 +79,8 @@ pub struct ListenerAccess {
     /// together with a non-empty allow-list; [`ListenerAccess::with_networks`]
     /// enforces that.
     networks: Vec<Arc<Network>>,
+    /// Where `RCPT TO:<postmaster>` goes (the listener's `postmaster`).
+    pub postmaster: Option<String>,
 }
 
 impl ListenerAccess {
@@ -88,6 +90,7 @@ impl ListenerAccess {
             allow,
             plaintext_auth: false,
             networks: Vec::new(),
+            postmaster: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl ListenerAccess {
             allow,
             plaintext_auth: true,
             networks: Vec::new(),
+            postmaster: None,
         })
     }
 
@@ -545,6 +549,7 @@ impl SessionPolicy for SubmissionPolicy {
                 // account's limit is applied at RCPT, once AUTH says who.
                 max_recipients: self.shared.max_recipients,
                 line_limit: LineLimit::default(),
+                postmaster: self.access.postmaster.clone(),
             })
         })
     }

@@ -8,14 +8,30 @@
 //! and such a sequence never ends the message, so the bytes after it cannot
 //! be read as a second message. The receiver keeps going until the one true
 //! terminator `<CRLF>.<CRLF>` and then reports the refusal.
+//!
+//! A NUL byte (RFC 5322 section 3.5, RFC 2045 section 2.8) and a line over
+//! 998 octets (RFC 5322 section 2.1.1) are refused the same way, not
+//! repaired: folding or stripping would change a signed message (DKIM) and
+//! hide the sender's bug, and providers refuse or mangle such mail later,
+//! after the relay has already said 250. Counting needs no buffer beyond
+//! the message itself (bounded by SIZE): the receiver keeps the current
+//! line's length and the first offending line's number.
 
-/// Why a message was received but must not be accepted.
+/// RFC 5322 section 2.1.1: at most 998 characters a line, without CRLF.
+pub const MAX_LINE_LEN: usize = 998;
+
+/// Why a message was received but must not be accepted. When a message has
+/// several defects, the first in this order is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataDefect {
     /// A CR not followed by LF, or an LF not preceded by CR.
     BareLineEnding,
     /// More bytes than the advertised SIZE; the rest was read and dropped.
     TooBig,
+    /// A NUL byte, first on this line (1 is the first line of the message).
+    Nul { line: usize },
+    /// A line longer than [`MAX_LINE_LEN`], the first being this one.
+    LineTooLong { line: usize },
 }
 
 /// The result of a complete DATA phase.
@@ -43,6 +59,12 @@ pub struct DataReceiver {
     /// Total message bytes seen (counted even once we stop storing them).
     size: usize,
     bare_line_ending: bool,
+    /// The current line: its number, and its length so far (after the
+    /// transparency dot, which RFC 5321 section 4.5.3.1.6 does not count).
+    line: usize,
+    line_len: usize,
+    first_nul: Option<usize>,
+    first_long_line: Option<usize>,
 }
 
 impl DataReceiver {
@@ -56,6 +78,10 @@ impl DataReceiver {
             pending_cr: false,
             size: 0,
             bare_line_ending: false,
+            line: 1,
+            line_len: 0,
+            first_nul: None,
+            first_long_line: None,
         }
     }
 
@@ -74,8 +100,7 @@ impl DataReceiver {
                         return Some((self.finish(), index));
                     }
                     self.push(b"\r\n");
-                    self.at_line_start = true;
-                    self.dotted_line = false;
+                    self.end_line();
                     continue;
                 }
                 // A CR that does not start a CRLF is data, and a defect.
@@ -115,7 +140,22 @@ impl DataReceiver {
         if self.dotted_line {
             self.dotted_line_len += bytes.len();
         }
+        self.line_len = self.line_len.saturating_add(bytes.len());
+        if self.line_len > MAX_LINE_LEN {
+            self.first_long_line.get_or_insert(self.line);
+        }
+        if self.first_nul.is_none() && bytes.contains(&0) {
+            self.first_nul = Some(self.line);
+        }
         self.push(bytes);
+    }
+
+    /// After a CRLF that does not end the message.
+    fn end_line(&mut self) {
+        self.at_line_start = true;
+        self.dotted_line = false;
+        self.line = self.line.saturating_add(1);
+        self.line_len = 0;
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -132,6 +172,10 @@ impl DataReceiver {
             DataOutcome::Refused(DataDefect::BareLineEnding)
         } else if self.size > self.max_size {
             DataOutcome::Refused(DataDefect::TooBig)
+        } else if let Some(line) = self.first_nul {
+            DataOutcome::Refused(DataDefect::Nul { line })
+        } else if let Some(line) = self.first_long_line {
+            DataOutcome::Refused(DataDefect::LineTooLong { line })
         } else {
             DataOutcome::Message(std::mem::take(&mut self.body))
         }
@@ -193,11 +237,81 @@ mod tests {
     }
 
     #[test]
-    fn eight_bit_and_nul_bytes_pass_through() {
-        let wire = b"caf\xc3\xa9 \x00 \xff\r\n.\r\n";
+    fn eight_bit_bytes_pass_through() {
+        let wire = b"caf\xc3\xa9 \x01 \xff\r\n.\r\n";
         assert_eq!(
             receive_split_everywhere(wire),
-            DataOutcome::Message(b"caf\xc3\xa9 \x00 \xff\r\n".to_vec())
+            DataOutcome::Message(b"caf\xc3\xa9 \x01 \xff\r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_nul_byte_is_refused_with_its_line() {
+        let wire = b"Subject: a\r\n\r\nfine\r\nnul \x00 here\r\nand \x00 again\r\n.\r\nNOOP\r\n";
+        let (outcome, rest) = receive(wire);
+        assert_eq!(outcome, DataOutcome::Refused(DataDefect::Nul { line: 4 }));
+        assert_eq!(rest, b"NOOP\r\n");
+        assert_eq!(receive_split_everywhere(wire), outcome);
+        // A NUL at the start of a line, after a transparency dot.
+        assert_eq!(
+            receive(b"a\r\n.\x00\r\n.\r\n").0,
+            DataOutcome::Refused(DataDefect::Nul { line: 2 })
+        );
+    }
+
+    #[test]
+    fn lines_over_998_octets_are_refused_with_the_first_ones_number() {
+        let exact = "x".repeat(MAX_LINE_LEN);
+        // 998 octets pass, and so does a stuffed line of 998 after its dot.
+        let wire = format!("{exact}\r\n.{exact}\r\n.\r\n");
+        assert_eq!(
+            receive_split_everywhere(wire.as_bytes()),
+            DataOutcome::Message(format!("{exact}\r\n{exact}\r\n").into_bytes())
+        );
+        let wire = format!("Subject: x\r\n\r\nok\r\n{exact}y\r\n{exact}yy\r\n.\r\nNOOP\r\n");
+        let (outcome, rest) = receive(wire.as_bytes());
+        assert_eq!(
+            outcome,
+            DataOutcome::Refused(DataDefect::LineTooLong { line: 4 })
+        );
+        assert_eq!(rest, b"NOOP\r\n");
+        assert_eq!(receive_split_everywhere(wire.as_bytes()), outcome);
+    }
+
+    #[test]
+    fn a_megabyte_header_line_costs_no_memory_beyond_the_size_limit() {
+        let mut receiver = DataReceiver::new(4096);
+        let mut wire = b"Subject: ".to_vec();
+        wire.extend(std::iter::repeat_n(b'x', 1 << 20));
+        wire.extend_from_slice(b"\r\n\r\nbody\r\n.\r\n");
+        let mut outcome = None;
+        for chunk in wire.chunks(16 * 1024) {
+            assert!(outcome.is_none());
+            outcome = receiver.ingest(chunk).map(|(outcome, _)| outcome);
+            assert!(receiver.body.len() <= 4096);
+        }
+        // The size limit is what this one breaks first.
+        assert_eq!(outcome, Some(DataOutcome::Refused(DataDefect::TooBig)));
+        let mut receiver = DataReceiver::new(2 << 20);
+        let (outcome, _) = receiver.ingest(&wire).expect("end");
+        assert_eq!(
+            outcome,
+            DataOutcome::Refused(DataDefect::LineTooLong { line: 1 })
+        );
+    }
+
+    #[test]
+    fn defects_are_reported_in_order() {
+        let long = "x".repeat(1200);
+        let wire = format!("{long}\r\n\x00\r\nbare\nlf\r\n.\r\n");
+        assert_eq!(
+            receive(wire.as_bytes()).0,
+            DataOutcome::Refused(DataDefect::BareLineEnding)
+        );
+        let wire = format!("{long}\r\n\x00\r\n.\r\n");
+        assert_eq!(
+            receive(wire.as_bytes()).0,
+            DataOutcome::Refused(DataDefect::Nul { line: 2 })
         );
     }
 

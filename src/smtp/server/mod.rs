@@ -3,12 +3,14 @@
 //! listener (DESIGN.md, "One implementation, several uses").
 //!
 //! - [`session`]: the pure state machine (bytes in, steps out).
+//! - [`command`]: line endings, and MAIL/RCPT with their paths exact.
 //! - [`data`]: the DATA phase (end of message, dot-unstuffing, smuggling).
 //! - [`sasl_exchange`]: the server side of AUTH's SASL exchange.
 //! - [`policy`]: what a listener decides ([`SessionPolicy`]).
 //! - [`reply`]: SMTP replies and the standard ones.
 //! - [`shell`]: the tokio I/O around the session ([`serve`]).
 
+pub mod command;
 pub mod data;
 pub mod policy;
 pub mod reply;

@@ -35,6 +35,10 @@ pub struct SessionRules {
     pub max_recipients: usize,
     /// How long a command line may be.
     pub line_limit: LineLimit,
+    /// Where `RCPT TO:<postmaster>` goes (RFC 5321 section 4.5.1: every
+    /// server must take it, without a domain, in any case). `None` refuses
+    /// it with a 550 that says no address is configured.
+    pub postmaster: Option<String>,
 }
 
 /// The longest lines a session accepts, CRLF included, and the reply to a
@@ -80,6 +84,7 @@ impl Default for SessionRules {
             // RFC 5321 section 4.5.3.1.8: at least 100 must be accepted.
             max_recipients: 100,
             line_limit: LineLimit::default(),
+            postmaster: None,
         }
     }
 }

@@ -199,6 +199,42 @@ pub mod standard {
     pub fn invalid_recipient() -> Reply {
         Reply::new(501, "5.1.3 Invalid recipient address")
     }
+    /// `detail` is a [`crate::message::mailbox::PathError`] sentence.
+    pub fn bad_sender_syntax(detail: &str) -> Reply {
+        Reply::new(501, format!("5.1.7 Bad sender address syntax: {detail}"))
+    }
+    pub fn bad_recipient_syntax(detail: &str) -> Reply {
+        Reply::new(501, format!("5.1.3 Bad recipient address syntax: {detail}"))
+    }
+    pub fn null_recipient() -> Reply {
+        bad_recipient_syntax("RCPT TO:<> names no recipient; write the recipient's address")
+    }
+    /// RFC 5321 section 4.5.1 asks every server to take `<postmaster>`;
+    /// one with no address to route it to says so.
+    pub fn no_postmaster() -> Reply {
+        Reply::new(
+            550,
+            "5.1.1 <postmaster> has no address configured on this server; write to a \
+             full address, or ask its administrator to set one (oxirelay: postmaster \
+             in [[listener]])",
+        )
+    }
+    pub fn bare_cr_in_command() -> Reply {
+        Reply::new(
+            500,
+            "5.5.2 Bare CR in a command line is not allowed; end every command with \
+             CRLF and nothing else",
+        )
+    }
+    /// Sent before the connection is closed: after a line that ends in LF
+    /// alone, where the client's next command starts is unknown.
+    pub fn bare_lf_in_command() -> Reply {
+        Reply::new(
+            500,
+            "5.5.2 Bare LF in a command line is not allowed; end every command with \
+             CRLF. Closing the connection",
+        )
+    }
     pub fn auth_cancelled() -> Reply {
         Reply::new(501, "5.0.0 Authentication cancelled")
     }
@@ -258,6 +294,25 @@ pub mod standard {
             550,
             "5.6.0 Message refused: bare CR or LF in the data (SMTP smuggling protection); \
              end every line with CRLF",
+        )
+    }
+    pub fn nul_in_message(line: usize) -> Reply {
+        Reply::new(
+            550,
+            format!(
+                "5.6.0 Message refused: line {line} holds a NUL byte, which mail cannot \
+                 carry (RFC 5322 section 3.5); remove it, or attach the content \
+                 base64-encoded"
+            ),
+        )
+    }
+    pub fn long_line_in_message(line: usize) -> Reply {
+        Reply::new(
+            550,
+            format!(
+                "5.6.0 Message refused: line {line} is longer than 998 octets (RFC 5322 \
+                 section 2.1.1); wrap it, or encode the part quoted-printable or base64"
+            ),
         )
     }
     pub fn non_ascii_address() -> Reply {

@@ -3,9 +3,11 @@
 //! the policy, start TLS, wait for input, close). No sockets, no clocks, so
 //! every rule is tested with byte strings (see `session_tests.rs`).
 //!
-//! Commands are parsed by smtp-proto; line framing, DATA and the SASL
-//! exchange are ours (see `data.rs` for why).
+//! Commands are parsed by smtp-proto; line framing, line endings, MAIL and
+//! RCPT paths (see `command.rs`), DATA (see `data.rs`) and the SASL exchange
+//! are ours.
 
+use super::command::{self, EnvelopeCommand, LineDefect, parse_error_reply};
 use super::data::{DataDefect, DataOutcome, DataReceiver};
 use super::policy::{
     AuthRefusal, Authenticated, Channel, Credentials, DataPlan, Envelope, Identity, Refusal,
@@ -164,8 +166,11 @@ pub struct Session {
     context: SessionContext,
     phase: Phase,
     input: Vec<u8>,
-    /// An over-long line is being skipped up to its LF.
+    /// An over-long line, already answered, is being skipped up to its LF.
     discarding_line: bool,
+    /// The last byte skipped was CR: if the next one is LF, the skipped
+    /// line ended with CRLF.
+    discarded_cr: bool,
     outbox: VecDeque<Step>,
     errors: u32,
     auth_failures: u32,
@@ -186,6 +191,7 @@ impl Session {
             phase: Phase::Greeting,
             input: Vec::new(),
             discarding_line: false,
+            discarded_cr: false,
             outbox: VecDeque::new(),
             errors: 0,
             auth_failures: 0,
@@ -252,7 +258,10 @@ impl Session {
                     }
                 }
                 _ => match self.take_line() {
-                    None => return Step::NeedInput,
+                    // Skipping a line may have queued its reply, which
+                    // must go out now, not after the next read.
+                    None if self.outbox.is_empty() => return Step::NeedInput,
+                    None => {}
                     Some(line) => self.on_line(&line),
                 },
             }
@@ -362,6 +371,7 @@ impl Session {
         self.context.auth = None;
         self.input.clear();
         self.discarding_line = false;
+        self.discarded_cr = false;
         self.phase = Phase::AwaitHello;
         self.observe(SessionEvent::TlsStarted);
         Ok(())
@@ -408,25 +418,48 @@ impl Session {
     }
 
     /// The next complete line (with its line ending), or `None` if more
-    /// input is needed. Over-long lines are skipped up to their LF and
-    /// answered with 500 5.5.6.
+    /// input is needed. A line longer than its limit is answered as soon as
+    /// the limit is crossed, before its LF arrives: the client must not be
+    /// able to make the session hold a long line, nor wait for the reply
+    /// until it sends another. The rest of the line is skipped up to its LF.
     fn take_line(&mut self) -> Option<Vec<u8>> {
-        // Bounded: each pass consumes a line or returns.
+        // Bounded: each pass consumes input or returns.
         loop {
+            if self.discarding_line {
+                let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
+                    if let Some(&last) = self.input.last() {
+                        self.discarded_cr = last == b'\r';
+                    }
+                    self.input.clear();
+                    return None;
+                };
+                let crlf = match end {
+                    0 => self.discarded_cr,
+                    _ => self.input[end - 1] == b'\r',
+                };
+                self.input.drain(..=end);
+                self.discarding_line = false;
+                if !crlf {
+                    self.on_bare_line_feed();
+                    return None;
+                }
+                continue;
+            }
+            let limit = self.line_limit(&self.input);
             let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
-                if self.input.len() > MAX_AUTH_LINE {
+                // Its LF is still to come, so at `limit` octets the line is
+                // already one too long.
+                if !self.input.is_empty() && self.input.len() >= limit {
+                    self.discarded_cr = self.input.last() == Some(&b'\r');
                     self.input.clear();
                     self.discarding_line = true;
+                    self.on_line_too_long();
                 }
                 return None;
             };
             let line: Vec<u8> = self.input.drain(..=end).collect();
-            if std::mem::take(&mut self.discarding_line) || line.len() > MAX_AUTH_LINE {
-                if matches!(self.phase, Phase::Sasl(_)) {
-                    self.phase = Phase::Ready;
-                }
-                let reply = self.rules.line_limit.reply.clone();
-                self.error(reply);
+            if line.len() > limit {
+                self.on_line_too_long();
                 if matches!(self.phase, Phase::Closed) {
                     return None;
                 }
@@ -436,31 +469,68 @@ impl Session {
         }
     }
 
+    /// The longest the line starting with `start` may be, CRLF included.
+    fn line_limit(&self, start: &[u8]) -> usize {
+        let limits = &self.rules.line_limit;
+        // Whether the line is (or, with fewer than 5 octets read, may
+        // become) an AUTH command.
+        let prefix = start.len().min(5);
+        let longest = if matches!(self.phase, Phase::Sasl(_)) {
+            limits.sasl_response
+        } else if start[..prefix].eq_ignore_ascii_case(&b"AUTH "[..prefix]) {
+            limits.auth_command
+        } else {
+            limits.command
+        };
+        longest.min(MAX_AUTH_LINE)
+    }
+
+    fn on_line_too_long(&mut self) {
+        if matches!(self.phase, Phase::Sasl(_)) {
+            self.phase = Phase::Ready;
+        }
+        let reply = self.rules.line_limit.reply.clone();
+        self.error(reply);
+    }
+
+    /// A line ended with LF alone. Postfix (`smtpd_forbid_bare_newline =
+    /// yes`) and sendmail (its `g` option) also disconnect: the client and
+    /// the server no longer agree where commands end, so whatever follows
+    /// might be read as commands the client never meant (injection through
+    /// an application that filters CRLF but not LF). The session ends after
+    /// a clear reply.
+    fn on_bare_line_feed(&mut self) {
+        self.reply(standard::bare_lf_in_command());
+        self.close();
+    }
+
     fn on_line(&mut self, line: &[u8]) {
+        match command::line_defect(line) {
+            Some(LineDefect::BareLineFeed) => return self.on_bare_line_feed(),
+            Some(LineDefect::BareCarriageReturn) => {
+                // Refused whole, never stripped: smtp-proto would drop the
+                // CR and read `<a\rRSET\r@x>` as `aRSET@x`.
+                if matches!(self.phase, Phase::Sasl(_)) {
+                    self.phase = Phase::Ready;
+                }
+                return self.error(standard::bare_cr_in_command());
+            }
+            None => {}
+        }
         if let Phase::Sasl(step) = &self.phase {
             let step = step.clone();
-            if line.len() > self.rules.line_limit.sasl_response {
-                self.phase = Phase::Ready;
-                let reply = self.rules.line_limit.reply.clone();
-                return self.error(reply);
-            }
             let content = strip_line_ending(line);
             let progress = sasl_exchange::continue_with(&step, content);
             self.phase = Phase::Ready;
             self.on_sasl_progress(progress);
             return;
         }
-        let is_auth = line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ");
-        let limit = &self.rules.line_limit;
-        let longest = if is_auth {
-            limit.auth_command
-        } else {
-            limit.command
-        };
-        if line.len() > longest {
-            let reply = limit.reply.clone();
-            self.error(reply);
-            return;
+        if let Some(parsed) = command::parse_envelope_command(line) {
+            return match parsed {
+                Ok(EnvelopeCommand::Mail(from)) => self.on_mail(from),
+                Ok(EnvelopeCommand::Rcpt { to, postmaster }) => self.on_rcpt(to, postmaster),
+                Err(reply) => self.error(reply),
+            };
         }
         match Request::parse(&mut line.iter()) {
             Ok(request) => self.on_request(request.into_owned()),
@@ -477,8 +547,16 @@ impl Session {
                 mechanism,
                 initial_response,
             } => self.on_auth(mechanism, initial_response),
-            Request::Mail { from } => self.on_mail(from),
-            Request::Rcpt { to } => self.on_rcpt(to),
+            // Read by `command::parse_envelope_command`; smtp-proto gets here
+            // only with a line that function did not take as MAIL or RCPT,
+            // and its reading of the address (unquoted, `<postmaster>` as
+            // empty) must not be used.
+            Request::Mail { .. } => {
+                self.error(standard::syntax("MAIL FROM:<reverse-path> [parameters]"))
+            }
+            Request::Rcpt { .. } => {
+                self.error(standard::syntax("RCPT TO:<forward-path> [parameters]"))
+            }
             Request::Data => self.on_data(),
             Request::Rset => {
                 if matches!(self.phase, Phase::Transaction(_)) {
@@ -732,7 +810,9 @@ impl Session {
         );
     }
 
-    fn on_rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+    /// `postmaster`: the client wrote `<postmaster>`, which goes to the
+    /// address the rules name (RFC 5321 section 4.5.1).
+    fn on_rcpt(&mut self, to: smtp_proto::RcptTo<String>, postmaster: bool) {
         let Phase::Transaction(envelope) = &self.phase else {
             return self.error(standard::mail_first());
         };
@@ -745,18 +825,17 @@ impl Session {
         if to.flags != 0 || to.orcpt.is_some() {
             return self.error(standard::unsupported_parameter("(DSN is not offered)"));
         }
+        let rcpt_to = match (postmaster, &self.rules.postmaster) {
+            (false, _) => to.address,
+            (true, Some(address)) => address.clone(),
+            (true, None) => return self.reply(standard::no_postmaster()),
+        };
         let envelope = envelope.clone();
         let question = Question::Recipient {
             envelope: envelope.clone(),
-            rcpt_to: to.address.clone(),
+            rcpt_to: rcpt_to.clone(),
         };
-        self.ask(
-            Pending::Recipient {
-                envelope,
-                rcpt_to: to.address,
-            },
-            question,
-        );
+        self.ask(Pending::Recipient { envelope, rcpt_to }, question);
     }
 
     fn on_data(&mut self) {
@@ -784,6 +863,10 @@ impl Session {
             }
             DataOutcome::Refused(DataDefect::BareLineEnding) => standard::bare_line_ending(),
             DataOutcome::Refused(DataDefect::TooBig) => standard::message_too_big(),
+            DataOutcome::Refused(DataDefect::Nul { line }) => standard::nul_in_message(line),
+            DataOutcome::Refused(DataDefect::LineTooLong { line }) => {
+                standard::long_line_in_message(line)
+            }
         };
         self.observe(SessionEvent::MessageRefused {
             reply_code: refused.code(),
@@ -857,23 +940,6 @@ fn invalid_token_status() -> OAuthErrorStatus {
         schemes: Some("bearer".into()),
         scope: None,
         openid_configuration: None,
-    }
-}
-
-fn parse_error_reply(error: smtp_proto::Error) -> Reply {
-    match error {
-        smtp_proto::Error::UnknownCommand => standard::unrecognized_command(),
-        smtp_proto::Error::InvalidSenderAddress => standard::invalid_sender(),
-        smtp_proto::Error::InvalidRecipientAddress => standard::invalid_recipient(),
-        smtp_proto::Error::SyntaxError { syntax } => standard::syntax(syntax),
-        smtp_proto::Error::InvalidParameter { param } => standard::invalid_parameter(param),
-        smtp_proto::Error::UnsupportedParameter { param } => {
-            standard::unsupported_parameter(&param)
-        }
-        smtp_proto::Error::ResponseTooLong => standard::line_too_long(),
-        smtp_proto::Error::NeedsMoreData { .. } | smtp_proto::Error::InvalidResponse { .. } => {
-            standard::syntax("a complete SMTP command")
-        }
     }
 }
 

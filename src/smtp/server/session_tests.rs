@@ -62,7 +62,13 @@ impl Harness {
     }
 
     fn tls_authenticated() -> Self {
-        let mut harness = Harness::tls();
+        Harness::authenticated_with(rules())
+    }
+
+    /// Implicit TLS, EHLO and AUTH done, with these rules.
+    fn authenticated_with(rules: SessionRules) -> Self {
+        let mut harness = Harness::with(Channel::Tls, rules);
+        harness.exchange("EHLO client.test", "250-mx.test greets client.test");
         harness.exchange(
             &format!("AUTH PLAIN {}", plain("scanner", "hunter2")),
             "235 2.7.0",
@@ -688,24 +694,309 @@ fn mail_auth_parameter_is_accepted_and_dsn_is_refused() {
     smtp.exchange("RCPT TO:<b@x> NOTIFY=NEVER", "555 5.5.4");
 }
 
-/// Random scripts over SMTP's alphabet (commands, CRLF, bare CR/LF, dots),
-/// cut into random chunks: the session never panics, always settles, and
-/// never accepts a message holding a bare CR or LF.
+#[test]
+fn a_bare_cr_in_a_command_is_refused_never_stripped() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x>", "250 2.1.0");
+    // The attack of issue 8: smtp-proto dropped the CRs and took the line as
+    // RCPT TO:<aRSET@example.net>. Refused whole; RSET did not run either.
+    let out = smtp.send("RCPT TO:<a\rRSET\r@example.net>\r\n");
+    assert_eq!(
+        out,
+        "500 5.5.2 Bare CR in a command line is not allowed; end every command with \
+         CRLF and nothing else\r\n"
+    );
+    smtp.exchange("RCPT TO:<b@example.net>", "250 2.1.5");
+    smtp.exchange("DATA", "354");
+    smtp.exchange("hi\r\n.", "250 2.0.0 Ok: queued as MSG1");
+    assert_eq!(smtp.accepted[0].0.rcpt_to, ["b@example.net"]);
+    // Any command, and a CR just before the CRLF.
+    smtp.exchange("NOOP\r", "500 5.5.2 Bare CR");
+    smtp.exchange("EH\rLO x", "500 5.5.2 Bare CR");
+    assert!(!smtp.closed);
+}
+
+#[test]
+fn a_bare_cr_in_a_sasl_response_ends_the_exchange() {
+    let mut smtp = Harness::tls();
+    smtp.exchange("AUTH PLAIN", "334 ");
+    smtp.exchange(
+        &format!("{}\r", plain("scanner", "hunter2")),
+        "500 5.5.2 Bare CR",
+    );
+    // The exchange is over: the next line is a command again.
+    smtp.exchange("NOOP", "250 2.0.0 OK");
+}
+
+#[test]
+fn a_bare_lf_ends_the_session_before_anything_after_it_runs() {
+    // An application that filters CRLF but not LF from a form field: the
+    // recipient it writes carries a second command.
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x>", "250 2.1.0");
+    let out = smtp.send("RCPT TO:<a\nRCPT TO:<victim@x>\r\nDATA\r\n");
+    assert_eq!(
+        out,
+        "500 5.5.2 Bare LF in a command line is not allowed; end every command with \
+         CRLF. Closing the connection\r\n"
+    );
+    assert!(smtp.closed);
+    assert!(smtp.accepted.is_empty());
+
+    for script in ["EHLO client.test\n", "\n", "QUIT\n"] {
+        let mut smtp = Harness::with(Channel::Tls, rules());
+        assert!(
+            smtp.send(script).starts_with("500 5.5.2 Bare LF"),
+            "{script:?}"
+        );
+        assert!(smtp.closed, "{script:?}");
+    }
+}
+
+#[test]
+fn quoted_local_parts_and_escapes_are_kept_exactly() {
+    let mut smtp = Harness::authenticated_with(SessionRules {
+        max_recipients: 10,
+        ..rules()
+    });
+    smtp.exchange("MAIL FROM:<\"Scan Desk\"@example.com>", "250 2.1.0");
+    smtp.exchange("RCPT TO:<\"a b\"@example.net>", "250 2.1.5");
+    smtp.exchange("RCPT TO:<\"quote\\\"and>\"@example.net>", "250 2.1.5");
+    smtp.exchange("RCPT TO:<Mixed.Case+tag@Example.NET>", "250 2.1.5");
+    // A source route is dropped (RFC 5321 appendix C), the mailbox kept.
+    smtp.exchange("RCPT TO:<@relay.example:c@example.org>", "250 2.1.5");
+    smtp.exchange(
+        "RCPT TO:<a b@example.net>",
+        "501 5.1.3 Bad recipient address syntax",
+    );
+    smtp.exchange("DATA", "354");
+    smtp.exchange("hi\r\n.", "250 2.0.0");
+    let (envelope, _) = &smtp.accepted[0];
+    assert_eq!(envelope.mail_from, "\"Scan Desk\"@example.com");
+    assert_eq!(
+        envelope.rcpt_to,
+        [
+            "\"a b\"@example.net",
+            "\"quote\\\"and>\"@example.net",
+            "Mixed.Case+tag@Example.NET",
+            "c@example.org"
+        ]
+    );
+}
+
+#[test]
+fn malformed_paths_get_a_reason() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange(
+        "MAIL FROM:<postmaster>",
+        "501 5.1.7 Bad sender address syntax: the address has no @domain",
+    );
+    smtp.exchange(
+        "MAIL FROM:<a@x",
+        "501 5.1.7 Bad sender address syntax: the address has no closing '>'",
+    );
+    smtp.exchange("MAIL FROM:<>", "250 2.1.0");
+    for (rcpt, expected) in [
+        (
+            "RCPT TO:<>",
+            "501 5.1.3 Bad recipient address syntax: RCPT TO:<> names no recipient",
+        ),
+        (
+            "RCPT TO:<bob>",
+            "501 5.1.3 Bad recipient address syntax: the address has no @domain",
+        ),
+        (
+            "RCPT TO:<a..b@x>",
+            "501 5.1.3 Bad recipient address syntax: the address has a dot",
+        ),
+        (
+            "RCPT TO:<\"open@x>",
+            "501 5.1.3 Bad recipient address syntax: the address opens a double quote",
+        ),
+        (
+            "RCPT TO:<a@exa_mple.com>",
+            "501 5.1.3 Bad recipient address syntax: the address has '_' in its domain",
+        ),
+        (
+            "RCPT TO:b@x",
+            "501 5.5.4 Syntax error; expected: RCPT TO:<forward-path>",
+        ),
+        ("RCPT TO:<b@x>x", "501 5.5.4 Syntax error"),
+    ] {
+        smtp.exchange(rcpt, expected);
+    }
+    smtp.exchange("RCPT TO:<a@[192.0.2.1]>", "250 2.1.5");
+}
+
+#[test]
+fn postmaster_goes_to_the_configured_address_in_any_case() {
+    let mut smtp = Harness::authenticated_with(SessionRules {
+        postmaster: Some("admin@contoso.com".into()),
+        ..rules()
+    });
+    smtp.exchange("MAIL FROM:<a@x>", "250 2.1.0");
+    smtp.exchange("RCPT TO:<postmaster>", "250 2.1.5");
+    smtp.exchange("RCPT TO:<PostMaster>", "250 2.1.5");
+    // postmaster@domain is an ordinary address, kept as written.
+    smtp.exchange("RCPT TO:<Postmaster@example.net>", "250 2.1.5");
+    smtp.exchange("DATA", "354");
+    smtp.exchange("hi\r\n.", "250 2.0.0");
+    assert_eq!(
+        smtp.accepted[0].0.rcpt_to,
+        [
+            "admin@contoso.com",
+            "admin@contoso.com",
+            "Postmaster@example.net"
+        ]
+    );
+}
+
+#[test]
+fn postmaster_without_a_configured_address_is_refused_clearly() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x>", "250 2.1.0");
+    smtp.exchange(
+        "RCPT TO:<postmaster>",
+        "550 5.1.1 <postmaster> has no address configured on this server",
+    );
+    // The transaction goes on; nothing empty was added to the envelope.
+    smtp.exchange("DATA", "503 5.5.1 Send RCPT TO first");
+    smtp.exchange("RCPT TO:<b@x>", "250 2.1.5");
+    smtp.exchange("DATA", "354");
+    smtp.exchange("hi\r\n.", "250 2.0.0");
+    assert_eq!(smtp.accepted[0].0.rcpt_to, ["b@x"]);
+}
+
+#[test]
+fn a_nul_byte_in_the_message_is_refused_with_its_line() {
+    let mut smtp = Harness::tls_authenticated();
+    smtp.exchange("MAIL FROM:<a@x>", "250");
+    smtp.exchange("RCPT TO:<b@x>", "250");
+    smtp.exchange("DATA", "354");
+    let out = smtp.send("Subject: nul\r\n\r\nbefore \0 after\r\n.\r\nNOOP\r\n");
+    assert_eq!(
+        out,
+        "550 5.6.0 Message refused: line 3 holds a NUL byte, which mail cannot carry \
+         (RFC 5322 section 3.5); remove it, or attach the content base64-encoded\r\n\
+         250 2.0.0 OK\r\n"
+    );
+    assert!(smtp.accepted.is_empty());
+    // The session is ready for the corrected message.
+    smtp.exchange("MAIL FROM:<a@x>", "250");
+}
+
+#[test]
+fn a_megabyte_header_line_is_refused_without_being_kept() {
+    let mut smtp = Harness::authenticated_with(SessionRules {
+        max_message_size: 2 << 20,
+        ..rules()
+    });
+    smtp.exchange("MAIL FROM:<a@x>", "250");
+    smtp.exchange("RCPT TO:<b@x>", "250");
+    smtp.exchange("DATA", "354");
+    let header = format!("X-Big: {}\r\n", "h".repeat(1 << 20));
+    for chunk in header.as_bytes().chunks(16 * 1024) {
+        assert_eq!(
+            smtp.send_bytes(chunk),
+            "",
+            "decided only at the end of DATA"
+        );
+    }
+    let out = smtp.send("Subject: x\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(
+        out,
+        "550 5.6.0 Message refused: line 1 is longer than 998 octets (RFC 5322 section \
+         2.1.1); wrap it, or encode the part quoted-printable or base64\r\n"
+    );
+    assert!(smtp.accepted.is_empty());
+    // 998 octets is the longest line that passes.
+    smtp.exchange("MAIL FROM:<a@x>", "250");
+    smtp.exchange("RCPT TO:<b@x>", "250");
+    smtp.exchange("DATA", "354");
+    smtp.exchange(&format!("{}\r\n.", "x".repeat(998)), "250 2.0.0");
+}
+
+#[test]
+fn an_over_long_command_is_answered_before_its_line_ends() {
+    let mut smtp = Harness::tls();
+    // 16 KB without a line end: the reply comes now, not with the next line.
+    let out = smtp.send(&format!("NOOP {}", "a".repeat(16 * 1024)));
+    assert_eq!(out, "500 5.5.6 Line too long\r\n");
+    // The rest of the line is skipped, whatever its length, unanswered.
+    for _ in 0..64 {
+        assert_eq!(smtp.send(&"b".repeat(16 * 1024)), "");
+    }
+    assert_eq!(smtp.send("tail\r\nNOOP\r\n"), "250 2.0.0 OK\r\n");
+    assert!(!smtp.closed);
+}
+
+#[test]
+fn the_limit_is_crossed_at_the_octet_that_leaves_no_room_for_the_line_end() {
+    let mut smtp = strict_lines(1024);
+    // 511 octets: a line end may still come within the 512.
+    assert_eq!(smtp.send(&"N".repeat(511)), "");
+    // The 512th octet leaves no room for even an LF.
+    assert_eq!(smtp.send("N"), "500 5.5.2 Line too long\r\n");
+    assert_eq!(smtp.send("\r\nNOOP\r\n"), "250 2.0.0 OK\r\n");
+    // An AUTH line and a SASL response have their own, longer limits.
+    let mut smtp = strict_lines(1024);
+    smtp.exchange("AUTH XOAUTH2", "334 ");
+    assert_eq!(smtp.send(&"A".repeat(1023)), "");
+    assert_eq!(smtp.send("A"), "500 5.5.2 Line too long\r\n");
+    assert_eq!(smtp.send("AAAA\r\nNOOP\r\n"), "250 2.0.0 OK\r\n");
+    let mut smtp = Harness::tls();
+    assert_eq!(smtp.send(&format!("AUTH PLAIN {}", "A".repeat(4000))), "");
+    assert_eq!(smtp.send(&"A".repeat(12288)), "500 5.5.6 Line too long\r\n");
+}
+
+#[test]
+fn a_skipped_line_that_ends_in_a_bare_lf_ends_the_session() {
+    let mut smtp = Harness::tls();
+    assert_eq!(smtp.send(&"x".repeat(2000)), "500 5.5.6 Line too long\r\n");
+    let out = smtp.send("x\nNOOP\r\n");
+    assert!(out.starts_with("500 5.5.2 Bare LF"), "{out}");
+    assert!(smtp.closed);
+    // A CR at the end of one chunk and the LF in the next is a CRLF.
+    let mut smtp = Harness::tls();
+    assert_eq!(smtp.send(&"x".repeat(2000)), "500 5.5.6 Line too long\r\n");
+    assert_eq!(smtp.send("x\r"), "");
+    assert_eq!(smtp.send("\nNOOP\r\n"), "250 2.0.0 OK\r\n");
+}
+
+/// Random scripts over SMTP's alphabet (commands, CRLF, bare CR/LF, dots,
+/// NUL, quoted and hostile addresses, long lines), cut into random chunks:
+/// the session never panics, always settles, and never accepts a message
+/// holding a bare CR or LF, a NUL or a line over 998 octets, nor an
+/// envelope address that is not an RFC 5321 mailbox.
 #[test]
 fn random_scripts_never_panic_or_accept_bare_line_endings() {
+    use crate::message::mailbox::check_mailbox;
     use rand::{Rng, SeedableRng};
     let auth = format!("AUTH PLAIN {}\r\n", plain("scanner", "hunter2"));
-    let pieces: Vec<&[u8]> = vec![
+    let long_line = "x".repeat(1100);
+    let commands: Vec<&[u8]> = vec![
         b"EHLO c\r\n",
         auth.as_bytes(),
         b"AUTH XOAUTH2\r\n",
         b"AQ==\r\n",
         b"*\r\n",
         b"MAIL FROM:<a@x>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"MAIL FROM:<postmaster>\r\n",
         b"RCPT TO:<b@x>\r\n",
+        b"RCPT TO:<\"a b\"@x>\r\n",
+        b"RCPT TO:<postmaster>\r\n",
+        b"RCPT TO:<>\r\n",
+        b"RCPT TO:<a\rRSET\r@x>\r\n",
+        b"RCPT TO:<a\nRSET\r\n",
+        b"RCPT TO:<\"open@x>\r\n",
+        b"RCPT TO:<a\x00b@x>\r\n",
         b"DATA\r\n",
         b"STARTTLS\r\n",
         b"RSET\r\n",
+        long_line.as_bytes(),
+    ];
+    let body: Vec<&[u8]> = vec![
         b"Subject: x\r\n",
         b"\r\n",
         b".",
@@ -717,33 +1008,49 @@ fn random_scripts_never_panic_or_accept_bare_line_endings() {
         b"\n.\n",
         b"body text \xc3\xa9",
         b"\x00\xff",
+        b"\x00",
+        long_line.as_bytes(),
+        b"\"",
+        b"<",
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7628);
-    let (mut accepted, mut tls_started) = (0, 0);
-    for round in 0..500 {
+    let (mut accepted, mut tls_started, mut quoted, mut postmaster) = (0, 0, 0, 0);
+    for round in 0..600 {
+        let base = SessionRules {
+            max_message_size: 64 * 1024,
+            max_recipients: 10,
+            postmaster: (round % 3 != 0).then(|| "admin@contoso.com".to_string()),
+            ..rules()
+        };
         let mut smtp = if round % 2 == 0 {
-            Harness::with(Channel::Tls, rules())
+            Harness::with(Channel::Tls, base)
         } else {
             let rules = SessionRules {
                 plaintext_auth_allowed: true,
-                ..rules()
+                ..base
             };
             Harness::with(Channel::Plaintext, rules)
         };
         let mut script = Vec::new();
         for _ in 0..rng.random_range(1..40) {
-            if rng.random_bool(0.2) {
+            if rng.random_bool(0.25) {
                 // A whole transaction with a random body, so scripts get
                 // past the envelope often enough to test DATA.
                 script.extend_from_slice(b"EHLO c\r\n");
                 script.extend_from_slice(auth.as_bytes());
-                script.extend_from_slice(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n");
+                script.extend_from_slice(b"MAIL FROM:<a@x>\r\n");
+                for _ in 0..rng.random_range(1..4) {
+                    script.extend_from_slice(commands[rng.random_range(8..12)]);
+                }
+                script.extend_from_slice(b"DATA\r\n");
                 for _ in 0..rng.random_range(0..8) {
-                    script.extend_from_slice(pieces[rng.random_range(10..pieces.len())]);
+                    script.extend_from_slice(body[rng.random_range(0..body.len())]);
                 }
                 script.extend_from_slice(b"\r\n.\r\n");
+            } else if rng.random_bool(0.5) {
+                script.extend_from_slice(commands[rng.random_range(0..commands.len())]);
             } else {
-                script.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+                script.extend_from_slice(body[rng.random_range(0..body.len())]);
             }
         }
         let mut rest = &script[..];
@@ -758,19 +1065,33 @@ fn random_scripts_never_panic_or_accept_bare_line_endings() {
             }
         }
         accepted += smtp.accepted.len();
-        for (_, message) in &smtp.accepted {
+        for (envelope, message) in &smtp.accepted {
             for (index, byte) in message.iter().enumerate() {
                 match byte {
                     b'\r' => assert_eq!(message.get(index + 1), Some(&b'\n'), "{message:?}"),
                     b'\n' => assert_eq!(message[index - 1], b'\r', "{message:?}"),
+                    0 => panic!("NUL accepted: {message:?}"),
                     _ => {}
                 }
+            }
+            for line in message.split(|b| *b == b'\n') {
+                assert!(line.len() <= 999, "a line of {} octets", line.len());
+            }
+            assert!(
+                envelope.mail_from.is_empty() || check_mailbox(&envelope.mail_from).is_ok(),
+                "{envelope:?}"
+            );
+            assert!(!envelope.rcpt_to.is_empty());
+            for rcpt in &envelope.rcpt_to {
+                assert_eq!(check_mailbox(rcpt), Ok(()), "{envelope:?}");
+                quoted += usize::from(rcpt == "\"a b\"@x");
+                postmaster += usize::from(rcpt == "admin@contoso.com");
             }
         }
     }
     // The scripts reach deep enough to matter.
     assert!(
-        accepted > 10 && tls_started > 10,
-        "{accepted} {tls_started}"
+        accepted > 100 && tls_started > 5 && quoted > 50 && postmaster > 50,
+        "{accepted} {tls_started} {quoted} {postmaster}"
     );
 }
