@@ -330,8 +330,17 @@ pub struct NetworkConfig {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
+    /// A password user (PLAIN/LOGIN): the Argon2id hash of its app password.
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// A bearer user (OAUTHBEARER/XOAUTH2): the `[[issuer]]` whose tokens
+    /// name it. Never both: password users and bearer users are apart.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The token's `sub` that means this user (default: `name`). A token
+    /// names a user only together with its issuer (DESIGN.md contract 8).
+    #[serde(default)]
+    pub subject: Option<String>,
     #[serde(default)]
     pub allowed_from: Vec<String>,
     pub account: String,
@@ -466,6 +475,36 @@ impl Config {
                 .map_err(|e| format!("account {:?}: {e}", account.name))?;
         }
         for user in &self.users {
+            match (&user.password_hash, &user.issuer) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "user {:?} has both password_hash and issuer; a user logs in with a password or with tokens of one issuer, not both: make two users",
+                        user.name
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "user {:?} has neither password_hash nor issuer, so it could never log in; add a password_hash (from `oxirelay user add`) or the issuer whose tokens name it",
+                        user.name
+                    ));
+                }
+                (None, Some(issuer)) => {
+                    if !self.issuers.iter().any(|i| same_issuer(&i.url, issuer)) {
+                        return Err(format!(
+                            "user {:?} names issuer {issuer:?}, which is not an [[issuer]]",
+                            user.name
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    if user.subject.is_some() {
+                        return Err(format!(
+                            "user {:?} has a subject but no issuer; subject is for bearer users (with issuer)",
+                            user.name
+                        ));
+                    }
+                }
+            }
             if !seen.contains(user.account.as_str()) {
                 return Err(format!(
                     "user {:?} refers to account {:?}, which is not defined",
@@ -560,6 +599,12 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(load_key(&self.secrets.master_key)?.with_previous(previous))
     }
+}
+
+/// Whether two issuer identifiers name the same issuer (a trailing slash
+/// is not a difference: configs write it either way).
+pub fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 pub fn load_key(reference: &SecretRef) -> Result<MasterKey, ConfigError> {
@@ -747,6 +792,38 @@ user = "noreply@contoso.com"
         let err = parse(&text).expect_err("not a method name").to_string();
         assert!(err.contains("client_secret_basic"), "{err}");
         assert!(err.contains("line 10"), "{err}");
+    }
+
+    #[test]
+    fn users_log_in_with_a_password_or_an_issuer_never_both_nor_neither() {
+        let issuer = "[[issuer]]\nurl = \"https://id.example.net/\"\naudience = \"smtp\"\n";
+        let user = |keys: &str| {
+            format!("{GOOD_ACCOUNT}{issuer}[[user]]\nname = \"app\"\naccount = \"office\"\n{keys}")
+        };
+        let bearer = parse(&user(
+            "issuer = \"https://id.example.net\"\nsubject = \"app-1\"\n",
+        ))
+        .expect("a bearer user");
+        assert_eq!(bearer.users[0].subject.as_deref(), Some("app-1"));
+        parse(&user("password_hash = \"$argon2id$x\"\n")).expect("a password user");
+        for (keys, expected) in [
+            (
+                "password_hash = \"$argon2id$x\"\nissuer = \"https://id.example.net\"\n",
+                "has both password_hash and issuer",
+            ),
+            ("", "has neither password_hash nor issuer"),
+            (
+                "issuer = \"https://other.example.net\"\n",
+                "names issuer \"https://other.example.net\", which is not an [[issuer]]",
+            ),
+            (
+                "password_hash = \"$argon2id$x\"\nsubject = \"app-1\"\n",
+                "has a subject but no issuer",
+            ),
+        ] {
+            let err = parse(&user(keys)).expect_err(expected).to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Who may submit: the `[[user]]` entries of the config file and the users
 //! added with `oxirelay user add` (in the store), looked up by name at each
-//! AUTH so a user added while the relay runs can log in at once.
+//! AUTH so a user added while the relay runs can log in at once. Bearer
+//! users are found by (issuer, subject) only, never by a subject alone: the
+//! same `sub` from another issuer is someone else.
 
 use crate::config::UserConfig;
 use crate::store::{Store, StoreError};
@@ -9,7 +11,15 @@ use std::sync::Arc;
 
 pub struct UserDirectory {
     configured: Vec<SubmissionUser>,
+    bearers: Vec<BearerIdentity>,
     store: Arc<dyn Store>,
+}
+
+/// Tokens of `issuer` whose `sub` is `subject` are the config user `user`.
+struct BearerIdentity {
+    issuer: String,
+    subject: String,
+    user: usize,
 }
 
 impl UserDirectory {
@@ -26,8 +36,28 @@ impl UserDirectory {
                     source: "config",
                 })
                 .collect(),
+            bearers: configured
+                .iter()
+                .enumerate()
+                .filter_map(|(user, u)| {
+                    Some(BearerIdentity {
+                        issuer: u.issuer.clone()?,
+                        subject: u.subject.clone().unwrap_or_else(|| u.name.clone()),
+                        user,
+                    })
+                })
+                .collect(),
             store,
         }
+    }
+
+    /// The bearer user that tokens of `issuer` with subject `subject` are.
+    /// Subjects compare exactly: OpenID Connect makes them case-sensitive.
+    pub fn find_bearer(&self, issuer: &str, subject: &str) -> Option<SubmissionUser> {
+        self.bearers
+            .iter()
+            .find(|b| crate::config::same_issuer(&b.issuer, issuer) && b.subject == subject)
+            .map(|b| self.configured[b.user].clone())
     }
 
     /// Every user: the config file's, then the store's.

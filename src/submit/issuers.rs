@@ -104,7 +104,11 @@ impl TrustedIssuers {
         self.0.is_empty()
     }
 
-    pub async fn validate(&self, token: &Secret) -> Result<ValidatedToken, TokenError> {
+    /// Checks `token` with the keys of the configured issuer it claims; on
+    /// success, that issuer's configured identifier and the token's claims.
+    /// The claimed `iss` only chooses which keys to try: the signature,
+    /// `iss` and `aud` are then checked against that configuration.
+    pub async fn validate(&self, token: &Secret) -> Result<(String, ValidatedToken), TokenError> {
         let claimed = unverified_issuer(token);
         let issuer = self
             .0
@@ -122,7 +126,7 @@ impl TrustedIssuers {
                 scope: scope.clone(),
             });
         }
-        Ok(validated)
+        Ok((issuer.config.url.clone(), validated))
     }
 }
 

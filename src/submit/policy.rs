@@ -223,7 +223,7 @@ impl SubmissionPolicy {
         match throttle.check(context.peer.ip(), user, Instant::now()) {
             Ok(()) => false,
             Err(lockout) => {
-                tracing::warn!(peer = %context.peer, %user, ?lockout, "AUTH refused: too many failures");
+                tracing::warn!(peer = %context.peer, ?user, ?lockout, "AUTH refused: too many failures");
                 true
             }
         }
@@ -314,7 +314,9 @@ impl SubmissionPolicy {
             Some(user) => self.password_verified(context, name, user),
             None => {
                 self.auth_failed(context, name);
-                tracing::info!(peer = %context.peer, user = %name, password = %password.fingerprint(), "submission AUTH failed");
+                // The password is not logged, not even as a fingerprint: a wrong
+                // guess is often a real password of another account or site.
+                tracing::info!(peer = %context.peer, user = ?name, "submission AUTH failed");
                 Err(AuthRefusal::Credentials)
             }
         }
@@ -358,7 +360,7 @@ impl SubmissionPolicy {
         if self.throttled(context, sasl_user) {
             return Err(AuthRefusal::Temporary);
         }
-        let validated = match self.shared.issuers.validate(token).await {
+        let (issuer, validated) = match self.shared.issuers.validate(token).await {
             Ok(validated) => validated,
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, "cannot validate a bearer token now");
@@ -366,38 +368,40 @@ impl SubmissionPolicy {
             }
             Err(error) => {
                 self.auth_failed(context, sasl_user);
-                tracing::info!(peer = %context.peer, user = %sasl_user, token = %token.fingerprint(), %error, "bearer token refused");
+                tracing::info!(peer = %context.peer, user = ?sasl_user, token = %token.fingerprint(), %error, "bearer token refused");
                 return Err(AuthRefusal::Token(token_status(&error)));
             }
         };
         let subject = validated.subject;
-        // The SASL user may be empty (OAUTHBEARER allows it); if given it
-        // must be the token's owner, or a token of one user would let a
-        // client act for another.
-        if !sasl_user.is_empty() && !sasl_user.eq_ignore_ascii_case(&subject) {
+        let Some(user) = self.shared.users.find_bearer(&issuer, &subject) else {
             self.auth_failed(context, sasl_user);
-            tracing::info!(peer = %context.peer, user = %sasl_user, %subject, token = %token.fingerprint(), "bearer token belongs to another user");
+            tracing::info!(%issuer, subject = ?subject, "a valid token names no [[user]]; add a [[user]] with issuer and subject to let it submit");
+            return Err(AuthRefusal::Token(invalid_token()));
+        };
+        // The SASL user may be empty (OAUTHBEARER allows it); if given it
+        // must name the token's user: that user's name, or the token's
+        // subject when no other user is called that (a token of issuer B
+        // whose subject is the name of issuer A's user must not pass as
+        // a claim to be that user).
+        let names_the_user = sasl_user.is_empty()
+            || sasl_user.eq_ignore_ascii_case(&user.name)
+            || (sasl_user == subject
+                && self
+                    .find_user(sasl_user)
+                    .await
+                    .map_err(|()| AuthRefusal::Temporary)?
+                    .is_none());
+        if !names_the_user {
+            self.auth_failed(context, sasl_user);
+            tracing::info!(peer = %context.peer, user = ?sasl_user, subject = ?subject, token = %token.fingerprint(), "bearer token belongs to another user");
             return Err(AuthRefusal::Token(invalid_token()));
         }
-        match self
-            .find_user(&subject)
-            .await
-            .map_err(|()| AuthRefusal::Temporary)?
-        {
-            Some(user) => {
-                self.auth_succeeded(sasl_user);
-                tracing::info!(peer = %context.peer, user = %user.name, token = %token.fingerprint(), "submission AUTH with bearer token");
-                Ok(Identity {
-                    user: user.name,
-                    subject: Some(subject),
-                })
-            }
-            None => {
-                self.auth_failed(context, sasl_user);
-                tracing::info!(%subject, "a valid token names no [[user]]; add a [[user]] with that name to let it submit");
-                Err(AuthRefusal::Token(invalid_token()))
-            }
-        }
+        self.auth_succeeded(sasl_user);
+        tracing::info!(peer = %context.peer, user = %user.name, %issuer, token = %token.fingerprint(), "submission AUTH with bearer token");
+        Ok(Identity {
+            user: user.name,
+            subject: Some(subject),
+        })
     }
 
     /// `Err(())` when the store cannot be read (already logged).
@@ -596,7 +600,7 @@ impl SessionPolicy for SubmissionPolicy {
             if unauthenticated {
                 self.auth_failed(context, &user.name);
             }
-            tracing::info!(user = %user.name, %mail_from, peer = %context.peer, "sender refused");
+            tracing::info!(user = %user.name, ?mail_from, peer = %context.peer, "sender refused");
             Err(Reply::new(
                 550,
                 format!(

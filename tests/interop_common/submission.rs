@@ -128,6 +128,7 @@ account = "{ACCOUNT}"
 
 [[user]]
 name = "{USER}"
+issuer = "{issuer}"
 allowed_from = ["{USER}"]
 account = "{ACCOUNT}"
 

@@ -10,7 +10,7 @@
 mod line_client;
 // Not every test crate that includes this module uses every helper.
 #[allow(unused_imports)]
-pub use line_client::{Client, plain};
+pub use line_client::{Client, oauthbearer, plain};
 
 use oxirelay::config::Config;
 use oxirelay::sandbox::certs::SandboxCa;
@@ -58,6 +58,12 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start() -> Relay {
+        Relay::start_with("").await
+    }
+
+    /// The relay with `extra` (TOML: more `[[issuer]]`s, `[[user]]`s)
+    /// appended to its config.
+    pub async fn start_with(extra: &str) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = SandboxOptions::new(dir.path().join("sandbox"));
         options.auto_approve = true;
@@ -108,6 +114,7 @@ account = "{ACCOUNT}"
 
 [[user]]
 name = "{USER}"
+issuer = "{issuer}"
 allowed_from = ["{USER}"]
 account = "{ACCOUNT}"
 
@@ -116,7 +123,7 @@ url = "{issuer}"
 audience = "smtp"
 required_scope = "{SMTP_SCOPE}"
 insecure_loopback = true
-"#,
+{extra}"#,
             store = dir.path().join("relay.db").display(),
             account = sandbox.account_toml(ACCOUNT, "client_credentials", "env:SUBMIT_TEST_UNUSED"),
             cert = cert.display(),

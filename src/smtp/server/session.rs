@@ -728,7 +728,8 @@ impl Session {
             }
             Err(refusal) => refusal,
         };
-        tracing::info!(%user, %mechanism, %credential, ?refusal, "SMTP AUTH refused");
+        // `?user`: the client chose it; Debug escapes what could forge a line.
+        tracing::info!(?user, %mechanism, %credential, ?refusal, "SMTP AUTH refused");
         self.observe(SessionEvent::AuthFailed { mechanism });
         let (challenge, final_reply) = match refusal {
             AuthRefusal::Temporary => return self.reply(standard::auth_temporary_failure()),
