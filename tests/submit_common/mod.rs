@@ -16,7 +16,7 @@ use oxirelay::config::Config;
 use oxirelay::sandbox::certs::SandboxCa;
 use oxirelay::sandbox::{CLIENT_ID, SMTP_SCOPE, Sandbox, SandboxOptions, USER};
 use oxirelay::secret::Secret;
-use oxirelay::smtp::server::{ShutdownTrigger, shutdown_channel};
+use oxirelay::smtp::server::{SessionLimits, ShutdownTrigger, shutdown_channel};
 use oxirelay::store::{QueuedMessage, SqliteStore, Store};
 use oxirelay::submit::{Listeners, RunningListeners, SubmissionOptions, SubmissionPolicy};
 use oxirelay::users::SubmissionUser;
@@ -147,7 +147,10 @@ insecure_loopback = true
             work_arrived.clone(),
             SubmissionOptions {
                 hostname: "relay.test".into(),
-                read_timeout: Duration::from_secs(30),
+                limits: SessionLimits {
+                    command_timeout: Duration::from_secs(30),
+                    ..SessionLimits::default()
+                },
                 ..SubmissionOptions::default()
             },
         );

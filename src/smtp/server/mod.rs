@@ -4,12 +4,15 @@
 //!
 //! - [`session`]: the pure state machine (bytes in, steps out).
 //! - [`data`]: the DATA phase (end of message, dot-unstuffing, smuggling).
+//! - [`limits`]: what one client may cost: deadlines, paces, lifetime,
+//!   sessions per address, the stop.
 //! - [`sasl_exchange`]: the server side of AUTH's SASL exchange.
 //! - [`policy`]: what a listener decides ([`SessionPolicy`]).
 //! - [`reply`]: SMTP replies and the standard ones.
 //! - [`shell`]: the tokio I/O around the session ([`serve`]).
 
 pub mod data;
+pub mod limits;
 pub mod policy;
 pub mod reply;
 pub mod sasl_exchange;
@@ -23,8 +26,10 @@ pub use policy::{
     AuthRefusal, Authenticated, BoxFuture, Channel, Credentials, DataPlan, Envelope, Identity,
     LineLimit, Refusal, SessionContext, SessionEvent, SessionPolicy, SessionRules,
 };
+pub use limits::{SessionLimits, ShutdownLimits};
 pub use reply::Reply;
 pub use session::{Answer, Question, Session, SessionConfig, Step};
 pub use shell::{
-    ServeError, ServerOptions, ShutdownSignal, ShutdownTrigger, TlsMode, serve, shutdown_channel,
+    DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADDRESS, ServeError, ServerOptions,
+    ShutdownSignal, ShutdownTrigger, TlsMode, serve, shutdown_channel,
 };
