@@ -1,0 +1,130 @@
+//! Raw TCP clients that misbehave on purpose, for the tests of the limits
+//! that keep one client from holding the relay hostage: they connect from a
+//! chosen loopback address, pipeline without reading, or drip bytes on a
+//! timer (the pacing is the behaviour under test). Waiting for the
+//! server's effect is always an event with a deadline: EOF, an error on
+//! write, a reply.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+pub const FIRST_LOOPBACK: &str = "127.0.0.1";
+/// Linux routes all of 127.0.0.0/8 to the loopback interface: a second
+/// client address without any network.
+pub const SECOND_LOOPBACK: &str = "127.0.0.2";
+
+/// Connects to `server` from `local` (port chosen by the kernel). With
+/// `receive_buffer`, the client's socket buffer is that small, so a server
+/// writing to a client that does not read fills it quickly.
+pub async fn connect_from(local: &str, server: SocketAddr, receive_buffer: Option<u32>) -> TcpStream {
+    let local: IpAddr = local.parse().expect("a loopback address");
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .expect("bind a loopback source address");
+    socket.connect(server).await.expect("connect")
+}
+
+/// Reads until the server closes (EOF or reset) or `wait` passes; returns
+/// what arrived and when the close came (`None`: it did not come in time).
+pub async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, Option<Instant>) {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(wait, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(read) => received.extend_from_slice(&buffer[..read]),
+            }
+        }
+    })
+    .await
+    .ok();
+    (received, closed)
+}
+
+/// Reads one reply line (up to CRLF), within `wait`.
+pub async fn read_line(stream: &mut TcpStream, wait: Duration) -> String {
+    let mut line = Vec::new();
+    tokio::time::timeout(wait, async {
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            let read = stream.read(&mut byte).await.expect("read a reply");
+            assert!(read > 0, "closed mid-reply after {:?}", String::from_utf8_lossy(&line));
+            line.push(byte[0]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no reply line in time; got {:?}", String::from_utf8_lossy(&line)));
+    String::from_utf8(line).expect("UTF-8 reply")
+}
+
+/// Sends `line` and CRLF, then reads one reply line.
+pub async fn command(stream: &mut TcpStream, line: &str, wait: Duration) -> String {
+    // A write to a connection the server has just closed may fail; the
+    // reply it sent before closing is still there to read.
+    let _ = stream.write_all(format!("{line}\r\n").as_bytes()).await;
+    read_line(stream, wait).await
+}
+
+/// A client that pipelines `total` bytes of `pattern` and never reads.
+pub struct Flood {
+    /// Bytes the kernel has taken so far, updated after each chunk.
+    pub written: tokio::sync::watch::Receiver<usize>,
+    /// Ends only when a write fails (the server closed the connection),
+    /// with the time of the failure. Once the whole flood is written the
+    /// task holds the connection open, unread, until it is aborted.
+    pub task: tokio::task::JoinHandle<Instant>,
+}
+
+impl Flood {
+    pub fn start(mut stream: TcpStream, pattern: &'static [u8], total: usize) -> Flood {
+        let (progress, written) = tokio::sync::watch::channel(0);
+        let task = tokio::spawn(async move {
+            let repeats = (64 * 1024 / pattern.len()).max(1);
+            let chunk: Vec<u8> = pattern.repeat(repeats);
+            let mut sent = 0;
+            while sent < total {
+                let size = chunk.len().min(total - sent);
+                if stream.write_all(&chunk[..size]).await.is_err() {
+                    return Instant::now();
+                }
+                sent += size;
+                progress.send_replace(sent);
+            }
+            std::future::pending::<()>().await;
+            drop(stream);
+            Instant::now()
+        });
+        Flood { written, task }
+    }
+
+    /// Waits until at least `bytes` are written, within `wait`.
+    pub async fn wait_written(&mut self, bytes: usize, wait: Duration) {
+        let reached = tokio::time::timeout(wait, self.written.wait_for(|sent| *sent >= bytes))
+            .await
+            .is_ok_and(|changed| changed.is_ok());
+        assert!(
+            reached,
+            "the flood wrote only {} of {bytes} bytes in {wait:?}",
+            *self.written.borrow()
+        );
+    }
+
+    /// Waits until a write fails because the server closed the connection,
+    /// within `wait`; returns when it failed.
+    pub async fn cut_off(self, wait: Duration) -> Instant {
+        tokio::time::timeout(wait, self.task)
+            .await
+            .expect("the server closes the flooding connection in time")
+            .expect("the flood task")
+    }
+}
