@@ -128,3 +128,45 @@ impl Flood {
             .expect("the flood task")
     }
 }
+
+/// The messages the server logs while it is installed (on this thread: a
+/// `#[tokio::test]` runs the server's tasks on the test's thread), to tell
+/// how each session ended.
+#[derive(Clone, Default)]
+pub struct ServerLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ServerLog {
+    /// Captures until the guard is dropped.
+    pub fn capture() -> (ServerLog, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let log = ServerLog::default();
+        let subscriber = tracing_subscriber::registry().with(log.clone());
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// How many logged messages start with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.0
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|message| message.starts_with(prefix))
+            .count()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ServerLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _context: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().expect("log lock").push(message.0);
+    }
+}
