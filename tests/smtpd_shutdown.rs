@@ -12,9 +12,9 @@ use hostile_common::*;
 use oxirelay::secret::Secret;
 use oxirelay::smtp::sasl::Mechanism;
 use oxirelay::smtp::server::{
-    AuthRefusal, BoxFuture, Envelope, Identity, Refusal, ServeError, ServerOptions,
-    SessionContext, SessionLimits, SessionPolicy, SessionRules, ShutdownLimits, ShutdownTrigger,
-    TlsMode, serve, shutdown_channel,
+    AuthRefusal, BoxFuture, Envelope, Identity, Refusal, ServeError, ServerOptions, SessionContext,
+    SessionLimits, SessionPolicy, SessionRules, ShutdownLimits, ShutdownTrigger, TlsMode, serve,
+    shutdown_channel,
 };
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -189,7 +189,10 @@ async fn clients_that_pipeline_and_never_read_do_not_delay_the_stop() {
     // The hang of issue 8: a session blocked writing to a client that
     // never reads. ~19 bytes of reply per byte of EHLO: 1 MB of it is far
     // more than the socket buffers hold, so the floods are stuck there.
-    assert!(log.count(NOT_READING) >= 1, "a flood had the server blocked writing");
+    assert!(
+        log.count(NOT_READING) >= 1,
+        "a flood had the server blocked writing"
+    );
     assert_eq!(
         log.count(NOT_READING) + log.count(CUT_OFF),
         6,
@@ -235,10 +238,16 @@ async fn a_message_in_progress_may_finish_within_the_grace_and_is_acknowledged_o
         .write_all(b"second half\r\n.\r\n")
         .await
         .expect("write");
-    assert_eq!(read_line(&mut sending, WAIT).await, "250 2.0.0 Ok: queued as M1\r\n");
+    assert_eq!(
+        read_line(&mut sending, WAIT).await,
+        "250 2.0.0 Ok: queued as M1\r\n"
+    );
     let (said, closed) = read_until_closed(&mut sending, WAIT).await;
     assert!(closed.is_some());
-    assert!(String::from_utf8_lossy(&said).starts_with("421 4.3.2 "), "{said:?}");
+    assert!(
+        String::from_utf8_lossy(&said).starts_with("421 4.3.2 "),
+        "{said:?}"
+    );
     assert_eq!(
         policy.stored(),
         vec![b"Subject: half\r\n\r\nfirst half\r\nsecond half\r\n".to_vec()]
@@ -288,7 +297,10 @@ async fn a_message_not_finished_within_the_grace_is_not_acknowledged() {
         "421 4.3.2 mx.test Server shutting down, try again later\r\n",
         "no 250 for a message that was not stored"
     );
-    assert!(cut_after >= 250 * MS && cut_after < 1000 * MS, "{cut_after:?}");
+    assert!(
+        cut_after >= 250 * MS && cut_after < 1000 * MS,
+        "{cut_after:?}"
+    );
     assert!(policy.stored().is_empty());
     let took = stopping.await.expect("join");
     assert!(took < 1000 * MS, "{took:?}");

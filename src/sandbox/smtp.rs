@@ -29,8 +29,7 @@ use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::{
     AuthRefusal, BoxFuture, Channel, DataPlan, Envelope, Identity, Refusal, Reply, ServeError,
     ServerOptions, SessionContext, SessionEvent, SessionLimits, SessionPolicy, SessionRules,
-    ShutdownTrigger,
-    TlsMode, serve, shutdown_channel,
+    ShutdownTrigger, TlsMode, serve, shutdown_channel,
 };
 use faults::StageFault;
 use std::net::SocketAddr;

@@ -21,7 +21,11 @@ pub const SECOND_LOOPBACK: &str = "127.0.0.2";
 /// Connects to `server` from `local` (port chosen by the kernel). With
 /// `receive_buffer`, the client's socket buffer is that small, so a server
 /// writing to a client that does not read fills it quickly.
-pub async fn connect_from(local: &str, server: SocketAddr, receive_buffer: Option<u32>) -> TcpStream {
+pub async fn connect_from(
+    local: &str,
+    server: SocketAddr,
+    receive_buffer: Option<u32>,
+) -> TcpStream {
     let local: IpAddr = local.parse().expect("a loopback address");
     let socket = TcpSocket::new_v4().expect("socket");
     if let Some(size) = receive_buffer {
@@ -35,7 +39,10 @@ pub async fn connect_from(local: &str, server: SocketAddr, receive_buffer: Optio
 
 /// Reads until the server closes (EOF or reset) or `wait` passes; returns
 /// what arrived and when the close came (`None`: it did not come in time).
-pub async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, Option<Instant>) {
+pub async fn read_until_closed(
+    stream: &mut TcpStream,
+    wait: Duration,
+) -> (Vec<u8>, Option<Instant>) {
     let mut received = Vec::new();
     let closed = tokio::time::timeout(wait, async {
         let mut buffer = [0u8; 4096];
@@ -58,12 +65,21 @@ pub async fn read_line(stream: &mut TcpStream, wait: Duration) -> String {
         let mut byte = [0u8; 1];
         while !line.ends_with(b"\r\n") {
             let read = stream.read(&mut byte).await.expect("read a reply");
-            assert!(read > 0, "closed mid-reply after {:?}", String::from_utf8_lossy(&line));
+            assert!(
+                read > 0,
+                "closed mid-reply after {:?}",
+                String::from_utf8_lossy(&line)
+            );
             line.push(byte[0]);
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no reply line in time; got {:?}", String::from_utf8_lossy(&line)));
+    .unwrap_or_else(|_| {
+        panic!(
+            "no reply line in time; got {:?}",
+            String::from_utf8_lossy(&line)
+        )
+    });
     String::from_utf8(line).expect("UTF-8 reply")
 }
 
@@ -156,7 +172,11 @@ impl ServerLog {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ServerLog {
-    fn on_event(&self, event: &tracing::Event<'_>, _context: tracing_subscriber::layer::Context<'_, S>) {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
         struct Message(String);
         impl tracing::field::Visit for Message {
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {

@@ -383,7 +383,9 @@ fn address_key(ip: IpAddr) -> IpAddr {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Counters only: a panic while holding the lock breaks no invariant
     // worth stopping for.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -482,7 +484,11 @@ mod tests {
         clock.stop(stop);
         assert_eq!(clock.read_deadline(), (stop, CutOff::Shutdown));
         clock.stop(stop + 1000 * MS);
-        assert_eq!(clock.read_deadline(), (stop, CutOff::Shutdown), "first stop counts");
+        assert_eq!(
+            clock.read_deadline(),
+            (stop, CutOff::Shutdown),
+            "first stop counts"
+        );
         assert_eq!(clock.write_deadline(stop), stop + 50 * MS);
 
         let mut clock = SessionClock::new(&limits(), 500 * MS, start);

@@ -22,11 +22,11 @@ pub mod shell;
 #[cfg(test)]
 mod session_tests;
 
+pub use limits::{SessionLimits, ShutdownLimits};
 pub use policy::{
     AuthRefusal, Authenticated, BoxFuture, Channel, Credentials, DataPlan, Envelope, Identity,
     LineLimit, Refusal, SessionContext, SessionEvent, SessionPolicy, SessionRules,
 };
-pub use limits::{SessionLimits, ShutdownLimits};
 pub use reply::Reply;
 pub use session::{Answer, Question, Session, SessionConfig, Step};
 pub use shell::{
