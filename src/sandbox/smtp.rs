@@ -89,6 +89,7 @@ pub struct SandboxSmtpConfig {
     pub ca_file: Option<PathBuf>,
     pub tls_mode: TlsMode,
     pub hostname: String,
+    /// How long a command may take to arrive complete after a reply.
     pub read_timeout: Duration,
     pub max_sessions: usize,
     pub max_message_size: usize,

@@ -279,12 +279,18 @@ impl Connection {
             // A refused address gets no TLS handshake: it would cost the
             // server a key exchange and a signature per attempt for a
             // refusal the client could read only after it. Just close.
-            Err(_) if implicit => return Ok(()),
+            Err(_) if implicit => {
+                self.end();
+                return Ok(());
+            }
             Err(Refusal::Reply(reply)) => {
                 self.finish(stream, Some(reply)).await;
                 return Ok(());
             }
-            Err(Refusal::Disconnect) => return Ok(()),
+            Err(Refusal::Disconnect) => {
+                self.end();
+                return Ok(());
+            }
         };
         let mut session = Session::new(SessionConfig {
             hostname: self.options.hostname.clone(),
