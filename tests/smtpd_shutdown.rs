@@ -271,29 +271,12 @@ async fn a_message_not_finished_within_the_grace_is_not_acknowledged() {
     let stopping = tokio::spawn(server.stop());
     // 5 KB/s, well above the minimum rate: only the grace can end it.
     let started = Instant::now();
-    let mut ticks = tokio::time::interval(20 * MS);
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        let mut buffer = [0u8; 256];
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    let _ = sending.write_all(&[b'x'; 98]).await;
-                    let _ = sending.write_all(b"\r\n").await;
-                }
-                read = tokio::io::AsyncReadExt::read(&mut sending, &mut buffer) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(read) => received.extend_from_slice(&buffer[..read]),
-                },
-            }
-        }
-    })
-    .await
-    .expect("the session is closed in time");
-    let cut_after = started.elapsed();
+    let line = || Some([&[b'x'; 98][..], b"\r\n"].concat());
+    let dripped = drip(&mut sending, 20 * MS, line, false, WAIT).await;
+    let cut_after = dripped.at - started;
     eprintln!("the unfinished message was cut off {cut_after:?} after the stop");
     assert_eq!(
-        String::from_utf8_lossy(&received),
+        String::from_utf8_lossy(&dripped.received),
         "421 4.3.2 mx.test Server shutting down, try again later\r\n",
         "no 250 for a message that was not stored"
     );

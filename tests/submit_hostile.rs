@@ -109,29 +109,11 @@ async fn a_command_line_dripped_byte_by_byte_is_cut_off_at_the_line_deadline() {
     // the line never completes.
     let mut dripper = greeted(FIRST_LOOPBACK, addr).await;
     let started = Instant::now();
-    let mut ticks = tokio::time::interval(50 * MS);
-    let mut received = Vec::new();
-    let closed_at = tokio::time::timeout(WAIT, async {
-        let mut buffer = [0u8; 256];
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    // Fails once the server has closed; the read below says so.
-                    let _ = dripper.write_all(b"X").await;
-                }
-                read = tokio::io::AsyncReadExt::read(&mut dripper, &mut buffer) => match read {
-                    Ok(0) | Err(_) => return Instant::now(),
-                    Ok(read) => received.extend_from_slice(&buffer[..read]),
-                },
-            }
-        }
-    })
-    .await
-    .expect("the dripping client is cut off");
-    let took = closed_at - started;
+    let dripped = drip(&mut dripper, 50 * MS, || Some(b"X".to_vec()), false, WAIT).await;
+    let took = dripped.at - started;
     eprintln!("dripped line cut after {took:?}");
     assert_eq!(
-        String::from_utf8_lossy(&received),
+        String::from_utf8_lossy(&dripped.received),
         "421 4.4.2 relay.test Timeout waiting for the client, closing connection\r\n"
     );
     assert!(
@@ -181,37 +163,22 @@ async fn paced_message(
         .write_all(head.as_bytes())
         .await
         .expect("write the header");
-    let mut ticks = tokio::time::interval(every);
     let mut sent = 0;
-    let mut received = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        let mut buffer = [0u8; 256];
-        loop {
-            tokio::select! {
-                _ = ticks.tick(), if sent < total => {
-                    let _ = stream.write_all(chunk).await;
-                    sent += chunk.len();
-                    if sent >= total {
-                        let _ = stream.write_all(b"\r\n.\r\n").await;
-                    }
-                }
-                read = tokio::io::AsyncReadExt::read(stream, &mut buffer) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(read) => {
-                        received.extend_from_slice(&buffer[..read]);
-                        if received.ends_with(b"\r\n") {
-                            return;
-                        }
-                    }
-                },
-            }
+    let next = || {
+        if sent > total {
+            return None;
         }
-    })
-    .await
-    .expect("a reply or a close in time");
+        sent += chunk.len();
+        Some(if sent > total {
+            b"\r\n.\r\n".to_vec()
+        } else {
+            chunk.to_vec()
+        })
+    };
+    let dripped = drip(stream, every, next, true, WAIT).await;
     (
-        String::from_utf8_lossy(&received).into_owned(),
-        started.elapsed(),
+        String::from_utf8_lossy(&dripped.received).into_owned(),
+        dripped.at - started,
     )
 }
 

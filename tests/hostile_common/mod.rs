@@ -190,3 +190,53 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ServerLog {
         self.0.lock().expect("log lock").push(message.0);
     }
 }
+
+/// How a [`drip`] ended.
+pub struct Dripped {
+    /// What the server sent meanwhile.
+    pub received: Vec<u8>,
+    /// When it closed the connection, or (with `until_reply`) completed a
+    /// reply line.
+    pub at: Instant,
+}
+
+/// Writes what `next` gives on every tick of `every` (the client's own
+/// pace: the behaviour under test) until it gives `None`, reading all the
+/// while; ends when the server closes the connection, or with
+/// `until_reply` when a reply line is complete; fails after `wait`.
+pub async fn drip(
+    stream: &mut TcpStream,
+    every: Duration,
+    mut next: impl FnMut() -> Option<Vec<u8>>,
+    until_reply: bool,
+    wait: Duration,
+) -> Dripped {
+    let mut ticks = tokio::time::interval(every);
+    let mut received = Vec::new();
+    let mut writing = true;
+    let at = tokio::time::timeout(wait, async {
+        let mut buffer = [0u8; 256];
+        loop {
+            tokio::select! {
+                _ = ticks.tick(), if writing => match next() {
+                    // A write fails once the server has closed; the read
+                    // says so.
+                    Some(bytes) => { let _ = stream.write_all(&bytes).await; }
+                    None => writing = false,
+                },
+                read = stream.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => return Instant::now(),
+                    Ok(read) => {
+                        received.extend_from_slice(&buffer[..read]);
+                        if until_reply && received.ends_with(b"\r\n") {
+                            return Instant::now();
+                        }
+                    }
+                },
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection or replies in time");
+    Dripped { received, at }
+}
