@@ -136,7 +136,9 @@ EOF
 export LOADGEN_PASSWORD="$("$OXIRELAY" -c "$CONFIG" user add bench --account sandbox --allowed-from "$USER_MAILBOX" 2>/dev/null)"
 for n in $SESSIONS; do
     before=$(inbox_count)
-    "$OXIRELAY" -c "$CONFIG" serve >"$WORK/serve-n$n.log" 2>&1 &
+    # Every load session comes from 127.0.0.1: lift the per-address cap
+    # (10 by default) to the listener's own 100.
+    "$OXIRELAY" -c "$CONFIG" serve --max-sessions-per-address 100 >"$WORK/serve-n$n.log" 2>&1 &
     SERVE_PID=$!
     PIDS+=("$SERVE_PID")
     for ((i = 0; i < 300; i++)); do # up to 30 s for the listener

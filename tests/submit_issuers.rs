@@ -72,7 +72,7 @@ async fn a_token_of_another_issuer_with_the_same_subject_is_refused() {
          [[user]]\nname = \"b-app\"\nissuer = \"{url}\"\nsubject = \"{USER}\"\nallowed_from = [\"b-app@contoso.test\"]\naccount = \"{ACCOUNT}\"\n",
         url = b.issuer_id()
     );
-    let relay = Relay::start_with(&extra).await;
+    let relay = Relay::start_with_config(&extra).await;
     let from_b = token_of(&b, &b_secret).await;
 
     // B's token with A's user named in SASL: refused.
@@ -108,7 +108,7 @@ async fn a_trusted_issuer_without_a_user_for_the_subject_gets_nothing() {
         "\n[[issuer]]\nurl = \"{url}\"\naudience = \"smtp\"\ninsecure_loopback = true\n",
         url = b.issuer_id()
     );
-    let relay = Relay::start_with(&extra).await;
+    let relay = Relay::start_with_config(&extra).await;
     let from_b = token_of(&b, &b_secret).await;
     for sasl_user in ["", USER] {
         let reply = auth_oauthbearer(&relay, sasl_user, &from_b).await;

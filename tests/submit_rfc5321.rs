@@ -10,12 +10,9 @@ use oxirelay::config::Config;
 use oxirelay::delivery::engine::{Engine, EngineConfig};
 use oxirelay::oauth::account::Account;
 use oxirelay::oauth::broker::Broker;
-use oxirelay::secret::{MasterKey, Secret};
-use oxirelay::smtp::server::shutdown_channel;
+use oxirelay::secret::MasterKey;
 use oxirelay::store::{MessageState, RecipientState};
-use oxirelay::submit::{Listeners, SubmissionOptions, SubmissionPolicy};
 use std::sync::Arc;
-use std::time::Duration;
 use submit_common::*;
 
 const MESSAGE: &[u8] =
@@ -212,49 +209,14 @@ async fn postmaster_goes_to_the_listeners_address_or_is_refused() {
         "{reply}"
     );
 
-    // A listener of its own with `postmaster` set, on the same queue.
-    let hash = oxirelay::users::hash_password(&Secret::new(SCANNER_PASSWORD)).expect("hash");
-    let text = format!(
-        r#"
-[store]
-url = "sqlite://{store}"
+    relay.shutdown().await;
 
-{account}
-
-[[listener]]
-addr = "127.0.0.1:0"
-tls = "none"
-allow_ips = ["127.0.0.1/32"]
-postmaster = "admin@contoso.test"
-
-[[user]]
-name = "{SCANNER}"
-password_hash = "{hash}"
-allowed_from = ["{SCANNER_FROM}"]
-account = "{ACCOUNT}"
-"#,
-        store = relay.dir.path().join("relay.db").display(),
-        account =
-            relay
-                .sandbox
-                .account_toml(ACCOUNT, "client_credentials", "env:SUBMIT_TEST_UNUSED"),
-    );
-    let config = Config::parse(&text, &relay.dir.path().join("postmaster.toml")).expect("config");
-    let policy = SubmissionPolicy::new(
-        &config,
-        relay.store.clone(),
-        relay.work_arrived.clone(),
-        SubmissionOptions {
-            hostname: "relay.test".into(),
-            read_timeout: Duration::from_secs(30),
-            ..SubmissionOptions::default()
-        },
-    );
-    let (trigger, signal) = shutdown_channel();
-    let listeners = Listeners::start(&config, &policy, signal)
-        .await
-        .expect("listener starts");
-    let mut client = Client::connect(listeners.addrs()[0]).await;
+    // A relay with one more listener, which has `postmaster` set.
+    let relay = Relay::start_with_config(
+        "\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = \"none\"\nallow_ips = [\"127.0.0.1/32\"]\npostmaster = \"admin@contoso.test\"\n",
+    )
+    .await;
+    let mut client = Client::connect(relay.addr(IMPLICIT_SECOND_LOOPBACK + 1)).await;
     assert!(client.reply().await.starts_with("220 "));
     assert!(client.command("EHLO client.test").await.starts_with("250"));
     assert!(
@@ -271,11 +233,6 @@ account = "{ACCOUNT}"
     let queued = relay.queued().await;
     let message = queued.iter().find(|m| m.id.0 == id).expect("queued");
     assert_eq!(message.recipients[0].address, "admin@contoso.test");
-    trigger.trigger();
-    tokio::time::timeout(WAIT, listeners.wait())
-        .await
-        .expect("stops in time")
-        .expect("stops cleanly");
     relay.shutdown().await;
 }
 

@@ -1,12 +1,16 @@
 //! `oxirelay serve`: the relay. The listeners accept mail into the durable
 //! queue; the delivery engine sends it; every account's grant is validated
-//! on an interval. SIGTERM or SIGINT: stop accepting, let deliveries in
-//! progress finish (or release them), exit. A lockdown, which another
+//! on an interval. SIGTERM or SIGINT: stop accepting, end idle sessions
+//! with 421, give messages being received a grace to finish, let
+//! deliveries in progress finish (or release them), exit; each within a
+//! bound, whatever the clients do. A lockdown, which another
 //! process records in the store, pauses delivery until `unlock`.
 
 use super::Context;
 use crate::delivery::engine::{Engine, EngineConfig, RunningEngine};
-use crate::smtp::server::shutdown_channel;
+use crate::smtp::server::{
+    DEFAULT_MAX_SESSIONS_PER_ADDRESS, SessionLimits, ShutdownLimits, shutdown_channel,
+};
 use crate::submit::{Listeners, SubmissionOptions, SubmissionPolicy};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +43,15 @@ pub struct ServeArgs {
     /// Do not send delivery status notifications (bounces) to senders.
     #[arg(long)]
     pub no_dsn: bool,
+    /// Submission sessions at once from one client address (IPv6: one /64) per listener; more get 421 4.7.0.
+    #[arg(long, default_value_t = DEFAULT_MAX_SESSIONS_PER_ADDRESS)]
+    pub max_sessions_per_address: usize,
+    /// The longest a submission session may last, however busy; then 421 4.4.2.
+    #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
+    pub session_lifetime: Duration,
+    /// On SIGTERM, how long a message being received may take to finish (then 421, not acknowledged).
+    #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -58,12 +71,18 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         ..EngineConfig::default()
     };
 
-    let policy = SubmissionPolicy::new(
-        &context.config,
-        store.clone(),
-        wake.clone(),
-        SubmissionOptions::default(),
-    );
+    let defaults = SubmissionOptions::default();
+    let options = SubmissionOptions {
+        max_sessions_per_address: args.max_sessions_per_address,
+        limits: SessionLimits {
+            lifetime: args.session_lifetime,
+            ..defaults.limits.clone()
+        },
+        shutdown: ShutdownLimits::with_grace(args.shutdown_grace),
+        ..defaults
+    };
+    let stop_bound = options.shutdown.deadline;
+    let policy = SubmissionPolicy::new(&context.config, store.clone(), wake.clone(), options);
     let (listeners_stop, listeners_signal) = shutdown_channel();
     let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;
     for addr in listeners.addrs() {
@@ -92,12 +111,19 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
 
     wait_for_termination().await?;
-    eprintln!("oxirelay: stopping: no new connections; finishing deliveries in progress");
+    eprintln!(
+        "oxirelay: stopping: no new connections; messages being received get {:?}, sessions end within {stop_bound:?}; finishing deliveries in progress",
+        args.shutdown_grace
+    );
+    // Both sides stop at once, so the whole stop takes the longer of the
+    // two bounds (sessions: the shutdown deadline; deliveries: the engine's
+    // grace), not their sum. Messages committed during the sessions' grace
+    // stay queued for the next start.
     listeners_stop.trigger();
+    let _ = stop.send(true);
     if let Err(e) = listeners.wait().await {
         tracing::warn!(error = %e, "a listener ended with an error");
     }
-    let _ = stop.send(true);
     let _ = validation.await;
     let tokens_obtained = token_counter.await.unwrap_or(0);
     if let Ok(summary) = supervisor.await {

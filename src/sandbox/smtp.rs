@@ -28,8 +28,8 @@ use crate::secret::Secret;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::{
     AuthRefusal, BoxFuture, Channel, DataPlan, Envelope, Identity, Refusal, Reply, ServeError,
-    ServerOptions, SessionContext, SessionEvent, SessionPolicy, SessionRules, ShutdownTrigger,
-    TlsMode, serve, shutdown_channel,
+    ServerOptions, SessionContext, SessionEvent, SessionLimits, SessionPolicy, SessionRules,
+    ShutdownTrigger, TlsMode, serve, shutdown_channel,
 };
 use faults::StageFault;
 use std::net::SocketAddr;
@@ -89,6 +89,7 @@ pub struct SandboxSmtpConfig {
     pub ca_file: Option<PathBuf>,
     pub tls_mode: TlsMode,
     pub hostname: String,
+    /// How long a command may take to arrive complete after a reply.
     pub read_timeout: Duration,
     pub max_sessions: usize,
     pub max_message_size: usize,
@@ -162,9 +163,16 @@ impl SandboxSmtp {
         });
         let options = ServerOptions {
             tls_mode: config.tls_mode,
-            read_timeout: config.read_timeout,
             max_sessions: config.max_sessions,
+            // Its clients (the relay's delivery pool, tests, benchmarks)
+            // all connect from loopback: no cap below the listener's.
+            max_sessions_per_address: config.max_sessions,
             hostname: config.hostname,
+            limits: SessionLimits {
+                command_timeout: config.read_timeout,
+                ..SessionLimits::default()
+            },
+            ..ServerOptions::default()
         };
         let (trigger, signal) = shutdown_channel();
         let task = tokio::spawn(serve(listener, Some(tls), policy, options, signal));

@@ -96,9 +96,11 @@ impl Listeners {
         for listener in prepared {
             let server_options = ServerOptions {
                 tls_mode: listener.mode,
-                read_timeout: options.read_timeout,
                 max_sessions: options.max_sessions,
+                max_sessions_per_address: options.max_sessions_per_address,
                 hostname: options.hostname.clone(),
+                limits: options.limits.clone(),
+                shutdown: options.shutdown.clone(),
             };
             let policy = Arc::new(policy.for_listener(listener.access));
             tracing::info!(addr = %listener.addr, tls = ?listener.mode, "submission listener started");

@@ -22,8 +22,9 @@ use crate::secret::Secret;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::reply::standard;
 use crate::smtp::server::{
-    AuthRefusal, BoxFuture, Envelope, Identity, LineLimit, Refusal, Reply, SessionContext,
-    SessionPolicy, SessionRules,
+    AuthRefusal, BoxFuture, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADDRESS, Envelope,
+    Identity, LineLimit, Refusal, Reply, SessionContext, SessionLimits, SessionPolicy,
+    SessionRules, ShutdownLimits,
 };
 use crate::store::{NewMessage, Store};
 use crate::users::SubmissionUser;
@@ -46,10 +47,15 @@ pub const MIN_RECIPIENTS: usize = 100;
 pub struct SubmissionOptions {
     /// Our name in the greeting and the `Received:` header.
     pub hostname: String,
-    /// RFC 5321 section 4.5.3.2 suggests 5 minutes per command.
-    pub read_timeout: Duration,
     /// Sessions per listener; more get 421 4.3.2.
     pub max_sessions: usize,
+    /// Sessions per client address (IPv6: per /64) on each listener; more
+    /// get 421 4.7.0 at connect.
+    pub max_sessions_per_address: usize,
+    /// Each session's deadlines, paces and lifetime.
+    pub limits: SessionLimits,
+    /// How sessions end when the relay stops.
+    pub shutdown: ShutdownLimits,
     pub max_message_size: usize,
     pub throttle: ThrottleRules,
 }
@@ -58,8 +64,10 @@ impl Default for SubmissionOptions {
     fn default() -> Self {
         SubmissionOptions {
             hostname: crate::delivery::upstream::ehlo_name(),
-            read_timeout: Duration::from_secs(300),
-            max_sessions: 100,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_address: DEFAULT_MAX_SESSIONS_PER_ADDRESS,
+            limits: SessionLimits::default(),
+            shutdown: ShutdownLimits::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             throttle: ThrottleRules::default(),
         }

@@ -16,7 +16,7 @@ use oxirelay::config::Config;
 use oxirelay::sandbox::certs::SandboxCa;
 use oxirelay::sandbox::{CLIENT_ID, SMTP_SCOPE, Sandbox, SandboxOptions, USER};
 use oxirelay::secret::Secret;
-use oxirelay::smtp::server::{ShutdownTrigger, shutdown_channel};
+use oxirelay::smtp::server::{SessionLimits, ShutdownTrigger, shutdown_channel};
 use oxirelay::store::{QueuedMessage, SqliteStore, Store};
 use oxirelay::submit::{Listeners, RunningListeners, SubmissionOptions, SubmissionPolicy};
 use oxirelay::users::SubmissionUser;
@@ -45,6 +45,9 @@ pub const STARTTLS: usize = 0;
 pub const IMPLICIT: usize = 1;
 pub const PLAINTEXT_LOOPBACK: usize = 2;
 pub const PLAINTEXT_ELSEWHERE: usize = 3;
+/// Implicit TLS for 127.0.0.2 only (Linux routes all of 127/8 to
+/// loopback, so a test can connect from either address).
+pub const IMPLICIT_SECOND_LOOPBACK: usize = 4;
 
 pub struct Relay {
     pub sandbox: Sandbox,
@@ -58,12 +61,22 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start() -> Relay {
-        Relay::start_with("").await
+        Self::start_custom("", |_| {}).await
+    }
+
+    /// As [`Relay::start`], with the submission options changed first
+    /// (short session limits, other caps).
+    pub async fn start_with(adjust: impl FnOnce(&mut SubmissionOptions)) -> Relay {
+        Self::start_custom("", adjust).await
     }
 
     /// The relay with `extra` (TOML: more `[[issuer]]`s, `[[user]]`s)
     /// appended to its config.
-    pub async fn start_with(extra: &str) -> Relay {
+    pub async fn start_with_config(extra: &str) -> Relay {
+        Self::start_custom(extra, |_| {}).await
+    }
+
+    async fn start_custom(extra: &str, adjust: impl FnOnce(&mut SubmissionOptions)) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = SandboxOptions::new(dir.path().join("sandbox"));
         options.auto_approve = true;
@@ -105,6 +118,13 @@ allow_ips = ["10.0.0.0/8", "127.0.0.1/32"]
 addr = "127.0.0.1:0"
 tls = "none"
 allow_ips = ["192.0.2.0/24"]
+
+[[listener]]
+addr = "127.0.0.1:0"
+tls = "implicit"
+cert = "{cert}"
+key = "{key}"
+allow_ips = ["127.0.0.2/32"]
 
 [[user]]
 name = "{SCANNER}"
@@ -148,16 +168,16 @@ insecure_loopback = true
         assert!(store.add_user(&printer).await.expect("add user"));
 
         let work_arrived = Arc::new(Notify::new());
-        let policy = SubmissionPolicy::new(
-            &config,
-            store.clone(),
-            work_arrived.clone(),
-            SubmissionOptions {
-                hostname: "relay.test".into(),
-                read_timeout: Duration::from_secs(30),
-                ..SubmissionOptions::default()
+        let mut options = SubmissionOptions {
+            hostname: "relay.test".into(),
+            limits: SessionLimits {
+                command_timeout: Duration::from_secs(30),
+                ..SessionLimits::default()
             },
-        );
+            ..SubmissionOptions::default()
+        };
+        adjust(&mut options);
+        let policy = SubmissionPolicy::new(&config, store.clone(), work_arrived.clone(), options);
         let (trigger, signal) = shutdown_channel();
         let listeners = Listeners::start(&config, &policy, signal)
             .await

@@ -138,6 +138,26 @@ pub mod standard {
             format!("4.4.2 {hostname} Timeout waiting for the client, closing connection"),
         )
     }
+    pub fn data_too_slow(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            format!(
+                "4.4.2 {hostname} Timeout: the message data arrived too slowly, closing connection"
+            ),
+        )
+    }
+    pub fn session_too_long(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            format!("4.4.2 {hostname} Timeout: session time limit reached, closing connection"),
+        )
+    }
+    pub fn too_many_from_address(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            format!("4.7.0 {hostname} Too many connections from your address, try again later"),
+        )
+    }
     pub fn too_many_connections(hostname: &str) -> Reply {
         Reply::new(
             421,

@@ -1,8 +1,12 @@
 //! The tokio I/O shell around [`Session`]: accepts connections, caps how
-//! many run at once, reads with a timeout, asks the [`SessionPolicy`] the
-//! session's questions, upgrades to TLS on the same socket for STARTTLS, and
-//! stops on a shutdown signal. Protocol decisions are all in the session.
+//! many run at once (per listener and per client address), reads and
+//! writes within the deadlines of [`super::limits`], asks the
+//! [`SessionPolicy`] the session's questions, upgrades to TLS on the same
+//! socket for STARTTLS, and stops within a bounded time on a shutdown
+//! signal. Protocol decisions are all in the session; what a client may
+//! cost is all in `limits`.
 
+use super::limits::{AddressSlot, CutOff, PerAddress, SessionClock, SessionLimits, ShutdownLimits};
 use super::policy::{Channel, Credentials, Refusal, SessionContext, SessionEvent, SessionPolicy};
 use super::reply::{Reply, standard};
 use super::session::{Answer, Question, Session, SessionConfig, SessionError, Step};
@@ -13,29 +17,51 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::config::TlsMode;
 
+/// Bytes asked of the socket per read.
+const READ_BUFFER: usize = 16 * 1024;
+/// Replies are flushed once this many bytes wait: pipelined `EHLO x` lines
+/// of 8 bytes get ~200 bytes each back, so one full read could otherwise
+/// queue some 400 KiB of replies per session.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub tls_mode: TlsMode,
-    /// How long to wait for each read from the client. RFC 5321 section
-    /// 4.5.3.2 suggests 5 minutes for commands.
-    pub read_timeout: Duration,
     /// Sessions served at once; more get `421 4.3.2`.
     pub max_sessions: usize,
+    /// Sessions at once from one client address (IPv6: one /64); more get
+    /// `421 4.7.0` at connect (on implicit TLS: closed, no handshake).
+    pub max_sessions_per_address: usize,
     /// The name in the greeting and in replies.
     pub hostname: String,
+    /// Deadlines, paces and the lifetime of each session.
+    pub limits: SessionLimits,
+    /// How sessions end when the server stops.
+    pub shutdown: ShutdownLimits,
 }
+
+/// Sessions per listener: Postfix's default process limit, which in turn
+/// caps its smtpd sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 100;
+/// A tenth of the listener: enough for a device or an app that opens a few
+/// sessions in parallel; one address holding its whole share still leaves
+/// 90 places to everyone else.
+pub const DEFAULT_MAX_SESSIONS_PER_ADDRESS: usize = 10;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             tls_mode: TlsMode::Starttls,
-            read_timeout: Duration::from_secs(300),
-            max_sessions: 100,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_address: DEFAULT_MAX_SESSIONS_PER_ADDRESS,
             hostname: "localhost".into(),
+            limits: SessionLimits::default(),
+            shutdown: ShutdownLimits::default(),
         }
     }
 }
@@ -54,8 +80,8 @@ pub enum ServeError {
 enum SessionIoError {
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the TLS handshake did not finish within {0:?}")]
-    HandshakeTimeout(Duration),
+    #[error("the TLS handshake was cut off: {0}")]
+    HandshakeCut(CutOff),
     #[error("the session state machine was misused: {0}")]
     Session(#[from] SessionError),
     #[error("the session waited for an answer the shell never gave")]
@@ -68,20 +94,25 @@ enum SessionIoError {
 
 /// Tells a running [`serve`] to stop. Dropping it stops the server too.
 #[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
+pub struct ShutdownTrigger(watch::Sender<Option<Instant>>);
 
 /// What [`serve`] and its sessions watch for shutdown.
 #[derive(Debug, Clone)]
-pub struct ShutdownSignal(watch::Receiver<bool>);
+pub struct ShutdownSignal(watch::Receiver<Option<Instant>>);
 
 pub fn shutdown_channel() -> (ShutdownTrigger, ShutdownSignal) {
-    let (sender, receiver) = watch::channel(false);
+    let (sender, receiver) = watch::channel(None);
     (ShutdownTrigger(sender), ShutdownSignal(receiver))
 }
 
 impl ShutdownTrigger {
+    /// Stops the server; the first call's time is when the stop began.
     pub fn trigger(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|stop| {
+            let first = stop.is_none();
+            stop.get_or_insert_with(Instant::now);
+            first
+        });
     }
 }
 
@@ -90,16 +121,24 @@ impl ShutdownSignal {
     pub async fn triggered(&mut self) {
         // An error means the trigger is gone: nobody can stop us any more
         // otherwise, so treat it as a stop.
-        let _ = self.0.wait_for(|stop| *stop).await;
+        let _ = self.0.wait_for(|stop| stop.is_some()).await;
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
+        self.0.borrow().is_some() || self.0.has_changed().is_err()
+    }
+
+    /// When the stop began: the trigger's time, or now if the trigger was
+    /// dropped without one.
+    pub fn stopped_at(&self) -> Instant {
+        (*self.0.borrow()).unwrap_or_else(Instant::now)
     }
 }
 
-/// Serves SMTP on `listener` until `shutdown` is triggered, then waits for
-/// the running sessions to end (each ends at its next read, with 421).
+/// Serves SMTP on `listener` until `shutdown` is triggered, then ends the
+/// running sessions: those waiting for a command at once with `421 4.3.2`,
+/// those receiving a message after it (or after the DATA grace), and any
+/// still running at the shutdown deadline are dropped.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -114,6 +153,7 @@ pub async fn serve(
     };
     let options = Arc::new(options);
     let slots = Arc::new(Semaphore::new(options.max_sessions));
+    let per_address = PerAddress::new(options.max_sessions_per_address);
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -131,11 +171,18 @@ pub async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    sessions.spawn(refuse_busy(stream, options.clone()));
+                    tracing::warn!(%peer, limit = options.max_sessions, "SMTP connection refused: every session slot of the listener is taken");
+                    refuse_at_accept(&stream, &options, standard::too_many_connections(&options.hostname));
+                    continue;
+                };
+                let Some(address) = per_address.try_acquire(peer.ip()) else {
+                    tracing::info!(%peer, limit = options.max_sessions_per_address, "SMTP connection refused: too many sessions from this address");
+                    refuse_at_accept(&stream, &options, standard::too_many_from_address(&options.hostname));
                     continue;
                 };
                 let connection = Connection {
-                    slot,
+                    admission: Some(Admission { _slot: slot, _address: address }),
+                    clock: SessionClock::new(&options.limits, options.shutdown.data_grace, Instant::now()),
                     peer,
                     acceptor: acceptor.clone(),
                     policy: policy.clone(),
@@ -147,17 +194,31 @@ pub async fn serve(
         }
     }
     drop(listener);
-    while sessions.join_next().await.is_some() {}
+    let deadline = shutdown.stopped_at() + options.shutdown.deadline;
+    let drained = timeout_at(deadline, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            sessions = sessions.len(),
+            deadline = ?options.shutdown.deadline,
+            "SMTP sessions still running at the shutdown deadline were dropped; \
+             none had its message acknowledged, so their clients will send again"
+        );
+        sessions.shutdown().await;
+    }
     Ok(())
 }
 
-async fn refuse_busy(mut stream: TcpStream, options: Arc<ServerOptions>) {
-    // On an implicit-TLS port a plaintext reply is noise; just close.
+/// Refuses a connection at accept, without a task: a fresh socket's send
+/// buffer is empty, so the reply goes out at once or not at all, and
+/// dropping the stream closes it. On an implicit-TLS port a plaintext reply
+/// is noise to a client speaking TLS, so it just closes.
+fn refuse_at_accept(stream: &TcpStream, options: &ServerOptions, reply: Reply) {
     if options.tls_mode != TlsMode::Implicit {
-        let reply = standard::too_many_connections(&options.hostname).to_bytes();
-        let _ = tokio::time::timeout(options.read_timeout, stream.write_all(&reply)).await;
+        let _ = stream.try_write(&reply.to_bytes());
     }
-    let _ = stream.shutdown().await;
 }
 
 /// What ended one pass of [`Connection::drive`].
@@ -166,9 +227,23 @@ enum Driven<S> {
     StartTls(S),
 }
 
+/// A session's places under the listener's caps; dropped when it ends.
+struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// What one read brought.
+enum Read {
+    Bytes(usize),
+    Eof,
+    Cut(CutOff),
+}
+
 struct Connection {
-    /// This session's place under `max_sessions`.
-    slot: OwnedSemaphorePermit,
+    /// `None` once the session has ended (see [`Connection::end`]).
+    admission: Option<Admission>,
+    clock: SessionClock,
     peer: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     policy: Arc<dyn SessionPolicy>,
@@ -182,14 +257,17 @@ impl Connection {
         if let Err(error) = self.serve_connection(stream).await {
             tracing::debug!(peer = %self.peer, %error, "SMTP session ended with an error");
         }
-        // Free the slot before reporting the end, so whoever waits for
-        // "session closed" can connect again at once.
-        let Connection {
-            slot, policy, peer, ..
-        } = self;
-        drop(slot);
-        policy.on_disconnect(peer);
-        policy.observe(&SessionEvent::Closed);
+        self.end();
+    }
+
+    /// Frees the session's places and reports its end, once. Called before
+    /// the socket is closed when the session ends on purpose, so a client
+    /// that sees the close can connect again at once.
+    fn end(&mut self) {
+        if self.admission.take().is_some() {
+            self.policy.on_disconnect(self.peer);
+            self.policy.observe(&SessionEvent::Closed);
+        }
     }
 
     async fn serve_connection(&mut self, stream: TcpStream) -> Result<(), SessionIoError> {
@@ -198,14 +276,20 @@ impl Connection {
         let acceptor = self.acceptor.clone();
         let rules = match admission {
             Ok(rules) => rules,
-            Err(refusal) => {
-                return match (implicit, acceptor) {
-                    (true, Some(acceptor)) => {
-                        let tls = self.handshake(&acceptor, stream).await?;
-                        refuse_connection(tls, refusal).await
-                    }
-                    _ => refuse_connection(stream, refusal).await,
-                };
+            // A refused address gets no TLS handshake: it would cost the
+            // server a key exchange and a signature per attempt for a
+            // refusal the client could read only after it. Just close.
+            Err(_) if implicit => {
+                self.end();
+                return Ok(());
+            }
+            Err(Refusal::Reply(reply)) => {
+                self.finish(stream, Some(reply)).await;
+                return Ok(());
+            }
+            Err(Refusal::Disconnect) => {
+                self.end();
+                return Ok(());
             }
         };
         let mut session = Session::new(SessionConfig {
@@ -233,6 +317,8 @@ impl Connection {
                     };
                     let tls = self.handshake(&acceptor, stream).await?;
                     session.tls_established()?;
+                    // RFC 3207: the client speaks first again (EHLO).
+                    self.clock.expect_command(Instant::now());
                     if let Driven::StartTls(_) = self.drive(tls, &mut session).await? {
                         // A second STARTTLS is refused by the session.
                         return Err(SessionIoError::SecondStartTls);
@@ -243,15 +329,18 @@ impl Connection {
         Ok(())
     }
 
+    /// The TLS handshake, within the command deadline and the lifetime,
+    /// and given up at once on shutdown.
     async fn handshake(
-        &self,
+        &mut self,
         acceptor: &TlsAcceptor,
         stream: TcpStream,
     ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, SessionIoError> {
-        let timeout = self.options.read_timeout;
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SessionIoError::HandshakeTimeout(timeout)),
+        let (deadline, reason) = self.clock.handshake_deadline(Instant::now());
+        tokio::select! {
+            result = acceptor.accept(stream) => Ok(result?),
+            _ = sleep_until(deadline) => Err(SessionIoError::HandshakeCut(reason)),
+            _ = self.shutdown.triggered() => Err(SessionIoError::HandshakeCut(CutOff::Shutdown)),
         }
     }
 
@@ -265,17 +354,27 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut pending_output = Vec::new();
-        let mut buffer = vec![0u8; 16 * 1024];
-        // Bounded: every turn either writes, reads (with a timeout), or
-        // hands the session an answer that moves it forward.
+        let mut buffer = vec![0u8; READ_BUFFER];
+        // A reply since the last read: the client's next command is due.
+        let mut replied = false;
+        // Bounded: every turn either writes or reads (each within a
+        // deadline), or hands the session an answer that moves it forward.
         loop {
             match session.poll() {
                 Step::Reply(reply) => {
                     if let Some(delay) = self.policy.reply_delay() {
-                        write_out(&mut stream, &mut pending_output).await?;
+                        if !self.flush(&mut stream, &mut pending_output).await? {
+                            return Ok(self.abandon(stream));
+                        }
                         tokio::time::sleep(delay).await;
                     }
                     pending_output.extend_from_slice(&reply.to_bytes());
+                    replied = true;
+                    if pending_output.len() >= MAX_PENDING_OUTPUT
+                        && !self.flush(&mut stream, &mut pending_output).await?
+                    {
+                        return Ok(self.abandon(stream));
+                    }
                 }
                 Step::Observe(event) => self.policy.observe(&event),
                 Step::Decide(question) => {
@@ -283,70 +382,144 @@ impl Connection {
                     session.resolve(answer)?;
                 }
                 Step::StartTls => {
-                    write_out(&mut stream, &mut pending_output).await?;
+                    if !self.flush(&mut stream, &mut pending_output).await? {
+                        return Ok(self.abandon(stream));
+                    }
                     return Ok(Driven::StartTls(stream));
                 }
                 Step::Close => {
-                    write_out(&mut stream, &mut pending_output).await?;
-                    let _ = stream.shutdown().await;
+                    if !self.flush(&mut stream, &mut pending_output).await? {
+                        return Ok(self.abandon(stream));
+                    }
+                    self.finish(stream, None).await;
                     return Ok(Driven::Closed);
                 }
                 Step::Blocked => return Err(SessionIoError::Blocked),
                 Step::NeedInput => {
-                    write_out(&mut stream, &mut pending_output).await?;
-                    let read = tokio::select! {
-                        read = tokio::time::timeout(
-                            self.options.read_timeout,
-                            stream.read(&mut buffer),
-                        ) => read,
-                        _ = self.shutdown.triggered() => {
-                            let reply = standard::shutting_down(session.hostname());
-                            return close_with(stream, reply).await;
+                    if !self.flush(&mut stream, &mut pending_output).await? {
+                        return Ok(self.abandon(stream));
+                    }
+                    let now = Instant::now();
+                    if session.in_data() {
+                        // The 354 just went out (or the clock missed it).
+                        if replied || !self.clock.in_data() {
+                            self.clock.start_data(now);
                         }
-                    };
-                    match read {
-                        Err(_elapsed) => {
-                            let reply = standard::timeout(session.hostname());
-                            return close_with(stream, reply).await;
+                    } else if replied || self.clock.in_data() {
+                        self.clock.expect_command(now);
+                    }
+                    replied = false;
+                    match self.read(&mut stream, &mut buffer).await? {
+                        Read::Bytes(read) => {
+                            self.clock.received(read, Instant::now());
+                            session.feed(&buffer[..read]);
                         }
-                        Ok(Ok(0)) => return Ok(Driven::Closed),
-                        Ok(Ok(read)) => session.feed(&buffer[..read]),
-                        Ok(Err(error)) => return Err(error.into()),
+                        Read::Eof => return Ok(Driven::Closed),
+                        Read::Cut(reason) => {
+                            tracing::info!(peer = %self.peer, %reason, "SMTP session cut off with 421");
+                            let reply = reason.reply(session.hostname());
+                            self.finish(stream, Some(reply)).await;
+                            return Ok(Driven::Closed);
+                        }
                     }
                 }
             }
         }
     }
-}
 
-async fn write_out<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    pending_output: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    if !pending_output.is_empty() {
-        stream.write_all(pending_output).await?;
+    /// Writes the replies waiting, within the write deadline (shortened if
+    /// the server starts stopping meanwhile). `false`: the client did not
+    /// take them in time.
+    async fn flush<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        pending_output: &mut Vec<u8>,
+    ) -> std::io::Result<bool> {
+        let mut deadline = self.clock.write_deadline(Instant::now());
+        {
+            let write = async {
+                if !pending_output.is_empty() {
+                    stream.write_all(pending_output).await?;
+                }
+                stream.flush().await
+            };
+            tokio::pin!(write);
+            // Bounded: the shutdown branch runs at most once.
+            loop {
+                tokio::select! {
+                    written = &mut write => {
+                        written?;
+                        break;
+                    }
+                    _ = sleep_until(deadline) => return Ok(false),
+                    _ = self.shutdown.triggered(), if !self.clock.stopping() => {
+                        self.clock.stop(self.shutdown.stopped_at());
+                        deadline = deadline.min(self.clock.write_deadline(Instant::now()));
+                    }
+                }
+            }
+        }
         pending_output.clear();
+        Ok(true)
     }
-    stream.flush().await
-}
 
-async fn close_with<S: AsyncWrite + Unpin>(
-    mut stream: S,
-    reply: Reply,
-) -> Result<Driven<S>, SessionIoError> {
-    // The client may be gone already; the session ends either way.
-    let _ = stream.write_all(&reply.to_bytes()).await;
-    let _ = stream.shutdown().await;
-    Ok(Driven::Closed)
-}
+    /// Reads within the session's deadline; on shutdown, waits on only if
+    /// a message is being received (its grace).
+    async fn read<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buffer: &mut [u8],
+    ) -> std::io::Result<Read> {
+        // Bounded: the shutdown branch runs at most once.
+        loop {
+            let (deadline, reason) = self.clock.read_deadline();
+            if deadline <= Instant::now() {
+                return Ok(Read::Cut(reason));
+            }
+            tokio::select! {
+                read = stream.read(buffer) => {
+                    return Ok(match read? {
+                        0 => Read::Eof,
+                        read => Read::Bytes(read),
+                    });
+                }
+                _ = sleep_until(deadline) => return Ok(Read::Cut(reason)),
+                _ = self.shutdown.triggered(), if !self.clock.stopping() => {
+                    self.clock.stop(self.shutdown.stopped_at());
+                }
+            }
+        }
+    }
 
-async fn refuse_connection<S: AsyncWrite + Unpin>(
-    stream: S,
-    refusal: Refusal,
-) -> Result<(), SessionIoError> {
-    match refusal {
-        Refusal::Reply(reply) => close_with(stream, reply).await.map(|_| ()),
-        Refusal::Disconnect => Ok(()),
+    /// Ends the session on purpose: its last reply (if any) within the
+    /// closing deadline, its places freed, then the socket closed, also
+    /// within that deadline (over TLS the close_notify is a write too).
+    async fn finish<S: AsyncWrite + Unpin>(&mut self, mut stream: S, reply: Option<Reply>) {
+        let deadline = self.clock.closing_deadline(Instant::now());
+        if let Some(reply) = reply {
+            // The client may be gone or not reading; the session ends
+            // either way.
+            let _ = timeout_at(deadline, async {
+                stream.write_all(&reply.to_bytes()).await?;
+                stream.flush().await
+            })
+            .await;
+        }
+        self.end();
+        let _ = timeout_at(deadline, stream.shutdown()).await;
+    }
+
+    /// Ends a session whose client does not read its replies: nothing more
+    /// can be written, so the socket is just closed.
+    fn abandon<S>(&mut self, stream: S) -> Driven<S> {
+        tracing::info!(
+            peer = %self.peer,
+            write_timeout = ?self.options.limits.write_timeout,
+            "SMTP session closed: the client did not read its replies in time"
+        );
+        self.end();
+        drop(stream);
+        Driven::Closed
     }
 }
 
