@@ -129,6 +129,7 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
+    restrict_new_files();
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -148,6 +149,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything the process creates (the store and the `-wal`/`-shm` files
+/// SQLite makes itself, the audit log, keys, the sandbox's files and
+/// directories) is the relay user's alone from its first byte: files 0600,
+/// directories 0700. A umask, not a chmod afterwards, so that there is no
+/// moment when another user could open them.
+fn restrict_new_files() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// The error and its causes as one line, each said once. Many library

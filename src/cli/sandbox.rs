@@ -133,14 +133,21 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes the client secret with mode 0600 from the first byte (a rerun
+/// replaces the previous run's secret).
 fn write_secret(path: &std::path::Path, value: &str) -> anyhow::Result<()> {
-    std::fs::write(path, value).with_context(|| format!("cannot write {}", path.display()))?;
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
-    Ok(())
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(value.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn inbox(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {

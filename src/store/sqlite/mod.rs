@@ -57,12 +57,12 @@ impl SqliteStore {
             // writer rather than fail at once.
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename().to_path_buf();
+        create_private(&path).map_err(|e| open_error(e.to_string()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        restrict_permissions(&path);
         let bookkeeping = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
@@ -123,16 +123,28 @@ async fn apply_migration(
     Ok(())
 }
 
-#[cfg(unix)]
-fn restrict_permissions(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // Tokens in the file are sealed, but metadata (accounts, recipients) is
-    // not anyone else's business either.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+/// Creates the database file, if it does not exist, with mode 0600 from its
+/// first byte; SQLite gives its `-wal` and `-shm` files the database's mode.
+/// Tokens in the file are sealed, but metadata (accounts, recipients) is
+/// not anyone else's business either. An existing file keeps its mode
+/// (`doctor` reports one that others can read).
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }
-
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &std::path::Path) {}
 
 fn record_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
     let sealed = |column: &str| -> Result<Option<SealedValue>, StoreError> {
