@@ -7,7 +7,10 @@ mod queue;
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
 };
-use super::{AccountState, Event, Lockdown, Store, StoreError, TokenRecord};
+use super::{
+    AccountState, Event, InstanceRecord, LeaseGrant, Lockdown, Store, StoreError, TokenRecord,
+};
+use crate::instance::Holder;
 use crate::secret::SealedValue;
 use crate::users::SubmissionUser;
 use async_trait::async_trait;
@@ -16,6 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("0003_users.sql")),
     (4, include_str!("0004_control.sql")),
     (5, include_str!("0005_account_secrets.sql")),
+    (6, include_str!("0006_lifecycle.sql")),
 ];
 
 #[derive(Clone)]
@@ -155,12 +160,22 @@ fn record_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
         last_failure_at: row.try_get("last_failure_at")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
         updated_at: row.try_get("updated_at")?,
+        credential_epoch: row.try_get("credential_epoch")?,
     })
 }
 
 const RECORD_COLUMNS: &str = "account, generation, state, state_reason, refresh_token, access_token, \
     access_expires_at, access_refresh_at, granted_scope, consented_at, last_success_at, \
-    last_failure_at, consecutive_failures, updated_at";
+    last_failure_at, consecutive_failures, updated_at, credential_epoch";
+
+fn holder_from_row(row: &SqliteRow, id: &str, pid: &str, locality: &str) -> Result<Holder, StoreError> {
+    Ok(Holder {
+        id: row.try_get(id)?,
+        pid: u32::try_from(row.try_get::<i64, _>(pid)?)
+            .map_err(|_| StoreError::Corrupt(format!("{pid} out of range")))?,
+        locality: row.try_get(locality)?,
+    })
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -190,14 +205,14 @@ impl Store for SqliteStore {
             // ON CONFLICT DO NOTHING: a row that appeared meanwhile means
             // another writer won.
             format!(
-                "INSERT INTO account_tokens ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO account_tokens ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT(account) DO NOTHING"
             )
         } else {
             "UPDATE account_tokens SET account = ?, generation = ?, state = ?, state_reason = ?, \
              refresh_token = ?, access_token = ?, access_expires_at = ?, access_refresh_at = ?, \
              granted_scope = ?, consented_at = ?, last_success_at = ?, last_failure_at = ?, \
-             consecutive_failures = ?, updated_at = ? WHERE account = ? AND generation = ?"
+             consecutive_failures = ?, updated_at = ?, credential_epoch = ? WHERE account = ? AND generation = ?"
                 .to_string()
         };
         // Built only from the constant column list above, never from input.
@@ -215,12 +230,129 @@ impl Store for SqliteStore {
             .bind(record.last_success_at)
             .bind(record.last_failure_at)
             .bind(record.consecutive_failures)
-            .bind(record.updated_at);
+            .bind(record.updated_at)
+            .bind(record.credential_epoch);
         if previous != 0 {
             q = q.bind(&record.account).bind(previous);
         }
         let result = q.execute(&self.pool).await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn credential_epochs(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT account, credential_epoch FROM account_tokens")
+            .fetch_all(&self.bookkeeping)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account")?, row.try_get("credential_epoch")?)))
+            .collect()
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        account: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<LeaseGrant, StoreError> {
+        // The bookkeeping pool: a lease needs to be visible to the other
+        // processes (every commit is, in WAL mode), not to survive a power
+        // cut, which ends every holder too. One transaction, so a refusal
+        // names the holder that caused it.
+        let mut tx = self.bookkeeping.begin_with("BEGIN IMMEDIATE").await?;
+        let granted = sqlx::query(
+            "INSERT INTO refresh_leases (account, holder, holder_pid, holder_locality, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(account) DO UPDATE SET holder = excluded.holder, holder_pid = excluded.holder_pid, \
+             holder_locality = excluded.holder_locality, expires_at = excluded.expires_at \
+             WHERE refresh_leases.expires_at < ?6 OR refresh_leases.holder = excluded.holder \
+             OR refresh_leases.holder = ?7",
+        )
+        .bind(account)
+        .bind(&holder.id)
+        .bind(i64::from(holder.pid))
+        .bind(&holder.locality)
+        .bind(until)
+        .bind(now)
+        .bind(take_over_from)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let grant = if granted {
+            LeaseGrant::Granted
+        } else {
+            // The insert conflicted, so the row is there.
+            let row = sqlx::query(
+                "SELECT holder, holder_pid, holder_locality, expires_at FROM refresh_leases WHERE account = ?",
+            )
+            .bind(account)
+            .fetch_one(&mut *tx)
+            .await?;
+            LeaseGrant::HeldBy {
+                holder: holder_from_row(&row, "holder", "holder_pid", "holder_locality")?,
+                expires_at: row.try_get("expires_at")?,
+            }
+        };
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        account: &str,
+        holder_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM refresh_leases WHERE account = ? AND holder = ?")
+            .bind(account)
+            .bind(holder_id)
+            .execute(&self.bookkeeping)
+            .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &Holder,
+        started_at: i64,
+        heartbeat_until: i64,
+    ) -> Result<(), StoreError> {
+        // An upsert: an instance that was stalled so long that another
+        // forgot it comes back (its lost claims fail with LeaseLost).
+        sqlx::query(
+            "INSERT INTO instances (id, pid, locality, started_at, heartbeat_until) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET heartbeat_until = excluded.heartbeat_until",
+        )
+        .bind(&instance.id)
+        .bind(i64::from(instance.pid))
+        .bind(&instance.locality)
+        .bind(started_at)
+        .bind(heartbeat_until)
+        .execute(&self.bookkeeping)
+        .await?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pid, locality, started_at, heartbeat_until FROM instances ORDER BY started_at",
+        )
+        .fetch_all(&self.bookkeeping)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRecord {
+                    holder: holder_from_row(row, "id", "pid", "locality")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_until: row.try_get("heartbeat_until")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn release_instance(&self, id: &str, now: i64) -> Result<u64, StoreError> {
+        queue::release_instance(&self.bookkeeping, id, now).await
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
