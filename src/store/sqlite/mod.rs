@@ -597,3 +597,201 @@ mod tests {
         SqliteStore::open(&url).await.expect("reopen");
     }
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use crate::store::queue::NewMessage;
+    use crate::store::MessageState;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        (dir, SqliteStore::open(&url).await.expect("open"))
+    }
+
+    fn holder(id: &str) -> Holder {
+        Holder {
+            id: id.into(),
+            pid: 4242,
+            locality: "host boot:b pidns:pid:[1]".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_lease_is_exclusive_until_it_expires_or_its_holder_is_gone() {
+        let (_dir, store) = store().await;
+        let (a, b) = (holder("a"), holder("b"));
+        let granted = |grant: LeaseGrant| grant == LeaseGrant::Granted;
+        assert!(granted(
+            store
+                .acquire_refresh_lease("office", &a, 100, 160, None)
+                .await
+                .expect("store")
+        ));
+        match store
+            .acquire_refresh_lease("office", &b, 110, 170, None)
+            .await
+            .expect("store")
+        {
+            LeaseGrant::HeldBy { holder, expires_at } => {
+                assert_eq!(holder, a, "names its holder");
+                assert_eq!(expires_at, 160);
+            }
+            LeaseGrant::Granted => panic!("a held lease was granted to another"),
+        }
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("other", &b, 110, 170, None)
+                    .await
+                    .expect("store")
+            ),
+            "one lease per account"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &a, 120, 180, None)
+                    .await
+                    .expect("store")
+            ),
+            "the holder renews"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &b, 130, 190, Some("a"))
+                    .await
+                    .expect("store")
+            ),
+            "taken over from a holder found gone"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &a, 191, 250, None)
+                    .await
+                    .expect("store")
+            ),
+            "free once expired"
+        );
+        store
+            .release_refresh_lease("office", "b")
+            .await
+            .expect("store");
+        assert!(
+            !granted(
+                store
+                    .acquire_refresh_lease("office", &b, 200, 260, None)
+                    .await
+                    .expect("store")
+            ),
+            "only the holder gives it back"
+        );
+        store
+            .release_refresh_lease("office", "a")
+            .await
+            .expect("store");
+        assert!(granted(
+            store
+                .acquire_refresh_lease("office", &b, 200, 260, None)
+                .await
+                .expect("store")
+        ));
+    }
+
+    #[tokio::test]
+    async fn credential_epochs_are_read_per_account() {
+        let (_dir, store) = store().await;
+        let mut record = TokenRecord::new("office");
+        record.generation = 1;
+        record.credential_epoch = 3;
+        assert!(store.save_token_record(&record).await.expect("insert"));
+        let epochs = store.credential_epochs().await.expect("store");
+        assert_eq!(epochs.get("office"), Some(&3));
+        assert_eq!(
+            store
+                .token_record("office")
+                .await
+                .expect("read")
+                .expect("row")
+                .credential_epoch,
+            3
+        );
+    }
+
+    fn message() -> NewMessage {
+        NewMessage {
+            account: "office".into(),
+            mail_from: "app@example.com".into(),
+            recipients: vec!["a@x".into()],
+            body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+            submitted_by: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_while_its_instance_beats_and_returns_when_it_stops() {
+        let (_dir, store) = store().await;
+        let id = store.enqueue(message()).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let alive = holder("alive");
+        store
+            .heartbeat(&alive, now, now + 30)
+            .await
+            .expect("register");
+        let claimed = store
+            .claim("alive/w0", now, now + 300, 10)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert!(
+            store
+                .claim("other/w0", now + 10, now + 310, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "a live instance keeps its claim"
+        );
+        assert_eq!(
+            store.next_due().await.expect("due"),
+            Some(now + 31),
+            "due when the heartbeat ends"
+        );
+        // No heartbeat since: 31 s later the claim is free, long before
+        // the 300-second lease ends.
+        let taken = store
+            .claim("other/w0", now + 31, now + 331, 10)
+            .await
+            .expect("claim");
+        assert_eq!(taken.len(), 1, "a silent death frees the claim");
+        let lost = store
+            .release(&id, &claimed[0].lease, now + 31)
+            .await;
+        assert!(matches!(lost, Err(StoreError::LeaseLost(_))));
+
+        // release_instance gives back what an instance holds at once.
+        store
+            .heartbeat(&holder("other"), now, now + 60)
+            .await
+            .expect("register");
+        assert_eq!(
+            store.release_instance("other", now + 32).await.expect("store"),
+            1
+        );
+        let (message, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!(message.state, MessageState::Queued);
+        assert_eq!(message.next_attempt_at, now + 32);
+        let instances = store.instances().await.expect("store");
+        assert_eq!(
+            instances
+                .iter()
+                .map(|i| i.holder.id.as_str())
+                .collect::<Vec<_>>(),
+            ["alive"],
+            "released instances are forgotten"
+        );
+        assert_eq!(instances[0].holder, alive);
+    }
+}
