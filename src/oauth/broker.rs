@@ -305,6 +305,8 @@ pub struct Broker {
     /// Bumped with every credential change any account sees (wakes the
     /// engine to close the sessions it retired).
     credential_changes: watch::Sender<u64>,
+    /// How long a refreshed token's commit is retried within one call.
+    commit_patience: Duration,
 }
 
 /// What `revoke` did.
@@ -344,7 +346,15 @@ impl Broker {
             actor: "relay".to_string(),
             holder: Holder::new_in_this_process(),
             credential_changes: watch::Sender::new(0),
+            commit_patience: COMMIT_PATIENCE,
         }
+    }
+
+    /// How long the commit of a refreshed token is retried before the
+    /// caller is told (and the token held for later); 30 s by default.
+    pub fn with_commit_patience(mut self, patience: Duration) -> Self {
+        self.commit_patience = patience;
+        self
     }
 
     /// Records every event in `audit` too, naming `actor` ("relay", "cli:alice").
@@ -593,7 +603,7 @@ impl Broker {
             // A refreshed token waits to be saved: save it first, and never
             // ask again with the refresh token it replaced.
             let cached = self
-                .commit_pending(slot, &mut state, pending, COMMIT_PATIENCE)
+                .commit_pending(slot, &mut state, pending, self.commit_patience)
                 .await?;
             let token = cached.token.clone();
             state.cached = Some(cached);
@@ -1308,7 +1318,7 @@ impl Broker {
             base: record,
             response,
         };
-        self.commit_refresh(slot, state, pending, COMMIT_PATIENCE)
+        self.commit_refresh(slot, state, pending, self.commit_patience)
             .await
     }
 
