@@ -55,11 +55,7 @@ async fn sees_change(broker: &Broker, state: AccountState, what: &str) -> u64 {
     let after = broker.credentials_version(ACCOUNT);
     assert_eq!(after, before + 1, "{what}: its sessions are retired");
     assert!(
-        broker
-            .sync_credentials()
-            .await
-            .expect("store")
-            .is_empty(),
+        broker.sync_credentials().await.expect("store").is_empty(),
         "{what}: seen once"
     );
     after
@@ -92,7 +88,10 @@ async fn each_credential_change_made_elsewhere_reaches_a_watching_broker() {
     // A refresh elsewhere is not a credential change.
     let other = &harness.context.broker;
     other.invalidate(ACCOUNT, &cached).await.expect("drop");
-    other.access_token(ACCOUNT).await.expect("refreshed elsewhere");
+    other
+        .access_token(ACCOUNT)
+        .await
+        .expect("refreshed elsewhere");
     assert!(harness.sandbox.auth.stats().token_requests > refreshes);
     assert!(watcher.sync_credentials().await.expect("store").is_empty());
 

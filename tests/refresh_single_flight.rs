@@ -71,12 +71,8 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_asking_at_once_for_an_expired_token_make_one_request_and_keep_the_grant() {
-    let harness = Harness::start(
-        "authorization_code",
-        "oauthbearer",
-        Duration::from_secs(10),
-    )
-    .await;
+    let harness =
+        Harness::start("authorization_code", "oauthbearer", Duration::from_secs(10)).await;
     harness.consent().await;
     let (consented_refresh, _) = harness.stored_tokens().await;
     harness.wait_until_refresh_due().await;
@@ -141,12 +137,8 @@ async fn processes_asking_at_once_for_an_expired_token_make_one_request_and_keep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_lease_left_by_a_dead_process_blocks_nobody() {
-    let harness = Harness::start(
-        "authorization_code",
-        "oauthbearer",
-        Duration::from_secs(10),
-    )
-    .await;
+    let harness =
+        Harness::start("authorization_code", "oauthbearer", Duration::from_secs(10)).await;
     harness.consent().await;
     harness.wait_until_refresh_due().await;
     let store = &harness.context.store;
@@ -267,7 +259,12 @@ impl Store for FlakyStore {
     async fn release_refresh_lease(&self, account: &str, holder: &str) -> Result<(), StoreError> {
         self.inner.release_refresh_lease(account, holder).await
     }
-    async fn heartbeat(&self, instance: &Holder, started: i64, until: i64) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        instance: &Holder,
+        started: i64,
+        until: i64,
+    ) -> Result<(), StoreError> {
         self.inner.heartbeat(instance, started, until).await
     }
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -363,8 +360,7 @@ impl Store for FlakyStore {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_refusing_the_commit_of_a_refreshed_token_cannot_lose_the_rotated_refresh_token()
-{
+async fn a_store_refusing_the_commit_of_a_refreshed_token_cannot_lose_the_rotated_refresh_token() {
     let harness = Harness::start(
         "authorization_code",
         "oauthbearer",

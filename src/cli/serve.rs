@@ -233,10 +233,7 @@ async fn count_tokens(
 
 /// Revocations, lockdowns and new consents made by other processes reach
 /// this one: the broker drops the cached token, the engine the sessions.
-async fn watch_credentials(
-    broker: Arc<crate::oauth::broker::Broker>,
-    stop: watch::Receiver<bool>,
-) {
+async fn watch_credentials(broker: Arc<crate::oauth::broker::Broker>, stop: watch::Receiver<bool>) {
     broker
         .watch_credentials(CREDENTIAL_POLL, stop, |change| {
             println!(

@@ -232,10 +232,7 @@ impl Engine {
         }
         background.spawn(maintain(shared.clone(), stop_signal.clone()));
         background.spawn(beat(shared.clone(), stop_signal.clone()));
-        background.spawn(close_retired_sessions(
-            shared.clone(),
-            stop_signal.clone(),
-        ));
+        background.spawn(close_retired_sessions(shared.clone(), stop_signal.clone()));
         let mut workers = JoinSet::new();
         for index in 0..shared.config.workers.max(1) {
             workers.spawn(work(shared.clone(), index, stop_signal.clone()));
@@ -320,7 +317,10 @@ impl RunningEngine {
         {
             Ok(0) => {}
             Ok(released) => {
-                tracing::info!(released, "messages of cut-off deliveries returned to the queue")
+                tracing::info!(
+                    released,
+                    "messages of cut-off deliveries returned to the queue"
+                )
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot unregister this instance; its messages return when its heartbeat ends")

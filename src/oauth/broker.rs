@@ -650,7 +650,9 @@ impl Broker {
             }
             LeaseWait::Taken { waited_since } => waited_since,
         };
-        let result = self.refresh_under_lease(slot, &mut state, waited_since).await;
+        let result = self
+            .refresh_under_lease(slot, &mut state, waited_since)
+            .await;
         if state.pending.is_none() {
             self.release_refresh_lease(name).await;
         }
@@ -711,7 +713,13 @@ impl Broker {
             let now = now_unix();
             let grant = self
                 .store
-                .acquire_refresh_lease(name, &self.holder, now, now + lease_secs, take_over.as_deref())
+                .acquire_refresh_lease(
+                    name,
+                    &self.holder,
+                    now,
+                    now + lease_secs,
+                    take_over.as_deref(),
+                )
                 .await?;
             match grant {
                 LeaseGrant::Granted => {
@@ -742,7 +750,9 @@ impl Broker {
             tokio::time::sleep(REFRESH_WAIT_POLL).await;
             if let Some(record) = self.store.token_record(name).await? {
                 self.refuse_if_dead(account, &record)?;
-                if let Some(stored) = self.usable_stored_token(account, &record, SystemTime::now())? {
+                if let Some(stored) =
+                    self.usable_stored_token(account, &record, SystemTime::now())?
+                {
                     return Ok(LeaseWait::RefreshedElsewhere(stored));
                 }
             }
@@ -752,7 +762,11 @@ impl Broker {
     /// Gives the refresh lease back; a failure only delays the others
     /// until it expires.
     async fn release_refresh_lease(&self, name: &str) {
-        if let Err(error) = self.store.release_refresh_lease(name, &self.holder.id).await {
+        if let Err(error) = self
+            .store
+            .release_refresh_lease(name, &self.holder.id)
+            .await
+        {
             tracing::warn!(account = %name, %error, "cannot give the refresh lease back; other processes wait until it expires");
         }
     }

@@ -168,7 +168,12 @@ const RECORD_COLUMNS: &str = "account, generation, state, state_reason, refresh_
     access_expires_at, access_refresh_at, granted_scope, consented_at, last_success_at, \
     last_failure_at, consecutive_failures, updated_at, credential_epoch";
 
-fn holder_from_row(row: &SqliteRow, id: &str, pid: &str, locality: &str) -> Result<Holder, StoreError> {
+fn holder_from_row(
+    row: &SqliteRow,
+    id: &str,
+    pid: &str,
+    locality: &str,
+) -> Result<Holder, StoreError> {
     Ok(Holder {
         id: row.try_get(id)?,
         pid: u32::try_from(row.try_get::<i64, _>(pid)?)
@@ -601,8 +606,8 @@ mod tests {
 #[cfg(test)]
 mod lease_tests {
     use super::*;
-    use crate::store::queue::NewMessage;
     use crate::store::MessageState;
+    use crate::store::queue::NewMessage;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -766,9 +771,7 @@ mod lease_tests {
             .await
             .expect("claim");
         assert_eq!(taken.len(), 1, "a silent death frees the claim");
-        let lost = store
-            .release(&id, &claimed[0].lease, now + 31)
-            .await;
+        let lost = store.release(&id, &claimed[0].lease, now + 31).await;
         assert!(matches!(lost, Err(StoreError::LeaseLost(_))));
 
         // release_instance gives back what an instance holds at once.
@@ -777,7 +780,10 @@ mod lease_tests {
             .await
             .expect("register");
         assert_eq!(
-            store.release_instance("other", now + 32).await.expect("store"),
+            store
+                .release_instance("other", now + 32)
+                .await
+                .expect("store"),
             1
         );
         let (message, _) = store.message(&id).await.expect("read").expect("exists");
