@@ -172,20 +172,14 @@ async fn attach_recipients(
     Ok(())
 }
 
-pub(super) async fn claim(
-    pool: &SqlitePool,
-    owner: &str,
-    now: i64,
-    lease_until: i64,
-    limit: u32,
-) -> Result<Vec<Claimed>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    // One statement, so two claimers can never take the same message. An
-    // in-flight message is free again when its lease ended, or when it names
-    // an instance without a live heartbeat (a silent death: claims of
-    // instances that never registered, from before heartbeats, have only
-    // their lease).
-    let rows = sqlx::query(AssertSqlSafe(format!(
+/// The claim: one statement, so two claimers can never take the same
+/// message. An in-flight message is free again when its lease ended, or when
+/// it names an instance without a live heartbeat (a silent death; claims of
+/// instances that never registered, from before heartbeats, have only their
+/// lease). Both branches of the OR are searched through `messages_due`
+/// (`claim_uses_the_due_index` checks).
+fn claim_sql() -> String {
+    format!(
         "UPDATE messages SET state = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, updated_at = ?3, lease_instance = ?5 \
          WHERE id IN (SELECT id FROM messages \
              WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= ?3) \
@@ -194,14 +188,25 @@ pub(super) async fn claim(
                         (SELECT id FROM instances WHERE heartbeat_until >= ?3)))) \
              ORDER BY next_attempt_at LIMIT ?4) \
          RETURNING {MESSAGE_COLUMNS}, body"
-    )))
-    .bind(owner)
-    .bind(lease_until)
-    .bind(now)
-    .bind(limit)
-    .bind(instance_of(owner))
-    .fetch_all(&mut *conn)
-    .await?;
+    )
+}
+
+pub(super) async fn claim(
+    pool: &SqlitePool,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(AssertSqlSafe(claim_sql()))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .bind(instance_of(owner))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut messages = rows
         .iter()
         .map(message_from_row)
@@ -630,6 +635,39 @@ mod tests {
         assert_eq!(
             reopened.messages(None, 1000).await.expect("list").len(),
             200
+        );
+    }
+
+    #[tokio::test]
+    async fn claim_uses_the_due_index() {
+        let (_dir, store, _) = store().await;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::claim_sql()
+        )))
+        .bind("i/w0")
+        .bind(0)
+        .bind(0)
+        .bind(8)
+        .bind("i")
+        .fetch_all(&store.bookkeeping)
+        .await
+        .expect("plan");
+        let steps: Vec<String> = rows
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+            .collect();
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN messages")),
+            "the claim must not scan the whole queue (delivered mail included): {steps:?}"
+        );
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| s.contains("USING INDEX messages_due"))
+                .count(),
+            2,
+            "both branches through the due index: {steps:?}"
         );
     }
 
