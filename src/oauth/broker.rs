@@ -815,7 +815,7 @@ impl Broker {
                 return Err(BrokerError::BackingOff {
                     account: account.name.clone(),
                     reason: record.state_reason.clone().unwrap_or_default(),
-                    retry: "after another process's failed refresh; shortly".to_string(),
+                    retry: "shortly (another process's refresh just failed)".to_string(),
                 });
             }
         }
