@@ -439,7 +439,7 @@ impl Broker {
         state.cached = None;
         state.backoff_until = None;
         // A refreshed token still waiting to be saved is the revoked grant's.
-        state.pending = None;
+        self.drop_pending(name, &mut state).await;
         let detail = format!(
             "{reason}; revoked at the provider: {}",
             if report.revoked_at_provider.is_empty() {
@@ -1025,7 +1025,7 @@ impl Broker {
             next.credential_epoch += 1;
             if self.store.save_token_record(&next).await? {
                 self.changed_here(slot, &mut state, next.credential_epoch);
-                state.pending = None;
+                self.drop_pending(name, &mut state).await;
                 let cached = self.cached_from(&slot.account, &next, &response);
                 let token = cached.token.clone();
                 state.cached = Some(cached);
@@ -1098,6 +1098,14 @@ impl Broker {
             }
         }
         Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    /// Forgets a refreshed token that waited to be saved (the grant it
+    /// belongs to was just replaced or revoked) and the lease it held.
+    async fn drop_pending(&self, name: &str, state: &mut SlotState) {
+        if state.pending.take().is_some() {
+            self.release_refresh_lease(name).await;
+        }
     }
 
     /// This broker changed the account's credentials (epoch `epoch` is now
@@ -1223,7 +1231,7 @@ impl Broker {
             if self.store.save_token_record(&record).await? {
                 self.changed_here(slot, &mut state, record.credential_epoch);
                 state.backoff_until = None;
-                state.pending = None;
+                self.drop_pending(name, &mut state).await;
                 return Ok(());
             }
         }
