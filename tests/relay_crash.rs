@@ -451,6 +451,38 @@ async fn withdrawn_consent_is_caught_by_validation_and_queued_mail_waits_for_the
     assert!(status.success());
 }
 
+/// Runs an `oxirelay` command off the runtime's threads; it must succeed.
+async fn run_ok(config: &std::path::Path, args: &'static [&'static str]) -> std::process::Output {
+    let config = config.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || oxirelay(&config, args))
+        .await
+        .expect("join");
+    assert!(
+        output.status.success(),
+        "oxirelay {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Waits (off the runtime's threads) for the relay to print `prefix`.
+async fn line(relay: RelayProcess, prefix: &'static str) -> RelayProcess {
+    tokio::task::spawn_blocking(move || {
+        relay.wait_for_line(prefix);
+        relay
+    })
+    .await
+    .expect("join")
+}
+
+/// Waits for a submitting client to end.
+async fn finished(mut client: std::process::Child) {
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("client ends");
+}
+
 /// Waits until every message in the store has been tried at least once
 /// (delivered, or deferred with its attempt recorded).
 async fn every_message_attempted(harness: &Harness) {
@@ -490,47 +522,30 @@ async fn a_revocation_and_a_new_consent_reach_the_running_relay_within_seconds()
     let inbox = harness.sandbox.smtp.inbox().clone();
     // Mail flowing: pooled sessions authenticated with the current token.
     let (acks, received) = std::sync::mpsc::channel();
-    let mut flow = submit(&relay, &access, "flow", 150, acks.clone());
+    let flow = submit(&relay, &access, "flow", 150, acks.clone());
     inbox.wait_for_count(20, WAIT).await.expect("delivering");
     let old_token = inbox.list().expect("inbox")[0]
         .token_fingerprint
         .clone()
         .expect("a token fingerprint");
 
-    let config = harness.config_path.clone();
-    let revoke =
-        tokio::task::spawn_blocking(move || oxirelay(&config, &["account", "revoke", "acct"]))
-            .await
-            .expect("join");
-    assert!(
-        revoke.status.success(),
-        "{}",
-        String::from_utf8_lossy(&revoke.stderr)
-    );
+    run_ok(&harness.config_path, &["account", "revoke", "acct"]).await;
     let revoked_at = std::time::Instant::now();
-    let relay = tokio::task::spawn_blocking(move || {
-        relay.wait_for_line("oxirelay: account acct: credentials changed (revoked");
-        relay
-    })
-    .await
-    .expect("join");
+    let relay = line(
+        relay,
+        "oxirelay: account acct: credentials changed (revoked",
+    )
+    .await;
     let noticed = revoked_at.elapsed();
     let delivered_when_noticed = inbox.count();
     assert!(
         noticed < Duration::from_secs(5),
         "the relay noticed within seconds, not at the token's expiry ({noticed:?})"
     );
-    tokio::task::spawn_blocking(move || flow.wait())
-        .await
-        .expect("join")
-        .expect("client ends");
+    finished(flow).await;
 
     // Submitted after the change: accepted and kept, not sent.
-    let mut after = submit(&relay, &access, "after", 5, acks);
-    tokio::task::spawn_blocking(move || after.wait())
-        .await
-        .expect("join")
-        .expect("client ends");
+    finished(submit(&relay, &access, "after", 5, acks)).await;
     let acknowledged: Vec<String> = received.try_iter().collect();
     assert_eq!(
         acknowledged
@@ -562,22 +577,8 @@ async fn a_revocation_and_a_new_consent_reach_the_running_relay_within_seconds()
     );
 
     // A new consent (`account login`; for this grant it fetches a token).
-    let config = harness.config_path.clone();
-    let login =
-        tokio::task::spawn_blocking(move || oxirelay(&config, &["account", "login", "acct"]))
-            .await
-            .expect("join");
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
-    );
-    let relay = tokio::task::spawn_blocking(move || {
-        relay.wait_for_line("oxirelay: account acct: credentials changed (");
-        relay
-    })
-    .await
-    .expect("join");
+    run_ok(&harness.config_path, &["account", "login", "acct"]).await;
+    let relay = line(relay, "oxirelay: account acct: credentials changed (").await;
     let (_, stored) = harness.stored_tokens().await;
     let new_token = stored
         .expect("the new consent's token")
@@ -683,11 +684,8 @@ async fn a_restart_after_kill_9_under_load_delivers_every_acknowledged_message_w
         .await
         .expect("deliveries under way");
     relay.kill9();
-    for mut client in clients {
-        tokio::task::spawn_blocking(move || client.wait())
-            .await
-            .expect("join")
-            .expect("client ends");
+    for client in clients {
+        finished(client).await;
     }
     acknowledged.extend(received.try_iter());
     let delivered_before = harness.sandbox.smtp.inbox().count();
