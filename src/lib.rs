@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
+pub mod instance;
 pub mod message;
 pub mod oauth;
 pub mod sandbox;

@@ -226,6 +226,92 @@ async fn a_crashed_workers_expired_lease_comes_back_on_start() {
 }
 
 #[tokio::test]
+async fn a_start_gives_back_at_once_what_gone_instances_held_and_leaves_the_living_alone() {
+    use oxirelay::instance::Holder;
+    let h = harness().await;
+    let ids = h.enqueue(3, &["rcpt@example.net"]).await;
+    let now = oxirelay::clock::now_unix();
+    let here = Holder::new_in_this_process();
+    // Killed on this host: a reaped child's pid, its heartbeat and lease an
+    // hour long, so only the proof of its death can free its claim.
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let pid = child.id();
+    child.wait().expect("reaped");
+    let dead = Holder {
+        id: format!("{}:{pid}:00000001", oxirelay::instance::host_name()),
+        pid,
+        locality: here.locality.clone(),
+    };
+    // Silent on another host: its heartbeat ended a minute ago.
+    let silent = Holder {
+        id: "elsewhere:10:00000002".into(),
+        pid: 10,
+        locality: "elsewhere boot:b pidns:pid:[1]".into(),
+    };
+    // Alive on another host, delivering.
+    let alive = Holder {
+        id: "elsewhere:11:00000003".into(),
+        pid: 11,
+        locality: "elsewhere boot:b pidns:pid:[1]".into(),
+    };
+    for (holder, heartbeat_until) in [
+        (&dead, now + 3600),
+        (&silent, now - 60),
+        (&alive, now + 3600),
+    ] {
+        h.store
+            .heartbeat(holder, now - 120, heartbeat_until)
+            .await
+            .expect("register");
+        let taken = h
+            .store
+            .claim(&format!("{}/w0", holder.id), now, now + 3600, 1)
+            .await
+            .expect("claim");
+        assert_eq!(taken.len(), 1);
+    }
+
+    let engine = h.start(test_config());
+    let stats = engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .expect("the gone instances' messages delivered");
+    assert_eq!(stats.released_from_gone_instances, 2);
+    let states: Vec<MessageState> = {
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(h.message(id).await.state);
+        }
+        states
+    };
+    assert_eq!(
+        states
+            .iter()
+            .filter(|s| **s == MessageState::InFlight)
+            .count(),
+        1,
+        "the living instance keeps its claim: {states:?}"
+    );
+    let instances: Vec<String> = h
+        .store
+        .instances()
+        .await
+        .expect("store")
+        .into_iter()
+        .map(|i| i.holder.id)
+        .collect();
+    assert!(instances.contains(&alive.id));
+    assert!(
+        instances.contains(&engine.instance().to_string()),
+        "registered"
+    );
+    assert!(!instances.contains(&dead.id) && !instances.contains(&silent.id));
+    engine.shutdown().await;
+    let instances = h.store.instances().await.expect("store");
+    assert_eq!(instances.len(), 1, "a clean shutdown unregisters");
+}
+
+#[tokio::test]
 async fn shutdown_finishes_the_delivery_in_progress_and_releases_the_rest() {
     let h = harness().await;
     let ids = h.enqueue(6, &["rcpt@example.net"]).await;

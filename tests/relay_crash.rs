@@ -450,3 +450,298 @@ async fn withdrawn_consent_is_caught_by_validation_and_queued_mail_waits_for_the
         .expect("join");
     assert!(status.success());
 }
+
+/// Runs an `oxirelay` command off the runtime's threads; it must succeed.
+async fn run_ok(config: &std::path::Path, args: &'static [&'static str]) -> std::process::Output {
+    let config = config.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || oxirelay(&config, args))
+        .await
+        .expect("join");
+    assert!(
+        output.status.success(),
+        "oxirelay {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Waits (off the runtime's threads) for the relay to print `prefix`.
+async fn line(relay: RelayProcess, prefix: &'static str) -> RelayProcess {
+    tokio::task::spawn_blocking(move || {
+        relay.wait_for_line(prefix);
+        relay
+    })
+    .await
+    .expect("join")
+}
+
+/// Waits for a submitting client to end.
+async fn finished(mut client: std::process::Child) {
+    tokio::task::spawn_blocking(move || client.wait())
+        .await
+        .expect("join")
+        .expect("client ends");
+}
+
+/// Waits until every message in the store has been tried at least once
+/// (delivered, or deferred with its attempt recorded).
+async fn every_message_attempted(harness: &Harness) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let messages = harness
+            .context
+            .store
+            .messages(None, 100_000)
+            .await
+            .expect("store");
+        if messages
+            .iter()
+            .all(|m| m.attempts > 0 || m.state.is_final())
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages were not tried within {WAIT:?}"
+        );
+        // The relay is another process: its progress shows in the store
+        // only, which cannot notify.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_and_a_new_consent_reach_the_running_relay_within_seconds() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    // Four workers: at most four transactions can be under way at a time.
+    let relay = RelayProcess::start(&harness.config_path, &["--workers", "4"]);
+    let inbox = harness.sandbox.smtp.inbox().clone();
+    // Mail flowing: pooled sessions authenticated with the current token.
+    let (acks, received) = std::sync::mpsc::channel();
+    let flow = submit(&relay, &access, "flow", 150, acks.clone());
+    inbox.wait_for_count(20, WAIT).await.expect("delivering");
+    let old_token = inbox.list().expect("inbox")[0]
+        .token_fingerprint
+        .clone()
+        .expect("a token fingerprint");
+
+    run_ok(&harness.config_path, &["account", "revoke", "acct"]).await;
+    let revoked_at = std::time::Instant::now();
+    let relay = line(
+        relay,
+        "oxirelay: account acct: credentials changed (revoked",
+    )
+    .await;
+    let noticed = revoked_at.elapsed();
+    let delivered_when_noticed = inbox.count();
+    assert!(
+        noticed < Duration::from_secs(5),
+        "the relay noticed within seconds, not at the token's expiry ({noticed:?})"
+    );
+    finished(flow).await;
+
+    // Submitted after the change: accepted and kept, not sent.
+    finished(submit(&relay, &access, "after", 5, acks)).await;
+    let acknowledged: Vec<String> = received.try_iter().collect();
+    assert_eq!(
+        acknowledged
+            .iter()
+            .filter(|s| s.starts_with("after-"))
+            .count(),
+        5
+    );
+    every_message_attempted(&harness).await;
+    let entries = inbox.list().expect("inbox");
+    assert!(
+        entries.iter().all(|e| !e
+            .subject
+            .as_deref()
+            .is_some_and(|s| s.starts_with("after-"))),
+        "nothing submitted after the revocation was sent"
+    );
+    assert!(
+        entries.len() <= delivered_when_noticed + 4,
+        "only the transactions under way when the change was noticed finished ({} delivered then, {} now)",
+        delivered_when_noticed,
+        entries.len()
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.token_fingerprint.as_deref() == Some(old_token.as_str())),
+        "one token before the revocation, none after"
+    );
+
+    // A new consent (`account login`; for this grant it fetches a token).
+    run_ok(&harness.config_path, &["account", "login", "acct"]).await;
+    let relay = line(relay, "oxirelay: account acct: credentials changed (").await;
+    let (_, stored) = harness.stored_tokens().await;
+    let new_token = stored
+        .expect("the new consent's token")
+        .fingerprint()
+        .to_string();
+    assert_ne!(new_token, old_token);
+    let now = oxirelay::clock::now_unix();
+    for message in harness
+        .context
+        .store
+        .messages(None, 100_000)
+        .await
+        .expect("store")
+    {
+        if !message.state.is_final() {
+            harness
+                .context
+                .store
+                .retry_now(&message.id, now)
+                .await
+                .expect("retry");
+        }
+    }
+    arrived(&harness, &acknowledged).await;
+    for entry in inbox.list().expect("inbox") {
+        if entry
+            .subject
+            .as_deref()
+            .is_some_and(|s| s.starts_with("after-"))
+        {
+            assert_eq!(
+                entry.token_fingerprint.as_deref(),
+                Some(new_token.as_str()),
+                "sent with the new consent's token"
+            );
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}
+
+/// Waits until every subject in `expected` has arrived, without listing
+/// the inbox again for every one of thousands of arrivals.
+async fn arrived_by(
+    harness: &Harness,
+    expected: &[String],
+    deadline: tokio::time::Instant,
+) -> HashMap<String, usize> {
+    let inbox = harness.sandbox.smtp.inbox();
+    loop {
+        let count = inbox.count();
+        if count >= expected.len() {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for entry in inbox.list().expect("inbox") {
+                *counts.entry(entry.subject.unwrap_or_default()).or_default() += 1;
+            }
+            let missing = expected.iter().filter(|s| !counts.contains_key(*s)).count();
+            if missing == 0 {
+                return counts;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        assert!(
+            now < deadline,
+            "{} of {} acknowledged messages arrived in time",
+            count.min(expected.len()),
+            expected.len()
+        );
+        let _ = inbox
+            .wait_for_count(
+                count.max(expected.len().saturating_sub(1)) + 1,
+                deadline - now,
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_9_under_load_delivers_every_acknowledged_message_within_a_minute() {
+    if !python_available() {
+        return;
+    }
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let access = harness.add_relay();
+    // The default lease (five minutes): the restart must not wait for it.
+    let relay = RelayProcess::start(&harness.config_path, &["--workers", "8"]);
+    let (acks, received) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..8)
+        .map(|n| submit(&relay, &access, &format!("load{n}"), 500, acks.clone()))
+        .collect();
+    drop(acks);
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 2000 {
+        acknowledged.push(received.recv_timeout(WAIT).expect("acknowledgements flow"));
+    }
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(200, WAIT)
+        .await
+        .expect("deliveries under way");
+    relay.kill9();
+    for client in clients {
+        finished(client).await;
+    }
+    acknowledged.extend(received.try_iter());
+    let delivered_before = harness.sandbox.smtp.inbox().count();
+    // What the dead process held: only these may arrive twice.
+    let mut in_flight = std::collections::HashSet::new();
+    for message in harness
+        .context
+        .store
+        .messages(Some(oxirelay::store::MessageState::InFlight), 100_000)
+        .await
+        .expect("store")
+    {
+        let (_, body) = harness
+            .context
+            .store
+            .message(&message.id)
+            .await
+            .expect("store")
+            .expect("message");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if let Some(subject) = text.lines().find_map(|line| line.strip_prefix("Subject: ")) {
+            in_flight.insert(subject.trim().to_string());
+        }
+    }
+    eprintln!(
+        "killed with {} acknowledged, {delivered_before} delivered, {} in flight",
+        acknowledged.len(),
+        in_flight.len()
+    );
+    assert!(
+        !in_flight.is_empty(),
+        "the kill came while messages were in flight"
+    );
+
+    let restarted = tokio::time::Instant::now();
+    let relay = RelayProcess::start(&harness.config_path, &["--workers", "8"]);
+    let counts = arrived_by(&harness, &acknowledged, restarted + Duration::from_secs(60)).await;
+    eprintln!(
+        "all {} acknowledged messages delivered {:?} after the restart",
+        acknowledged.len(),
+        restarted.elapsed()
+    );
+    let mut duplicates: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    duplicates.sort();
+    eprintln!(
+        "{} delivered more than once: {duplicates:?}",
+        duplicates.len()
+    );
+    for (subject, _) in &duplicates {
+        assert!(
+            in_flight.contains(*subject),
+            "{subject} arrived twice but was not in flight at the kill"
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}

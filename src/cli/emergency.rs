@@ -124,6 +124,24 @@ pub async fn unlock(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `rotate-key`, then tells every running process: each account's
+/// credential epoch moves, so relays drop their cached tokens and pooled
+/// sessions within their poll (a key is rotated when the old one may have
+/// leaked, and with it the tokens it sealed). Kept apart from `rotate_key`,
+/// which only re-seals.
+pub async fn rotate_key_and_announce(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let code = rotate_key(config.clone()).await?;
+    let context = Context::load(config).await?;
+    for account in context.broker.accounts() {
+        context
+            .broker
+            .announce_credential_change(&account.name)
+            .await?;
+    }
+    println!("Running relays drop their cached tokens and sessions within seconds.");
+    Ok(code)
+}
+
 /// Re-seals every sealed value under the current master key.
 pub async fn rotate_key(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let context = Context::load(config).await?;

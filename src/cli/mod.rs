@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(config, args).await,
         Command::Lockdown { reason } => emergency::lockdown(config, reason).await,
         Command::Unlock => emergency::unlock(config).await,
-        Command::RotateKey => emergency::rotate_key(config).await,
+        Command::RotateKey => emergency::rotate_key_and_announce(config).await,
         Command::Audit(command) => audit::run(command),
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,

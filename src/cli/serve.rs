@@ -18,6 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+/// How often the store is asked whether another process changed an
+/// account's credentials (`account revoke`, `lockdown`, `unlock`,
+/// `rotate-key`, a new consent): they must reach a running relay within a
+/// few seconds, and the question reads one small row per account.
+const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
 /// How often the lockdown flag is read: it is set by another process
 /// (`oxirelay lockdown`), so the store is the only way to learn of it.
 const LOCKDOWN_POLL: Duration = Duration::from_secs(2);
@@ -34,7 +39,7 @@ pub struct ServeArgs {
     /// How often every account's grant is validated (introspection or a test SMTP AUTH).
     #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
     pub validate_every: Duration,
-    /// How long a delivery may hold a message; a crashed instance's messages return after this.
+    /// How long one delivery may hold a message. A relay that dies gives its messages back sooner: at once when a relay restarts on the same host, else when its heartbeat ends (30 s).
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub lease: Duration,
     /// A message still undelivered this long after submission expires (its sender gets a DSN).
@@ -103,6 +108,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         wake.clone(),
         stop_signal.clone(),
     ));
+    let credential_watch = tokio::spawn(watch_credentials(broker.clone(), stop_signal.clone()));
     let validation = tokio::spawn(validate_regularly(
         broker.clone(),
         args.validate_every,
@@ -125,6 +131,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         tracing::warn!(error = %e, "a listener ended with an error");
     }
     let _ = validation.await;
+    let _ = credential_watch.await;
     let tokens_obtained = token_counter.await.unwrap_or(0);
     if let Ok(summary) = supervisor.await {
         let per_auth = summary.upstream_messages as f64 / summary.upstream_sessions.max(1) as f64;
@@ -248,6 +255,25 @@ async fn count_tokens(
             _ = stop.wait_for(|s| *s) => return count,
         }
     }
+}
+
+/// Revocations, lockdowns and new consents made by other processes reach
+/// this one: the broker drops the cached token, the engine the sessions.
+async fn watch_credentials(broker: Arc<crate::oauth::broker::Broker>, stop: watch::Receiver<bool>) {
+    broker
+        .watch_credentials(CREDENTIAL_POLL, stop, |change| {
+            println!(
+                "oxirelay: account {}: credentials changed ({}{}); cached token dropped, its sessions closed",
+                change.account,
+                change.state,
+                change
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        })
+        .await;
 }
 
 async fn validate_regularly(

@@ -5,8 +5,20 @@
 //! - Workers claim with `Store::claim` under an owner id unique to this
 //!   process and worker. Idle workers sleep until the `wake` notification
 //!   (new mail), the store's next due time, or shutdown; never a busy loop.
-//!   Messages whose lease expired (a crashed process) are claimable again,
-//!   so they come back on start without a special step.
+//!   Messages whose lease expired are claimable again.
+//! - Heartbeat: the engine registers its instance in the store and renews
+//!   it every `heartbeat_interval`; its claims hold while the heartbeat
+//!   does, so a relay that dies silently (power, SIGKILL on another host)
+//!   gives its messages back after `heartbeat_expiry`, not after the whole
+//!   lease. The lease stays the cap on one delivery in a live process. A
+//!   starting engine gives back at once the claims of instances that are
+//!   provably gone (same host, process dead: `instance`) or whose
+//!   heartbeat ended, as Postfix requeues its active mail on restart.
+//!   Workers claim and start deliveries only while their own heartbeat is
+//!   fresh (less than half the expiry old).
+//! - When an account's credentials change (`Broker::credentials_version`:
+//!   revoked, a new consent), its idle pooled sessions are closed at once,
+//!   and a session in use carries no further transaction.
 //! - Before a message goes, the account's quotas and throttling back-off
 //!   are checked (`limits`); a message that may not go now is `release`d
 //!   until it may, which is not an attempt.
@@ -31,6 +43,7 @@ use crate::delivery::pool::{PoolConfig, PoolStats, SessionPool};
 use crate::delivery::route::domain_of;
 use crate::delivery::schedule::RetrySchedule;
 use crate::delivery::upstream::{UpstreamError, ehlo_name};
+use crate::instance::Holder;
 use crate::oauth::account::Account;
 use crate::oauth::broker::Broker;
 use crate::smtp::client::{ClientError, Envelope, RecipientOutcome, Reply, Stage};
@@ -84,6 +97,11 @@ pub struct EngineConfig {
     pub maintenance_interval: Duration,
     /// How long `shutdown` waits for deliveries in progress.
     pub shutdown_grace: Duration,
+    /// How often the engine renews its instance's heartbeat in the store.
+    pub heartbeat_interval: Duration,
+    /// How long a claim outlives the last heartbeat: the time a silently
+    /// dead instance's messages wait before another instance takes them.
+    pub heartbeat_expiry: Duration,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +121,11 @@ impl Default for EngineConfig {
             reporting_mta: ehlo_name(),
             maintenance_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            // Six beats per expiry: a store busy for two busy timeouts
+            // (10 s each) in a row still leaves the heartbeat standing, and
+            // a silent death costs half a minute, not the 5-minute lease.
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_expiry: Duration::from_secs(30),
         }
     }
 }
@@ -134,6 +157,8 @@ pub struct EngineStats {
     pub dsns_enqueued: u64,
     /// Outcomes that could not be recorded because the lease was lost.
     pub leases_lost: u64,
+    /// Messages claimed by instances found gone at start, given back.
+    pub released_from_gone_instances: u64,
 }
 
 /// What `shutdown` did.
@@ -155,7 +180,10 @@ struct Shared {
     limiters: Mutex<HashMap<String, AccountLimiter>>,
     wake: Arc<Notify>,
     stats: watch::Sender<EngineStats>,
-    instance: String,
+    instance: Holder,
+    /// Until when (Unix seconds) the store holds our heartbeat; 0 before
+    /// the instance is registered.
+    heartbeat: watch::Sender<i64>,
 }
 
 /// A started engine; stop it with [`RunningEngine::shutdown`].
@@ -187,7 +215,8 @@ impl Engine {
             limiters: Mutex::new(HashMap::new()),
             wake,
             stats,
-            instance: instance_id(),
+            instance: Holder::new_in_this_process(),
+            heartbeat: watch::Sender::new(0),
             config,
         });
         let mut background = JoinSet::new();
@@ -202,12 +231,14 @@ impl Engine {
             });
         }
         background.spawn(maintain(shared.clone(), stop_signal.clone()));
+        background.spawn(beat(shared.clone(), stop_signal.clone()));
+        background.spawn(close_retired_sessions(shared.clone(), stop_signal.clone()));
         let mut workers = JoinSet::new();
         for index in 0..shared.config.workers.max(1) {
             workers.spawn(work(shared.clone(), index, stop_signal.clone()));
         }
         tracing::info!(
-            instance = %shared.instance,
+            instance = %shared.instance.id,
             workers = shared.config.workers.max(1),
             "delivery engine started"
         );
@@ -246,7 +277,7 @@ impl RunningEngine {
 
     /// The owner-id prefix of this engine's claims.
     pub fn instance(&self) -> &str {
-        &self.shared.instance
+        &self.shared.instance.id
     }
 
     /// Stops claiming, lets deliveries in progress finish (up to the grace
@@ -276,7 +307,26 @@ impl RunningEngine {
         self.background.abort_all();
         while self.background.join_next().await.is_some() {}
         self.shared.pool.close_all().await;
-        tracing::info!(instance = %self.shared.instance, "delivery engine stopped");
+        // Nothing of ours runs any more: what the cut-off deliveries held
+        // goes back to the queue now rather than when the leases end.
+        match self
+            .shared
+            .store
+            .release_instance(&self.shared.instance.id, now_unix())
+            .await
+        {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(
+                    released,
+                    "messages of cut-off deliveries returned to the queue"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot unregister this instance; its messages return when its heartbeat ends")
+            }
+        }
+        tracing::info!(instance = %self.shared.instance.id, "delivery engine stopped");
         ShutdownReport {
             workers_cut_off,
             stats: *self.shared.stats.borrow(),
@@ -284,23 +334,23 @@ impl RunningEngine {
     }
 }
 
-/// `host:pid:random`: unique per process, readable in `queue show`.
-fn instance_id() -> String {
-    use rand::RngCore;
-    format!(
-        "{}:{}:{:08x}",
-        ehlo_name(),
-        std::process::id(),
-        rand::rng().next_u32()
-    )
-}
-
 async fn work(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>) {
-    let owner = format!("{}/w{index}", shared.instance);
+    let owner = format!("{}/w{index}", shared.instance.id);
     let batch = shared.config.claim_batch.max(1);
+    let mut beats = shared.heartbeat.subscribe();
     loop {
         if *stop.borrow() {
             break;
+        }
+        if !shared.heartbeat_fresh(*beats.borrow_and_update()) {
+            // Before registration, or the store has refused our heartbeat
+            // for a while: a claim now could be taken by another instance
+            // while we deliver it.
+            tokio::select! {
+                _ = beats.changed() => {}
+                _ = stop.wait_for(|stop| *stop) => {}
+            }
+            continue;
         }
         // Listen before looking: a wake-up sent while we claim is kept.
         let notified = shared.wake.notified();
@@ -339,7 +389,9 @@ async fn work(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>
             // Slow deliveries earlier in the batch may have used up most of
             // this one's lease; starting it now could outlive the lease and
             // let another worker send it too. Give it back instead.
-            if now_unix() >= claimed.lease.expires_at - lease_margin(shared.config.lease) {
+            if now_unix() >= claimed.lease.expires_at - lease_margin(shared.config.lease)
+                || !shared.heartbeat_fresh(*shared.heartbeat.borrow())
+            {
                 shared
                     .release(&claimed.message.id, &claimed.lease, now_unix())
                     .await;
@@ -391,6 +443,58 @@ fn lease_margin(lease: Duration) -> i64 {
 fn secs_ceil(duration: Duration) -> i64 {
     let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+/// Registers the instance, gives back the claims of instances that are
+/// gone, then renews the heartbeat until stopped (see the module header).
+async fn beat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let started_at = now_unix();
+    let expiry = secs_ceil(shared.config.heartbeat_expiry);
+    loop {
+        let until = now_unix() + expiry;
+        match shared
+            .store
+            .heartbeat(&shared.instance, started_at, until)
+            .await
+        {
+            Ok(()) => {
+                if *shared.heartbeat.borrow() == 0 {
+                    shared.release_gone_instances().await;
+                }
+                shared.heartbeat.send_replace(until);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew this instance's heartbeat in the store; deliveries pause if it stays refused")
+            }
+        }
+        let period = if *shared.heartbeat.borrow() == 0 {
+            STORE_ERROR_PAUSE
+        } else {
+            shared.config.heartbeat_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Closes the idle sessions of accounts whose credentials changed, as soon
+/// as the broker notices.
+async fn close_retired_sessions(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut changes = shared.broker.credential_changes();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let closed = shared.pool.close_idle();
+                tracing::info!(closed, "credentials changed; sessions authenticated before are retired");
+            }
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -507,6 +611,50 @@ impl AttemptResult {
 impl Shared {
     fn count(&self, change: impl FnOnce(&mut EngineStats)) {
         self.stats.send_modify(change);
+    }
+
+    /// Whether a heartbeat that holds until `until` still vouches for new
+    /// claims: at least half the expiry left, the other half being room for
+    /// the deliveries it covers.
+    fn heartbeat_fresh(&self, until: i64) -> bool {
+        now_unix() + secs_ceil(self.config.heartbeat_expiry / 2) < until
+    }
+
+    /// At start: the claims of instances that provably died (same host,
+    /// process gone) or whose heartbeat ended go back to the queue now.
+    async fn release_gone_instances(&self) {
+        let instances = match self.store.instances().await {
+            Ok(instances) => instances,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the other instances; their messages return when their heartbeats end");
+                return;
+            }
+        };
+        let now = now_unix();
+        for other in instances {
+            if other.holder.id == self.instance.id {
+                continue;
+            }
+            let why = if other.holder.is_provably_gone() {
+                "its process is gone"
+            } else if other.heartbeat_until < now {
+                "its heartbeat ended"
+            } else {
+                continue;
+            };
+            match self.store.release_instance(&other.holder.id, now).await {
+                Ok(released) => {
+                    tracing::info!(instance = %other.holder.id, released, why, "messages of a gone instance returned to the queue");
+                    if released > 0 {
+                        self.count(|s| s.released_from_gone_instances += released);
+                        self.wake.notify_waiters();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(instance = %other.holder.id, %error, "cannot release a gone instance's messages; they return when its heartbeat ends")
+                }
+            }
+        }
     }
 
     fn limiter<T>(&self, account: &Account, with: impl FnOnce(&mut AccountLimiter) -> T) -> T {
@@ -703,6 +851,14 @@ impl Shared {
             .map_or(usize::MAX, |n| n.max(1) as usize);
         let mut broken: Option<String> = None;
         for group in open.chunks(per_transaction) {
+            if broken.is_none() && !self.pool.is_current(&pooled) {
+                // Revoked, or a new consent, since this session logged in:
+                // not one more transaction with the old token.
+                broken = Some(format!(
+                    "the credentials of account {} changed during the attempt (revoked, or a new consent or key); retrying with the current ones",
+                    account.name
+                ));
+            }
             if let Some(reason) = &broken {
                 result.defer_all(group, reason);
                 continue;

@@ -11,10 +11,18 @@
 //! retired after `max_messages_per_session` messages, after
 //! `max_session_age`, after `max_idle` unused, or as soon as it is not
 //! usable (timeout, I/O error, 421).
+//!
+//! A session also remembers the broker's credentials version of its
+//! account when it was opened. When the account's credentials change
+//! (revoked, a new consent or key: `Broker::credentials_version` moves), its
+//! sessions are retired: idle ones closed as soon as the engine hears of it
+//! (and at the next checkout at the latest), checked-out ones refused for
+//! the next transaction (`is_current`) and closed at checkin. Nothing more
+//! goes out on a session authenticated with a token that was taken away.
 
 use crate::delivery::upstream::{UpstreamError, open_session};
 use crate::oauth::account::Account;
-use crate::oauth::broker::Broker;
+use crate::oauth::broker::{Broker, BrokerError};
 use crate::smtp::client::{ClientError, Envelope, SendReport, Session};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -82,10 +90,13 @@ struct Counters {
 struct IdleSession {
     session: Session,
     idle_since: Instant,
+    /// The account's credentials version it was authenticated under.
+    credentials: u64,
 }
 
 /// One account's connections.
 struct AccountSessions {
+    name: String,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<IdleSession>>,
 }
@@ -111,6 +122,7 @@ pub struct PooledSession {
     account: Arc<AccountSessions>,
     counters: Arc<Counters>,
     reused: bool,
+    credentials: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -171,6 +183,7 @@ impl SessionPool {
             .entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(AccountSessions {
+                    name: name.to_string(),
                     permits: Arc::new(Semaphore::new(
                         self.config.max_connections_per_account.max(1),
                     )),
@@ -178,6 +191,18 @@ impl SessionPool {
                 })
             })
             .clone()
+    }
+
+    /// Whether a session authenticated under `credentials` may still be
+    /// used for `account`.
+    fn credentials_current(&self, account: &str, credentials: u64) -> bool {
+        self.broker.credentials_version(account) == credentials
+    }
+
+    /// Whether `pooled` may carry another transaction: false once the
+    /// account's credentials changed after it was authenticated.
+    pub fn is_current(&self, pooled: &PooledSession) -> bool {
+        self.credentials_current(&pooled.account.name, pooled.credentials)
     }
 
     fn retired(&self, session: &Session, now: Instant) -> bool {
@@ -207,6 +232,7 @@ impl SessionPool {
             let Some(IdleSession {
                 mut session,
                 idle_since,
+                credentials,
             }) = candidate
             else {
                 break;
@@ -214,6 +240,7 @@ impl SessionPool {
             let now = Instant::now();
             if self.retired(&session, now)
                 || now.saturating_duration_since(idle_since) >= self.config.max_idle
+                || !self.credentials_current(&account.name, credentials)
             {
                 self.close(session);
                 continue;
@@ -230,6 +257,7 @@ impl SessionPool {
                         account: sessions,
                         counters: self.counters.clone(),
                         reused: true,
+                        credentials,
                         _permit: permit,
                     });
                 }
@@ -239,24 +267,39 @@ impl SessionPool {
                 }
             }
         }
-        match open_session(&self.broker, account).await {
-            Ok(session) => {
-                self.counters
-                    .sessions_opened
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(PooledSession {
-                    session,
-                    account: sessions,
-                    counters: self.counters.clone(),
-                    reused: false,
-                    _permit: permit,
-                })
+        // The version before the token is taken: if the credentials change
+        // while the session logs in, it may have used the old token.
+        // Twice: a change during one login is rare, two in a row rarer;
+        // after that the delivery is deferred and retried.
+        for _ in 0..2 {
+            let credentials = self.broker.credentials_version(&account.name);
+            let session = match open_session(&self.broker, account).await {
+                Ok(session) => session,
+                Err(error) => {
+                    self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(error);
+                }
+            };
+            self.counters
+                .sessions_opened
+                .fetch_add(1, Ordering::Relaxed);
+            if !self.credentials_current(&account.name, credentials) {
+                tracing::info!(account = %account.name, "the account's credentials changed while a session logged in; closing it");
+                self.close(session);
+                continue;
             }
-            Err(error) => {
-                self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
-                Err(error)
-            }
+            return Ok(PooledSession {
+                session,
+                account: sessions,
+                counters: self.counters.clone(),
+                reused: false,
+                credentials,
+                _permit: permit,
+            });
         }
+        Err(UpstreamError::Broker(BrokerError::CredentialsChanged {
+            account: account.name.clone(),
+        }))
     }
 
     /// Returns a session for reuse, or closes it if it is spent.
@@ -264,39 +307,49 @@ impl SessionPool {
         let PooledSession {
             session,
             account,
+            credentials,
             _permit,
             ..
         } = pooled;
-        if self.retired(&session, Instant::now()) {
+        if self.retired(&session, Instant::now())
+            || !self.credentials_current(&account.name, credentials)
+        {
             self.close(session);
             return;
         }
         account.idle().push(IdleSession {
             session,
             idle_since: Instant::now(),
+            credentials,
         });
         // The permit drops here, after the session is back in the idle
         // list, so a waiting checkout finds it.
     }
 
     /// Closes idle sessions unused for `max_idle` (the engine calls this
-    /// now and then so idle connections do not hold server slots).
-    pub fn close_idle(&self) {
+    /// now and then so idle connections do not hold server slots), and
+    /// those whose account's credentials changed (the engine calls it at
+    /// once then). Returns how many it closed.
+    pub fn close_idle(&self) -> usize {
         let now = Instant::now();
+        let mut closed = 0;
         for sessions in self.all_accounts() {
             let stale: Vec<IdleSession> = {
                 let mut idle = sessions.idle();
                 let (stale, keep) = idle.drain(..).partition(|i| {
                     now.saturating_duration_since(i.idle_since) >= self.config.max_idle
                         || self.retired(&i.session, now)
+                        || !self.credentials_current(&sessions.name, i.credentials)
                 });
                 *idle = keep;
                 stale
             };
+            closed += stale.len();
             for idle in stale {
                 self.close(idle.session);
             }
         }
+        closed
     }
 
     /// QUITs every idle session and waits for it (shutdown).

@@ -74,15 +74,7 @@ impl UpstreamError {
 
 /// The name we give in EHLO: this machine's host name.
 pub fn ehlo_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| {
-            !h.is_empty()
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        })
-        .unwrap_or_else(|| "oxirelay.localdomain".to_string())
+    crate::instance::host_name()
 }
 
 pub fn target_for(account: &Account) -> Result<UpstreamTarget, UpstreamError> {

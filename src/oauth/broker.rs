@@ -14,25 +14,65 @@
 //!   more requests (also after a restart) until a person consents again.
 //! - Other failures back off exponentially, so a broken provider sees a
 //!   handful of requests, not a storm.
+//! - One refresh per account across processes too (`serve`, `token` called
+//!   by msmtp, `send`, `account check` on one store): the refresher holds
+//!   the account's refresh lease in the store; the others wait and take the
+//!   token it commits. A provider that rotates refresh tokens and detects
+//!   reuse revokes the whole grant when two refresh with the same one. The
+//!   lease expires, so a crashed holder blocks nobody for long (on its own
+//!   host not at all: its death is provable, see `instance`).
+//! - A store error after a successful refresh cannot lose the rotated
+//!   refresh token: the commit is retried; if the store stays down, the
+//!   response is held in memory, the lease kept (nobody else refreshes with
+//!   the refresh token it replaced) and the commit retried before anything
+//!   else. The new access token is used only once committed.
+//! - Changes made by other processes (revocation, lockdown, unlock, a new
+//!   consent, a new key) move the account's credential epoch in the store;
+//!   [`Broker::watch_credentials`] notices within its poll, drops the
+//!   cached token and bumps [`Broker::credentials_version`], which retires
+//!   the pooled sessions authenticated before (`delivery::pool`).
 
 use crate::audit::AuditLog;
 use crate::clock::{from_unix, now_unix, to_unix};
+use crate::instance::Holder;
 use crate::oauth::account::{Account, Endpoints};
 use crate::oauth::discovery::{DiscoveryError, discover};
 use crate::oauth::grant::{GrantRequest, TokenEndpoint, TokenError, TokenResponse, http_client};
 use crate::oauth::preset::{GrantKind, ProviderKind};
 use crate::secret::{Fingerprint, MasterKey, SealError, Secret};
-use crate::store::{AccountState, Event, Store, StoreError, TokenRecord};
+use crate::store::{AccountState, Event, LeaseGrant, Store, StoreError, TokenRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Mutex, OnceCell, broadcast};
+use tokio::sync::{Mutex, OnceCell, broadcast, watch};
 
 /// Backoff after consecutive failures: 2 s doubling to at most 5 minutes.
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How many times a lost compare-and-swap is retried before giving up.
 const MAX_WRITE_RACES: usize = 3;
+/// How long the cross-process refresh lease lasts: the token request may
+/// take `HTTP_TIMEOUT` (30 s) and each try of its commit the store's busy
+/// timeout (10 s); 60 s covers both with room. A holder that dies without
+/// giving the lease back blocks the others this long at most.
+const REFRESH_LEASE: Duration = Duration::from_secs(60);
+/// How often a process waiting for another's refresh reads the account's
+/// row again: SQLite cannot notify, a row read costs microseconds, and a
+/// refresh takes a few hundred milliseconds, so waiters see it at once.
+const REFRESH_WAIT_POLL: Duration = Duration::from_millis(100);
+/// How long a waiter waits beyond one lease: a holder still holding it then
+/// is renewing it (its commit is failing), and waiting more does not help.
+const REFRESH_WAIT_SLACK: Duration = Duration::from_secs(5);
+/// How long the commit of a refreshed token is retried before the caller
+/// hears of it: a lock held by another program (a backup, a long
+/// transaction) clears within a few busy timeouts (10 s each); a store
+/// down longer is down, and the response stays held in memory.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
+/// Retries of that commit: 100 ms doubling to 2 s, so a brief lock costs
+/// little delay and a long one few attempts.
+const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(100);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A usable access token. Holds its generation so that [`Broker::invalidate`]
 /// drops exactly this token and not a newer one another caller fetched.
@@ -96,6 +136,26 @@ pub enum BrokerError {
         #[source]
         source: SealError,
     },
+    #[error(
+        "account {account}: another process ({holder}) has been refreshing its token for {waited_secs} s without finishing; try again shortly (its lease ends by itself if that process died)"
+    )]
+    RefreshBusy {
+        account: String,
+        holder: String,
+        waited_secs: u64,
+    },
+    #[error(
+        "account {account}: the provider issued a new token but the store refused to save it ({source}); this process holds the rotated refresh token and retries the save before it uses the token. Keep it running and fix the store (disk space, permissions, a lock held by another program); if it stops first, the account may need `oxirelay account login {account}`"
+    )]
+    CommitPending {
+        account: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "account {account}: its credentials changed while it was in use (revoked, or a new consent or key); the work is retried with the new ones"
+    )]
+    CredentialsChanged { account: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -106,7 +166,10 @@ impl BrokerError {
         match self {
             BrokerError::BackingOff { .. }
             | BrokerError::Store(_)
-            | BrokerError::UpstreamRejected { .. } => true,
+            | BrokerError::UpstreamRejected { .. }
+            | BrokerError::RefreshBusy { .. }
+            | BrokerError::CommitPending { .. }
+            | BrokerError::CredentialsChanged { .. } => true,
             BrokerError::Token { source, .. } => source.is_transient(),
             BrokerError::Discovery { source, .. } => {
                 matches!(source, DiscoveryError::Failed { .. })
@@ -176,6 +239,18 @@ struct SlotState {
     cached: Option<Cached>,
     backoff_until: Option<Instant>,
     last_error: Option<String>,
+    /// A token response whose commit failed: saved before anything else.
+    pending: Option<PendingCommit>,
+}
+
+/// A refreshed token not yet committed (see the module header).
+struct PendingCommit {
+    /// The row it was obtained from (its credential epoch decides whether
+    /// it may still be written).
+    base: TokenRecord,
+    response: TokenResponse,
+    grant: &'static str,
+    rotated: bool,
 }
 
 struct AccountSlot {
@@ -183,6 +258,38 @@ struct AccountSlot {
     http: reqwest::Client,
     endpoints: OnceCell<Endpoints>,
     state: Mutex<SlotState>,
+    /// How often this process has seen the account's credentials change;
+    /// sessions authenticated under an older value are retired.
+    credentials_version: AtomicU64,
+    /// The store's credential epoch as this broker last saw it; `None`
+    /// before the first look.
+    known_epoch: std::sync::Mutex<Option<i64>>,
+}
+
+impl AccountSlot {
+    fn known_epoch(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        // An Option stays consistent if a holder panicked: recover it.
+        self.known_epoch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An account whose credentials another process changed, as
+/// [`Broker::sync_credentials`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialChange {
+    pub account: String,
+    /// Its state now (`revoked`, `new` after unlock, `valid` after consent).
+    pub state: AccountState,
+    pub reason: Option<String>,
+}
+
+/// How [`Broker::take_refresh_lease`] ended.
+enum LeaseWait {
+    /// This broker holds the lease; `waited_since` (Unix seconds) if another
+    /// process held it first.
+    Taken { waited_since: Option<i64> },
+    /// Another process refreshed meanwhile: its token.
+    RefreshedElsewhere(Cached),
 }
 
 pub struct Broker {
@@ -193,6 +300,13 @@ pub struct Broker {
     audit: Option<Arc<AuditLog>>,
     /// Who the audit log names as the actor of this broker's actions.
     actor: String,
+    /// Who this broker is when it holds a refresh lease.
+    holder: Holder,
+    /// Bumped with every credential change any account sees (wakes the
+    /// engine to close the sessions it retired).
+    credential_changes: watch::Sender<u64>,
+    /// How long a refreshed token's commit is retried within one call.
+    commit_patience: Duration,
 }
 
 /// What `revoke` did.
@@ -215,6 +329,8 @@ impl Broker {
                     http: http_client(account.insecure_loopback),
                     endpoints: OnceCell::new(),
                     state: Mutex::new(SlotState::default()),
+                    credentials_version: AtomicU64::new(0),
+                    known_epoch: std::sync::Mutex::new(None),
                     account,
                 };
                 (slot.account.name.clone(), Arc::new(slot))
@@ -228,7 +344,17 @@ impl Broker {
             events,
             audit: None,
             actor: "relay".to_string(),
+            holder: Holder::new_in_this_process(),
+            credential_changes: watch::Sender::new(0),
+            commit_patience: COMMIT_PATIENCE,
         }
+    }
+
+    /// How long the commit of a refreshed token is retried before the
+    /// caller is told (and the token held for later); 30 s by default.
+    pub fn with_commit_patience(mut self, patience: Duration) -> Self {
+        self.commit_patience = patience;
+        self
     }
 
     /// Records every event in `audit` too, naming `actor` ("relay", "cli:alice").
@@ -296,6 +422,7 @@ impl Broker {
                 .await?
                 .unwrap_or_else(|| TokenRecord::new(name));
             next.generation += 1;
+            next.credential_epoch += 1;
             next.refresh_token = None;
             next.access_token = None;
             next.access_expires_at = None;
@@ -305,11 +432,14 @@ impl Broker {
             next.updated_at = now_unix();
             if self.store.save_token_record(&next).await? {
                 report.wiped_locally = true;
+                self.changed_here(slot, &mut state, next.credential_epoch);
                 break;
             }
         }
         state.cached = None;
         state.backoff_until = None;
+        // A refreshed token still waiting to be saved is the revoked grant's.
+        self.drop_pending(name, &mut state).await;
         let detail = format!(
             "{reason}; revoked at the provider: {}",
             if report.revoked_at_provider.is_empty() {
@@ -337,11 +467,13 @@ impl Broker {
                     break;
                 }
                 record.generation += 1;
+                record.credential_epoch += 1;
                 record.state = AccountState::New;
                 record.state_reason = None;
                 record.consecutive_failures = 0;
                 record.updated_at = now_unix();
                 if self.store.save_token_record(&record).await? {
+                    self.changed_here(slot, &mut state, record.credential_epoch);
                     break;
                 }
             }
@@ -467,6 +599,16 @@ impl Broker {
     pub async fn access_token(&self, name: &str) -> Result<AccessToken, BrokerError> {
         let slot = self.slot(name)?;
         let mut state = slot.state.lock().await;
+        if let Some(pending) = state.pending.take() {
+            // A refreshed token waits to be saved: save it first, and never
+            // ask again with the refresh token it replaced.
+            let cached = self
+                .commit_pending(slot, &mut state, pending, self.commit_patience)
+                .await?;
+            let token = cached.token.clone();
+            state.cached = Some(cached);
+            return Ok(token);
+        }
         let now = SystemTime::now();
         if let Some(cached) = &state.cached
             && now < cached.refresh_at
@@ -476,6 +618,7 @@ impl Broker {
         // Another process (or our previous run) may have stored a fresh token.
         let record = self.store.token_record(name).await?;
         if let Some(record) = &record {
+            slot.known_epoch().get_or_insert(record.credential_epoch);
             self.refuse_if_dead(&slot.account, record)?;
             if let Some(stored) = self.usable_stored_token(&slot.account, record, now)? {
                 let token = stored.token.clone();
@@ -498,14 +641,39 @@ impl Broker {
                 ),
             });
         }
-        let record = record.unwrap_or_else(|| TokenRecord::new(name));
-        match self.refresh(slot, record).await {
+        let waited_since = match self.take_refresh_lease(slot).await? {
+            LeaseWait::RefreshedElsewhere(cached) => {
+                let token = cached.token.clone();
+                state.cached = Some(cached);
+                state.backoff_until = None;
+                return Ok(token);
+            }
+            LeaseWait::Taken { waited_since } => waited_since,
+        };
+        let result = self
+            .refresh_under_lease(slot, &mut state, waited_since)
+            .await;
+        if state.pending.is_none() {
+            self.release_refresh_lease(name).await;
+        }
+        match result {
             Ok(cached) => {
                 state.backoff_until = None;
                 state.last_error = None;
                 let token = cached.token.clone();
                 state.cached = Some(cached);
                 Ok(token)
+            }
+            // Not this process's failure to count: the store, another
+            // process's refresh, a change of credentials.
+            Err(
+                error @ (BrokerError::CommitPending { .. }
+                | BrokerError::RefreshBusy { .. }
+                | BrokerError::CredentialsChanged { .. }
+                | BrokerError::BackingOff { .. }),
+            ) => {
+                state.cached = None;
+                Err(error)
             }
             Err(error) => {
                 if error.is_transient() {
@@ -528,6 +696,167 @@ impl Broker {
                 Err(error)
             }
         }
+    }
+
+    /// Takes the account's refresh lease, waiting while another process
+    /// holds it; returns early with that process's token if it committed
+    /// one meanwhile, or with its verdict if it found the grant dead.
+    async fn take_refresh_lease(&self, slot: &AccountSlot) -> Result<LeaseWait, BrokerError> {
+        let account = &slot.account;
+        let name = &account.name;
+        let started = Instant::now();
+        let started_unix = now_unix();
+        let lease_secs = i64::try_from(REFRESH_LEASE.as_secs()).unwrap_or(i64::MAX);
+        let mut take_over: Option<String> = None;
+        let mut waited = false;
+        loop {
+            let now = now_unix();
+            let grant = self
+                .store
+                .acquire_refresh_lease(
+                    name,
+                    &self.holder,
+                    now,
+                    now + lease_secs,
+                    take_over.as_deref(),
+                )
+                .await?;
+            match grant {
+                LeaseGrant::Granted => {
+                    return Ok(LeaseWait::Taken {
+                        waited_since: waited.then_some(started_unix),
+                    });
+                }
+                LeaseGrant::HeldBy { holder, .. } => {
+                    if take_over.as_deref() != Some(holder.id.as_str()) && holder.is_provably_gone()
+                    {
+                        tracing::warn!(account = %name, holder = %holder.id, "the process that was refreshing this account's token is gone; taking over its lease");
+                        take_over = Some(holder.id);
+                        continue;
+                    }
+                    if !waited {
+                        tracing::debug!(account = %name, holder = %holder.id, "another process is refreshing the token; waiting for it");
+                        waited = true;
+                    }
+                    if started.elapsed() >= REFRESH_LEASE + REFRESH_WAIT_SLACK {
+                        return Err(BrokerError::RefreshBusy {
+                            account: name.clone(),
+                            holder: holder.id,
+                            waited_secs: started.elapsed().as_secs(),
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(REFRESH_WAIT_POLL).await;
+            if let Some(record) = self.store.token_record(name).await? {
+                self.refuse_if_dead(account, &record)?;
+                if let Some(stored) =
+                    self.usable_stored_token(account, &record, SystemTime::now())?
+                {
+                    return Ok(LeaseWait::RefreshedElsewhere(stored));
+                }
+            }
+        }
+    }
+
+    /// Gives the refresh lease back; a failure only delays the others
+    /// until it expires.
+    async fn release_refresh_lease(&self, name: &str) {
+        if let Err(error) = self
+            .store
+            .release_refresh_lease(name, &self.holder.id)
+            .await
+        {
+            tracing::warn!(account = %name, %error, "cannot give the refresh lease back; other processes wait until it expires");
+        }
+    }
+
+    /// Extends the refresh lease while a commit is being retried, so that
+    /// nobody refreshes with the refresh token this one replaced.
+    async fn renew_refresh_lease(&self, name: &str) {
+        let now = now_unix();
+        let until = now + i64::try_from(REFRESH_LEASE.as_secs()).unwrap_or(i64::MAX);
+        match self
+            .store
+            .acquire_refresh_lease(name, &self.holder, now, until, None)
+            .await
+        {
+            Ok(LeaseGrant::Granted) => {}
+            Ok(LeaseGrant::HeldBy { holder, .. }) => {
+                tracing::error!(account = %name, holder = %holder.id, "the refresh lease expired while a refreshed token waited to be saved, and another process took it; if it refreshes with the replaced refresh token, the provider may revoke the grant");
+            }
+            Err(error) => {
+                tracing::warn!(account = %name, %error, "cannot renew the refresh lease");
+            }
+        }
+    }
+
+    /// With the lease held: refresh, unless another process did (or found
+    /// the grant dead, or failed) just before the lease came to us.
+    async fn refresh_under_lease(
+        &self,
+        slot: &AccountSlot,
+        state: &mut SlotState,
+        waited_since: Option<i64>,
+    ) -> Result<Cached, BrokerError> {
+        let account = &slot.account;
+        let record = self.store.token_record(&account.name).await?;
+        if let Some(record) = &record {
+            self.refuse_if_dead(account, record)?;
+            if let Some(stored) = self.usable_stored_token(account, record, SystemTime::now())? {
+                return Ok(stored);
+            }
+            // The holder we waited for failed: its backoff is ours too, or
+            // every waiting process would ask a failing provider in turn.
+            if let Some(since) = waited_since
+                && record.state == AccountState::Failing
+                && record.last_failure_at.is_some_and(|at| at >= since)
+            {
+                return Err(BrokerError::BackingOff {
+                    account: account.name.clone(),
+                    reason: record.state_reason.clone().unwrap_or_default(),
+                    retry: "shortly (another process's refresh just failed)".to_string(),
+                });
+            }
+        }
+        let record = record.unwrap_or_else(|| TokenRecord::new(&account.name));
+        self.refresh(slot, state, record).await
+    }
+
+    /// Retries, once each, the commits the store refused earlier (the
+    /// credential watcher calls this every poll).
+    async fn retry_pending_commits(&self) {
+        for slot in self.slots.values() {
+            let mut state = slot.state.lock().await;
+            let Some(pending) = state.pending.take() else {
+                continue;
+            };
+            match self
+                .commit_pending(slot, &mut state, pending, Duration::ZERO)
+                .await
+            {
+                Ok(cached) => state.cached = Some(cached),
+                Err(error) => {
+                    tracing::debug!(account = %slot.account.name, %error, "the refreshed token is still not saved")
+                }
+            }
+        }
+    }
+
+    /// Commits the held token response; on success gives the lease back.
+    async fn commit_pending(
+        &self,
+        slot: &AccountSlot,
+        state: &mut SlotState,
+        pending: PendingCommit,
+        patience: Duration,
+    ) -> Result<Cached, BrokerError> {
+        self.renew_refresh_lease(&slot.account.name).await;
+        let result = self.commit_refresh(slot, state, pending, patience).await;
+        if state.pending.is_none() {
+            self.release_refresh_lease(&slot.account.name).await;
+        }
+        result
     }
 
     /// Contract 4: the upstream refused `token`; forget it so that the next
@@ -693,7 +1022,10 @@ impl Broker {
                 .unwrap_or_else(|| TokenRecord::new(name));
             let mut next = self.record_from_response(&slot.account, record, &response);
             next.consented_at = Some(now_unix());
+            next.credential_epoch += 1;
             if self.store.save_token_record(&next).await? {
+                self.changed_here(slot, &mut state, next.credential_epoch);
+                self.drop_pending(name, &mut state).await;
                 let cached = self.cached_from(&slot.account, &next, &response);
                 let token = cached.token.clone();
                 state.cached = Some(cached);
@@ -739,10 +1071,133 @@ impl Broker {
         self.store
             .put_sealed_secret(name, crate::oauth::account::SERVICE_ACCOUNT_KEY, &sealed)
             .await?;
+        // Tokens minted with the old key (which may be why it was replaced)
+        // go, here and in every running process.
+        self.announce_credential_change(name).await
+    }
+
+    /// Moves the account's credential epoch without changing its tokens, so
+    /// every running process drops its cached token and its pooled sessions
+    /// (a re-sealed store after `rotate-key`, a new service-account key).
+    pub async fn announce_credential_change(&self, name: &str) -> Result<(), BrokerError> {
+        let slot = self.slot(name)?;
         let mut state = slot.state.lock().await;
+        for _ in 0..MAX_WRITE_RACES {
+            let mut record = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            record.generation += 1;
+            record.credential_epoch += 1;
+            record.updated_at = now_unix();
+            if self.store.save_token_record(&record).await? {
+                self.changed_here(slot, &mut state, record.credential_epoch);
+                state.backoff_until = None;
+                return Ok(());
+            }
+        }
+        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
+    }
+
+    /// Forgets a refreshed token that waited to be saved (the grant it
+    /// belongs to was just replaced or revoked) and the lease it held.
+    async fn drop_pending(&self, name: &str, state: &mut SlotState) {
+        if state.pending.take().is_some() {
+            self.release_refresh_lease(name).await;
+        }
+    }
+
+    /// This broker changed the account's credentials (epoch `epoch` is now
+    /// in the store): forget the cached token, retire the sessions.
+    fn changed_here(&self, slot: &AccountSlot, state: &mut SlotState, epoch: i64) {
+        *slot.known_epoch() = Some(epoch);
+        self.retire_credentials(slot, state);
+    }
+
+    /// Drops the cached token, then bumps the version, under the slot's
+    /// lock: a session that took the old token took the old version too.
+    fn retire_credentials(&self, slot: &AccountSlot, state: &mut SlotState) {
         state.cached = None;
-        state.backoff_until = None;
-        Ok(())
+        slot.credentials_version.fetch_add(1, Ordering::SeqCst);
+        self.credential_changes.send_modify(|n| *n += 1);
+    }
+
+    /// How often this process has seen the credentials of `name` change. A
+    /// session authenticated under an older value must not be used again.
+    pub fn credentials_version(&self, name: &str) -> u64 {
+        self.slots
+            .get(name)
+            .map_or(0, |slot| slot.credentials_version.load(Ordering::SeqCst))
+    }
+
+    /// Changes whenever any account's credentials version does.
+    pub fn credential_changes(&self) -> watch::Receiver<u64> {
+        self.credential_changes.subscribe()
+    }
+
+    /// Looks at the store for credential changes made by other processes
+    /// (see the module header); returns the accounts that changed since the
+    /// last look. The first look only learns the epochs. Also retries the
+    /// commit of refreshed tokens the store refused before.
+    pub async fn sync_credentials(&self) -> Result<Vec<CredentialChange>, BrokerError> {
+        self.retry_pending_commits().await;
+        let epochs = self.store.credential_epochs().await?;
+        let mut changes = Vec::new();
+        for slot in self.slots.values() {
+            let name = &slot.account.name;
+            let stored = epochs.get(name).copied().unwrap_or(0);
+            let moved = {
+                let mut known = slot.known_epoch();
+                let moved = known.is_some_and(|k| k != stored);
+                *known = Some(stored);
+                moved
+            };
+            if !moved {
+                continue;
+            }
+            {
+                let mut state = slot.state.lock().await;
+                self.retire_credentials(slot, &mut state);
+                state.backoff_until = None;
+                state.last_error = None;
+            }
+            let record = self
+                .store
+                .token_record(name)
+                .await?
+                .unwrap_or_else(|| TokenRecord::new(name));
+            tracing::info!(account = %name, state = %record.state, "the account's credentials changed in the store; cached token dropped, its sessions retired");
+            changes.push(CredentialChange {
+                account: name.clone(),
+                state: record.state,
+                reason: record.state_reason,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Calls [`Broker::sync_credentials`] every `poll` (or when the store
+    /// says something changed) until `stop`, telling `on_change` of each
+    /// change. `serve` runs this.
+    pub async fn watch_credentials(
+        &self,
+        poll: Duration,
+        mut stop: watch::Receiver<bool>,
+        mut on_change: impl FnMut(&CredentialChange),
+    ) {
+        loop {
+            match self.sync_credentials().await {
+                Ok(changes) => changes.iter().for_each(&mut on_change),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for credential changes in the store; looking again shortly")
+                }
+            }
+            tokio::select! {
+                _ = self.store.wait_for_credential_change(poll) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
     }
 
     /// Replaces the stored refresh token (migration from another tool).
@@ -772,9 +1227,11 @@ impl Broker {
             record.consecutive_failures = 0;
             record.consented_at = Some(now_unix());
             record.updated_at = now_unix();
+            record.credential_epoch += 1;
             if self.store.save_token_record(&record).await? {
-                state.cached = None;
+                self.changed_here(slot, &mut state, record.credential_epoch);
                 state.backoff_until = None;
+                self.drop_pending(name, &mut state).await;
                 return Ok(());
             }
         }
@@ -836,7 +1293,8 @@ impl Broker {
     async fn refresh(
         &self,
         slot: &AccountSlot,
-        mut record: TokenRecord,
+        state: &mut SlotState,
+        record: TokenRecord,
     ) -> Result<Cached, BrokerError> {
         let account = &slot.account;
         let endpoint = self.token_endpoint_of(slot).await?;
@@ -876,35 +1334,106 @@ impl Broker {
             Ok(response) => response,
             Err(source) => return Err(self.token_failure(account, record, source).await),
         };
-        for _ in 0..MAX_WRITE_RACES {
-            let next = self.record_from_response(account, record.clone(), &response);
-            if self.store.save_token_record(&next).await? {
-                let cached = self.cached_from(account, &next, &response);
-                tracing::info!(
-                    account = %account.name,
-                    token = %cached.token.fingerprint(),
-                    rotated = response.refresh_token.is_some() && refresh_token.is_some(),
-                    "access token issued"
-                );
-                self.emit(
-                    account,
-                    BrokerEventKind::TokenIssued,
-                    Some(cached.token.fingerprint()),
-                    next.access_expires_at,
-                    format!("grant {}", grant.grant_type()),
-                )
-                .await;
-                return Ok(cached);
+        let pending = PendingCommit {
+            rotated: response.refresh_token.is_some() && refresh_token.is_some(),
+            grant: grant.grant_type(),
+            base: record,
+            response,
+        };
+        self.commit_refresh(slot, state, pending, self.commit_patience)
+            .await
+    }
+
+    /// Commits a token response (contract 3: before its access token is
+    /// used). Lost races build on the newer row, unless the account's
+    /// credentials changed meanwhile (revoked, a new consent): then the
+    /// response belongs to a grant that is no longer the account's and is
+    /// dropped. Store errors are retried for `patience`; after that the
+    /// response is kept in `state.pending` (see the module header).
+    async fn commit_refresh(
+        &self,
+        slot: &AccountSlot,
+        state: &mut SlotState,
+        pending: PendingCommit,
+        patience: Duration,
+    ) -> Result<Cached, BrokerError> {
+        let account = &slot.account;
+        let PendingCommit {
+            mut base,
+            response,
+            grant,
+            rotated,
+        } = pending;
+        let started = Instant::now();
+        let mut delay = COMMIT_RETRY_FIRST;
+        let mut races = 0;
+        loop {
+            let next = self.record_from_response(account, base.clone(), &response);
+            let error = match self.store.save_token_record(&next).await {
+                Ok(true) => {
+                    let cached = self.cached_from(account, &next, &response);
+                    tracing::info!(
+                        account = %account.name,
+                        token = %cached.token.fingerprint(),
+                        rotated,
+                        "access token issued"
+                    );
+                    self.emit(
+                        account,
+                        BrokerEventKind::TokenIssued,
+                        Some(cached.token.fingerprint()),
+                        next.access_expires_at,
+                        format!("grant {grant}"),
+                    )
+                    .await;
+                    return Ok(cached);
+                }
+                // Someone else wrote meanwhile (another process, a consent).
+                Ok(false) => match self.store.token_record(&account.name).await {
+                    Ok(current) => {
+                        let current = current.unwrap_or_else(|| TokenRecord::new(&account.name));
+                        if current.credential_epoch != base.credential_epoch
+                            || matches!(
+                                current.state,
+                                AccountState::Revoked | AccountState::NeedsConsent
+                            )
+                        {
+                            tracing::warn!(account = %account.name, "the account's credentials changed while its token was refreshed; the refreshed token is dropped");
+                            self.refuse_if_dead(account, &current)?;
+                            return Err(BrokerError::CredentialsChanged {
+                                account: account.name.clone(),
+                            });
+                        }
+                        base = current;
+                        races += 1;
+                        if races <= MAX_WRITE_RACES {
+                            continue;
+                        }
+                        races = 0;
+                        StoreError::Corrupt("the account row kept changing during the write".into())
+                    }
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            if started.elapsed() >= patience {
+                tracing::error!(account = %account.name, %error, "cannot save a refreshed token; it is held in memory and the save retried");
+                state.pending = Some(PendingCommit {
+                    base,
+                    response,
+                    grant,
+                    rotated,
+                });
+                return Err(BrokerError::CommitPending {
+                    account: account.name.clone(),
+                    source: error,
+                });
             }
-            // Someone else wrote meanwhile (another process, a consent):
-            // build on their row so their refresh token is not lost.
-            record = self
-                .store
-                .token_record(&account.name)
-                .await?
-                .unwrap_or_else(|| TokenRecord::new(&account.name));
+            tracing::warn!(account = %account.name, %error, ?delay, "cannot save a refreshed token; retrying (it is not used before it is saved)");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(COMMIT_RETRY_MAX);
+            self.renew_refresh_lease(&account.name).await;
         }
-        Err(StoreError::Corrupt("the account row kept changing during the write".into()).into())
     }
 
     /// The service-account key: the config's reference, else the copy sealed

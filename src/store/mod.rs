@@ -11,11 +11,14 @@ pub use queue::{
 };
 pub use sqlite::SqliteStore;
 
+use crate::instance::Holder;
 use crate::secret::SealedValue;
 use async_trait::async_trait;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,6 +109,13 @@ pub struct TokenRecord {
     pub last_failure_at: Option<i64>,
     pub consecutive_failures: i64,
     pub updated_at: i64,
+    /// Grows by one with every change of the account's credentials that
+    /// every running process must act on at once: revocation (and so
+    /// lockdown), reinstatement (unlock), a new consent, a new key. Refreshes
+    /// leave it alone. Running relays compare it with what they last saw
+    /// ([`Store::credential_epochs`]) and drop their cached token and pooled
+    /// sessions when it moved.
+    pub credential_epoch: i64,
 }
 
 impl TokenRecord {
@@ -125,6 +135,7 @@ impl TokenRecord {
             last_failure_at: None,
             consecutive_failures: 0,
             updated_at: crate::clock::now_unix(),
+            credential_epoch: 0,
         }
     }
 }
@@ -149,6 +160,52 @@ pub trait Store: Send + Sync {
     /// another writer got there first.
     async fn save_token_record(&self, record: &TokenRecord) -> Result<bool, StoreError>;
 
+    /// Each account's [`TokenRecord::credential_epoch`], for processes that
+    /// watch for revocations and new consents. Cheap: one small row per account.
+    async fn credential_epochs(&self) -> Result<HashMap<String, i64>, StoreError>;
+
+    /// Waits until an account's credentials may have changed, or at most
+    /// `poll`. SQLite cannot tell another process, so this just waits `poll`
+    /// and the caller compares [`Store::credential_epochs`] again; a backend
+    /// with notifications (PostgreSQL LISTEN/NOTIFY) wakes at once.
+    async fn wait_for_credential_change(&self, poll: Duration) {
+        tokio::time::sleep(poll).await;
+    }
+
+    /// Takes the account's refresh lease for `holder` until `until` (Unix
+    /// seconds): granted if nobody holds it, its lease ended before `now`,
+    /// `holder` holds it already (a renewal), or it is held by
+    /// `take_over_from`, a holder the caller found provably gone.
+    async fn acquire_refresh_lease(
+        &self,
+        account: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<LeaseGrant, StoreError>;
+
+    /// Gives the refresh lease back, if `holder_id` still holds it.
+    async fn release_refresh_lease(&self, account: &str, holder_id: &str)
+    -> Result<(), StoreError>;
+
+    /// Registers a delivery engine or renews its heartbeat: its claims stay
+    /// its own until `heartbeat_until` (Unix seconds), unless renewed.
+    async fn heartbeat(
+        &self,
+        instance: &Holder,
+        started_at: i64,
+        heartbeat_until: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Every registered delivery engine, live or not.
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// Forgets an instance and gives the messages it had claimed back to
+    /// the queue, due at `now` (it is gone, or shutting down). Returns how
+    /// many messages came back.
+    async fn release_instance(&self, id: &str, now: i64) -> Result<u64, StoreError>;
+
     async fn record_event(&self, event: &Event) -> Result<(), StoreError>;
 
     async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError>;
@@ -158,7 +215,11 @@ pub trait Store: Send + Sync {
     async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError>;
 
     /// Leases up to `limit` due messages (queued or deferred and due, or in
-    /// flight under an expired lease) to `owner` until `lease_until`.
+    /// flight under an expired lease or of an instance whose heartbeat has
+    /// ended) to `owner` until `lease_until`. `owner` is `INSTANCE/worker`:
+    /// the part before the first `/` names the instance whose heartbeat
+    /// ([`Store::heartbeat`]) keeps the claim; an owner without `/` has
+    /// only the lease.
     async fn claim(
         &self,
         owner: &str,
@@ -234,6 +295,21 @@ pub trait Store: Send + Sync {
 
     /// `Some(reason)` turns the emergency stop on; `None` turns it off.
     async fn set_lockdown(&self, reason: Option<&str>) -> Result<(), StoreError>;
+}
+
+/// What [`Store::acquire_refresh_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    Granted,
+    HeldBy { holder: Holder, expires_at: i64 },
+}
+
+/// A delivery engine as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub holder: Holder,
+    pub started_at: i64,
+    pub heartbeat_until: i64,
 }
 
 /// Why and since when delivery is stopped.

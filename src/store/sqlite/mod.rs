@@ -7,7 +7,10 @@ mod queue;
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
 };
-use super::{AccountState, Event, Lockdown, Store, StoreError, TokenRecord};
+use super::{
+    AccountState, Event, InstanceRecord, LeaseGrant, Lockdown, Store, StoreError, TokenRecord,
+};
+use crate::instance::Holder;
 use crate::secret::SealedValue;
 use crate::users::SubmissionUser;
 use async_trait::async_trait;
@@ -16,6 +19,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("0003_users.sql")),
     (4, include_str!("0004_control.sql")),
     (5, include_str!("0005_account_secrets.sql")),
+    (6, include_str!("0006_lifecycle.sql")),
 ];
 
 #[derive(Clone)]
@@ -167,12 +172,27 @@ fn record_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
         last_failure_at: row.try_get("last_failure_at")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
         updated_at: row.try_get("updated_at")?,
+        credential_epoch: row.try_get("credential_epoch")?,
     })
 }
 
 const RECORD_COLUMNS: &str = "account, generation, state, state_reason, refresh_token, access_token, \
     access_expires_at, access_refresh_at, granted_scope, consented_at, last_success_at, \
-    last_failure_at, consecutive_failures, updated_at";
+    last_failure_at, consecutive_failures, updated_at, credential_epoch";
+
+fn holder_from_row(
+    row: &SqliteRow,
+    id: &str,
+    pid: &str,
+    locality: &str,
+) -> Result<Holder, StoreError> {
+    Ok(Holder {
+        id: row.try_get(id)?,
+        pid: u32::try_from(row.try_get::<i64, _>(pid)?)
+            .map_err(|_| StoreError::Corrupt(format!("{pid} out of range")))?,
+        locality: row.try_get(locality)?,
+    })
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -202,14 +222,14 @@ impl Store for SqliteStore {
             // ON CONFLICT DO NOTHING: a row that appeared meanwhile means
             // another writer won.
             format!(
-                "INSERT INTO account_tokens ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO account_tokens ({RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT(account) DO NOTHING"
             )
         } else {
             "UPDATE account_tokens SET account = ?, generation = ?, state = ?, state_reason = ?, \
              refresh_token = ?, access_token = ?, access_expires_at = ?, access_refresh_at = ?, \
              granted_scope = ?, consented_at = ?, last_success_at = ?, last_failure_at = ?, \
-             consecutive_failures = ?, updated_at = ? WHERE account = ? AND generation = ?"
+             consecutive_failures = ?, updated_at = ?, credential_epoch = ? WHERE account = ? AND generation = ?"
                 .to_string()
         };
         // Built only from the constant column list above, never from input.
@@ -227,12 +247,129 @@ impl Store for SqliteStore {
             .bind(record.last_success_at)
             .bind(record.last_failure_at)
             .bind(record.consecutive_failures)
-            .bind(record.updated_at);
+            .bind(record.updated_at)
+            .bind(record.credential_epoch);
         if previous != 0 {
             q = q.bind(&record.account).bind(previous);
         }
         let result = q.execute(&self.pool).await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn credential_epochs(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT account, credential_epoch FROM account_tokens")
+            .fetch_all(&self.bookkeeping)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account")?, row.try_get("credential_epoch")?)))
+            .collect()
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        account: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<LeaseGrant, StoreError> {
+        // The bookkeeping pool: a lease needs to be visible to the other
+        // processes (every commit is, in WAL mode), not to survive a power
+        // cut, which ends every holder too. One transaction, so a refusal
+        // names the holder that caused it.
+        let mut tx = self.bookkeeping.begin_with("BEGIN IMMEDIATE").await?;
+        let granted = sqlx::query(
+            "INSERT INTO refresh_leases (account, holder, holder_pid, holder_locality, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(account) DO UPDATE SET holder = excluded.holder, holder_pid = excluded.holder_pid, \
+             holder_locality = excluded.holder_locality, expires_at = excluded.expires_at \
+             WHERE refresh_leases.expires_at < ?6 OR refresh_leases.holder = excluded.holder \
+             OR refresh_leases.holder = ?7",
+        )
+        .bind(account)
+        .bind(&holder.id)
+        .bind(i64::from(holder.pid))
+        .bind(&holder.locality)
+        .bind(until)
+        .bind(now)
+        .bind(take_over_from)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let grant = if granted {
+            LeaseGrant::Granted
+        } else {
+            // The insert conflicted, so the row is there.
+            let row = sqlx::query(
+                "SELECT holder, holder_pid, holder_locality, expires_at FROM refresh_leases WHERE account = ?",
+            )
+            .bind(account)
+            .fetch_one(&mut *tx)
+            .await?;
+            LeaseGrant::HeldBy {
+                holder: holder_from_row(&row, "holder", "holder_pid", "holder_locality")?,
+                expires_at: row.try_get("expires_at")?,
+            }
+        };
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        account: &str,
+        holder_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM refresh_leases WHERE account = ? AND holder = ?")
+            .bind(account)
+            .bind(holder_id)
+            .execute(&self.bookkeeping)
+            .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &Holder,
+        started_at: i64,
+        heartbeat_until: i64,
+    ) -> Result<(), StoreError> {
+        // An upsert: an instance that was stalled so long that another
+        // forgot it comes back (its lost claims fail with LeaseLost).
+        sqlx::query(
+            "INSERT INTO instances (id, pid, locality, started_at, heartbeat_until) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(id) DO UPDATE SET heartbeat_until = excluded.heartbeat_until",
+        )
+        .bind(&instance.id)
+        .bind(i64::from(instance.pid))
+        .bind(&instance.locality)
+        .bind(started_at)
+        .bind(heartbeat_until)
+        .execute(&self.bookkeeping)
+        .await?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, pid, locality, started_at, heartbeat_until FROM instances ORDER BY started_at",
+        )
+        .fetch_all(&self.bookkeeping)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRecord {
+                    holder: holder_from_row(row, "id", "pid", "locality")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_until: row.try_get("heartbeat_until")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn release_instance(&self, id: &str, now: i64) -> Result<u64, StoreError> {
+        queue::release_instance(&self.bookkeeping, id, now).await
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
@@ -475,5 +612,204 @@ mod tests {
         // Reopening applies no migration twice.
         drop(store);
         SqliteStore::open(&url).await.expect("reopen");
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+    use crate::store::MessageState;
+    use crate::store::queue::NewMessage;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("l.db").display());
+        (dir, SqliteStore::open(&url).await.expect("open"))
+    }
+
+    fn holder(id: &str) -> Holder {
+        Holder {
+            id: id.into(),
+            pid: 4242,
+            locality: "host boot:b pidns:pid:[1]".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_lease_is_exclusive_until_it_expires_or_its_holder_is_gone() {
+        let (_dir, store) = store().await;
+        let (a, b) = (holder("a"), holder("b"));
+        let granted = |grant: LeaseGrant| grant == LeaseGrant::Granted;
+        assert!(granted(
+            store
+                .acquire_refresh_lease("office", &a, 100, 160, None)
+                .await
+                .expect("store")
+        ));
+        match store
+            .acquire_refresh_lease("office", &b, 110, 170, None)
+            .await
+            .expect("store")
+        {
+            LeaseGrant::HeldBy { holder, expires_at } => {
+                assert_eq!(holder, a, "names its holder");
+                assert_eq!(expires_at, 160);
+            }
+            LeaseGrant::Granted => panic!("a held lease was granted to another"),
+        }
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("other", &b, 110, 170, None)
+                    .await
+                    .expect("store")
+            ),
+            "one lease per account"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &a, 120, 180, None)
+                    .await
+                    .expect("store")
+            ),
+            "the holder renews"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &b, 130, 190, Some("a"))
+                    .await
+                    .expect("store")
+            ),
+            "taken over from a holder found gone"
+        );
+        assert!(
+            granted(
+                store
+                    .acquire_refresh_lease("office", &a, 191, 250, None)
+                    .await
+                    .expect("store")
+            ),
+            "free once expired"
+        );
+        store
+            .release_refresh_lease("office", "b")
+            .await
+            .expect("store");
+        assert!(
+            !granted(
+                store
+                    .acquire_refresh_lease("office", &b, 200, 260, None)
+                    .await
+                    .expect("store")
+            ),
+            "only the holder gives it back"
+        );
+        store
+            .release_refresh_lease("office", "a")
+            .await
+            .expect("store");
+        assert!(granted(
+            store
+                .acquire_refresh_lease("office", &b, 200, 260, None)
+                .await
+                .expect("store")
+        ));
+    }
+
+    #[tokio::test]
+    async fn credential_epochs_are_read_per_account() {
+        let (_dir, store) = store().await;
+        let mut record = TokenRecord::new("office");
+        record.generation = 1;
+        record.credential_epoch = 3;
+        assert!(store.save_token_record(&record).await.expect("insert"));
+        let epochs = store.credential_epochs().await.expect("store");
+        assert_eq!(epochs.get("office"), Some(&3));
+        assert_eq!(
+            store
+                .token_record("office")
+                .await
+                .expect("read")
+                .expect("row")
+                .credential_epoch,
+            3
+        );
+    }
+
+    fn message() -> NewMessage {
+        NewMessage {
+            account: "office".into(),
+            mail_from: "app@example.com".into(),
+            recipients: vec!["a@x".into()],
+            body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+            submitted_by: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_holds_while_its_instance_beats_and_returns_when_it_stops() {
+        let (_dir, store) = store().await;
+        let id = store.enqueue(message()).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let alive = holder("alive");
+        store
+            .heartbeat(&alive, now, now + 30)
+            .await
+            .expect("register");
+        let claimed = store
+            .claim("alive/w0", now, now + 300, 10)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert!(
+            store
+                .claim("other/w0", now + 10, now + 310, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "a live instance keeps its claim"
+        );
+        assert_eq!(
+            store.next_due().await.expect("due"),
+            Some(now + 31),
+            "due when the heartbeat ends"
+        );
+        // No heartbeat since: 31 s later the claim is free, long before
+        // the 300-second lease ends.
+        let taken = store
+            .claim("other/w0", now + 31, now + 331, 10)
+            .await
+            .expect("claim");
+        assert_eq!(taken.len(), 1, "a silent death frees the claim");
+        let lost = store.release(&id, &claimed[0].lease, now + 31).await;
+        assert!(matches!(lost, Err(StoreError::LeaseLost(_))));
+
+        // release_instance gives back what an instance holds at once.
+        store
+            .heartbeat(&holder("other"), now, now + 60)
+            .await
+            .expect("register");
+        assert_eq!(
+            store
+                .release_instance("other", now + 32)
+                .await
+                .expect("store"),
+            1
+        );
+        let (message, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!(message.state, MessageState::Queued);
+        assert_eq!(message.next_attempt_at, now + 32);
+        let instances = store.instances().await.expect("store");
+        assert_eq!(
+            instances
+                .iter()
+                .map(|i| i.holder.id.as_str())
+                .collect::<Vec<_>>(),
+            ["alive"],
+            "released instances are forgotten"
+        );
+        assert_eq!(instances[0].holder, alive);
     }
 }

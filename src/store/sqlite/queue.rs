@@ -172,6 +172,25 @@ async fn attach_recipients(
     Ok(())
 }
 
+/// The claim: one statement, so two claimers can never take the same
+/// message. An in-flight message is free again when its lease ended, or when
+/// it names an instance without a live heartbeat (a silent death; claims of
+/// instances that never registered, from before heartbeats, have only their
+/// lease). Both branches of the OR are searched through `messages_due`
+/// (`claim_uses_the_due_index` checks).
+fn claim_sql() -> String {
+    format!(
+        "UPDATE messages SET state = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, updated_at = ?3, lease_instance = ?5 \
+         WHERE id IN (SELECT id FROM messages \
+             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= ?3) \
+                OR (state = 'in_flight' AND (lease_expires_at < ?3 \
+                    OR (lease_instance IS NOT NULL AND lease_instance NOT IN \
+                        (SELECT id FROM instances WHERE heartbeat_until >= ?3)))) \
+             ORDER BY next_attempt_at LIMIT ?4) \
+         RETURNING {MESSAGE_COLUMNS}, body"
+    )
+}
+
 pub(super) async fn claim(
     pool: &SqlitePool,
     owner: &str,
@@ -180,21 +199,14 @@ pub(super) async fn claim(
     limit: u32,
 ) -> Result<Vec<Claimed>, StoreError> {
     let mut conn = pool.acquire().await?;
-    // One statement, so two claimers can never take the same message.
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE messages SET state = 'in_flight', lease_owner = ?1, lease_expires_at = ?2, updated_at = ?3 \
-         WHERE id IN (SELECT id FROM messages \
-             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= ?3) \
-                OR (state = 'in_flight' AND lease_expires_at < ?3) \
-             ORDER BY next_attempt_at LIMIT ?4) \
-         RETURNING {MESSAGE_COLUMNS}, body"
-    )))
-    .bind(owner)
-    .bind(lease_until)
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(AssertSqlSafe(claim_sql()))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .bind(instance_of(owner))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut messages = rows
         .iter()
         .map(message_from_row)
@@ -215,6 +227,37 @@ pub(super) async fn claim(
             },
         })
         .collect())
+}
+
+/// The instance part of a claim owner (`INSTANCE/worker`), if it has one.
+fn instance_of(owner: &str) -> Option<&str> {
+    owner.split_once('/').map(|(instance, _)| instance)
+}
+
+/// Gives every message `instance` claimed back to the queue and forgets
+/// the instance (see `Store::release_instance`).
+pub(super) async fn release_instance(
+    pool: &SqlitePool,
+    instance: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let released = sqlx::query(
+        "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
+         next_attempt_at = ?1, lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ?1 \
+         WHERE state = 'in_flight' AND lease_instance = ?2",
+    )
+    .bind(now)
+    .bind(instance)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM instances WHERE id = ?")
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(released)
 }
 
 async fn check_lease(
@@ -277,7 +320,7 @@ pub(super) async fn complete_attempt(
     };
     sqlx::query(
         "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
-         lease_owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+         lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ? WHERE id = ?",
     )
     .bind(next_state.as_str())
     .bind(outcome.next_attempt_at.unwrap_or(now))
@@ -298,7 +341,7 @@ pub(super) async fn release(
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
         "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
-         next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, updated_at = ? \
+         next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ? \
          WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND lease_expires_at = ?",
     )
     .bind(next_attempt_at)
@@ -401,7 +444,7 @@ pub(super) async fn expire(
     let mut tx = pool.begin().await?;
     let now = crate::clock::now_unix();
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE messages SET state = 'expired', lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1 \
+        "UPDATE messages SET state = 'expired', lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ?1 \
          WHERE created_at < ?2 AND state IN ('queued', 'deferred') RETURNING {MESSAGE_COLUMNS}"
     )))
     .bind(now)
@@ -427,8 +470,13 @@ pub(super) async fn expire(
 }
 
 pub(super) async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, StoreError> {
+    // An in-flight message is due when its lease ends, or the second after
+    // its instance's heartbeat does (at once if the instance is forgotten).
     Ok(sqlx::query_scalar(
-        "SELECT MIN(CASE WHEN state = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END) \
+        "SELECT MIN(CASE WHEN state != 'in_flight' THEN next_attempt_at \
+                         WHEN lease_instance IS NULL THEN lease_expires_at \
+                         ELSE MIN(lease_expires_at, COALESCE( \
+                             (SELECT heartbeat_until + 1 FROM instances WHERE id = lease_instance), 0)) END) \
          FROM messages WHERE state IN ('queued', 'deferred', 'in_flight')",
     )
     .fetch_one(pool)
@@ -587,6 +635,39 @@ mod tests {
         assert_eq!(
             reopened.messages(None, 1000).await.expect("list").len(),
             200
+        );
+    }
+
+    #[tokio::test]
+    async fn claim_uses_the_due_index() {
+        let (_dir, store, _) = store().await;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::claim_sql()
+        )))
+        .bind("i/w0")
+        .bind(0)
+        .bind(0)
+        .bind(8)
+        .bind("i")
+        .fetch_all(&store.bookkeeping)
+        .await
+        .expect("plan");
+        let steps: Vec<String> = rows
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+            .collect();
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN messages")),
+            "the claim must not scan the whole queue (delivered mail included): {steps:?}"
+        );
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| s.contains("USING INDEX messages_due"))
+                .count(),
+            2,
+            "both branches through the due index: {steps:?}"
         );
     }
 
