@@ -241,8 +241,29 @@ impl SubmissionPolicy {
         lock(&self.shared.throttle).record_failure(context.peer.ip(), user, Instant::now());
     }
 
-    fn auth_succeeded(&self, user: &str) {
-        lock(&self.shared.throttle).record_success(user);
+    /// Runs one AUTH check under the failed-login throttle: the attempt is
+    /// counted before `check` starts (so parallel guesses all count), taken
+    /// back if it succeeds, and forgotten if it could not be judged.
+    async fn throttled_attempt(
+        &self,
+        context: &SessionContext,
+        user: &str,
+        check: impl std::future::Future<Output = Result<Identity, AuthRefusal>>,
+    ) -> Result<Identity, AuthRefusal> {
+        let peer = context.peer.ip();
+        if let Err(lockout) = lock(&self.shared.throttle).begin_attempt(peer, user, Instant::now())
+        {
+            tracing::warn!(peer = %context.peer, ?user, ?lockout, "AUTH refused: too many failures");
+            return Err(AuthRefusal::Temporary);
+        }
+        let outcome = check.await;
+        let mut throttle = lock(&self.shared.throttle);
+        match &outcome {
+            Ok(_) => throttle.attempt_succeeded(peer, user, Instant::now()),
+            Err(AuthRefusal::Temporary) => throttle.attempt_abandoned(peer, user),
+            Err(_) => {}
+        }
+        outcome
     }
 
     async fn check_password(
@@ -251,9 +272,6 @@ impl SubmissionPolicy {
         name: &str,
         password: &Secret,
     ) -> Result<Identity, AuthRefusal> {
-        if self.throttled(context, name) {
-            return Err(AuthRefusal::Temporary);
-        }
         let user = self
             .find_user(name)
             .await
@@ -284,7 +302,7 @@ impl SubmissionPolicy {
                     .contains(&user, password, Instant::now())
                 {
                     drop(permit);
-                    return self.password_verified(context, name, user);
+                    return self.password_verified(context, user);
                 }
                 let candidate = password.clone();
                 let checked = tokio::task::spawn_blocking(move || {
@@ -319,9 +337,8 @@ impl SubmissionPolicy {
             }
         };
         match verified {
-            Some(user) => self.password_verified(context, name, user),
+            Some(user) => self.password_verified(context, user),
             None => {
-                self.auth_failed(context, name);
                 // The password is not logged, not even as a fingerprint: a wrong
                 // guess is often a real password of another account or site.
                 tracing::info!(peer = %context.peer, user = ?name, "submission AUTH failed");
@@ -333,10 +350,8 @@ impl SubmissionPolicy {
     fn password_verified(
         &self,
         context: &SessionContext,
-        name: &str,
         user: SubmissionUser,
     ) -> Result<Identity, AuthRefusal> {
-        self.auth_succeeded(name);
         tracing::info!(peer = %context.peer, user = %user.name, "submission AUTH with password");
         Ok(Identity {
             user: user.name,
@@ -365,9 +380,6 @@ impl SubmissionPolicy {
         sasl_user: &str,
         token: &Secret,
     ) -> Result<Identity, AuthRefusal> {
-        if self.throttled(context, sasl_user) {
-            return Err(AuthRefusal::Temporary);
-        }
         let (issuer, validated) = match self.shared.issuers.validate(token).await {
             Ok(validated) => validated,
             Err(error) if error.is_transient() => {
@@ -375,14 +387,12 @@ impl SubmissionPolicy {
                 return Err(AuthRefusal::Temporary);
             }
             Err(error) => {
-                self.auth_failed(context, sasl_user);
                 tracing::info!(peer = %context.peer, user = ?sasl_user, token = %token.fingerprint(), %error, "bearer token refused");
                 return Err(AuthRefusal::Token(token_status(&error)));
             }
         };
         let subject = validated.subject;
         let Some(user) = self.shared.users.find_bearer(&issuer, &subject) else {
-            self.auth_failed(context, sasl_user);
             tracing::info!(%issuer, subject = ?subject, "a valid token names no [[user]]; add a [[user]] with issuer and subject to let it submit");
             return Err(AuthRefusal::Token(invalid_token()));
         };
@@ -400,11 +410,9 @@ impl SubmissionPolicy {
                     .map_err(|()| AuthRefusal::Temporary)?
                     .is_none());
         if !names_the_user {
-            self.auth_failed(context, sasl_user);
             tracing::info!(peer = %context.peer, user = ?sasl_user, subject = ?subject, token = %token.fingerprint(), "bearer token belongs to another user");
             return Err(AuthRefusal::Token(invalid_token()));
         }
-        self.auth_succeeded(sasl_user);
         tracing::info!(peer = %context.peer, user = %user.name, %issuer, token = %token.fingerprint(), "submission AUTH with bearer token");
         Ok(Identity {
             user: user.name,
@@ -573,7 +581,7 @@ impl SessionPolicy for SubmissionPolicy {
         user: &'a str,
         token: &'a Secret,
     ) -> BoxFuture<'a, Result<Identity, AuthRefusal>> {
-        Box::pin(self.check_bearer(context, user, token))
+        Box::pin(self.throttled_attempt(context, user, self.check_bearer(context, user, token)))
     }
 
     fn verify_password<'a>(
@@ -582,7 +590,11 @@ impl SessionPolicy for SubmissionPolicy {
         user: &'a str,
         password: &'a Secret,
     ) -> BoxFuture<'a, Result<Identity, AuthRefusal>> {
-        Box::pin(self.check_password(context, user, password))
+        Box::pin(self.throttled_attempt(
+            context,
+            user,
+            self.check_password(context, user, password),
+        ))
     }
 
     fn check_sender<'a>(

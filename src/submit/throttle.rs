@@ -4,6 +4,15 @@
 //! with each repeat. The check comes before any Argon2 work, so a password
 //! guesser can neither guess fast nor burn the relay's CPU.
 //!
+//! - An attempt is counted when it begins ([`AuthThrottle::begin_attempt`]),
+//!   as a failure until it succeeds: a hundred guesses sent in parallel
+//!   count as a hundred, not as the five that were checked before the
+//!   first result came back.
+//! - A user's lockout does not apply at the addresses that user logged in
+//!   from recently: wrong guesses from elsewhere cannot stop a device that
+//!   keeps using its correct password from its usual address, while a
+//!   guesser anywhere else still meets the user's and its own lockouts.
+//!
 //! Pure: every call takes `now`, so tests drive the clock.
 
 use std::collections::HashMap;
@@ -20,7 +29,14 @@ pub struct ThrottleRules {
     /// dropped first (a spray from many addresses must not grow memory
     /// without bound).
     pub max_tracked: usize,
+    /// How long a successful login keeps its address exempt from the
+    /// user's lockout.
+    pub trusted_for: Duration,
 }
+
+/// Addresses remembered as a user's usual ones, at most: a device has one
+/// or two; a cap keeps a user who logs in from everywhere from growing it.
+const TRUSTED_PER_USER: usize = 8;
 
 impl Default for ThrottleRules {
     fn default() -> Self {
@@ -34,6 +50,8 @@ impl Default for ThrottleRules {
             // by someone else's guessing.
             max_lockout: Duration::from_secs(60 * 60),
             max_tracked: 100_000,
+            // A device that sends at least monthly stays exempt.
+            trusted_for: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -92,6 +110,12 @@ impl FailureRecord {
         }
     }
 
+    /// Takes back one failure counted for an attempt that did not fail. A
+    /// lockout the count already set stays: it was earned by the others.
+    fn undo(&mut self) {
+        self.failures = self.failures.saturating_sub(1);
+    }
+
     /// Nothing left to remember: not locked and the window passed.
     fn is_idle(&self, rules: &ThrottleRules, now: Instant) -> bool {
         self.remaining(now).is_none()
@@ -104,6 +128,8 @@ pub struct AuthThrottle {
     rules: ThrottleRules,
     addresses: HashMap<IpAddr, FailureRecord>,
     users: HashMap<String, FailureRecord>,
+    /// Each user's recent good addresses and when it last logged in there.
+    trusted: HashMap<String, Vec<(IpAddr, Instant)>>,
 }
 
 impl AuthThrottle {
@@ -123,13 +149,63 @@ impl AuthThrottle {
         {
             return Err(Lockout::Address { remaining });
         }
-        if let Some(remaining) = user_key(user)
-            .and_then(|key| self.users.get(&key))
-            .and_then(|r| r.remaining(now))
+        if let Some(key) = user_key(user)
+            && let Some(remaining) = self.users.get(&key).and_then(|r| r.remaining(now))
+            && !self.is_trusted(&key, peer, now)
         {
             return Err(Lockout::User { remaining });
         }
         Ok(())
+    }
+
+    /// Checks, then counts the attempt as a failure until
+    /// [`AuthThrottle::attempt_succeeded`] or [`AuthThrottle::attempt_abandoned`]
+    /// says otherwise.
+    pub fn begin_attempt(&mut self, peer: IpAddr, user: &str, now: Instant) -> Result<(), Lockout> {
+        self.check(peer, user, now)?;
+        self.record_failure(peer, user, now);
+        Ok(())
+    }
+
+    /// The attempt begun for `user` from `peer` succeeded: its failure is
+    /// taken back, the user's count cleared, and the address becomes one
+    /// of the user's usual ones. The address keeps its other failures: one
+    /// valid account must not reset a guesser's address.
+    pub fn attempt_succeeded(&mut self, peer: IpAddr, user: &str, now: Instant) {
+        if let Some(record) = self.addresses.get_mut(&address_key(peer)) {
+            record.undo();
+        }
+        let Some(key) = user_key(user) else {
+            return;
+        };
+        self.users.remove(&key);
+        let trusted_for = self.rules.trusted_for;
+        let addresses = self.trusted.entry(key).or_default();
+        addresses
+            .retain(|(ip, at)| *ip != address_key(peer) && now.duration_since(*at) < trusted_for);
+        if addresses.len() >= TRUSTED_PER_USER {
+            addresses.remove(0);
+        }
+        addresses.push((address_key(peer), now));
+    }
+
+    /// The attempt begun could not be judged (the store or an issuer was
+    /// unreachable): neither a failure nor a success.
+    pub fn attempt_abandoned(&mut self, peer: IpAddr, user: &str) {
+        if let Some(record) = self.addresses.get_mut(&address_key(peer)) {
+            record.undo();
+        }
+        if let Some(record) = user_key(user).and_then(|key| self.users.get_mut(&key)) {
+            record.undo();
+        }
+    }
+
+    fn is_trusted(&self, user_key: &str, peer: IpAddr, now: Instant) -> bool {
+        self.trusted.get(user_key).is_some_and(|addresses| {
+            addresses.iter().any(|(ip, at)| {
+                *ip == address_key(peer) && now.duration_since(*at) < self.rules.trusted_for
+            })
+        })
     }
 
     pub fn record_failure(&mut self, peer: IpAddr, user: &str, now: Instant) {
@@ -147,14 +223,6 @@ impl AuthThrottle {
         }
     }
 
-    /// A correct password clears the user's count. The address keeps its
-    /// record: one valid account must not reset a guesser's address.
-    pub fn record_success(&mut self, user: &str) {
-        if let Some(key) = user_key(user) {
-            self.users.remove(&key);
-        }
-    }
-
     fn make_room(&mut self, now: Instant) {
         if self.addresses.len() + self.users.len() < self.rules.max_tracked {
             return;
@@ -162,6 +230,10 @@ impl AuthThrottle {
         let rules = &self.rules;
         self.addresses.retain(|_, r| !r.is_idle(rules, now));
         self.users.retain(|_, r| !r.is_idle(rules, now));
+        self.trusted.retain(|_, addresses| {
+            addresses.retain(|(_, at)| now.duration_since(*at) < rules.trusted_for);
+            !addresses.is_empty()
+        });
         // Still full of active records: forget the unlocked ones, keeping
         // the lockouts that are doing their job.
         if self.addresses.len() + self.users.len() >= rules.max_tracked {
@@ -257,7 +329,10 @@ mod tests {
         for _ in 0..4 {
             throttle.record_failure(peer, "u", now);
         }
-        throttle.record_success("u");
+        throttle
+            .begin_attempt(peer, "u", now)
+            .expect("not locked yet");
+        throttle.attempt_succeeded(peer, "u", now);
         throttle.record_failure(peer, "v", now);
         assert!(matches!(
             throttle.check(peer, "u", now),
@@ -285,6 +360,67 @@ mod tests {
         }
         assert!(throttle.check(ip("2001:db8:1:2::ff"), "x", now).is_err());
         assert!(throttle.check(ip("2001:db8:1:3::1"), "x", now).is_ok());
+    }
+
+    #[test]
+    fn parallel_attempts_are_counted_when_they_begin() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        let peer = ip("192.0.2.7");
+        // A hundred guesses arrive before any check has finished.
+        let admitted = (0..100)
+            .filter(|_| throttle.begin_attempt(peer, "scanner", now).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn guesses_from_elsewhere_do_not_stop_a_device_at_its_usual_address() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let start = Instant::now();
+        let device = ip("192.168.10.20");
+        throttle
+            .begin_attempt(device, "scanner", start)
+            .expect("first login");
+        throttle.attempt_succeeded(device, "scanner", start);
+        // Someone else, from many addresses, guesses the device's password.
+        for n in 0..20u8 {
+            let _ = throttle.begin_attempt(IpAddr::from([203, 0, 113, n]), "scanner", start);
+        }
+        let later = start + Duration::from_secs(5);
+        // The guessers meet the user's lockout...
+        assert!(matches!(
+            throttle.check(ip("198.51.100.1"), "scanner", later),
+            Err(Lockout::User { .. })
+        ));
+        // ...the device does not, and its next login still works.
+        throttle
+            .begin_attempt(device, "scanner", later)
+            .expect("the device logs in");
+        throttle.attempt_succeeded(device, "scanner", later);
+        // After its trust ran out, the device is like any other address.
+        let much_later = start + Duration::from_secs(31 * 24 * 3600);
+        for n in 0..5u8 {
+            let _ = throttle.begin_attempt(IpAddr::from([203, 0, 114, n]), "scanner", much_later);
+        }
+        assert!(matches!(
+            throttle.check(device, "scanner", much_later),
+            Err(Lockout::User { .. })
+        ));
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_be_judged_counts_for_nothing() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        let peer = ip("192.0.2.9");
+        for _ in 0..20 {
+            throttle
+                .begin_attempt(peer, "u", now)
+                .expect("never locked");
+            throttle.attempt_abandoned(peer, "u");
+        }
+        assert!(throttle.check(peer, "u", now).is_ok());
     }
 
     #[test]
