@@ -183,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lockdown { reason } => emergency::lockdown(config, reason).await,
         Command::Unlock => emergency::unlock(config).await,
         Command::RotateKey => emergency::rotate_key(config).await,
-        Command::Audit(command) => audit::run(command),
+        Command::Audit(command) => audit::run(config, command).await,
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
