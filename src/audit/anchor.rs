@@ -27,6 +27,13 @@ use std::time::{Duration, Instant};
 /// between its read and its write.
 const MAX_RACES: usize = 16;
 
+/// The least time between two anchor writes, unless a flush asks for one:
+/// a busy relay appends a line per delivery, and an anchor write per line
+/// would be a second writer on the SQLite file competing with the queue's
+/// commits. Lines of the last fraction of a second before a crash may then
+/// be unanchored, which `audit verify` reports as such.
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
 #[derive(Default)]
 struct State {
     /// The newest line handed over by an append.
@@ -46,6 +53,8 @@ struct Shared {
     state: Mutex<State>,
     settled: Condvar,
     wake: tokio::sync::Notify,
+    /// A flush is waiting: write now, not after [`MIN_INTERVAL`].
+    urgent: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -65,6 +74,7 @@ impl AnchorWriter {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
             wake: tokio::sync::Notify::new(),
+            urgent: tokio::sync::Notify::new(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,6 +99,7 @@ impl AnchorWriter {
     /// Waits until the newest anchor asked for is dealt with, at most
     /// `timeout`; false if that did not happen in time.
     pub fn flush(&self, timeout: Duration) -> bool {
+        self.shared.urgent.notify_one();
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
@@ -118,6 +129,7 @@ impl Drop for AnchorWriter {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.wake.notify_one();
+        self.shared.urgent.notify_one();
     }
 }
 
@@ -138,23 +150,32 @@ async fn run(shared: Arc<Shared>, store: Arc<dyn Store>, log: PathBuf) {
             continue;
         };
         let outcome = advance(&*store, &log, &wanted, reported.as_ref()).await;
-        let mut state = shared.lock();
-        match outcome {
-            Ok(Advance::Done) => {}
-            Ok(Advance::Mismatch { stored, note }) => {
-                tracing::error!(detail = %note.detail, "the audit log lost lines since the store's anchor was written");
-                state.reported = Some(stored);
-                state.notes.push(note);
-            }
-            Err(reason) => tracing::error!(
-                error = %reason,
-                "cannot move the audit log's anchor in the store; the log itself is written, and the next line tries again"
-            ),
+        settle(&shared, &wanted, outcome);
+        tokio::select! {
+            () = tokio::time::sleep(MIN_INTERVAL) => {}
+            () = shared.urgent.notified() => {}
         }
-        state.settled = state.settled.max(wanted.seq);
-        drop(state);
-        shared.settled.notify_all();
     }
+}
+
+/// Records what became of `wanted` and wakes whoever waits in `flush`.
+fn settle(shared: &Shared, wanted: &AuditAnchor, outcome: Result<Advance, String>) {
+    let mut state = shared.lock();
+    match outcome {
+        Ok(Advance::Done) => {}
+        Ok(Advance::Mismatch { stored, note }) => {
+            tracing::error!(detail = %note.detail, "the audit log lost lines since the store's anchor was written");
+            state.reported = Some(stored);
+            state.notes.push(note);
+        }
+        Err(reason) => tracing::error!(
+            error = %reason,
+            "cannot move the audit log's anchor in the store; the log itself is written, and the next line tries again"
+        ),
+    }
+    state.settled = state.settled.max(wanted.seq);
+    drop(state);
+    shared.settled.notify_all();
 }
 
 enum Advance {

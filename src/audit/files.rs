@@ -239,10 +239,15 @@ pub(crate) fn last_rotated_line(path: &Path) -> io::Result<Option<Line>> {
 }
 
 /// The hash of the line with sequence number `seq`, looked for from the
-/// end of the chain back: `None` if no file has it.
+/// end of the chain back: `None` if no file has it. The log itself is read
+/// first, and rotated files are listed only if the line is older than it.
 pub(crate) fn find_line_hash(path: &Path, seq: u64) -> io::Result<Option<String>> {
-    let chain = chain_files(path)?;
-    for path in chain.files.iter().rev() {
+    enum Found {
+        Hash(String),
+        Absent,
+        Older,
+    }
+    fn in_file(path: &Path, seq: u64) -> io::Result<Found> {
         let mut file = File::open(path)?;
         let mut lines = Backward::new(&mut file)?;
         while let Some((_, bytes)) = lines.next_line()? {
@@ -250,11 +255,25 @@ pub(crate) fn find_line_hash(path: &Path, seq: u64) -> io::Result<Option<String>
                 continue;
             };
             if line.seq == seq {
-                return Ok(Some(line.hash));
+                return Ok(Found::Hash(line.hash));
             }
             if line.seq < seq {
-                return Ok(None);
+                return Ok(Found::Absent);
             }
+        }
+        Ok(Found::Older)
+    }
+    match in_file(path, seq)? {
+        Found::Hash(hash) => return Ok(Some(hash)),
+        Found::Absent => return Ok(None),
+        Found::Older => {}
+    }
+    let chain = chain_files(path)?;
+    for file in chain.files.iter().rev().filter(|f| f.as_path() != path) {
+        match in_file(file, seq)? {
+            Found::Hash(hash) => return Ok(Some(hash)),
+            Found::Absent => return Ok(None),
+            Found::Older => {}
         }
     }
     Ok(None)
