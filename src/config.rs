@@ -352,12 +352,18 @@ pub struct UserConfig {
 pub struct AuditConfig {
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// Rotate the log once it has reached this many bytes (the chain goes
+    /// on in the new file; `audit verify` checks them all). Absent or 0:
+    /// never, for logrotate or nothing.
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             path: default_audit_path(),
+            rotate_bytes: None,
         }
     }
 }

@@ -95,6 +95,8 @@ async fn lockdown_revokes_every_token_at_the_provider_and_unlock_resumes() {
     harness.send(2).await.expect("delivers again");
 
     let audit = oxirelay(&[
+        "-c",
+        &config,
         "audit",
         "verify",
         harness

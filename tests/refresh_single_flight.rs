@@ -14,8 +14,8 @@ use oxirelay::oauth::broker::{Broker, BrokerError};
 use oxirelay::sandbox::authz::TokenFault;
 use oxirelay::secret::SealedValue;
 use oxirelay::store::{
-    AttemptOutcome, ClaimLease, Claimed, Event, InstanceRecord, LeaseGrant, Lockdown, MessageId,
-    MessageState, NewMessage, QueuedMessage, Store, StoreError, TokenRecord,
+    AttemptOutcome, AuditAnchor, ClaimLease, Claimed, Event, InstanceRecord, LeaseGrant, Lockdown,
+    MessageId, MessageState, NewMessage, QueuedMessage, Store, StoreError, TokenRecord,
 };
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -356,6 +356,19 @@ impl Store for FlakyStore {
     }
     async fn set_lockdown(&self, reason: Option<&str>) -> Result<(), StoreError> {
         self.inner.set_lockdown(reason).await
+    }
+    async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.sealed_secret_names().await
+    }
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
+        self.inner.audit_anchor().await
+    }
+    async fn advance_audit_anchor(
+        &self,
+        expected: Option<&AuditAnchor>,
+        next: &AuditAnchor,
+    ) -> Result<bool, StoreError> {
+        self.inner.advance_audit_anchor(expected, next).await
     }
 }
 

@@ -68,6 +68,11 @@ async fn a_mapped_network_submits_without_auth_and_the_mail_is_delivered() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].submitted_by, "network:devices");
     assert_eq!(queued[0].account, ACCOUNT);
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+    // Read once serve has stopped: the audit line follows the delivery.
     let audit = std::fs::read_to_string(harness.config_path.with_file_name("oxirelay-audit.jsonl"))
         .expect("audit log");
     assert!(
@@ -76,10 +81,6 @@ async fn a_mapped_network_submits_without_auth_and_the_mail_is_delivered() {
             .any(|line| line.contains("message.delivered") && line.contains("network:devices")),
         "{audit}"
     );
-    let status = tokio::task::spawn_blocking(move || relay.terminate())
-        .await
-        .expect("join");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,7 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
                 "account.key_imported",
                 Some(&account),
                 "service-account key sealed in the store",
-            )?;
+            );
             eprintln!(
                 "account {account}: service-account key checked and sealed in the store; delete the JSON file now"
             );

@@ -61,7 +61,10 @@ impl Context {
             .iter()
             .map(Account::from_config)
             .collect::<Result<Vec<_>, _>>()?;
-        let audit = Arc::new(crate::audit::AuditLog::open(&config.audit.path)?);
+        let audit = Arc::new(
+            crate::audit::AuditLog::open(&config.audit.path, &key, (&config.audit).into())?
+                .with_anchor(store.clone()),
+        );
         let broker = Arc::new(
             Broker::new(store.clone(), key.clone(), accounts).with_audit(audit.clone(), actor),
         );
@@ -74,22 +77,18 @@ impl Context {
         })
     }
 
-    /// Records a person's action in the audit log.
-    pub fn audit(
-        &self,
-        action: &str,
-        account: Option<&str>,
-        detail: impl Into<String>,
-    ) -> anyhow::Result<()> {
-        self.audit.append(crate::audit::AuditEntry {
+    /// Records a person's action in the audit log. A line that cannot be
+    /// written does not undo or stop the action: the log has said so
+    /// loudly, and its next line records the gap.
+    pub fn audit(&self, action: &str, account: Option<&str>, detail: impl Into<String>) {
+        let _ = self.audit.append(crate::audit::AuditEntry {
             actor: actor(),
             action: action.to_string(),
             account: account.map(str::to_string),
             token_fingerprint: None,
             message_id: None,
             detail: detail.into(),
-        })?;
-        Ok(())
+        });
     }
 
     pub fn config_path(&self) -> &Path {

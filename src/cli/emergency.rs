@@ -46,7 +46,7 @@ pub async fn lockdown(config: Option<PathBuf>, reason: String) -> anyhow::Result
     let context = Context::load(config).await?;
     // Pause first, so that no delivery starts while tokens are revoked.
     context.store.set_lockdown(Some(&reason)).await?;
-    context.audit("lockdown", None, &reason)?;
+    context.audit("lockdown", None, &reason);
     println!("LOCKDOWN: delivery is paused (queued mail is kept). Reason: {reason}");
     let mut complete = true;
     let names: Vec<String> = context
@@ -113,7 +113,7 @@ pub async fn unlock(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             crate::clock::format_unix(lockdown.since),
             lockdown.reason
         ),
-    )?;
+    );
     println!(
         "Delivery resumes. The lockdown ({}) is lifted.",
         lockdown.reason
@@ -142,7 +142,9 @@ pub async fn rotate_key_and_announce(config: Option<PathBuf>) -> anyhow::Result<
     Ok(code)
 }
 
-/// Re-seals every sealed value under the current master key.
+/// Re-seals every sealed value under the current master key: the tokens
+/// of every account and the secrets sealed beside them (service-account
+/// keys from `account import-key`), so that the old key can be destroyed.
 pub async fn rotate_key(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let context = Context::load(config).await?;
     let key = &context.key;
@@ -172,16 +174,64 @@ pub async fn rotate_key(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             resealed += 1;
         }
     }
+    let (secrets, failures) = reseal_secrets(&context).await?;
     context.audit(
         "key.rotated",
         None,
-        format!("{resealed} accounts re-sealed under key {current:08x}"),
-    )?;
-    println!("{resealed} accounts re-sealed under master key {current:08x}.");
+        format!(
+            "{resealed} accounts and {secrets} sealed secrets re-sealed under key {current:08x}{}",
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!("; {} could not be opened", failures.len())
+            }
+        ),
+    );
+    println!(
+        "{resealed} accounts re-sealed under master key {current:08x}; {secrets} sealed secrets (service-account keys) re-sealed."
+    );
+    if !failures.is_empty() {
+        for failure in &failures {
+            println!("  FAILED: {failure}");
+        }
+        println!(
+            "Keep previous_master_keys until these are fixed (import the key again with `oxirelay account import-key NAME < key.json`), then run rotate-key again."
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     if !context.config.secrets.previous_master_keys.is_empty() {
         println!(
-            "Now remove previous_master_keys from [secrets] (and destroy the old key file): nothing needs it any more."
+            "Now remove previous_master_keys from [secrets] (and destroy the old key file): nothing needs it any more. The audit log's older lines stay verifiable: the chain ties them to the lines keyed from now on."
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-seals the secrets kept beside the accounts. A secret that does not
+/// open is reported and left as it is, so that the others are still done.
+async fn reseal_secrets(context: &Context) -> anyhow::Result<(usize, Vec<String>)> {
+    let key = &context.key;
+    let current = key.key_id();
+    let mut resealed = 0;
+    let mut failures = Vec::new();
+    for (account, kind) in context.store.sealed_secret_names().await? {
+        let Some(sealed) = context.store.sealed_secret(&account, &kind).await? else {
+            continue;
+        };
+        if sealed.key_id() == Some(current) {
+            continue;
+        }
+        let seal_context = crate::oauth::account::seal_context(&account);
+        match key.open_secret(&seal_context, &sealed) {
+            Ok(plain) => {
+                context
+                    .store
+                    .put_sealed_secret(&account, &kind, &key.seal_secret(&seal_context, &plain))
+                    .await?;
+                resealed += 1;
+            }
+            Err(e) => failures.push(format!("account {account}, {kind}: {e}")),
+        }
+    }
+    Ok((resealed, failures))
 }

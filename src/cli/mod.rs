@@ -106,7 +106,7 @@ pub enum Command {
     },
     /// Lift the emergency stop and resume delivery.
     Unlock,
-    /// Re-seal every token under the current master key (after adding the old one to previous_master_keys).
+    /// Re-seal every token and sealed service-account key under the current master key (after adding the old one to previous_master_keys).
     #[command(
         after_help = "Procedure:\n  1. oxirelay keygen --file /etc/oxirelay/master-2.key\n  2. in [secrets]: master_key = \"file:/etc/oxirelay/master-2.key\", previous_master_keys = [\"file:/etc/oxirelay/master.key\"]\n  3. restart the relay (it opens both keys; queued mail is unaffected)\n  4. oxirelay rotate-key\n  5. remove previous_master_keys and destroy the old key"
     )]
@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lockdown { reason } => emergency::lockdown(config, reason).await,
         Command::Unlock => emergency::unlock(config).await,
         Command::RotateKey => emergency::rotate_key_and_announce(config).await,
-        Command::Audit(command) => audit::run(command),
+        Command::Audit(command) => audit::run(config, command).await,
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,

@@ -66,6 +66,14 @@ impl MasterKey {
         self.previous.iter().find(|k| k.key_id() == id)
     }
 
+    /// The ids of this key and of the previous ones, for messages that
+    /// name which keys are at hand.
+    pub(crate) fn ids(&self) -> Vec<u32> {
+        std::iter::once(self.key_id())
+            .chain(self.previous.iter().map(MasterKey::key_id))
+            .collect()
+    }
+
     /// Parses the base64 form that `oxirelay keygen` prints.
     pub fn from_base64(text: &str, origin: &str) -> Result<Self, MasterKeyError> {
         let malformed = || MasterKeyError::Malformed {

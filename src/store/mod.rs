@@ -290,6 +290,21 @@ pub trait Store: Send + Sync {
         sealed: &SealedValue,
     ) -> Result<(), StoreError>;
 
+    /// Every sealed secret's (account, kind), for `rotate-key`.
+    async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// The audit log's anchor: its newest line known to be on disk.
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
+
+    /// Moves the anchor from `expected` (`None`: there is none yet) to
+    /// `next`. Returns false, writing nothing, if the stored anchor is not
+    /// `expected` (another process moved it first).
+    async fn advance_audit_anchor(
+        &self,
+        expected: Option<&AuditAnchor>,
+        next: &AuditAnchor,
+    ) -> Result<bool, StoreError>;
+
     /// The emergency stop, if it is on: delivery pauses, mail stays queued.
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError>;
 
@@ -310,6 +325,15 @@ pub struct InstanceRecord {
     pub holder: Holder,
     pub started_at: i64,
     pub heartbeat_until: i64,
+}
+
+/// Where the audit log's chain had got to, kept apart from the log so
+/// that lines deleted from its end are evident (`crate::audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditAnchor {
+    pub seq: u64,
+    /// SHA-256 (hex) of the line as written, without its newline.
+    pub hash: String,
 }
 
 /// Why and since when delivery is stopped.

@@ -8,7 +8,8 @@ use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
 };
 use super::{
-    AccountState, Event, InstanceRecord, LeaseGrant, Lockdown, Store, StoreError, TokenRecord,
+    AccountState, AuditAnchor, Event, InstanceRecord, LeaseGrant, Lockdown, Store, StoreError,
+    TokenRecord,
 };
 use crate::instance::Holder;
 use crate::secret::SealedValue;
@@ -31,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("0004_control.sql")),
     (5, include_str!("0005_account_secrets.sql")),
     (6, include_str!("0006_lifecycle.sql")),
+    (7, include_str!("0007_audit_anchor.sql")),
 ];
 
 #[derive(Clone)]
@@ -533,6 +535,69 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT account, kind FROM account_secrets ORDER BY account, kind")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account")?, row.try_get("kind")?)))
+            .collect()
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let seq: i64 = row.try_get("seq")?;
+            Ok(AuditAnchor {
+                seq: u64::try_from(seq)
+                    .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
+                hash: row.try_get("hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn advance_audit_anchor(
+        &self,
+        expected: Option<&AuditAnchor>,
+        next: &AuditAnchor,
+    ) -> Result<bool, StoreError> {
+        let seq = |anchor: &AuditAnchor| {
+            i64::try_from(anchor.seq)
+                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
+        };
+        let result = match expected {
+            // A row that appeared meanwhile means another process won.
+            None => {
+                sqlx::query(
+                    "INSERT INTO audit_anchor (id, seq, hash, updated_at) VALUES (1, ?, ?, ?) \
+                 ON CONFLICT(id) DO NOTHING",
+                )
+                .bind(seq(next)?)
+                .bind(&next.hash)
+                .bind(crate::clock::now_unix())
+                .execute(&self.pool)
+                .await?
+            }
+            Some(expected) => {
+                sqlx::query(
+                    "UPDATE audit_anchor SET seq = ?, hash = ?, updated_at = ? \
+                 WHERE id = 1 AND seq = ? AND hash = ?",
+                )
+                .bind(seq(next)?)
+                .bind(&next.hash)
+                .bind(crate::clock::now_unix())
+                .bind(seq(expected)?)
+                .bind(&expected.hash)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(result.rows_affected() == 1)
     }
 
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {

@@ -1,0 +1,443 @@
+//! The audit log: every OAuth event, operator action and message outcome as
+//! one JSON line, append-only, never a token (only fingerprints).
+//!
+//! Tampering is evident, and the log never stops mail:
+//!
+//! - **Keyed chain.** Each line carries its sequence number, the SHA-256 of
+//!   the line before it, and an HMAC under a key derived from the master
+//!   key ([`key`]): an edited line fails its MAC even when whoever edited it
+//!   recomputed every hash after it. The hash chain still links every byte,
+//!   so lines keyed with a master key since rotated away and destroyed stay
+//!   covered by the first later line whose key is at hand. The format is in
+//!   [`line`].
+//! - **Anchored.** The newest line's sequence number and hash are also kept
+//!   in the store ([`anchor`]), so lines deleted from the end (which leaves a
+//!   valid, shorter chain) are evident too.
+//! - **Bounded.** Every field is cut to a budget, with a marker, so no line
+//!   exceeds [`MAX_LINE_BYTES`] whatever an upstream server replied.
+//! - **Self-repairing end.** A write cut short (a crash, a full disk) leaves
+//!   a torn last line: the next writer sets those bytes aside in a file of
+//!   their own, records that in the chain, and goes on from the last whole
+//!   line. A failed append is logged loudly, never stops the caller's work,
+//!   and the next line that can be written records how many were lost.
+//! - **Rotation.** The chain goes on across rotated files ([`files`]);
+//!   `rotate_bytes` in `[audit]` makes the writer rotate by size.
+//!
+//! Several processes append to one log (`serve` and every CLI command), so
+//! each append takes an exclusive lock on the file and reads the chain's
+//! end from the file itself, not from memory; it opens the file by name
+//! each time, so a rotation by another process (or by logrotate) is seen.
+
+mod anchor;
+mod files;
+mod key;
+mod line;
+mod verify;
+
+pub use key::AuditKey;
+pub use line::MAX_LINE_BYTES;
+pub use verify::{AnchorCheck, VerifyReport, verify};
+
+use crate::secret::MasterKey;
+use crate::store::{AuditAnchor, Store};
+use files::Tail;
+use serde::{Deserialize, Serialize};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Who the log names as the author of the lines it writes about itself.
+const NOTE_ACTOR: &str = "oxirelay";
+
+/// How long dropping the log waits for the store to take the last anchor:
+/// a SQLite commit takes milliseconds, a busy store up to its 10 s busy
+/// timeout; a command should not hang on exit longer than this.
+const ANCHOR_FLUSH: Duration = Duration::from_secs(5);
+
+/// How often an append reopens the log when another process rotated or
+/// replaced it between the open and the lock.
+const MAX_REOPENS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(
+        "cannot open the audit log {path}: {source}; check [audit] path and the directory's permissions"
+    )]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot write the audit log {path}: {source}; the event is counted and the next line written records the gap"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {reason}")]
+    Broken {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// The lines are whole, but their MACs cannot be checked with the keys
+    /// at hand.
+    #[error("{0}")]
+    Unverifiable(String),
+    /// The log does not reach, or does not contain, the line the store's
+    /// anchor names.
+    #[error("{0}")]
+    Anchor(String),
+}
+
+/// What happened, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Who caused it: "relay", "cli:<user>", "user:<name>", "api:<key>".
+    pub actor: String,
+    /// e.g. "token.issued", "account.revoked", "message.delivered".
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+fn note(action: &str, detail: String) -> AuditEntry {
+    AuditEntry {
+        actor: NOTE_ACTOR.into(),
+        action: action.into(),
+        account: None,
+        token_fingerprint: None,
+        message_id: None,
+        detail,
+    }
+}
+
+/// How the log is written, from `[audit]`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditOptions {
+    /// Rotate the log once it has reached this many bytes; never if `None`.
+    pub rotate_bytes: Option<u64>,
+}
+
+impl From<&crate::config::AuditConfig> for AuditOptions {
+    fn from(config: &crate::config::AuditConfig) -> Self {
+        AuditOptions {
+            rotate_bytes: config.rotate_bytes.filter(|&bytes| bytes > 0),
+        }
+    }
+}
+
+/// What could not be written yet.
+#[derive(Default)]
+struct Pending {
+    /// Lines about the log itself, written before the next entry.
+    notes: Vec<AuditEntry>,
+    /// Entries lost since the last line that was written.
+    failed: u64,
+    last_error: Option<String>,
+}
+
+/// An open audit log. Appends are serialised (across processes too) and
+/// flushed to disk.
+pub struct AuditLog {
+    path: PathBuf,
+    key: AuditKey,
+    options: AuditOptions,
+    pending: Mutex<Pending>,
+    anchor: Option<anchor::AnchorWriter>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The log file, opened by name and locked exclusively; unlocked on drop.
+fn open_locked(path: &Path) -> std::io::Result<std::fs::File> {
+    for _ in 0..MAX_REOPENS {
+        let file = files::open_for_append(path)?;
+        file.lock()?;
+        if same_file(&file, path)? {
+            return Ok(file);
+        }
+        // Rotated or replaced between our open and our lock: the lines go
+        // to the file that now has the name.
+    }
+    Err(std::io::Error::other(
+        "the log kept being replaced while it was being opened",
+    ))
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    Ok(match std::fs::metadata(path) {
+        Ok(named) => open.dev() == named.dev() && open.ino() == named.ino(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    })
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &std::fs::File, _path: &Path) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the log. Fails only if the file cannot
+    /// be opened at all; a damaged end is set aside and recorded, and
+    /// nothing in the file's content keeps the relay from starting.
+    pub fn open(
+        path: &Path,
+        key: &MasterKey,
+        options: AuditOptions,
+    ) -> Result<AuditLog, AuditError> {
+        files::open_for_append(path).map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let log = AuditLog {
+            path: path.to_path_buf(),
+            key: AuditKey::derive(key),
+            options,
+            pending: Mutex::new(Pending::default()),
+            anchor: None,
+        };
+        // Writes nothing unless the end needed repair (then the note).
+        let mut notes = Vec::new();
+        if let Err(e) = log.write(&mut notes) {
+            tracing::error!(log = %path.display(), error = %e, "cannot repair the end of the audit log; appends will try again");
+            log.lock_pending().notes = notes;
+        }
+        Ok(log)
+    }
+
+    /// Keeps the chain's anchor in `store` as well (see [`anchor`]).
+    pub fn with_anchor(mut self, store: Arc<dyn Store>) -> Self {
+        match anchor::AnchorWriter::start(store, self.path.clone()) {
+            Ok(writer) => self.anchor = Some(writer),
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot start the audit anchor's thread; the log is written, but not anchored in the store"
+            ),
+        }
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The id of the master key whose audit key MACs new lines.
+    pub fn key_id(&self) -> u32 {
+        self.key.id()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic mid-append leaves counters and notes, still usable.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one entry (cut to size). On failure the error is logged
+    /// here, the entry is counted, and the next line written says how many
+    /// were lost: callers may go on with their work whatever this returns.
+    pub fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        let mut pending = self.lock_pending();
+        let mut batch = std::mem::take(&mut pending.notes);
+        if let Some(anchor) = &self.anchor {
+            batch.extend(anchor.take_notes());
+        }
+        if pending.failed > 0 {
+            batch.push(note(
+                "audit.gap",
+                format!(
+                    "{} audit events could not be written before this line (last error: {}); they are missing from the log",
+                    pending.failed,
+                    pending.last_error.as_deref().unwrap_or("unknown")
+                ),
+            ));
+        }
+        batch.push(entry);
+        match self.write(&mut batch) {
+            Ok(()) => {
+                pending.failed = 0;
+                pending.last_error = None;
+                Ok(())
+            }
+            Err(source) => {
+                // The entry itself is lost (and counted); the notes about
+                // the log wait for the next line. A gap note is made anew.
+                batch.pop();
+                batch.retain(|e| e.action != "audit.gap");
+                pending.notes = batch;
+                pending.failed += 1;
+                pending.last_error = Some(source.to_string());
+                tracing::error!(
+                    log = %self.path.display(),
+                    error = %source,
+                    lost = pending.failed,
+                    "CANNOT WRITE THE AUDIT LOG; mail goes on, and the next line written records the gap"
+                );
+                Err(AuditError::Write {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) until the store's anchor names the newest
+    /// line, writing any note the anchor writer found on the way (a
+    /// mismatch). True when done; true at once without a store.
+    pub fn sync_anchor(&self, timeout: Duration) -> bool {
+        let Some(anchor) = &self.anchor else {
+            return true;
+        };
+        if !anchor.flush(timeout) {
+            return false;
+        }
+        let notes = anchor.take_notes();
+        if notes.is_empty() {
+            return true;
+        }
+        let mut notes = notes;
+        if let Err(e) = self.write(&mut notes) {
+            tracing::error!(error = %e, "cannot write the audit log's note about its anchor");
+            self.lock_pending().notes.extend(notes);
+            return false;
+        }
+        anchor.flush(timeout)
+    }
+
+    /// Writes `entries` as lines at the chain's end, repairing the end
+    /// first (which may put a note in front of them), rotating if the file
+    /// is full. Nothing is written if `entries` ends up empty.
+    fn write(&self, entries: &mut Vec<AuditEntry>) -> std::io::Result<()> {
+        for _ in 0..MAX_REOPENS {
+            let mut file = open_locked(&self.path)?;
+            let last = match files::scan_tail(&mut file)? {
+                Tail::Clean(last) => last,
+                Tail::Damaged { last, good_end } => {
+                    let (aside, bytes, sha) =
+                        files::set_aside_tail(&self.path, &mut file, good_end)?;
+                    let after = last
+                        .as_ref()
+                        .map_or_else(|| "the start".to_string(), |l| format!("line {}", l.seq));
+                    tracing::warn!(
+                        log = %self.path.display(),
+                        kept_in = %aside.display(),
+                        bytes,
+                        "the audit log ended in a torn line (a crash or a full disk cut a write); set it aside and going on from {after}"
+                    );
+                    entries.insert(
+                        0,
+                        note(
+                            "audit.tail_set_aside",
+                            format!(
+                                "{bytes} bytes after {after} were not a whole audit line (a write cut short by a crash or a full disk); kept in {} (sha256 {sha}); the chain goes on from {after}",
+                                aside.display()
+                            ),
+                        ),
+                    );
+                    last
+                }
+                Tail::NotALog => {
+                    let aside = files::sibling_name(&self.path, "damaged-")?;
+                    std::fs::rename(&self.path, &aside)?;
+                    tracing::error!(
+                        log = %self.path.display(),
+                        moved_to = %aside.display(),
+                        "the audit log's last {} bytes hold no audit line; moved the file aside whole and starting a new one",
+                        files::MAX_SET_ASIDE
+                    );
+                    entries.insert(
+                        0,
+                        note(
+                            "audit.log_set_aside",
+                            format!(
+                                "{} held no audit line in its last {} bytes and was moved to {}; the chain goes on from the newest rotated file, if any",
+                                self.path.display(),
+                                files::MAX_SET_ASIDE,
+                                aside.display()
+                            ),
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let len = file.seek(SeekFrom::End(0))?;
+            if let Some(limit) = self.options.rotate_bytes
+                && len > 0
+                && len >= limit
+            {
+                let rotated = files::sibling_name(&self.path, "")?;
+                std::fs::rename(&self.path, &rotated)?;
+                tracing::info!(log = %self.path.display(), rotated = %rotated.display(), "rotated the audit log");
+                continue;
+            }
+            // An empty log goes on from the newest rotated file, if any.
+            let last = match last {
+                Some(line) => Some(line),
+                None => files::last_rotated_line(&self.path)?,
+            };
+            let (mut seq, mut prev) = match last {
+                Some(line) => (line.seq, line.hash),
+                None => (0, line::GENESIS.to_string()),
+            };
+            let mut bytes = Vec::new();
+            for entry in entries.iter() {
+                seq += 1;
+                let at = chrono::Utc::now()
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    .to_string();
+                let line =
+                    line::keyed_line(seq, &at, &line::bounded(entry.clone()), &prev, &self.key);
+                prev = line::sha256_hex(&line);
+                bytes.extend_from_slice(&line);
+                bytes.push(b'\n');
+            }
+            if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+                // Leave no torn line behind if the file can still be cut;
+                // if not, the next writer sets it aside.
+                let _ = file.set_len(len);
+                return Err(e);
+            }
+            if let Some(anchor) = &self.anchor {
+                anchor.want(AuditAnchor { seq, hash: prev });
+            }
+            return Ok(());
+        }
+        Err(std::io::Error::other(
+            "the log kept being rotated or replaced while it was being written",
+        ))
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        if !self.sync_anchor(ANCHOR_FLUSH) {
+            tracing::warn!(
+                log = %self.path.display(),
+                "the store did not take the audit log's newest anchor in time; the next writer moves it on"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
