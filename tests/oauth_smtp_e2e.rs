@@ -303,3 +303,40 @@ async fn wrong_token_gets_the_rfc7628_exchange_byte_for_byte() {
     );
     assert_eq!(harness.sandbox.smtp.stats().auth_failures, 2);
 }
+
+#[tokio::test]
+async fn a_throttled_token_endpoint_is_left_alone_as_long_as_it_asks() {
+    use oxirelay::sandbox::authz::TokenFault;
+    let harness = Harness::start("client_credentials", "xoauth2", HOUR).await;
+    let faults = harness.sandbox.auth.faults();
+    faults.fail_next(
+        1,
+        TokenFault::Throttled {
+            retry_after: Duration::from_secs(120),
+        },
+    );
+    let broker = &harness.context.broker;
+    let error = broker.access_token(ACCOUNT).await.expect_err("throttled");
+    assert!(
+        error.is_transient(),
+        "429 temporarily_unavailable is transient: {error}"
+    );
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(120)));
+    // Asked again at once: no request, and the wait is the provider's, not
+    // the first step of the exponential backoff (2 s).
+    let requests = harness.sandbox.auth.stats().token_requests;
+    let error = broker
+        .access_token(ACCOUNT)
+        .await
+        .expect_err("still backing off");
+    let BrokerError::BackingOff { retry, .. } = &error else {
+        panic!("backing off: {error:?}");
+    };
+    let seconds: u64 = retry
+        .trim_start_matches("in ")
+        .trim_end_matches('s')
+        .parse()
+        .expect("seconds");
+    assert!((110..=120).contains(&seconds), "{retry}");
+    assert_eq!(harness.sandbox.auth.stats().token_requests, requests);
+}

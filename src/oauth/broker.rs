@@ -178,6 +178,15 @@ impl BrokerError {
         }
     }
 
+    /// How long the provider asked to be left alone (`Retry-After` on a
+    /// `429` or `503`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BrokerError::Token { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+
     /// A person must consent (or re-consent) before this account works.
     pub fn needs_person(&self) -> bool {
         matches!(
@@ -678,7 +687,9 @@ impl Broker {
             Err(error) => {
                 if error.is_transient() {
                     let failures = self.note_failure(name, &error).await;
-                    state.backoff_until = Some(Instant::now() + backoff_delay(failures));
+                    // Exponential, but never sooner than the provider asked.
+                    let wait = backoff_delay(failures).max(error.retry_after().unwrap_or_default());
+                    state.backoff_until = Some(Instant::now() + wait);
                     state.last_error = Some(error.to_string());
                     // Refreshing early leaves room for this: use the current
                     // token while it is still valid.

@@ -78,7 +78,14 @@ pub async fn start(
         .await
         .map_err(transport)?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(transport)?;
+    let body = crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_OAUTH_RESPONSE)
+        .await
+        .map_err(|e| {
+            DeviceError::Start(TokenError::Transport {
+                url: device_url.to_string(),
+                reason: e.to_string(),
+            })
+        })?;
     if !(200..300).contains(&status) {
         // Same error format as the token endpoint.
         return Err(DeviceError::Start(

@@ -87,7 +87,19 @@ pub async fn discover(
             last_reason = format!("{url} answered HTTP {}", response.status().as_u16());
             continue;
         }
-        let metadata: Metadata = match response.json().await {
+        let body = match crate::oauth::body::read_bounded(
+            response,
+            crate::oauth::body::MAX_METADATA_RESPONSE,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(e) => {
+                last_reason = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let metadata: Metadata = match serde_json::from_slice(&body) {
             Ok(m) => m,
             Err(e) => {
                 last_reason = format!("{url} is not a metadata document: {e}");

@@ -195,6 +195,10 @@ pub enum TokenError {
         url: String,
         status: u16,
         detail: String,
+        /// The endpoint's `Retry-After` in seconds, when it sent one
+        /// (seconds, not a `Duration`: every `Result` of a token request
+        /// carries this error, so it stays small).
+        retry_after: Option<u32>,
     },
     #[error("the token endpoint refused the request: {}", .0.summary())]
     Rejected(OAuthError),
@@ -212,6 +216,34 @@ impl TokenError {
             self,
             TokenError::Transport { .. } | TokenError::Unavailable { .. }
         )
+    }
+
+    /// How long the endpoint asked to be left alone (RFC 9110 section
+    /// 10.2.3), for an error that is worth retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TokenError::Unavailable { retry_after, .. } => {
+                retry_after.map(|secs| Duration::from_secs(secs.into()))
+            }
+            _ => None,
+        }
+    }
+
+    fn with_retry_after(self, after: Option<Duration>) -> Self {
+        match self {
+            TokenError::Unavailable {
+                url,
+                status,
+                detail,
+                retry_after: None,
+            } => TokenError::Unavailable {
+                url,
+                status,
+                detail,
+                retry_after: after.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+            },
+            other => other,
+        }
     }
 
     pub fn oauth_error(&self) -> Option<&OAuthError> {
@@ -313,16 +345,20 @@ impl TokenEndpoint {
                 reason: describe_reqwest_error(&e),
             })?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|e| TokenError::Transport {
-            url: self.url.to_string(),
-            reason: describe_reqwest_error(&e),
-        })?;
+        let retry_after = retry_after(response.headers());
+        let body =
+            crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_OAUTH_RESPONSE)
+                .await
+                .map_err(|e| TokenError::Transport {
+                    url: self.url.to_string(),
+                    reason: e.to_string(),
+                })?;
         parse_token_response(self.url.as_str(), status, &body).map_err(|error| match error {
             TokenError::Rejected(mut refusal) => {
                 refusal.grant_type = Some(grant.grant_type());
                 TokenError::Rejected(refusal)
             }
-            other => other,
+            other => other.with_retry_after(retry_after),
         })
     }
 }
@@ -364,7 +400,9 @@ pub fn parse_token_response(
     }
     let transient_status = status == 408 || status == 429 || status >= 500;
     match serde_json::from_slice::<RawErrorResponse>(body) {
-        Ok(raw) if !transient_status || raw.error == "temporarily_unavailable" && status < 500 => {
+        // `temporarily_unavailable` (RFC 6749 section 4.1.2.1) says the
+        // server is overloaded, whatever the status it comes with.
+        Ok(raw) if !transient_status && raw.error != "temporarily_unavailable" => {
             Err(TokenError::Rejected(OAuthError {
                 code: OAuthErrorCode::parse(&raw.error),
                 code_text: raw.error.clone(),
@@ -377,17 +415,42 @@ pub fn parse_token_response(
             url: url.to_string(),
             status,
             detail: format!(" ({})", raw.error),
+            retry_after: None,
         }),
         Err(_) if transient_status => Err(TokenError::Unavailable {
             url: url.to_string(),
             status,
             detail: String::new(),
+            retry_after: None,
         }),
         Err(_) => Err(TokenError::Malformed {
             url: url.to_string(),
             reason: format!("HTTP {status} without an OAuth error body"),
         }),
     }
+}
+
+/// The longest `Retry-After` honoured: beyond it the relay's own backoff
+/// decides, so a misconfigured header cannot park an account for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 section 10.2.3).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let after = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(after.min(MAX_RETRY_AFTER))
 }
 
 /// RFC 6749 section 2.3.1: id and secret are form-urlencoded before base64.
@@ -445,11 +508,38 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_in_both_forms_and_capped() {
+        let headers = |value: &str| {
+            let mut map = reqwest::header::HeaderMap::new();
+            map.insert(
+                reqwest::header::RETRY_AFTER,
+                value.parse().expect("header value"),
+            );
+            map
+        };
+        assert_eq!(retry_after(&headers("120")), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&headers("86400")), Some(MAX_RETRY_AFTER));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(90))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let parsed = retry_after(&headers(&soon)).expect("an HTTP date");
+        assert!(
+            parsed > Duration::from_secs(80) && parsed <= Duration::from_secs(90),
+            "{parsed:?}"
+        );
+        assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+    }
+
+    #[test]
     fn server_errors_and_throttling_are_transient() {
         for (status, body) in [
             (500, &b"oops"[..]),
             (503, b"{\"error\":\"server_error\"}"),
             (429, b""),
+            (429, b"{\"error\":\"temporarily_unavailable\"}"),
+            (503, b"{\"error\":\"temporarily_unavailable\"}"),
+            (400, b"{\"error\":\"temporarily_unavailable\"}"),
         ] {
             assert!(
                 parse_token_response("u", status, body)

@@ -2,6 +2,7 @@
 //! bearer-token validation (shared by the sandbox and the broker's checks).
 
 pub mod account;
+pub mod body;
 pub mod broker;
 pub mod consent;
 pub mod device;

@@ -378,10 +378,12 @@ impl JwtValidator {
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
-        let body: JwksDocument = response
-            .json()
-            .await
-            .map_err(|e| format!("not a JWKS document: {e}"))?;
+        let body =
+            crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_METADATA_RESPONSE)
+                .await
+                .map_err(|e| e.to_string())?;
+        let body: JwksDocument =
+            serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut cache = KeyCache::default();
         // A key we cannot use (unknown kty, encryption key) is skipped rather
         // than failing the set: issuers publish more than we need.
@@ -564,7 +566,10 @@ pub async fn introspect(
         });
     }
     if !status.is_success() {
-        let body = response.bytes().await.unwrap_or_default();
+        let body =
+            crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_OAUTH_RESPONSE)
+                .await
+                .unwrap_or_default();
         let refusal = serde_json::from_slice::<IntrospectionRefusal>(&body).ok();
         let detail = refusal
             .as_ref()
@@ -589,13 +594,16 @@ pub async fn introspect(
             },
         });
     }
-    response
-        .json::<Introspection>()
+    let body = crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_OAUTH_RESPONSE)
         .await
         .map_err(|e| IntrospectionError::BadResponse {
-            url,
+            url: url.clone(),
             reason: e.to_string(),
-        })
+        })?;
+    serde_json::from_slice::<Introspection>(&body).map_err(|e| IntrospectionError::BadResponse {
+        url,
+        reason: e.to_string(),
+    })
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.

@@ -25,8 +25,25 @@ pub(crate) async fn token(State(core): Core, headers: HeaderMap, body: Bytes) ->
     let params = Params::parse(&body);
     let kind = GrantKind::from_grant_type(params.as_ref().ok().and_then(|p| p.get("grant_type")));
     core.stats.token_request(kind);
+    let fault = core.faults.next_request();
+    if let Some(TokenFault::Throttled { retry_after }) = fault {
+        core.stats.update(|s| s.token_failures += 1);
+        let error = OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "injected fault: the token endpoint is throttling this client",
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(
+                axum::http::header::RETRY_AFTER,
+                retry_after.as_secs().to_string(),
+            )],
+            axum::Json(error),
+        )
+            .into_response();
+    }
     let result = match params {
-        Ok(params) => token_inner(&core, &headers, &params).await,
+        Ok(params) => token_inner(&core, &headers, &params, fault).await,
         Err(e) => Err(e),
     };
     match result {
@@ -43,9 +60,10 @@ async fn token_inner(
     core: &AuthCore,
     headers: &HeaderMap,
     params: &Params,
+    fault: Option<TokenFault>,
 ) -> Result<super::engine::TokenResponse, OAuthError> {
     let mut lifetime = None;
-    match core.faults.next_request() {
+    match fault {
         Some(TokenFault::ServerError) => {
             return Err(OAuthError::new(
                 ErrorCode::ServerError,
@@ -59,7 +77,8 @@ async fn token_inner(
         }
         Some(TokenFault::Delay(delay)) => tokio::time::sleep(delay).await,
         Some(TokenFault::ShortLived(short)) => lifetime = Some(short),
-        None => {}
+        // Answered by `token` before the request is read.
+        Some(TokenFault::Throttled { .. }) | None => {}
     }
     let client = authenticate(&core.config, headers, params)?;
     core.token_lasting(client, params, lifetime)

@@ -17,6 +17,9 @@ pub enum TokenFault {
     InvalidGrant,
     /// The request is handled normally, after this delay.
     Delay(Duration),
+    /// HTTP 429 with `{"error":"temporarily_unavailable"}` and this
+    /// `Retry-After`, as a provider throttling its token endpoint answers.
+    Throttled { retry_after: Duration },
     /// The request is handled normally, but the access token lives only
     /// this long, as when a policy at the provider shortens lifetimes or a
     /// token was issued long before it is used.
