@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Do not send delivery status notifications (bounces) to senders.
     #[arg(long)]
     pub no_dsn: bool,
+    /// Concurrent sessions per listener; more are answered 421 4.3.2.
+    #[arg(long, default_value_t = SubmissionOptions::default().max_sessions)]
+    pub max_sessions_per_listener: usize,
 }
 
 pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -62,7 +65,10 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         &context.config,
         store.clone(),
         wake.clone(),
-        SubmissionOptions::default(),
+        SubmissionOptions {
+            max_sessions: args.max_sessions_per_listener.max(1),
+            ..SubmissionOptions::default()
+        },
     );
     let (listeners_stop, listeners_signal) = shutdown_channel();
     let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;

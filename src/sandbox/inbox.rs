@@ -3,6 +3,12 @@
 //! message in `meta/` saying who sent it and how they authenticated (the
 //! token's fingerprint, never the token). Tests wait on it with
 //! [`Inbox::wait_for_count`], which is woken by each delivery.
+//!
+//! For benchmarks only, [`Inbox::count_only`] stores nothing and only
+//! counts: the sandbox as a fast sink, so that a benchmark of the relay
+//! measures the relay rather than the sandbox's two fsyncs per message.
+//! Nothing can be read back from it; tests that look at messages use
+//! [`Inbox::open`].
 
 use crate::secret::Fingerprint;
 use crate::smtp::sasl::Mechanism;
@@ -79,6 +85,8 @@ struct InboxInner {
     dir: PathBuf,
     count: watch::Sender<usize>,
     sequence: AtomicU64,
+    /// Benchmarks only: count accepted messages, store nothing.
+    count_only: bool,
 }
 
 impl Inbox {
@@ -98,11 +106,38 @@ impl Inbox {
                 dir,
                 count: watch::Sender::new(0),
                 sequence: AtomicU64::new(0),
+                count_only: false,
             }),
         };
         let existing = inbox.list()?.len();
         inbox.inner.count.send_replace(existing);
         Ok(inbox)
+    }
+
+    /// Benchmarks only: an inbox that counts what it is given and stores
+    /// nothing (the directory is created all the same, empty). [`Inbox::list`]
+    /// stays empty and [`Inbox::read`] finds nothing; [`Inbox::count`] and
+    /// [`Inbox::wait_for_count`] count from zero.
+    pub fn count_only(dir: impl Into<PathBuf>) -> Result<Self, InboxError> {
+        let opened = Inbox::open(dir)?;
+        Ok(Inbox {
+            inner: Arc::new(InboxInner {
+                dir: opened.inner.dir.clone(),
+                count: watch::Sender::new(0),
+                sequence: AtomicU64::new(0),
+                count_only: true,
+            }),
+        })
+    }
+
+    /// Whether this inbox only counts ([`Inbox::count_only`]).
+    pub fn is_count_only(&self) -> bool {
+        self.inner.count_only
+    }
+
+    /// The arrival counter, for a watcher that reports it elsewhere.
+    pub fn subscribe_count(&self) -> watch::Receiver<usize> {
+        self.inner.count.subscribe()
     }
 
     pub fn dir(&self) -> &Path {
@@ -116,6 +151,9 @@ impl Inbox {
         delivery: &Delivery,
         message: &[u8],
     ) -> Result<InboxEntry, InboxError> {
+        if self.inner.count_only {
+            return Ok(self.count_message(delivery, message));
+        }
         let now = chrono::Utc::now();
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         // Sorts by arrival; the random part keeps two processes sharing a
@@ -156,12 +194,34 @@ impl Inbox {
         Ok(entry)
     }
 
-    /// [`Inbox::store_blocking`] on tokio's blocking pool.
+    /// A count-only inbox's "store": the entry it would have written.
+    fn count_message(&self, delivery: &Delivery, message: &[u8]) -> InboxEntry {
+        let now = chrono::Utc::now();
+        let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        self.inner.count.send_modify(|count| *count += 1);
+        InboxEntry {
+            id: format!("{:013}.{sequence:06}.counted", now.timestamp_millis()),
+            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            mail_from: delivery.mail_from.clone(),
+            rcpt_to: delivery.rcpt_to.clone(),
+            user: delivery.user.clone(),
+            mechanism: delivery.mechanism,
+            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
+            size: message.len(),
+            subject: None,
+        }
+    }
+
+    /// [`Inbox::store_blocking`] on tokio's blocking pool (a count-only
+    /// inbox counts in place: it has no I/O to move off the runtime).
     pub async fn store(
         &self,
         delivery: Delivery,
         message: Vec<u8>,
     ) -> Result<InboxEntry, InboxError> {
+        if self.inner.count_only {
+            return Ok(self.count_message(&delivery, &message));
+        }
         let inbox = self.clone();
         tokio::task::spawn_blocking(move || inbox.store_blocking(&delivery, &message))
             .await
