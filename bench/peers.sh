@@ -31,7 +31,7 @@
 #
 # Usage: bench/peers.sh [MESSAGES_PER_RUN]   (default 5000)
 # Env:   SESSIONS="10 50"  SIZE=5120  TIMEOUT=120  OUT=dir  RUNS=1
-#        WORKERS=16 (oxirelay serve --workers)  IDLE=1000
+#        WORKERS=8 (oxirelay serve --workers, its default)  IDLE=1000
 #        SKIP_BUILD=1 PROFILE=debug (a quick check of the script itself)
 set -euo pipefail
 
@@ -41,7 +41,7 @@ SESSIONS="${SESSIONS:-10 50}"
 SIZE="${SIZE:-5120}"
 TIMEOUT="${TIMEOUT:-120}"
 RUNS="${RUNS:-1}"
-WORKERS="${WORKERS:-16}"
+WORKERS="${WORKERS:-8}"
 IDLE="${IDLE:-1000}"
 OUT="${OUT:-target/bench/peers-$(date -u +%Y%m%dT%H%M%SZ)}"
 SINK_PORT="${SINK_PORT:-19925}"

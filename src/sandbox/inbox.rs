@@ -402,6 +402,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_count_only_inbox_counts_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::count_only(dir.path()).expect("open");
+        assert!(inbox.is_count_only());
+        let mut count = inbox.subscribe_count();
+        for n in 0..3 {
+            let entry = inbox
+                .store(
+                    delivery(),
+                    format!("Subject: {n}\r\n\r\nx\r\n").into_bytes(),
+                )
+                .await
+                .expect("counted");
+            assert_eq!(entry.size, "Subject: 0\r\n\r\nx\r\n".len());
+        }
+        assert_eq!(*count.borrow_and_update(), 3);
+        assert_eq!(
+            inbox
+                .wait_for_count(3, Duration::from_secs(1))
+                .await
+                .expect("3")
+                .len(),
+            0
+        );
+        for sub in ["tmp", "new", "meta"] {
+            assert_eq!(
+                fs::read_dir(dir.path().join(sub)).expect("dir").count(),
+                0,
+                "{sub}"
+            );
+        }
+        // A normal inbox on the same directory finds nothing either.
+        assert_eq!(Inbox::open(dir.path()).expect("reopen").count(), 0);
+    }
+
+    #[tokio::test]
     async fn waiting_times_out_with_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let inbox = Inbox::open(dir.path()).expect("open");
