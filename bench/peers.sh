@@ -275,11 +275,11 @@ start_relay() { # label extra-args...
     PIDS+=("$RELAY_PID")
     wait_for "$WORK/serve-$label.log" 'delivering with' 30
 }
-stop_relay() { # label
+stop_relay() { # label: SIGTERM, wait (bounded) for the summary it prints
     kill -TERM "$RELAY_PID"
+    wait_for "$WORK/serve-$1.log" "oxirelay: stopped" 60 || true
     wait "$RELAY_PID" || true
     cp "$WORK/serve-$1.log" "$OUT/"
-    grep "oxirelay: stopped" "$WORK/serve-$1.log" || true
 }
 record() { # JSON object
     echo "$1" | tee -a "$RESULTS"
@@ -333,7 +333,8 @@ for run in $(seq "$RUNS"); do
             --size "$SIZE" --one-per-session --timeout "${TIMEOUT}s" >"$OUT/r$run-latency-n$n.json" || true
         wait_count sandbox_count $((before + 2 * MESSAGES)) "$TIMEOUT" || true
         rss=$(peak_rss_kb "$RELAY_PID")
-        summary=$(stop_relay "r$run-n$n")
+        stop_relay "r$run-n$n"
+        summary=$(grep "oxirelay: stopped" "$WORK/serve-r$run-n$n.log" || true)
         per_auth=$(echo "$summary" | sed -n 's/.*(\([0-9.]*\) per AUTH).*/\1/p')
         tokens=$(echo "$summary" | sed -n 's/.* \([0-9]*\) access tokens obtained.*/\1/p')
         sessions=$(echo "$summary" | sed -n 's/.*upstream: \([0-9]*\) authenticated sessions.*/\1/p')
@@ -360,6 +361,6 @@ fi
 wait "$IDLE_PID" || true
 opened=$(jq .sessions_opened "$OUT/idle.json" 2>/dev/null || echo null)
 record "{\"path\":\"idle sessions\",\"requested\":$IDLE,\"opened\":$opened,\"relay_rss_kb_before\":$rss_before,\"relay_rss_kb_open\":$rss_open,\"relay_peak_rss_kb\":$(peak_rss_kb "$RELAY_PID")}"
-stop_relay idle >/dev/null
+stop_relay idle
 
 echo "== results: $RESULTS"
