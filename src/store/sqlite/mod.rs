@@ -44,10 +44,11 @@ pub struct SqliteStore {
     /// connections that meet a held lock wait in its busy handler, which
     /// sleeps 1, 2, 5, 10 ... 100 ms between tries. Queueing in-process
     /// writers here instead, first come first served, keeps a group commit
-    /// from sleeping behind the delivery side's bookkeeping: measured with
-    /// bench/peers.sh, p99 submission latency at 50 sessions went from
-    /// about 200 ms to the figures in BENCHMARKS.md. Other processes (the
-    /// CLI) still meet the busy handler, as before.
+    /// from sleeping behind the delivery side's bookkeeping (and lets the
+    /// committer take in whoever arrived while it waited). It landed with
+    /// the audit and event changes, measured together in BENCHMARKS.md
+    /// (issue 8), not on its own. Other processes (the CLI) still meet the
+    /// busy handler, as before.
     writer: queue::WriteGate,
 }
 
@@ -240,9 +241,12 @@ impl Store for SqliteStore {
         // commit that survives a process crash (WAL), without an fsync of
         // its own. With `synchronous=FULL` every delivered message cost an
         // fsync here (about 4 ms on the benchmark machine's disk), one
-        // writer at a time, which capped delivery at about 210 messages/s
-        // and queued acknowledgements behind it. A power cut may lose the
-        // last few events, as it may lose the outcomes recorded with them;
+        // writer at a time, in front of the next acknowledgement's group
+        // commit. (Delivery was capped at about 210 messages/s by this and
+        // the audit log's flush per outcome; moving this one alone changed
+        // nothing measurable, the audit flush being the tighter.) A power
+        // cut may lose the last few events, as it may lose the outcomes
+        // recorded with them;
         // the state that matters (queued messages, tokens, lockdown) keeps
         // its own `synchronous=FULL` commits.
         let _writer = self.writer.lock().await;
