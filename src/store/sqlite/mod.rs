@@ -246,9 +246,8 @@ impl Store for SqliteStore {
         // the audit log's flush per outcome; moving this one alone changed
         // nothing measurable, the audit flush being the tighter.) A power
         // cut may lose the last few events, as it may lose the outcomes
-        // recorded with them;
-        // the state that matters (queued messages, tokens, lockdown) keeps
-        // its own `synchronous=FULL` commits.
+        // recorded with them; the state that matters (queued messages,
+        // tokens, lockdown) keeps its own `synchronous=FULL` commits.
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
             .bind(event.at)
