@@ -74,6 +74,28 @@ pub struct InboxEntry {
     pub subject: Option<String>,
 }
 
+impl InboxEntry {
+    fn of(
+        id: String,
+        now: chrono::DateTime<chrono::Utc>,
+        delivery: &Delivery,
+        message: &[u8],
+        subject: Option<String>,
+    ) -> InboxEntry {
+        InboxEntry {
+            id,
+            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            mail_from: delivery.mail_from.clone(),
+            rcpt_to: delivery.rcpt_to.clone(),
+            user: delivery.user.clone(),
+            mechanism: delivery.mechanism,
+            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
+            size: message.len(),
+            subject,
+        }
+    }
+}
+
 /// A Maildir inbox. Cheap to clone; clones share the arrival counter.
 #[derive(Debug, Clone)]
 pub struct Inbox {
@@ -164,17 +186,7 @@ impl Inbox {
             sequence,
             rand::random::<u32>()
         );
-        let entry = InboxEntry {
-            id: id.clone(),
-            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            mail_from: delivery.mail_from.clone(),
-            rcpt_to: delivery.rcpt_to.clone(),
-            user: delivery.user.clone(),
-            mechanism: delivery.mechanism,
-            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
-            size: message.len(),
-            subject: subject_of(message),
-        };
+        let entry = InboxEntry::of(id.clone(), now, delivery, message, subject_of(message));
         let dir = &self.inner.dir;
         write_durably(
             &dir.join("tmp").join(&id),
@@ -199,17 +211,8 @@ impl Inbox {
         let now = chrono::Utc::now();
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         self.inner.count.send_modify(|count| *count += 1);
-        InboxEntry {
-            id: format!("{:013}.{sequence:06}.counted", now.timestamp_millis()),
-            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            mail_from: delivery.mail_from.clone(),
-            rcpt_to: delivery.rcpt_to.clone(),
-            user: delivery.user.clone(),
-            mechanism: delivery.mechanism,
-            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
-            size: message.len(),
-            subject: None,
-        }
+        let id = format!("{:013}.{sequence:06}.counted", now.timestamp_millis());
+        InboxEntry::of(id, now, delivery, message, None)
     }
 
     /// [`Inbox::store_blocking`] on tokio's blocking pool (a count-only

@@ -11,7 +11,7 @@
 
 use super::relay::{RelayConfig, ServedRelay};
 use super::tools::run;
-use super::{RECIPIENT, USER, WAIT};
+use super::{RECIPIENT, USER};
 use oxirelay::sandbox::{Sandbox, SandboxOptions};
 use std::process::Output;
 use tokio::process::Command;
@@ -108,18 +108,7 @@ allowed_from = ["{USER}"]
     /// The message that reached the sandbox with `subject`, waiting until
     /// `n` messages arrived there in all.
     pub async fn arrived(&self, n: usize, subject: &str) -> Vec<u8> {
-        let inbox = self.sandbox.smtp.inbox();
-        let entries = inbox
-            .wait_for_count(n, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{n} messages did not reach the sandbox: {e}"));
-        let entry = entries
-            .iter()
-            .find(|e| e.subject.as_deref() == Some(subject))
-            .unwrap_or_else(|| panic!("no message {subject:?} at the sandbox"));
-        assert_eq!(entry.mail_from, USER);
-        assert_eq!(entry.rcpt_to, vec![RECIPIENT.to_string()]);
-        inbox.read(&entry.id).expect("read")
+        super::submission::arrived(&self.sandbox, n, subject).await
     }
 
     /// What the relay's queue holds, submitter by submitter.
