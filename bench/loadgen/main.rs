@@ -1,10 +1,19 @@
 //! oxirelay-loadgen: the project's own SMTP load generator (issue 3, item
 //! 5). It opens N concurrent sessions to a target (the relay's submission
-//! listener with AUTH PLAIN, or the sandbox SMTP server with XOAUTH2 as the
-//! baseline), STARTTLS with a given CA, and submits M messages of a given
-//! size in total, reusing each session for many messages or one message per
-//! session. It prints one JSON report: messages sent, duration, messages/s,
-//! submission latency (end of DATA to the 250) percentiles, and errors.
+//! listener with AUTH PLAIN, or without AUTH and TLS where the listener maps
+//! the client's network to an identity; or the sandbox SMTP server with
+//! XOAUTH2 as the baseline), STARTTLS with a given CA when it
+//! authenticates, and submits M messages of a given size in total, reusing
+//! each session for many messages or one message per session. It prints
+//! one JSON report: messages sent, duration, messages/s, submission latency
+//! (end of DATA to the 250) percentiles, and errors.
+//!
+//! `--idle D` instead opens the N sessions (EHLO, nothing more), says so on
+//! standard error once all are open, holds them for D and quits them: what
+//! an idle session costs the server.
+//!
+//! `--source A,B,...` spreads the sessions over several local addresses
+//! (127.0.0.2, ...: other "hosts" on loopback).
 //!
 //! The run is bounded: M messages at most, and `--timeout`, after which the
 //! workers stop and the report is printed with `"timed_out": true`.
@@ -19,6 +28,7 @@ mod wire;
 use clap::Parser;
 use oxirelay::secret::Secret;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,13 +58,14 @@ struct Args {
     /// The name in the server's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// The CA to trust for STARTTLS.
+    /// The CA to trust for STARTTLS (needed with AUTH).
     #[arg(long)]
-    ca_file: PathBuf,
+    ca_file: Option<PathBuf>,
+    /// none: no TLS, no AUTH (a listener that knows the client's network).
     #[arg(long, value_enum)]
     auth: AuthKind,
     /// SASL user (PLAIN: the submission user; XOAUTH2: the mailbox).
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     user: String,
     /// PLAIN password; from the environment so it stays out of `ps`.
     #[arg(long, env = "LOADGEN_PASSWORD", hide_env_values = true)]
@@ -79,6 +90,13 @@ struct Args {
     /// One message per session (connect, TLS and AUTH every time) instead of reusing sessions.
     #[arg(long)]
     one_per_session: bool,
+    /// Local addresses to connect from, comma-separated; session i uses the
+    /// (i mod count)-th.
+    #[arg(long, value_delimiter = ',')]
+    source: Vec<IpAddr>,
+    /// Open the N sessions, hold them idle this long, quit; send nothing.
+    #[arg(long, value_parser = oxirelay::cli::parse_duration)]
+    idle: Option<Duration>,
     /// Stop after this long and report what was done.
     #[arg(long, default_value = "120s", value_parser = oxirelay::cli::parse_duration)]
     timeout: Duration,
@@ -91,6 +109,7 @@ struct Args {
 enum AuthKind {
     Plain,
     Xoauth2,
+    None,
 }
 
 #[derive(Default)]
@@ -138,6 +157,8 @@ struct Plan {
     one_per_session: bool,
     deadline: Instant,
     next: AtomicUsize,
+    /// Idle sessions open so far (`--idle`).
+    opened: AtomicUsize,
 }
 
 #[tokio::main]
@@ -177,9 +198,16 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 token: Secret::new(token.trim()),
             }
         }
+        AuthKind::None => Credentials::None,
     };
-    let tls = oxirelay::tls::client_config(Some(&args.ca_file))
-        .map_err(|e| format!("cannot use the CA file {}: {e}", args.ca_file.display()))?;
+    let tls = match (&args.ca_file, args.auth) {
+        (_, AuthKind::None) => None,
+        (Some(ca_file), _) => Some(
+            oxirelay::tls::client_config(Some(ca_file))
+                .map_err(|e| format!("cannot use the CA file {}: {e}", ca_file.display()))?,
+        ),
+        (None, _) => return Err("AUTH needs --ca-file for STARTTLS".into()),
+    };
     let server_name = rustls_pki_types::ServerName::try_from(args.server_name.clone())
         .map_err(|_| format!("{:?} is not a valid server name", args.server_name))?;
     let from = args.from.clone().unwrap_or_else(|| args.user.clone());
@@ -199,11 +227,16 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         one_per_session: args.one_per_session,
         deadline,
         next: AtomicUsize::new(0),
+        opened: AtomicUsize::new(0),
     });
 
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.sessions {
-        workers.spawn(worker(plan.clone()));
+    for i in 0..args.sessions {
+        let source = (!args.source.is_empty()).then(|| args.source[i % args.source.len()]);
+        match args.idle {
+            Some(hold) => workers.spawn(hold_idle(plan.clone(), source, hold, args.sessions)),
+            None => workers.spawn(worker(plan.clone(), source)),
+        };
     }
     let mut total = WorkerStats::default();
     let hard_stop = tokio::time::Instant::from_std(deadline + GRACE);
@@ -225,21 +258,49 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     let elapsed = started.elapsed();
     total.timed_out |= Instant::now() >= deadline;
     println!("{}", report(&args, &total, elapsed));
-    Ok(if total.error_count == 0 && total.sent == args.messages {
+    let complete = match args.idle {
+        Some(_) => total.sessions_opened == args.sessions,
+        None => total.sent == args.messages,
+    };
+    Ok(if total.error_count == 0 && complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-async fn worker(plan: Arc<Plan>) -> WorkerStats {
+/// `--idle`: one session opened and held for `hold` (within the deadline),
+/// then quit. The last to open tells standard error that all `of` are open.
+async fn hold_idle(
+    plan: Arc<Plan>,
+    source: Option<IpAddr>,
+    hold: Duration,
+    of: usize,
+) -> WorkerStats {
+    let mut stats = WorkerStats::default();
+    match Session::open(&plan.target, source, plan.deadline).await {
+        Ok(session) => {
+            stats.sessions_opened = 1;
+            if plan.opened.fetch_add(1, Ordering::Relaxed) + 1 == of {
+                eprintln!("oxirelay-loadgen: all {of} idle sessions are open");
+            }
+            let until = (Instant::now() + hold).min(plan.deadline);
+            tokio::time::sleep_until(until.into()).await;
+            session.quit().await;
+        }
+        Err(e) => stats.error(&e),
+    }
+    stats
+}
+
+async fn worker(plan: Arc<Plan>, source: Option<IpAddr>) -> WorkerStats {
     let mut stats = WorkerStats::default();
     let mut open_failures = 0;
     let claim = || plan.next.fetch_add(1, Ordering::Relaxed) < plan.messages;
     // Bounded: each pass claims a message first (there are `messages`), so
     // no session is opened for nothing; and the deadline stops it.
     while Instant::now() < plan.deadline && claim() {
-        let mut session = match Session::open(&plan.target, plan.deadline).await {
+        let mut session = match Session::open(&plan.target, source, plan.deadline).await {
             Ok(session) => session,
             Err(e) => {
                 // The claimed message could not be submitted: an error.
@@ -322,7 +383,8 @@ fn report(args: &Args, total: &WorkerStats, elapsed: Duration) -> String {
     let value = serde_json::json!({
         "label": args.label,
         "target": args.target,
-        "auth": match args.auth { AuthKind::Plain => "plain", AuthKind::Xoauth2 => "xoauth2" },
+        "auth": match args.auth { AuthKind::Plain => "plain", AuthKind::Xoauth2 => "xoauth2", AuthKind::None => "none" },
+        "idle_s": args.idle.map(|d| d.as_secs_f64()),
         "sessions": args.sessions,
         "one_per_session": args.one_per_session,
         "message_bytes": args.size,

@@ -1,6 +1,8 @@
-//! The load generator's SMTP submission session: connect, EHLO, STARTTLS
-//! (trusting a given CA), EHLO again, AUTH PLAIN or XOAUTH2, then message
-//! after message. Written here rather than with `oxirelay::smtp::client`
+//! The load generator's SMTP submission session: connect (from a chosen
+//! source address if asked), EHLO, STARTTLS (trusting a given CA), EHLO
+//! again, AUTH PLAIN or XOAUTH2, then message after message; or, for a
+//! listener that maps the client's network to an identity (`[[network]]`),
+//! plain EHLO and no AUTH. Written here rather than with `oxirelay::smtp::client`
 //! because that client authenticates only with OAuth (it is the upstream
 //! client) and a benchmark needs PLAIN for the relay; the SASL payloads
 //! come from `oxirelay::smtp::sasl`, the one place they are encoded.
@@ -11,10 +13,11 @@ use oxirelay::secret::Secret;
 use oxirelay::smtp::sasl::{
     BearerCredentials, PasswordCredentials, encode_base64, encode_plain, encode_xoauth2,
 };
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// A longer reply than this is not SMTP; stop reading rather than grow.
 const MAX_REPLY_LINES: usize = 100;
@@ -38,8 +41,16 @@ pub enum WireError {
 /// How to authenticate.
 #[derive(Clone)]
 pub enum Credentials {
-    Plain { user: String, password: Secret },
-    XOAuth2 { user: String, token: Secret },
+    Plain {
+        user: String,
+        password: Secret,
+    },
+    XOAuth2 {
+        user: String,
+        token: Secret,
+    },
+    /// No TLS and no AUTH: the listener knows the client by its address.
+    None,
 }
 
 /// What a session needs to open.
@@ -47,14 +58,16 @@ pub enum Credentials {
 pub struct Target {
     pub addr: String,
     pub server_name: rustls_pki_types::ServerName<'static>,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The TLS client for STARTTLS; `None` only with [`Credentials::None`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub credentials: Credentials,
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// An authenticated session, ready for MAIL FROM.
+/// A session ready for MAIL FROM: authenticated, or known by its address
+/// ([`Credentials::None`]).
 pub struct Session {
     io: BufReader<Box<dyn Stream>>,
     pipelining: bool,
@@ -62,8 +75,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn open(target: &Target, deadline: Instant) -> Result<Session, WireError> {
-        let tcp = within(deadline, TcpStream::connect(&target.addr)).await??;
+    /// Opens a session to `target`, from `source` (an address on this
+    /// machine) when given.
+    pub async fn open(
+        target: &Target,
+        source: Option<IpAddr>,
+        deadline: Instant,
+    ) -> Result<Session, WireError> {
+        let tcp = within(deadline, connect(&target.addr, source)).await??;
         tcp.set_nodelay(true)?;
         let mut session = Session {
             io: BufReader::new(Box::new(tcp)),
@@ -74,6 +93,13 @@ impl Session {
         let ehlo = session
             .command("EHLO", "EHLO loadgen.localhost", 250)
             .await?;
+        let Some(line) = auth_line(&target.credentials) else {
+            session.pipelining = has_extension(&ehlo, "PIPELINING");
+            return Ok(session);
+        };
+        let Some(tls_config) = target.tls.clone() else {
+            return Err(WireError::Tls("AUTH needs a CA file for STARTTLS".into()));
+        };
         if !has_extension(&ehlo, "STARTTLS") {
             return Err(WireError::NoStartTls);
         }
@@ -81,7 +107,7 @@ impl Session {
         // STARTTLS: nothing read before the handshake may be kept, and the
         // reader holds nothing more here because we sent nothing more.
         let plain = session.io.into_inner();
-        let connector = tokio_rustls::TlsConnector::from(target.tls.clone());
+        let connector = tokio_rustls::TlsConnector::from(tls_config);
         let tls = within(
             deadline,
             connector.connect(target.server_name.clone(), plain),
@@ -93,32 +119,6 @@ impl Session {
             .command("EHLO", "EHLO loadgen.localhost", 250)
             .await?;
         session.pipelining = has_extension(&ehlo, "PIPELINING");
-        let initial = match &target.credentials {
-            Credentials::Plain { user, password } => format!(
-                "AUTH PLAIN {}",
-                encode_base64(
-                    encode_plain(&PasswordCredentials {
-                        authzid: None,
-                        user: user.clone(),
-                        password: password.clone(),
-                    })
-                    .expose()
-                    .as_bytes()
-                )
-            ),
-            Credentials::XOAuth2 { user, token } => format!(
-                "AUTH XOAUTH2 {}",
-                encode_base64(
-                    encode_xoauth2(&BearerCredentials {
-                        user: user.clone(),
-                        token: token.clone(),
-                    })
-                    .expose()
-                    .as_bytes()
-                )
-            ),
-        };
-        let line = Secret::new(initial);
         session.write(line.expose().as_bytes()).await?;
         session.expect("AUTH", 235).await?;
         Ok(session)
@@ -214,6 +214,56 @@ impl Session {
             reply: format!("more than {MAX_REPLY_LINES} reply lines"),
         })
     }
+}
+
+/// The AUTH command with its initial response, or `None` without AUTH.
+fn auth_line(credentials: &Credentials) -> Option<Secret> {
+    let initial = match credentials {
+        Credentials::Plain { user, password } => format!(
+            "AUTH PLAIN {}",
+            encode_base64(
+                encode_plain(&PasswordCredentials {
+                    authzid: None,
+                    user: user.clone(),
+                    password: password.clone(),
+                })
+                .expose()
+                .as_bytes()
+            )
+        ),
+        Credentials::XOAuth2 { user, token } => format!(
+            "AUTH XOAUTH2 {}",
+            encode_base64(
+                encode_xoauth2(&BearerCredentials {
+                    user: user.clone(),
+                    token: token.clone(),
+                })
+                .expose()
+                .as_bytes()
+            )
+        ),
+        Credentials::None => return None,
+    };
+    Some(Secret::new(initial))
+}
+
+/// A TCP connection to `addr`, bound to `source` first when given (another
+/// loopback address stands for another host).
+async fn connect(addr: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let remote: SocketAddr = tokio::net::lookup_host(addr)
+        .await?
+        .find(|candidate| candidate.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr} has no address like {source}")))?;
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(remote).await
 }
 
 fn has_extension(ehlo: &str, name: &str) -> bool {

@@ -40,6 +40,10 @@ pub struct SandboxArgs {
     /// self-signed-ca, like many internal servers (pin it with tls_pin_sha256).
     #[arg(long, value_enum, default_value_t = crate::sandbox::ServerCertificate::CaSigned)]
     pub server_certificate: crate::sandbox::ServerCertificate,
+    /// Benchmarks only: count accepted messages and store none (a fast sink;
+    /// the count is kept in DIR/inbox/count). Nothing can be read back.
+    #[arg(long)]
+    pub count_only: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -72,7 +76,19 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     options.max_smtp_sessions = args.max_sessions;
     options.profile = args.profile;
     options.server_certificate = args.server_certificate;
+    options.count_only = args.count_only;
     let sandbox = Sandbox::start(options).await?;
+    if args.count_only {
+        let file = args.dir.join("inbox").join("count");
+        tokio::spawn(report_count(
+            sandbox.smtp.inbox().subscribe_count(),
+            file.clone(),
+        ));
+        println!(
+            "count-only (benchmarks): messages are counted, not stored; the count is in {}\n",
+            file.display()
+        );
+    }
     let secret_file = std::fs::canonicalize(&args.dir)?.join("client.secret");
     write_secret(&secret_file, sandbox.client_secret.expose())?;
     println!("oxirelay sandbox is running (Ctrl-C to stop)\n");
@@ -131,6 +147,28 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     println!("\nstopping");
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the count file may be rewritten: a benchmark polls it, and a
+/// rename per accepted message would cost the sink more than the message.
+const COUNT_FILE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Keeps `file` holding the count-only inbox's count (written to a
+/// temporary file and renamed, so a reader never sees half a number).
+async fn report_count(mut count: tokio::sync::watch::Receiver<usize>, file: PathBuf) {
+    let temporary = file.with_extension("tmp");
+    loop {
+        let value = *count.borrow_and_update();
+        let written = std::fs::write(&temporary, format!("{value}\n"))
+            .and_then(|()| std::fs::rename(&temporary, &file));
+        if let Err(error) = written {
+            tracing::warn!(%error, file = %file.display(), "cannot write the message count");
+        }
+        tokio::time::sleep(COUNT_FILE_INTERVAL).await;
+        if count.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Writes the client secret with mode 0600 from the first byte (a rerun

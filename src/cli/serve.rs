@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// On SIGTERM, how long a message being received may take to finish (then 421, not acknowledged).
     #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Concurrent sessions per listener; more are answered 421 4.3.2.
+    #[arg(long, default_value_t = SubmissionOptions::default().max_sessions)]
+    pub max_sessions_per_listener: usize,
 }
 
 pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -78,6 +81,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
 
     let defaults = SubmissionOptions::default();
     let options = SubmissionOptions {
+        max_sessions: args.max_sessions_per_listener.max(1),
         max_sessions_per_address: args.max_sessions_per_address,
         limits: SessionLimits {
             lifetime: args.session_lifetime,

@@ -1035,7 +1035,7 @@ impl Shared {
         if let Err(error) = self.store.record_event(&event).await {
             tracing::error!(%error, kind, "cannot record an event");
         }
-        self.broker.audit(kind, Some(account), &event.detail);
+        self.broker.audit(kind, Some(account), &event.detail).await;
     }
 
     async fn send_dsn(

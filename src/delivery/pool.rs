@@ -23,6 +23,7 @@
 use crate::delivery::upstream::{UpstreamError, open_session};
 use crate::oauth::account::Account;
 use crate::oauth::broker::{Broker, BrokerError};
+use crate::oauth::preset::ProviderKind;
 use crate::smtp::client::{ClientError, Envelope, SendReport, Session};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -41,6 +42,13 @@ pub struct PoolConfig {
     /// long-lived connection does not collect server-side limits (Exchange
     /// allows about 30 messages per connection-minute).
     pub max_messages_per_session: u64,
+    /// The same two for `generic` accounts (a private or self-hosted
+    /// server, no published per-mailbox caps): more connections, and more
+    /// messages per AUTH. bench/peers.sh measured 3 connections as the
+    /// limit of end-to-end delivery to a fast server; the provider presets
+    /// keep the caps above.
+    pub generic_max_connections: usize,
+    pub generic_max_messages_per_session: u64,
     /// Session lifetime: a token authenticates the session once, and
     /// providers cut sessions that outlive their token.
     pub max_session_age: Duration,
@@ -55,6 +63,8 @@ impl Default for PoolConfig {
         PoolConfig {
             max_connections_per_account: 3,
             max_messages_per_session: 100,
+            generic_max_connections: 8,
+            generic_max_messages_per_session: 1000,
             max_session_age: Duration::from_secs(5 * 60),
             max_idle: Duration::from_secs(30),
         }
@@ -99,6 +109,33 @@ struct AccountSessions {
     name: String,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<IdleSession>>,
+    /// Messages a session carries before it is retired.
+    max_messages: u64,
+}
+
+/// What one account's sessions may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    pub connections: usize,
+    /// Messages per session (per upstream AUTH).
+    pub messages: u64,
+}
+
+impl PoolConfig {
+    /// The caps for an account of provider `kind`: the providers'
+    /// (Microsoft, Google) or the generic ones.
+    pub fn caps(&self, kind: ProviderKind) -> SessionCaps {
+        match kind {
+            ProviderKind::Generic => SessionCaps {
+                connections: self.generic_max_connections,
+                messages: self.generic_max_messages_per_session,
+            },
+            ProviderKind::Microsoft | ProviderKind::Google => SessionCaps {
+                connections: self.max_connections_per_account,
+                messages: self.max_messages_per_session,
+            },
+        }
+    }
 }
 
 impl AccountSessions {
@@ -177,17 +214,17 @@ impl SessionPool {
         }
     }
 
-    fn account_sessions(&self, name: &str) -> Arc<AccountSessions> {
+    fn account_sessions(&self, account: &Account) -> Arc<AccountSessions> {
+        let caps = self.config.caps(account.preset.kind);
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         accounts
-            .entry(name.to_string())
+            .entry(account.name.clone())
             .or_insert_with(|| {
                 Arc::new(AccountSessions {
-                    name: name.to_string(),
-                    permits: Arc::new(Semaphore::new(
-                        self.config.max_connections_per_account.max(1),
-                    )),
+                    name: account.name.clone(),
+                    permits: Arc::new(Semaphore::new(caps.connections.max(1))),
                     idle: Mutex::new(Vec::new()),
+                    max_messages: caps.messages,
                 })
             })
             .clone()
@@ -205,16 +242,16 @@ impl SessionPool {
         self.credentials_current(&pooled.account.name, pooled.credentials)
     }
 
-    fn retired(&self, session: &Session, now: Instant) -> bool {
+    fn retired(&self, sessions: &AccountSessions, session: &Session, now: Instant) -> bool {
         !session.is_usable()
-            || session.messages_sent() >= self.config.max_messages_per_session
+            || session.messages_sent() >= sessions.max_messages
             || now.saturating_duration_since(session.connected_at()) >= self.config.max_session_age
     }
 
     /// A ready session for `account`: an idle one that answers RSET, or a
     /// new one. Waits while the account is at its connection cap.
     pub async fn checkout(&self, account: &Account) -> Result<PooledSession, UpstreamError> {
-        let sessions = self.account_sessions(&account.name);
+        let sessions = self.account_sessions(account);
         let permit = sessions
             .permits
             .clone()
@@ -238,7 +275,7 @@ impl SessionPool {
                 break;
             };
             let now = Instant::now();
-            if self.retired(&session, now)
+            if self.retired(&sessions, &session, now)
                 || now.saturating_duration_since(idle_since) >= self.config.max_idle
                 || !self.credentials_current(&account.name, credentials)
             {
@@ -311,7 +348,7 @@ impl SessionPool {
             _permit,
             ..
         } = pooled;
-        if self.retired(&session, Instant::now())
+        if self.retired(&account, &session, Instant::now())
             || !self.credentials_current(&account.name, credentials)
         {
             self.close(session);
@@ -338,7 +375,7 @@ impl SessionPool {
                 let mut idle = sessions.idle();
                 let (stale, keep) = idle.drain(..).partition(|i| {
                     now.saturating_duration_since(i.idle_since) >= self.config.max_idle
-                        || self.retired(&i.session, now)
+                        || self.retired(&sessions, &i.session, now)
                         || !self.credentials_current(&sessions.name, i.credentials)
                 });
                 *idle = keep;
@@ -379,5 +416,28 @@ impl SessionPool {
         tokio::spawn(async move {
             let _ = session.quit().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_keep_their_caps_and_generic_accounts_get_their_own() {
+        let config = PoolConfig::default();
+        let provider = SessionCaps {
+            connections: 3,
+            messages: 100,
+        };
+        assert_eq!(config.caps(ProviderKind::Microsoft), provider);
+        assert_eq!(config.caps(ProviderKind::Google), provider);
+        assert_eq!(
+            config.caps(ProviderKind::Generic),
+            SessionCaps {
+                connections: 8,
+                messages: 1000,
+            }
+        );
     }
 }

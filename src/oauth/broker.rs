@@ -502,7 +502,7 @@ impl Broker {
 
     /// Records an event that is not the broker's own (a message outcome) in
     /// the audit log, if there is one, under this broker's actor.
-    pub fn audit(&self, action: &str, account: Option<&str>, detail: &str) {
+    pub async fn audit(&self, action: &str, account: Option<&str>, detail: &str) {
         let Some(audit) = &self.audit else { return };
         let entry = crate::audit::AuditEntry {
             actor: self.actor.clone(),
@@ -512,7 +512,7 @@ impl Broker {
             message_id: None,
             detail: detail.to_string(),
         };
-        if let Err(e) = audit.append(entry) {
+        if let Err(e) = audit.append_async(entry).await {
             tracing::error!(error = %e, "cannot write the audit log");
         }
     }
@@ -1651,7 +1651,7 @@ impl Broker {
                 message_id: None,
                 detail: detail.clone(),
             };
-            if let Err(e) = audit.append(entry) {
+            if let Err(e) = audit.append_async(entry).await {
                 tracing::error!(error = %e, "cannot write the audit log");
             }
         }

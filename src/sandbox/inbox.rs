@@ -3,6 +3,12 @@
 //! message in `meta/` saying who sent it and how they authenticated (the
 //! token's fingerprint, never the token). Tests wait on it with
 //! [`Inbox::wait_for_count`], which is woken by each delivery.
+//!
+//! For benchmarks only, [`Inbox::count_only`] stores nothing and only
+//! counts: the sandbox as a fast sink, so that a benchmark of the relay
+//! measures the relay rather than the sandbox's two fsyncs per message.
+//! Nothing can be read back from it; tests that look at messages use
+//! [`Inbox::open`].
 
 use crate::secret::Fingerprint;
 use crate::smtp::sasl::Mechanism;
@@ -68,6 +74,28 @@ pub struct InboxEntry {
     pub subject: Option<String>,
 }
 
+impl InboxEntry {
+    fn of(
+        id: String,
+        now: chrono::DateTime<chrono::Utc>,
+        delivery: &Delivery,
+        message: &[u8],
+        subject: Option<String>,
+    ) -> InboxEntry {
+        InboxEntry {
+            id,
+            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            mail_from: delivery.mail_from.clone(),
+            rcpt_to: delivery.rcpt_to.clone(),
+            user: delivery.user.clone(),
+            mechanism: delivery.mechanism,
+            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
+            size: message.len(),
+            subject,
+        }
+    }
+}
+
 /// A Maildir inbox. Cheap to clone; clones share the arrival counter.
 #[derive(Debug, Clone)]
 pub struct Inbox {
@@ -79,6 +107,8 @@ struct InboxInner {
     dir: PathBuf,
     count: watch::Sender<usize>,
     sequence: AtomicU64,
+    /// Benchmarks only: count accepted messages, store nothing.
+    count_only: bool,
 }
 
 impl Inbox {
@@ -98,11 +128,38 @@ impl Inbox {
                 dir,
                 count: watch::Sender::new(0),
                 sequence: AtomicU64::new(0),
+                count_only: false,
             }),
         };
         let existing = inbox.list()?.len();
         inbox.inner.count.send_replace(existing);
         Ok(inbox)
+    }
+
+    /// Benchmarks only: an inbox that counts what it is given and stores
+    /// nothing (the directory is created all the same, empty). [`Inbox::list`]
+    /// stays empty and [`Inbox::read`] finds nothing; [`Inbox::count`] and
+    /// [`Inbox::wait_for_count`] count from zero.
+    pub fn count_only(dir: impl Into<PathBuf>) -> Result<Self, InboxError> {
+        let opened = Inbox::open(dir)?;
+        Ok(Inbox {
+            inner: Arc::new(InboxInner {
+                dir: opened.inner.dir.clone(),
+                count: watch::Sender::new(0),
+                sequence: AtomicU64::new(0),
+                count_only: true,
+            }),
+        })
+    }
+
+    /// Whether this inbox only counts ([`Inbox::count_only`]).
+    pub fn is_count_only(&self) -> bool {
+        self.inner.count_only
+    }
+
+    /// The arrival counter, for a watcher that reports it elsewhere.
+    pub fn subscribe_count(&self) -> watch::Receiver<usize> {
+        self.inner.count.subscribe()
     }
 
     pub fn dir(&self) -> &Path {
@@ -116,6 +173,9 @@ impl Inbox {
         delivery: &Delivery,
         message: &[u8],
     ) -> Result<InboxEntry, InboxError> {
+        if self.inner.count_only {
+            return Ok(self.count_message(delivery, message));
+        }
         let now = chrono::Utc::now();
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         // Sorts by arrival; the random part keeps two processes sharing a
@@ -126,17 +186,7 @@ impl Inbox {
             sequence,
             rand::random::<u32>()
         );
-        let entry = InboxEntry {
-            id: id.clone(),
-            received_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            mail_from: delivery.mail_from.clone(),
-            rcpt_to: delivery.rcpt_to.clone(),
-            user: delivery.user.clone(),
-            mechanism: delivery.mechanism,
-            token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
-            size: message.len(),
-            subject: subject_of(message),
-        };
+        let entry = InboxEntry::of(id.clone(), now, delivery, message, subject_of(message));
         let dir = &self.inner.dir;
         write_durably(
             &dir.join("tmp").join(&id),
@@ -156,12 +206,25 @@ impl Inbox {
         Ok(entry)
     }
 
-    /// [`Inbox::store_blocking`] on tokio's blocking pool.
+    /// A count-only inbox's "store": the entry it would have written.
+    fn count_message(&self, delivery: &Delivery, message: &[u8]) -> InboxEntry {
+        let now = chrono::Utc::now();
+        let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        self.inner.count.send_modify(|count| *count += 1);
+        let id = format!("{:013}.{sequence:06}.counted", now.timestamp_millis());
+        InboxEntry::of(id, now, delivery, message, None)
+    }
+
+    /// [`Inbox::store_blocking`] on tokio's blocking pool (a count-only
+    /// inbox counts in place: it has no I/O to move off the runtime).
     pub async fn store(
         &self,
         delivery: Delivery,
         message: Vec<u8>,
     ) -> Result<InboxEntry, InboxError> {
+        if self.inner.count_only {
+            return Ok(self.count_message(&delivery, &message));
+        }
         let inbox = self.clone();
         tokio::task::spawn_blocking(move || inbox.store_blocking(&delivery, &message))
             .await
@@ -339,6 +402,42 @@ mod tests {
         assert!(sidecar.contains("\"oauthbearer\""));
         // Reopening counts what is there.
         assert_eq!(Inbox::open(dir.path()).expect("reopen").count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_count_only_inbox_counts_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inbox = Inbox::count_only(dir.path()).expect("open");
+        assert!(inbox.is_count_only());
+        let mut count = inbox.subscribe_count();
+        for n in 0..3 {
+            let entry = inbox
+                .store(
+                    delivery(),
+                    format!("Subject: {n}\r\n\r\nx\r\n").into_bytes(),
+                )
+                .await
+                .expect("counted");
+            assert_eq!(entry.size, "Subject: 0\r\n\r\nx\r\n".len());
+        }
+        assert_eq!(*count.borrow_and_update(), 3);
+        assert_eq!(
+            inbox
+                .wait_for_count(3, Duration::from_secs(1))
+                .await
+                .expect("3")
+                .len(),
+            0
+        );
+        for sub in ["tmp", "new", "meta"] {
+            assert_eq!(
+                fs::read_dir(dir.path().join(sub)).expect("dir").count(),
+                0,
+                "{sub}"
+            );
+        }
+        // A normal inbox on the same directory finds nothing either.
+        assert_eq!(Inbox::open(dir.path()).expect("reopen").count(), 0);
     }
 
     #[tokio::test]

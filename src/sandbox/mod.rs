@@ -87,6 +87,9 @@ pub struct SandboxOptions {
     pub smtp: Option<SmtpProfile>,
     /// The certificate its SMTP server presents.
     pub server_certificate: ServerCertificate,
+    /// Benchmarks only: its SMTP server counts accepted messages and stores
+    /// none (see `inbox::Inbox::count_only`).
+    pub count_only: bool,
 }
 
 /// What the sandbox SMTP server's certificate looks like.
@@ -116,6 +119,7 @@ impl SandboxOptions {
             profile: ProfileName::default(),
             smtp: None,
             server_certificate: ServerCertificate::default(),
+            count_only: false,
         }
     }
 }
@@ -300,6 +304,7 @@ impl Sandbox {
             .clone()
             .unwrap_or_else(|| options.profile.smtp());
         smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
+        smtp_config.count_only = options.count_only;
         let listener = tokio::net::TcpListener::bind(options.smtp_addr)
             .await
             .map_err(|source| SandboxError::Bind {

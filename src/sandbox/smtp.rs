@@ -96,6 +96,9 @@ pub struct SandboxSmtpConfig {
     pub max_recipients: usize,
     /// What the server answers, and when.
     pub profile: SmtpProfile,
+    /// Benchmarks only: count accepted messages and store none
+    /// ([`Inbox::count_only`]).
+    pub count_only: bool,
 }
 
 impl SandboxSmtpConfig {
@@ -117,6 +120,7 @@ impl SandboxSmtpConfig {
             max_message_size: rules.max_message_size,
             max_recipients: rules.max_recipients,
             profile: ProfileName::default().smtp(),
+            count_only: false,
         }
     }
 }
@@ -131,7 +135,11 @@ impl SandboxSmtp {
         config: SandboxSmtpConfig,
     ) -> Result<RunningSandboxSmtp, SandboxSmtpError> {
         let addr = listener.local_addr().map_err(SandboxSmtpError::Listener)?;
-        let inbox = Inbox::open(&config.inbox_dir)?;
+        let inbox = if config.count_only {
+            Inbox::count_only(&config.inbox_dir)?
+        } else {
+            Inbox::open(&config.inbox_dir)?
+        };
         let ca_file = config
             .ca_file
             .clone()

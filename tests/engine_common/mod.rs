@@ -104,7 +104,9 @@ pub fn test_config() -> EngineConfig {
             max_age: Duration::from_secs(3600),
         },
         pool: PoolConfig {
+            // The sandbox accounts are `generic`: their cap is the one used.
             max_connections_per_account: 2,
+            generic_max_connections: 2,
             ..PoolConfig::default()
         },
         throttle_backoff: Duration::from_secs(1),

@@ -1,7 +1,8 @@
 //! What the interop tests share: they run the relay against software nobody
 //! here wrote, installed by `scripts/install-test-tools` (Dovecot's
-//! submission service as an OAuth2-enforcing upstream; swaks, msmtp, curl
-//! and Python's smtplib as clients), over real TCP and TLS on loopback.
+//! submission service as an OAuth2-enforcing upstream; swaks, msmtp, curl,
+//! Python's smtplib and Postfix's smtp-source as clients), over real TCP
+//! and TLS on loopback.
 //!
 //! - [`tools`]: finding the programs (a test without its program says
 //!   SKIPPED and returns), running them with a deadline, free ports,
@@ -17,10 +18,14 @@
 //!   runs it (`send`, `token`, `serve`).
 //! - [`submission`]: `oxirelay serve` with listeners and users in front of
 //!   the full sandbox, and each third-party client's way of submitting.
+//! - [`networks`]: `oxirelay serve` with AUTH-less listeners for
+//!   `[[network]]`s, and the clients' ways of submitting from a chosen
+//!   loopback address without AUTH (swaks, curl, smtplib, smtp-source).
 
 #![allow(dead_code)]
 
 pub mod dovecot;
+pub mod networks;
 pub mod provider;
 pub mod relay;
 pub mod sink;

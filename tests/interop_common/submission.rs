@@ -172,18 +172,7 @@ insecure_loopback = true
     /// The message that reached the sandbox's SMTP server with `subject`,
     /// waiting until `n` messages arrived there in all.
     pub async fn arrived(&self, n: usize, subject: &str) -> Vec<u8> {
-        let inbox = self.sandbox.smtp.inbox();
-        let entries = inbox
-            .wait_for_count(n, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{n} messages did not reach the sandbox: {e}"));
-        let entry = entries
-            .iter()
-            .find(|e| e.subject.as_deref() == Some(subject))
-            .unwrap_or_else(|| panic!("no message {subject:?} at the sandbox"));
-        assert_eq!(entry.mail_from, USER);
-        assert_eq!(entry.rcpt_to, vec![RECIPIENT.to_string()]);
-        inbox.read(&entry.id).expect("read")
+        arrived(&self.sandbox, n, subject).await
     }
 
     /// A client-credentials token for the sandbox mailbox from the sandbox's
@@ -213,6 +202,23 @@ insecure_loopback = true
         self.relay.stop().await;
         self.sandbox.shutdown().await;
     }
+}
+
+/// The message that reached `sandbox`'s SMTP server with `subject`, from
+/// [`USER`] to [`RECIPIENT`], waiting until `n` messages arrived in all.
+pub async fn arrived(sandbox: &Sandbox, n: usize, subject: &str) -> Vec<u8> {
+    let inbox = sandbox.smtp.inbox();
+    let entries = inbox
+        .wait_for_count(n, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{n} messages did not reach the sandbox: {e}"));
+    let entry = entries
+        .iter()
+        .find(|e| e.subject.as_deref() == Some(subject))
+        .unwrap_or_else(|| panic!("no message {subject:?} at the sandbox"));
+    assert_eq!(entry.mail_from, USER);
+    assert_eq!(entry.rcpt_to, vec![RECIPIENT.to_string()]);
+    inbox.read(&entry.id).expect("read")
 }
 
 const SMTPLIB: &str = r#"

@@ -46,6 +46,17 @@ pub struct SqliteStore {
     /// limits a relay's throughput: the file has one writer at a time.
     bookkeeping: SqlitePool,
     committer: queue::GroupCommitter,
+    /// Taken around the hot write transactions (group commits, claims,
+    /// outcomes, releases, events): SQLite has one writer at a time, and
+    /// connections that meet a held lock wait in its busy handler, which
+    /// sleeps 1, 2, 5, 10 ... 100 ms between tries. Queueing in-process
+    /// writers here instead, first come first served, keeps a group commit
+    /// from sleeping behind the delivery side's bookkeeping (and lets the
+    /// committer take in whoever arrived while it waited). It landed with
+    /// the audit and event changes, measured together in BENCHMARKS.md
+    /// (issue 8), not on its own. Other processes (the CLI) still meet the
+    /// busy handler, as before.
+    writer: queue::WriteGate,
 }
 
 impl SqliteStore {
@@ -75,10 +86,12 @@ impl SqliteStore {
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| open_error(e.to_string()))?;
+        let writer = queue::WriteGate::default();
         let store = SqliteStore {
-            committer: queue::GroupCommitter::start(pool.clone()),
+            committer: queue::GroupCommitter::start(pool.clone(), writer.clone()),
             pool,
             bookkeeping,
+            writer,
         };
         store.migrate().await?;
         Ok(store)
@@ -375,12 +388,24 @@ impl Store for SqliteStore {
     }
 
     async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
+        // Bookkeeping, like the outcomes the delivery events describe: a
+        // commit that survives a process crash (WAL), without an fsync of
+        // its own. With `synchronous=FULL` every delivered message cost an
+        // fsync here (about 4 ms on the benchmark machine's disk), one
+        // writer at a time, in front of the next acknowledgement's group
+        // commit. (Delivery was capped at about 210 messages/s by this and
+        // the audit log's flush per outcome; moving this one alone changed
+        // nothing measurable, the audit flush being the tighter.) A power
+        // cut may lose the last few events, as it may lose the outcomes
+        // recorded with them; the state that matters (queued messages,
+        // tokens, lockdown) keeps its own `synchronous=FULL` commits.
+        let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
             .bind(event.at)
             .bind(&event.kind)
             .bind(&event.account)
             .bind(&event.detail)
-            .execute(&self.pool)
+            .execute(&self.bookkeeping)
             .await?;
         Ok(())
     }
@@ -415,6 +440,7 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
+        let _writer = self.writer.lock().await;
         queue::claim(&self.bookkeeping, owner, now, lease_until, limit).await
     }
 
@@ -424,6 +450,7 @@ impl Store for SqliteStore {
         lease: &ClaimLease,
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError> {
+        let _writer = self.writer.lock().await;
         queue::complete_attempt(&self.bookkeeping, id, lease, outcome).await
     }
 
@@ -433,6 +460,7 @@ impl Store for SqliteStore {
         lease: &ClaimLease,
         next_attempt_at: i64,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
         queue::release(&self.bookkeeping, id, lease, next_attempt_at).await
     }
 

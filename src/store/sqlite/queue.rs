@@ -24,15 +24,25 @@ pub(super) struct EnqueueRequest {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// This process's writers, one at a time (see `SqliteStore::writer`).
+#[derive(Clone, Default)]
+pub(super) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+impl WriteGate {
+    pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.lock().await
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct GroupCommitter {
     requests: mpsc::Sender<EnqueueRequest>,
 }
 
 impl GroupCommitter {
-    pub(super) fn start(pool: SqlitePool) -> Self {
+    pub(super) fn start(pool: SqlitePool, writer: WriteGate) -> Self {
         let (requests, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(pool, receiver));
+        tokio::spawn(write_batches(pool, writer, receiver));
         GroupCommitter { requests }
     }
 
@@ -52,10 +62,24 @@ impl GroupCommitter {
     }
 }
 
-async fn write_batches(pool: SqlitePool, mut receiver: mpsc::Receiver<EnqueueRequest>) {
+async fn write_batches(
+    pool: SqlitePool,
+    writer: WriteGate,
+    mut receiver: mpsc::Receiver<EnqueueRequest>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let result = write_batch(&pool, &batch).await;
+        let result = {
+            let _writer = writer.lock().await;
+            // Whoever arrived while we waited for the writer joins this commit.
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            write_batch(&pool, &batch).await
+        };
         for request in batch.drain(..) {
             let reply = match &result {
                 Ok(()) => Ok(()),
