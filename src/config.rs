@@ -324,6 +324,13 @@ pub struct NetworkConfig {
     pub account: String,
     /// The senders (addresses or `@domain`) they may put in MAIL FROM and From.
     pub allowed_from: Vec<String>,
+    /// Check the header `From:` against `allowed_from` too (default on).
+    #[serde(default = "yes")]
+    pub check_header_from: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +348,9 @@ pub struct UserConfig {
     /// names a user only together with its issuer (DESIGN.md contract 8).
     #[serde(default)]
     pub subject: Option<String>,
+    /// Check the header `From:` against `allowed_from` too (default on).
+    #[serde(default = "yes")]
+    pub check_header_from: bool,
     #[serde(default)]
     pub allowed_from: Vec<String>,
     pub account: String,
@@ -811,6 +821,12 @@ user = "noreply@contoso.com"
         ))
         .expect("a bearer user");
         assert_eq!(bearer.users[0].subject.as_deref(), Some("app-1"));
+        assert!(bearer.users[0].check_header_from, "on by default");
+        let lenient = parse(&user(
+            "password_hash = \"$argon2id$x\"\ncheck_header_from = false\n",
+        ))
+        .expect("the header check turned off");
+        assert!(!lenient.users[0].check_header_from);
         parse(&user("password_hash = \"$argon2id$x\"\n")).expect("a password user");
         for (keys, expected) in [
             (

@@ -156,9 +156,37 @@ pub fn header_value(bytes: &[u8], name: &str) -> Option<String> {
         .map(|raw| raw.replace(['\r', '\n'], "").trim().to_string())
 }
 
+/// The addresses in the header `From:` (RFC 5322 allows several), empty
+/// when there is none. Display names and encodings are the parser's.
+pub fn header_from_addresses(bytes: &[u8]) -> Vec<String> {
+    mail_parser::MessageParser::default()
+        .parse_headers(bytes)
+        .and_then(|message| {
+            message.from().map(|from| {
+                from.iter()
+                    .filter_map(|address| address.address().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_from_addresses_reads_names_groups_and_several() {
+        assert_eq!(
+            header_from_addresses(b"From: \"Scanner, Floor 2\" <scan@contoso.test>\r\n\r\nbody"),
+            ["scan@contoso.test"]
+        );
+        assert_eq!(
+            header_from_addresses(b"From: a@x.test, B <b@y.test>\r\nTo: c@z\r\n\r\n"),
+            ["a@x.test", "b@y.test"]
+        );
+        assert!(header_from_addresses(b"Subject: no from\r\n\r\n").is_empty());
+    }
 
     #[test]
     fn composed_message_has_headers_and_bcc_only_in_envelope() {

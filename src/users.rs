@@ -30,6 +30,9 @@ pub struct SubmissionUser {
     pub account: String,
     /// "config" or "store": where the user is defined.
     pub source: &'static str,
+    /// The header `From:` must be one of `allowed_from` too, not only the
+    /// envelope sender (on unless the config turns it off for this user).
+    pub header_from_checked: bool,
 }
 
 impl SubmissionUser {
@@ -92,6 +95,7 @@ mod tests {
             allowed_from: vec!["scanner@contoso.com".into(), "@reports.contoso.com".into()],
             account: "office".into(),
             source: "store",
+            header_from_checked: true,
         }
     }
 

@@ -97,10 +97,43 @@ async fn implicit_tls_listener_accepts_a_store_user() {
             .starts_with("235 ")
     );
     let from = format!("lp1@{PRINTER_DOMAIN}");
-    let id = queue_id(&client.send(&from, "bob@example.com", MESSAGE_ON_WIRE).await);
+    let message =
+        format!("From: <{from}>\r\nTo: bob@example.com\r\nSubject: scan\r\n\r\nscanned\r\n");
+    let id = queue_id(
+        &client
+            .send(&from, "bob@example.com", message.as_bytes())
+            .await,
+    );
     let body = relay.body(&id).await;
-    assert!(body.ends_with(MESSAGE));
+    assert!(body.ends_with(message.as_bytes()));
     assert!(String::from_utf8_lossy(&body).starts_with("Received: from client.test"));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_header_from_must_be_an_allowed_sender_too() {
+    let relay = Relay::start().await;
+    let mut client = Client::connect(relay.addr(IMPLICIT)).await;
+    client.handshake(&relay.ca_file).await;
+    assert!(client.reply().await.starts_with("220 "));
+    client.command("EHLO client.test").await;
+    assert!(
+        client
+            .auth_plain(PRINTER, PRINTER_PASSWORD)
+            .await
+            .starts_with("235 ")
+    );
+    // An allowed envelope sender, and someone else's address in From:.
+    let from = format!("lp1@{PRINTER_DOMAIN}");
+    let forged = b"From: The CEO <ceo@contoso.test>\r\nTo: bob@example.com\r\nSubject: pay this\r\n\r\nurgent\r\n";
+    let reply = client.send(&from, "bob@example.com", forged).await;
+    assert!(
+        reply.starts_with(
+            "550 5.7.1 The header From <ceo@contoso.test> is not in the allowed_from of printer"
+        ),
+        "{reply}"
+    );
+    assert!(relay.queued().await.is_empty(), "nothing queued");
     relay.shutdown().await;
 }
 

@@ -56,6 +56,7 @@ pub async fn run(config: Option<PathBuf>, command: UserCommand) -> anyhow::Resul
                 allowed_from,
                 account,
                 source: "store",
+                header_from_checked: true,
             };
             anyhow::ensure!(
                 context.store.add_user(&user).await?,

@@ -29,6 +29,11 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// issuer. Five seconds still picks up a real key rotation at once.
 pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest a fetched JWKS is trusted without asking again, whatever
+/// its `Cache-Control` says: a signing key the issuer withdrew (after a
+/// leak) stops being accepted within this.
+pub const MAX_JWKS_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// A JWKS fetch that takes longer than this counts as the issuer being down.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,6 +67,10 @@ pub enum ValidationError {
     WrongIssuer { expected: String },
     #[error("the access token is not a well-formed JWT: {reason}")]
     Malformed { reason: String },
+    #[error(
+        "the access token is not valid yet (its {claim} is in the future); the issuer's clock or this machine's is wrong: check NTP on both"
+    )]
+    NotYetValid { claim: &'static str },
     #[error(
         "the access token is signed with key \"{kid}\", which the issuer's JWKS does not list; the token is forged or from another issuer"
     )]
@@ -126,6 +135,31 @@ impl ValidatedToken {
 /// The claims we read. `scp` (Microsoft) and `azp` (OIDC) are accepted as
 /// spellings of `scope` and `client_id`; `roles` carries the application
 /// permissions of Entra's app-only tokens, which have no `scp`.
+/// How long a JWKS response may be used: its `Cache-Control` max-age (none
+/// for `no-store`/`no-cache`), at most [`MAX_JWKS_LIFETIME`], which is also
+/// the lifetime of one that says nothing.
+fn jwks_lifetime(headers: &reqwest::header::HeaderMap) -> Duration {
+    let Some(value) = headers
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return MAX_JWKS_LIFETIME;
+    };
+    let mut lifetime = MAX_JWKS_LIFETIME;
+    for directive in value.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        if directive == "no-store" || directive == "no-cache" {
+            return Duration::ZERO;
+        }
+        if let Some(seconds) = directive
+            .strip_prefix("max-age=")
+            .and_then(|n| n.trim_matches('"').parse::<u64>().ok())
+        {
+            lifetime = lifetime.min(Duration::from_secs(seconds));
+        }
+    }
+    lifetime
+}
+
 #[derive(Deserialize)]
 struct ReadClaims {
     sub: String,
@@ -146,6 +180,8 @@ struct ReadClaims {
     /// Entra's token id.
     #[serde(default)]
     uti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// Checks JWT access tokens of one issuer for one or more audiences.
@@ -170,6 +206,8 @@ struct KeyCache {
     anonymous: Vec<(DecodingKey, Option<Algorithm>)>,
     last_attempt: Option<Instant>,
     last_failure: Option<String>,
+    /// When the keys must be fetched again before they are trusted.
+    fresh_until: Option<Instant>,
 }
 
 enum Lookup {
@@ -253,9 +291,22 @@ impl JwtValidator {
         validation.set_issuer(&[bare.to_string(), format!("{bare}/")]);
         validation.set_audience(&self.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token from the future (a wrong clock, or one minted to be used
+        // later) is not valid now.
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<ReadClaims>(token.expose(), &key, &validation)
             .map_err(|e| self.classify(e.into_kind()))?;
         let claims = data.claims;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now.saturating_add(self.leeway.as_secs()))
+        {
+            return Err(ValidationError::NotYetValid { claim: "iat" });
+        }
         let scope = claims.scope.or(claims.scp).unwrap_or_default();
         Ok(ValidatedToken {
             subject: claims.sub,
@@ -271,6 +322,7 @@ impl JwtValidator {
     fn classify(&self, kind: ErrorKind) -> ValidationError {
         match kind {
             ErrorKind::ExpiredSignature => ValidationError::Expired,
+            ErrorKind::ImmatureSignature => ValidationError::NotYetValid { claim: "nbf" },
             ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => self.bad_signature(),
             ErrorKind::InvalidAudience => ValidationError::WrongAudience {
                 expected: self
@@ -299,12 +351,12 @@ impl JwtValidator {
         &self,
         kid: Option<&str>,
     ) -> Result<(DecodingKey, Option<Algorithm>), ValidationError> {
-        if let Lookup::Found(key, alg) = self.cached(kid) {
+        if let Lookup::Found(key, alg) = self.cached_fresh(kid) {
             return Ok((key, alg));
         }
         let _gate = self.fetch_gate.lock().await;
         // Another task may have fetched while we waited for the gate.
-        if let Lookup::Found(key, alg) = self.cached(kid) {
+        if let Lookup::Found(key, alg) = self.cached_fresh(kid) {
             return Ok((key, alg));
         }
         let recent = self.read_cache(|cache| {
@@ -314,8 +366,14 @@ impl JwtValidator {
                 .map(|_| cache.last_failure.clone())
         });
         match recent {
-            // Fetched a moment ago and the key was not there: do not ask again.
-            Some(None) => return Err(unknown_key(kid)),
+            // Fetched a moment ago: the keys are as fresh as the issuer
+            // allows, and the key was not among them.
+            Some(None) => {
+                return match self.cached(kid) {
+                    Lookup::Found(key, alg) => Ok((key, alg)),
+                    Lookup::Missing => Err(unknown_key(kid)),
+                };
+            }
             // The last fetch failed a moment ago: report that, without retrying.
             Some(Some(reason)) => {
                 return Err(ValidationError::JwksUnavailable {
@@ -335,11 +393,18 @@ impl JwtValidator {
             Ok(fresh) => {
                 cache.keys = fresh.keys;
                 cache.anonymous = fresh.anonymous;
+                cache.fresh_until = fresh.fresh_until;
                 cache.last_failure = None;
             }
             Err(reason) => {
                 cache.last_failure = Some(reason.clone());
-                // Keep the keys we had: they may still sign most tokens.
+                // The issuer is down: keep trusting the keys it last
+                // published (they sign most tokens) rather than refuse
+                // every client; a key it withdrew is dropped at the next
+                // fetch that succeeds.
+                if let Lookup::Found(key, alg) = lookup(&cache, kid) {
+                    return Ok((key, alg));
+                }
                 return Err(ValidationError::JwksUnavailable {
                     url: self.jwks_url.to_string(),
                     reason,
@@ -354,6 +419,20 @@ impl JwtValidator {
 
     fn cached(&self, kid: Option<&str>) -> Lookup {
         self.read_cache(|cache| lookup(cache, kid))
+    }
+
+    /// A cached key, if the cache has not outlived its lifetime.
+    fn cached_fresh(&self, kid: Option<&str>) -> Lookup {
+        self.read_cache(|cache| {
+            if cache
+                .fresh_until
+                .is_some_and(|until| Instant::now() < until)
+            {
+                lookup(cache, kid)
+            } else {
+                Lookup::Missing
+            }
+        })
     }
 
     fn read_cache<T>(&self, read: impl FnOnce(&KeyCache) -> T) -> T {
@@ -378,13 +457,17 @@ impl JwtValidator {
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
+        let lifetime = jwks_lifetime(response.headers());
         let body =
             crate::oauth::body::read_bounded(response, crate::oauth::body::MAX_METADATA_RESPONSE)
                 .await
                 .map_err(|e| e.to_string())?;
         let body: JwksDocument =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut cache = KeyCache::default();
+        let mut cache = KeyCache {
+            fresh_until: Some(Instant::now() + lifetime),
+            ..KeyCache::default()
+        };
         // A key we cannot use (unknown kty, encryption key) is skipped rather
         // than failing the set: issuers publish more than we need.
         for value in body.keys {
@@ -614,6 +697,32 @@ pub fn form_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwks_lifetime_follows_cache_control_within_an_hour() {
+        let headers = |value: &str| {
+            let mut map = reqwest::header::HeaderMap::new();
+            map.insert(
+                reqwest::header::CACHE_CONTROL,
+                value.parse().expect("value"),
+            );
+            map
+        };
+        assert_eq!(
+            jwks_lifetime(&headers("public, max-age=600")),
+            Duration::from_secs(600)
+        );
+        assert_eq!(jwks_lifetime(&headers("max-age=86400")), MAX_JWKS_LIFETIME);
+        assert_eq!(jwks_lifetime(&headers("no-cache")), Duration::ZERO);
+        assert_eq!(
+            jwks_lifetime(&headers("no-store, max-age=60")),
+            Duration::ZERO
+        );
+        assert_eq!(
+            jwks_lifetime(&reqwest::header::HeaderMap::new()),
+            MAX_JWKS_LIFETIME
+        );
+    }
 
     #[test]
     fn transient_only_for_jwks_trouble() {

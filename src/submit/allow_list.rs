@@ -93,6 +93,12 @@ impl AllowList {
         !self.0.is_empty()
     }
 
+    /// A block that admits every address of its family (`0.0.0.0/0`,
+    /// `::/0`): an allow-list holding one restricts nothing.
+    pub fn admits_everyone(&self) -> Option<&Cidr> {
+        self.0.iter().find(|cidr| cidr.prefix == 0)
+    }
+
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.0.is_empty() || self.0.iter().any(|cidr| cidr.contains(ip))
     }

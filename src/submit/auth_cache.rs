@@ -85,6 +85,7 @@ mod tests {
             allowed_from: vec![],
             account: "office".into(),
             source: "store",
+            header_from_checked: true,
         }
     }
 

@@ -34,6 +34,7 @@ impl UserDirectory {
                     allowed_from: u.allowed_from.clone(),
                     account: u.account.clone(),
                     source: "config",
+                    header_from_checked: u.check_header_from,
                 })
                 .collect(),
             bearers: configured

@@ -37,6 +37,14 @@ pub enum ListenerError {
         "listener {addr}: networks (submission without AUTH) needs allow_ips, so that only those networks can connect"
     )]
     OpenNetworks { addr: String },
+    #[error(
+        "listener {addr}: allow_ips contains {block}, which admits every address; a {what} listener must be restricted to the networks that need it (e.g. \"192.168.10.0/24\")"
+    )]
+    AdmitsEveryone {
+        addr: String,
+        block: String,
+        what: &'static str,
+    },
     #[error("listener {addr}: tls = {mode:?} needs cert and key (PEM files)")]
     MissingCertificate { addr: String, mode: TlsMode },
     #[error("listener {addr}: cannot load its TLS certificate: {source}")]
@@ -130,6 +138,20 @@ async fn prepare(
             addr: addr.clone(),
             source,
         })?;
+    // The allow-list is what makes a plaintext or AUTH-less listener safe
+    // (DESIGN.md contracts 5 and 8); one that admits everyone is none.
+    let what = match (listener.tls, listener.networks.is_empty()) {
+        (TlsMode::None, _) => Some("plaintext"),
+        (_, false) => Some("submission-without-AUTH"),
+        _ => None,
+    };
+    if let (Some(what), Some(block)) = (what, allow.admits_everyone()) {
+        return Err(ListenerError::AdmitsEveryone {
+            addr,
+            block: block.to_string(),
+            what,
+        });
+    }
     let (tls, access) = match listener.tls {
         TlsMode::None => {
             let access = ListenerAccess::plaintext(allow)
@@ -261,8 +283,34 @@ mod tests {
             addrs: addrs.iter().map(|s| s.to_string()).collect(),
             account: "office".into(),
             allowed_from: vec!["scanner@contoso.com".into()],
+            check_header_from: true,
         };
         vec![Arc::new(Network::from_config(&config).expect("network"))]
+    }
+
+    #[tokio::test]
+    async fn an_allow_list_that_admits_everyone_is_refused_where_it_matters() {
+        for (tls, networks, allow) in [
+            (TlsMode::None, vec![], "0.0.0.0/0"),
+            (TlsMode::None, vec![], "::/0"),
+            (TlsMode::Starttls, vec!["printers".to_string()], "0.0.0.0/0"),
+        ] {
+            let config = ListenerConfig {
+                tls,
+                networks,
+                allow_ips: vec!["10.0.0.0/8".into(), allow.into()],
+                ..listener(&[])
+            };
+            let error = prepare(&config, &printers(&["10.1.0.0/16"]))
+                .await
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(error, ListenerError::AdmitsEveryone { .. }),
+                "{error}"
+            );
+            assert!(error.to_string().contains(allow), "{error}");
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl Network {
                 allowed_from: config.allowed_from.clone(),
                 account: config.account.clone(),
                 source: "network",
+                header_from_checked: config.check_header_from,
             },
         })
     }

@@ -457,6 +457,24 @@ impl SubmissionPolicy {
         message: &[u8],
     ) -> Result<String, Refusal> {
         let user = self.session_user(context).await?;
+        if user.header_from_checked {
+            // The envelope sender was checked at MAIL; the From a reader
+            // sees must be one this identity may use as well.
+            if let Some(from) = crate::message::header_from_addresses(message)
+                .into_iter()
+                .find(|from| !user.may_send_as(from))
+            {
+                tracing::info!(user = %user.name, from = ?from, "header From refused");
+                return Err(Reply::new(
+                    550,
+                    format!(
+                        "5.7.1 The header From <{from}> is not in the allowed_from of {}; send from an allowed address (or set check_header_from = false for this user)",
+                        user.name
+                    ),
+                )
+                .into());
+            }
+        }
         let header = received_header(
             context,
             &envelope.rcpt_to,
@@ -504,6 +522,7 @@ fn decoy_user() -> &'static SubmissionUser {
         allowed_from: Vec::new(),
         account: String::new(),
         source: "decoy",
+        header_from_checked: true,
     })
 }
 

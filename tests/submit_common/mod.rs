@@ -164,6 +164,7 @@ insecure_loopback = true
             allowed_from: vec![format!("@{PRINTER_DOMAIN}")],
             account: ACCOUNT.into(),
             source: "store",
+            header_from_checked: true,
         };
         assert!(store.add_user(&printer).await.expect("add user"));
 

@@ -511,6 +511,7 @@ impl Store for SqliteStore {
                         .map_err(|e| StoreError::Corrupt(format!("allowed_from: {e}")))?,
                     account: row.try_get("account")?,
                     source: "store",
+                    header_from_checked: true,
                 })
             })
             .collect()
