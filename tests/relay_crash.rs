@@ -30,14 +30,7 @@ except Exception as error:
 "#;
 
 fn python_available() -> bool {
-    let found = Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: python3 is not installed (scripts/install-test-tools installs it)");
-    }
-    found
+    common::have("python3")
 }
 
 /// Starts one smtplib client; its acknowledged subjects arrive on the channel.

@@ -223,6 +223,22 @@ impl Harness {
     }
 }
 
+/// Whether a program is installed (it answers `--version`). A test that
+/// needs it and finds it missing says so, in the words README promises,
+/// and returns: CI installs everything with `scripts/install-test-tools`,
+/// so CI never skips.
+pub fn have(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed; run scripts/install-test-tools");
+    }
+    found
+}
+
 /// A running `oxirelay serve` child process.
 pub struct RelayProcess {
     pub child: std::process::Child,
