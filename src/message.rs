@@ -325,7 +325,13 @@ mod tests {
             prop_assert_eq!(named("Subject"), 1);
             prop_assert_eq!(named("From"), 1);
             prop_assert_eq!(named("Bcc"), 0);
-            prop_assert_eq!(parsed.subject().unwrap_or_default(), subject.as_str());
+            // Blanks around an unstructured value are not its content:
+            // readers drop them (found by the long run: " A" reads as "A").
+            let blanks: &[char] = &[' ', '\t'];
+            prop_assert_eq!(
+                parsed.subject().unwrap_or_default().trim_matches(blanks),
+                subject.trim_matches(blanks)
+            );
             let addresses = |list: Option<&mail_parser::Address>| -> Vec<String> {
                 list.map(|a| a.iter().filter_map(|a| a.address().map(str::to_string)).collect())
                     .unwrap_or_default()
