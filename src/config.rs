@@ -712,6 +712,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/oxirelay/oxirelay.toml"))
@@ -917,6 +918,79 @@ user = "noreply@contoso.com"
         .expect_err("a number is not a pin")
         .to_string();
         assert!(err.contains("a string or a list of strings"), "{err}");
+    }
+
+    /// The words of a config file: tables, the keys of DESIGN.md, values
+    /// of every TOML type, quotes and brackets alone, multi-byte text
+    /// (error messages cut the file at byte offsets), and now and then any
+    /// characters at all.
+    fn config_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            8 => prop::sample::select(vec![
+                "\n", "\r\n", " ", " = ", "[store]", "[secrets]", "[[account]]", "[[listener]]",
+                "[[user]]", "[[network]]", "[[issuer]]", "[http]", "[audit]", "url", "name",
+                "provider", "grant", "tenant", "client_id", "client_secret", "user", "send_as",
+                "smtp", "tls", "sasl", "scopes", "addr", "cert", "key", "allow_ips", "networks",
+                "postmaster", "password_hash", "issuer", "subject", "account", "allowed_from",
+                "addrs", "audience", "required_scope", "insecure_loopback", "master_key",
+                "tls_pin_sha256", "refresh_skew_secs", "\"microsoft\"", "\"generic\"",
+                "\"client_credentials\"", "\"device_code\"", "\"starttls\"", "\"none\"",
+                "\"env:X\"", "\"file:k\"", "\"s3cret\"", "\"a@b.c\"", "\"127.0.0.1:0\"",
+                "\"https://id.example\"", "\"http://127.0.0.1:1\"", "\"sqlite://x.db\"",
+                "[\"a\", \"b\"]", "[]", "true", "false", "0", "-1", "99999999999999999999",
+                "1.5", "\"", "'", "\"\"\"", "[", "]", "{", "}", ",", "#", "=", "\\",
+                "\u{e9}", "\u{4e2d}\u{6587}", "\u{1f600}",
+            ])
+            .prop_map(str::to_string),
+            1 => "\\PC{0,6}",
+        ];
+        prop::collection::vec(piece, 0..60).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config(1024))]
+
+        /// No text makes loading panic; a refusal that names a line names
+        /// one the file has.
+        #[test]
+        fn fuzz_config_parse_never_panics(text in config_text()) {
+            if let Err(error) = parse(&text) {
+                let message = error.to_string();
+                if let Some(rest) = message.split("line ").nth(1) {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(line) = digits.parse::<usize>() {
+                        prop_assert!(
+                            line >= 1 && line <= text.lines().count() + 1,
+                            "line {} of {}: {}", line, text.lines().count(), message
+                        );
+                    }
+                }
+            }
+        }
+
+        /// A key DESIGN.md does not define, anywhere in a valid file's
+        /// table, is refused with its name and its line.
+        #[test]
+        fn fuzz_config_unknown_keys_are_named_with_their_line(
+            key in "[a-z][a-z0-9_]{0,16}",
+            at in 2..9usize,
+        ) {
+            let known = [
+                "name", "provider", "grant", "tenant", "client_id", "client_secret",
+                "service_account_key", "user", "send_as", "issuer", "token_url",
+                "authorize_url", "device_url", "revoke_url", "introspect_url", "jwks_url",
+                "scopes", "smtp", "tls", "ca_file", "tls_pin_sha256", "sasl",
+                "insecure_loopback", "audience", "refresh_skew_secs", "token_endpoint_auth",
+            ];
+            prop_assume!(!known.contains(&key.as_str()));
+            // GOOD_ACCOUNT: an empty line, the header on line 2, keys on 3 to 9.
+            let mut lines: Vec<&str> = GOOD_ACCOUNT.split('\n').collect();
+            let added = format!("{key} = 1");
+            lines.insert(at, &added);
+            let error = parse(&lines.join("\n")).expect_err("an unknown key").to_string();
+            prop_assert!(error.contains(&format!("`{key}`")), "{}", error);
+            prop_assert!(error.contains(&format!("line {}", at + 1)), "{}", error);
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod doctor;
+#[cfg(test)]
+mod fuzzing;
 pub mod instance;
 pub mod message;
 pub mod oauth;

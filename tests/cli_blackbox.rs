@@ -2,8 +2,10 @@
 //! status, and what it leaves on disk.
 
 mod common;
+#[path = "line_client/mod.rs"]
+mod line_client;
 
-use common::{ACCOUNT, Harness, write_private};
+use common::{ACCOUNT, Harness, RelayProcess, WAIT, write_private};
 use oxirelay::sandbox::USER;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -123,19 +125,225 @@ async fn no_token_or_secret_in_the_store_file_or_the_logs() {
         }
     }
     assert!(!files.is_empty(), "the store file exists");
+    let account = harness.account();
+    let server = oxirelay::smtp::sasl::ServerName {
+        host: &account.smtp.host,
+        port: account.smtp.port,
+    };
     for (name, secret) in &secrets {
         assert!(secret.len() >= 16, "{name} is a real value");
-        for (path, bytes) in &files {
-            assert!(
-                !contains(bytes, secret.as_bytes()),
-                "{name} found in {path}"
-            );
+        for (name, form) in forms_of(name, secret, Some((&account.user, &server))) {
+            for (path, bytes) in &files {
+                assert!(!contains(bytes, form.as_bytes()), "{name} found in {path}");
+            }
+            for (i, log) in logs.iter().enumerate() {
+                assert!(
+                    !contains(log, form.as_bytes()),
+                    "{name} found in captured output #{i}"
+                );
+            }
         }
-        for (i, log) in logs.iter().enumerate() {
-            assert!(
-                !contains(log, secret.as_bytes()),
-                "{name} found in captured output #{i}"
-            );
+    }
+}
+
+/// Every form in which `secret` could reach a log or a file: as it is, in
+/// base64 (standard and URL-safe, padded or not) and, for a token, inside
+/// the XOAUTH2 and OAUTHBEARER messages exactly as the relay's client
+/// writes them on the AUTH line.
+fn forms_of(
+    name: &str,
+    secret: &str,
+    sasl_user: Option<(&str, &oxirelay::smtp::sasl::ServerName<'_>)>,
+) -> Vec<(String, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use oxirelay::smtp::sasl::{self, BearerCredentials};
+    let mut raws = vec![(name.to_string(), secret.to_string())];
+    if let Some((user, server)) = sasl_user {
+        let credentials = BearerCredentials {
+            user: user.to_string(),
+            token: oxirelay::secret::Secret::new(secret),
+        };
+        raws.push((
+            format!("{name} in XOAUTH2"),
+            sasl::encode_xoauth2(&credentials).expose().to_string(),
+        ));
+        raws.push((
+            format!("{name} in OAUTHBEARER"),
+            sasl::encode_oauthbearer(&credentials, server)
+                .expose()
+                .to_string(),
+        ));
+    }
+    let mut forms = Vec::new();
+    for (what, raw) in raws {
+        for (encoding, engine) in [
+            ("base64", &STANDARD),
+            ("unpadded base64", &STANDARD_NO_PAD),
+            ("base64url", &URL_SAFE),
+            ("unpadded base64url", &URL_SAFE_NO_PAD),
+        ] {
+            forms.push((format!("{what}, {encoding}"), engine.encode(&raw)));
+        }
+        forms.push((what, raw));
+    }
+    forms
+}
+
+/// `oxirelay serve` at `OXIRELAY_LOG=trace` with mail flowing both ways
+/// (a password user submits; the relay refreshes and rotates the token,
+/// then delivers over OAUTHBEARER): none of the secrets involved appears
+/// in any form in its output, its logs, the store (with its WAL) or the
+/// audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_at_trace_writes_no_secret_in_any_form_anywhere() {
+    use oxirelay::sandbox::authz::TokenFault;
+    let harness = Harness::start(
+        "authorization_code",
+        "oauthbearer",
+        Duration::from_secs(3600),
+    )
+    .await;
+    // The consent's token lives two seconds, and is past its refresh time
+    // when serve starts: the relay must refresh (and rotate the refresh
+    // token) before it delivers; the fresh token lasts the hour.
+    harness
+        .sandbox
+        .auth
+        .faults()
+        .fail_next(1, TokenFault::ShortLived(Duration::from_secs(2)));
+    let consent_token = harness.consent().await;
+    harness.wait_until_refresh_due().await;
+    let (first_refresh, _) = harness.stored_tokens().await;
+    let first_refresh = first_refresh.expect("a refresh token");
+    let access = harness.add_relay();
+    let issued_before = harness.sandbox.auth.stats().tokens_issued;
+
+    let relay = RelayProcess::start_logged(&harness.config_path, &[], "trace");
+    let message =
+        format!("From: {USER}\r\nTo: someone@example.net\r\nSubject: leak check\r\n\r\nhello\r\n");
+    let mut client = line_client::Client::connect_addr(relay.addr, WAIT).await;
+    client.greet_with_starttls_trusting(&access.ca_file).await;
+    let reply = client.auth_plain(&access.user, &access.password).await;
+    assert!(reply.starts_with("235 "), "{reply}");
+    for _ in 0..2 {
+        let reply = client
+            .send(USER, "someone@example.net", message.as_bytes())
+            .await;
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    let _ = client.command("QUIT").await;
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(2, WAIT)
+        .await
+        .expect("delivered");
+    let relay = tokio::task::spawn_blocking(move || {
+        let mut relay = relay;
+        let status = {
+            let pid = relay.child.id().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill -TERM");
+            relay.child.wait().expect("serve exits")
+        };
+        assert!(status.success(), "{status}");
+        relay
+    })
+    .await
+    .expect("join");
+    // Its logs are read to the end: both pipes closed with the process.
+    let transcript = relay.wait_for_all(&["oxirelay: stopped"]);
+    drop(transcript);
+    let output = relay.transcript().join("\n");
+    assert!(
+        output.contains(" TRACE "),
+        "trace logs were captured: {}",
+        &output[..output.len().min(2000)]
+    );
+
+    // Every token the run used is known: the consent's, and the one
+    // refresh the run made.
+    assert_eq!(
+        harness.sandbox.auth.stats().tokens_issued,
+        issued_before + 1,
+        "exactly one refresh during the run"
+    );
+    let (refresh, current) = harness.stored_tokens().await;
+    let (refresh, current) = (refresh.expect("refresh"), current.expect("access"));
+    assert_ne!(refresh.expose(), first_refresh.expose(), "rotated");
+    let smtp = harness.sandbox.smtp.stats();
+    assert!(
+        smtp.auth_attempts
+            .get("OAUTHBEARER")
+            .is_some_and(|n| *n >= 1)
+            && smtp.auth_successes == smtp.auth_attempts_total(),
+        "the relay logged in over OAUTHBEARER: {smtp:?}"
+    );
+
+    let account = harness.account();
+    let server = oxirelay::smtp::sasl::ServerName {
+        host: &account.smtp.host,
+        port: account.smtp.port,
+    };
+    let bearer = Some((account.user.as_str(), &server));
+    let client_secret = harness.sandbox.client_secret.expose().to_string();
+    let master_key = std::fs::read_to_string(harness.dir.path().join("master.key"))
+        .expect("master key")
+        .trim()
+        .to_string();
+    let plain_message =
+        oxirelay::smtp::sasl::encode_plain(&oxirelay::smtp::sasl::PasswordCredentials {
+            authzid: None,
+            user: access.user.clone(),
+            password: oxirelay::secret::Secret::new(access.password.as_str()),
+        });
+    let mut forms = Vec::new();
+    forms.extend(forms_of("client secret", &client_secret, None));
+    forms.extend(forms_of(
+        "client id:secret (HTTP Basic)",
+        &format!("{}:{client_secret}", oxirelay::sandbox::CLIENT_ID),
+        None,
+    ));
+    forms.extend(forms_of("master key", &master_key, None));
+    forms.extend(forms_of("app password", &access.password, None));
+    forms.extend(forms_of("AUTH PLAIN message", plain_message.expose(), None));
+    forms.extend(forms_of(
+        "consent access token",
+        consent_token.secret.expose(),
+        bearer,
+    ));
+    forms.extend(forms_of(
+        "consent refresh token",
+        first_refresh.expose(),
+        bearer,
+    ));
+    forms.extend(forms_of("refreshed access token", current.expose(), bearer));
+    forms.extend(forms_of("rotated refresh token", refresh.expose(), bearer));
+
+    // The forms are those of the wire: AUTH PLAIN's is what the client sent.
+    let sent = line_client::plain(&access.user, &access.password);
+    assert!(forms.iter().any(|(_, form)| *form == sent));
+
+    let mut places = vec![("serve's output and logs".to_string(), output.into_bytes())];
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", harness.db_path().display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            places.push((path, bytes));
+        }
+    }
+    let audit = harness.dir.path().join("oxirelay-audit.jsonl");
+    places.push((
+        audit.display().to_string(),
+        std::fs::read(&audit).expect("the audit log exists"),
+    ));
+    for (what, form) in &forms {
+        assert!(form.len() >= 12, "{what} is a real value: {form:?}");
+        for (place, bytes) in &places {
+            assert!(!contains(bytes, form.as_bytes()), "{what} found in {place}");
         }
     }
 }

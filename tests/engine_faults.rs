@@ -191,3 +191,88 @@ async fn a_slow_upstream_is_waited_for() {
     assert_eq!(stats.recipients_deferred, 0, "slow is not failed");
     engine.shutdown().await;
 }
+
+/// Contract 4, to the end: the provider refuses the token (535 5.7.3, as
+/// Exchange does), the relay drops it and refreshes once; the provider
+/// refuses the fresh token too: the message is deferred, the account is
+/// marked failing, there was exactly one extra token request, and the
+/// account backs off: what comes meanwhile waits without a login. Once the
+/// back-off is over (and the provider takes tokens again) the mail goes.
+#[tokio::test]
+async fn a_fresh_token_refused_too_defers_marks_the_account_failing_and_backs_off() {
+    let h = harness().await;
+    h.broker.access_token(ACCOUNT).await.expect("a token");
+    assert_eq!(h.sandbox.auth.stats().tokens_issued, 1);
+    h.sandbox.smtp.faults().inject(
+        reply_fault(FaultStage::Auth, 535, "5.7.3 Authentication unsuccessful"),
+        FaultTimes::Next(2),
+    );
+    let engine = h.start(test_config());
+    let first = h.enqueue(1, &["rcpt@example.net"]).await;
+    engine
+        .wait_until(|s| s.attempts >= 1, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("an attempt: {:?}", engine.stats()));
+    let message = h.message(&first[0]).await;
+    assert_eq!(message.state, MessageState::Deferred, "{message:?}");
+    let error = message.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("refused a freshly refreshed token too") && error.contains("5.7.3"),
+        "{error}"
+    );
+    let smtp = h.sandbox.smtp.stats();
+    assert_eq!(smtp.auth_attempts_total(), 2, "two logins: {smtp:?}");
+    assert_eq!(smtp.auth_failures, 2, "{smtp:?}");
+    assert_eq!(
+        h.sandbox.auth.stats().tokens_issued,
+        2,
+        "exactly one refresh"
+    );
+    let (state, reason) = h.account_state().await;
+    assert_eq!(state, oxirelay::store::AccountState::Failing, "{reason}");
+    assert!(reason.contains("5.7.3"), "{reason}");
+    let kinds = h.event_kinds().await;
+    assert!(
+        kinds.contains(&"token.invalidated".to_string()),
+        "{kinds:?}"
+    );
+
+    // The account backs off: the next message is taken up and held (the
+    // positive signal), without a token request or a login.
+    let before = engine.stats();
+    h.enqueue(1, &["rcpt2@example.net"]).await;
+    engine
+        .wait_until(
+            |s| s.released_by_backoff > before.released_by_backoff || s.attempts > before.attempts,
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|| panic!("the second message taken up: {:?}", engine.stats()));
+    assert_eq!(
+        h.sandbox.smtp.stats().auth_attempts_total(),
+        2,
+        "no login while backed off"
+    );
+    assert_eq!(h.sandbox.auth.stats().tokens_issued, 2, "no token request");
+
+    // After the back-off both go, with one new token.
+    h.sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(2, WAIT)
+        .await
+        .expect("delivered after the back-off");
+    engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .unwrap_or_else(|| panic!("both recorded: {:?}", engine.stats()));
+    assert_eq!(h.sandbox.auth.stats().tokens_issued, 3);
+    let smtp = h.sandbox.smtp.stats();
+    assert!(
+        smtp.auth_attempts_total() <= 4 && smtp.auth_failures == 2,
+        "no login storm: {smtp:?}"
+    );
+    let (state, reason) = h.account_state().await;
+    assert_eq!(state, oxirelay::store::AccountState::Valid, "{reason}");
+    engine.shutdown().await;
+}

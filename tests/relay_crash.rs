@@ -30,14 +30,7 @@ except Exception as error:
 "#;
 
 fn python_available() -> bool {
-    let found = Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: python3 is not installed (scripts/install-test-tools installs it)");
-    }
-    found
+    common::have("python3")
 }
 
 /// Starts one smtplib client; its acknowledged subjects arrive on the channel.
@@ -251,7 +244,8 @@ async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
     }
     let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
     let access = harness.add_relay();
-    let relay = RelayProcess::start(&harness.config_path, &[]);
+    // Its logs are read too: the engine's start and stop are the signals.
+    let relay = RelayProcess::start_logged(&harness.config_path, &[], "info");
     let (acks, received) = std::sync::mpsc::channel();
     let mut client = submit(&relay, &access, "before", 1, acks.clone());
     tokio::task::spawn_blocking(move || client.wait())
@@ -277,12 +271,23 @@ async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
         "{}",
         String::from_utf8_lossy(&lockdown.stdout)
     );
+    // The positive signal that delivery is held: the relay reports the
+    // lockdown and its engine reports that it has stopped. A relay that
+    // printed the line but kept delivering would never log the stop.
     let relay = tokio::task::spawn_blocking(move || {
-        relay.wait_for_line("oxirelay: LOCKDOWN (incident drill)");
+        relay.wait_for_all(&[
+            "oxirelay: LOCKDOWN (incident drill)",
+            "delivery engine stopped",
+        ]);
         relay
     })
     .await
     .expect("join");
+    let stopped_at = relay
+        .transcript()
+        .iter()
+        .rposition(|line| line.contains("delivery engine stopped"))
+        .expect("the stop is in the transcript");
 
     let mut client = submit(&relay, &access, "during", 3, acks);
     tokio::task::spawn_blocking(move || client.wait())
@@ -301,10 +306,22 @@ async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
         .await
         .expect("store");
     assert_eq!(queued.len(), 3, "kept in the queue");
+    assert!(
+        queued.iter().all(|m| m.attempts == 0),
+        "never tried: {queued:?}"
+    );
     assert_eq!(
         harness.sandbox.smtp.inbox().count(),
         1,
         "nothing delivered during the lockdown"
+    );
+    // Since the stop, no engine started and no delivery was attempted.
+    let since_stop = relay.transcript().split_off(stopped_at);
+    assert!(
+        !since_stop.iter().any(|line| {
+            line.contains("delivery engine started") || line.contains("delivery attempt recorded")
+        }),
+        "delivery went on during the lockdown: {since_stop:#?}"
     );
 
     let config = harness.config_path.clone();
@@ -313,7 +330,7 @@ async fn lockdown_pauses_delivery_keeps_mail_and_unlock_resumes() {
         .expect("join");
     assert!(unlock.status.success());
     let relay = tokio::task::spawn_blocking(move || {
-        relay.wait_for_line("oxirelay: lockdown lifted");
+        relay.wait_for_all(&["oxirelay: lockdown lifted", "delivery engine started"]);
         relay
     })
     .await

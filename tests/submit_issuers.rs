@@ -14,9 +14,16 @@ const OTHER_CLIENT: &str = "other-app";
 /// A second authorization server, B, whose app-only tokens carry the same
 /// subject as the sandbox's (issuer A's) user.
 async fn issuer_b() -> (oxirelay::sandbox::authz::RunningAuthServer, Secret) {
+    issuer_with_scopes(&[oxirelay::sandbox::SMTP_SCOPE]).await
+}
+
+/// An authorization server like B that issues tokens for these scopes.
+async fn issuer_with_scopes(
+    scopes: &[&str],
+) -> (oxirelay::sandbox::authz::RunningAuthServer, Secret) {
     let secret = Secret::new("issuer-b-secret");
     let config = AuthServerConfig {
-        scopes: vec![oxirelay::sandbox::SMTP_SCOPE.into()],
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
         clients: vec![SandboxClient {
             app_subject: Some(USER.into()),
             ..SandboxClient::confidential(OTHER_CLIENT, secret.clone())
@@ -30,13 +37,21 @@ async fn issuer_b() -> (oxirelay::sandbox::authz::RunningAuthServer, Secret) {
 }
 
 async fn token_of(server: &oxirelay::sandbox::authz::RunningAuthServer, secret: &Secret) -> String {
+    token_with_scope(server, secret, oxirelay::sandbox::SMTP_SCOPE).await
+}
+
+async fn token_with_scope(
+    server: &oxirelay::sandbox::authz::RunningAuthServer,
+    secret: &Secret,
+    scope: &str,
+) -> String {
     let response: serde_json::Value = oxirelay::oauth::grant::http_client(true)
         .post(server.token_url())
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", OTHER_CLIENT),
             ("client_secret", secret.expose()),
-            ("scope", oxirelay::sandbox::SMTP_SCOPE),
+            ("scope", scope),
         ])
         .send()
         .await
@@ -116,4 +131,53 @@ async fn a_trusted_issuer_without_a_user_for_the_subject_gets_nothing() {
     }
     relay.shutdown().await;
     b.shutdown().await.expect("B stops");
+}
+
+/// `[[issuer]] required_scope`: a valid token of a trusted issuer, naming
+/// a configured user, is refused at the listener when it lacks the scope
+/// (RFC 7628 error challenge `insufficient_scope` naming it, then 535), and
+/// nothing can be queued; the same user with the scope gets in.
+#[tokio::test]
+async fn a_token_without_the_issuers_required_scope_is_refused_at_the_listener() {
+    use oxirelay::sandbox::SMTP_SCOPE;
+    let (issuer, secret) = issuer_with_scopes(&[SMTP_SCOPE, "profile"]).await;
+    let extra = format!(
+        "\n[[issuer]]\nurl = \"{url}\"\naudience = \"smtp\"\nrequired_scope = \"{SMTP_SCOPE}\"\ninsecure_loopback = true\n\n\
+         [[user]]\nname = \"c-app\"\nissuer = \"{url}\"\nsubject = \"{USER}\"\nallowed_from = [\"c-app@contoso.test\"]\naccount = \"{ACCOUNT}\"\n",
+        url = issuer.issuer_id()
+    );
+    let relay = Relay::start_with_config(&extra).await;
+    let unscoped = token_with_scope(&issuer, &secret, "profile").await;
+    let scoped = token_with_scope(&issuer, &secret, SMTP_SCOPE).await;
+
+    let mut client = Client::connect(relay.addr(STARTTLS)).await;
+    client.greet_with_starttls(&relay.ca_file).await;
+    let challenge = client
+        .command(&format!(
+            "AUTH OAUTHBEARER {}",
+            oauthbearer("c-app", &unscoped)
+        ))
+        .await;
+    let status = challenge
+        .strip_prefix("334 ")
+        .and_then(|b64| oxirelay::smtp::sasl::OAuthErrorStatus::from_base64(b64.trim().as_bytes()))
+        .unwrap_or_else(|| panic!("an RFC 7628 error challenge: {challenge}"));
+    assert_eq!(status.status, "insufficient_scope", "{status:?}");
+    assert_eq!(status.scope.as_deref(), Some(SMTP_SCOPE), "{status:?}");
+    let reply = client.command("AQ==").await;
+    assert!(reply.starts_with("535 "), "{reply}");
+    let reply = client.command("MAIL FROM:<c-app@contoso.test>").await;
+    assert!(reply.starts_with("530 "), "not authenticated: {reply}");
+    assert!(relay.queued().await.is_empty());
+
+    // The control: the same user, a token with the scope.
+    let reply = client
+        .command(&format!(
+            "AUTH OAUTHBEARER {}",
+            oauthbearer("c-app", &scoped)
+        ))
+        .await;
+    assert!(reply.starts_with("235 "), "{reply}");
+    relay.shutdown().await;
+    issuer.shutdown().await.expect("the issuer stops");
 }

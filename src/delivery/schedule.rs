@@ -34,12 +34,16 @@ impl RetrySchedule {
     /// far, with ±20% jitter so that messages deferred together (an outage)
     /// do not all come back in the same second.
     pub fn delay_after(&self, attempts: u32) -> Duration {
+        self.delay_with_jitter(attempts, rand::rng().random_range(0.8..=1.2))
+    }
+
+    /// [`RetrySchedule::delay_after`] with the jitter factor given.
+    fn delay_with_jitter(&self, attempts: u32, jitter: f64) -> Duration {
         let exponent = attempts.saturating_sub(1).min(20);
         let base = self
             .first
             .saturating_mul(1u32 << exponent)
             .min(self.max_interval);
-        let jitter = rand::rng().random_range(0.8..=1.2);
         base.mul_f64(jitter).min(self.max_interval.mul_f64(1.2))
     }
 }
@@ -48,19 +52,90 @@ impl RetrySchedule {
 mod tests {
     use super::*;
 
+    const MINUTE: u64 = 60;
+
     #[test]
-    fn delays_grow_and_stay_bounded_with_jitter() {
+    fn the_default_schedule_doubles_from_one_minute_to_four_hours() {
         let schedule = RetrySchedule::default();
-        for attempts in 1..40 {
-            let delay = schedule.delay_after(attempts);
-            let exponent = attempts.saturating_sub(1).min(20);
-            let base = (schedule.first.as_secs_f64() * 2f64.powi(exponent as i32))
-                .min(schedule.max_interval.as_secs_f64());
-            let secs = delay.as_secs_f64();
-            assert!(
-                secs >= base * 0.8 - 1e-6 && secs <= base * 1.2 + 1e-6,
-                "{attempts}: {secs} vs {base}"
+        // (failures so far, the delay before the next attempt, in seconds)
+        for (attempts, expected) in [
+            (0, MINUTE),
+            (1, MINUTE),
+            (2, 2 * MINUTE),
+            (3, 4 * MINUTE),
+            (4, 8 * MINUTE),
+            (5, 16 * MINUTE),
+            (6, 32 * MINUTE),
+            (7, 64 * MINUTE),
+            (8, 128 * MINUTE),
+            (9, 4 * 60 * MINUTE),
+            (10, 4 * 60 * MINUTE),
+            (40, 4 * 60 * MINUTE),
+            (u32::MAX, 4 * 60 * MINUTE),
+        ] {
+            assert_eq!(
+                schedule.delay_with_jitter(attempts, 1.0),
+                Duration::from_secs(expected),
+                "after {attempts} failures"
             );
         }
+    }
+
+    #[test]
+    fn jitter_is_twenty_percent_either_way_and_the_cap_holds_it() {
+        let schedule = RetrySchedule::default();
+        assert_eq!(schedule.delay_with_jitter(1, 0.8), Duration::from_secs(48));
+        assert_eq!(schedule.delay_with_jitter(1, 1.2), Duration::from_secs(72));
+        assert_eq!(schedule.delay_with_jitter(3, 0.8), Duration::from_secs(192));
+        // At the cap: four hours less or more a fifth, never beyond.
+        assert_eq!(
+            schedule.delay_with_jitter(20, 0.8),
+            Duration::from_secs(11_520)
+        );
+        assert_eq!(
+            schedule.delay_with_jitter(20, 1.2),
+            Duration::from_secs(17_280)
+        );
+        assert_eq!(
+            schedule.delay_with_jitter(20, 5.0),
+            Duration::from_secs(17_280)
+        );
+        // The random factor really varies, within its bounds: 200 uniform
+        // draws all at or above 58.8 s (or all at or below 61.2 s) have a
+        // chance below 10^-50.
+        let draws: Vec<u64> = (0..200)
+            .map(|_| schedule.delay_after(1).as_millis() as u64)
+            .collect();
+        assert!(
+            draws.iter().all(|ms| (48_000..=72_000).contains(ms)),
+            "{draws:?}"
+        );
+        let (low, high) = (draws.iter().min(), draws.iter().max());
+        assert!(
+            low < Some(&58_800) && high > Some(&61_200),
+            "no jitter: {low:?}..{high:?}"
+        );
+    }
+
+    #[test]
+    fn a_test_schedule_keeps_its_own_numbers() {
+        let schedule = RetrySchedule {
+            first: Duration::from_millis(200),
+            max_interval: Duration::from_secs(1),
+            max_age: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            schedule.delay_with_jitter(1, 1.0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            schedule.delay_with_jitter(2, 1.0),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            schedule.delay_with_jitter(3, 1.0),
+            Duration::from_millis(800)
+        );
+        assert_eq!(schedule.delay_with_jitter(4, 1.0), Duration::from_secs(1));
     }
 }

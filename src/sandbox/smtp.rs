@@ -296,6 +296,10 @@ impl SandboxPolicy {
             return Err(AuthRefusal::Token(status("invalid_request", None)));
         }
         self.admit_login(user)?;
+        if let Some(reply) = self.faults.at_auth() {
+            tracing::info!(%user, token = %token.fingerprint(), "fault: refusing the token at AUTH");
+            return Err(self.refuse_token_with(user, status("invalid_token", None), reply));
+        }
         let verified = match self.verifier.verify(token).await {
             Ok(verified) => verified,
             Err(status) => return Err(self.refuse_token(user, status)),
@@ -355,6 +359,17 @@ impl SandboxPolicy {
 
     /// A refused token, in the profile's words; counted against the mailbox.
     fn refuse_token(&self, user: &str, rfc7628: OAuthErrorStatus) -> AuthRefusal {
+        let reply = self.profile.token_refused.reply.clone();
+        self.refuse_token_with(user, rfc7628, reply)
+    }
+
+    /// As [`SandboxPolicy::refuse_token`], ending with `reply`.
+    fn refuse_token_with(
+        &self,
+        user: &str,
+        rfc7628: OAuthErrorStatus,
+        reply: Reply,
+    ) -> AuthRefusal {
         self.mailboxes.login_failed(user);
         let refusal = &self.profile.token_refused;
         let challenge = match refusal.challenge {
@@ -374,10 +389,7 @@ impl SandboxPolicy {
                 openid_configuration: None,
             })),
         };
-        AuthRefusal::Reply {
-            challenge,
-            reply: refusal.reply.clone(),
-        }
+        AuthRefusal::Reply { challenge, reply }
     }
 
     /// The checks a provider makes when the message is complete: Send As

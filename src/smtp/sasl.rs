@@ -297,6 +297,7 @@ fn unescape_saslname(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn bearer(user: &str, token: &str) -> BearerCredentials {
         BearerCredentials {
@@ -417,6 +418,132 @@ mod tests {
             OAuthErrorStatus::from_base64(status.to_base64().as_bytes()),
             Some(status)
         );
+    }
+
+    /// Bytes near the SASL formats: their separators, keywords and escapes,
+    /// with now and then any bytes at all.
+    fn sasl_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            4 => prop::sample::select(vec![
+                &b"\x01"[..], b"\x01\x01", b"\0", b"user=", b"auth=", b"Bearer ", b"bearer",
+                b"Basic ", b"n,", b"y,", b"p=tls-unique,", b"a=", b",", b"=", b"=2C", b"=3D",
+                b"=Z", b"=\xc3\xa9", b"host=", b"port=", b" ", b"\t", b"u@x", b"tok", b"\xff",
+                b"\xc3\xa9", b"*",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            1 => prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Every place the server reads a SASL line.
+    fn steps() -> Vec<crate::smtp::server::sasl_exchange::SaslStep> {
+        use crate::smtp::server::sasl_exchange::SaslStep;
+        let mut steps: Vec<SaslStep> = [
+            Mechanism::XOAuth2,
+            Mechanism::OAuthBearer,
+            Mechanism::Plain,
+            Mechanism::Login,
+        ]
+        .into_iter()
+        .map(SaslStep::Response)
+        .collect();
+        steps.push(SaslStep::LoginPassword { user: "u".into() });
+        steps
+    }
+
+    fn bearer_of(
+        progress: crate::smtp::server::sasl_exchange::SaslProgress,
+    ) -> Option<(String, String)> {
+        use crate::smtp::server::Credentials;
+        use crate::smtp::server::sasl_exchange::SaslProgress;
+        match progress {
+            SaslProgress::Complete(Credentials::Bearer { user, token, .. }) => {
+                Some((user, token.expose().to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A token as providers issue them: base64url, JWT dots, opaque `ya29.`.
+    const TOKEN: &str = "[A-Za-z0-9._~+/=-]{1,80}";
+    /// A SASL user: anything but the separators of the format.
+    const USER: &str = "[^\\x00\\x01]{0,24}";
+
+    proptest! {
+        #![proptest_config(crate::fuzzing::config(1024))]
+
+        /// No input makes a decoder panic, raw or base64-framed, nor the
+        /// server's exchange at any step; what a decoder accepts is whole
+        /// (a user where the format requires one, a token without blanks).
+        #[test]
+        fn fuzz_sasl_decoders_never_panic(raw in sasl_bytes()) {
+            let framed = encode_base64(&raw);
+            prop_assert_eq!(decode_base64(framed.as_bytes()), Ok(raw.clone()));
+            for input in [&raw[..], framed.as_bytes()] {
+                if let Ok(credentials) = decode_xoauth2(input) {
+                    prop_assert!(!credentials.user.is_empty());
+                    let token = credentials.token.expose();
+                    prop_assert!(!token.is_empty() && token.trim() == token);
+                }
+                if let Ok(credentials) = decode_oauthbearer(input) {
+                    let token = credentials.token.expose();
+                    prop_assert!(!token.is_empty() && token.trim() == token);
+                }
+                if let Ok(credentials) = decode_plain(input) {
+                    prop_assert!(!credentials.user.is_empty());
+                }
+                let _ = decode_base64(input);
+                let _ = OAuthErrorStatus::from_base64(input);
+                for step in steps() {
+                    let _ = crate::smtp::server::sasl_exchange::continue_with(&step, input);
+                }
+                let text = String::from_utf8_lossy(input);
+                for mechanism in [Mechanism::XOAuth2, Mechanism::OAuthBearer, Mechanism::Plain, Mechanism::Login] {
+                    let _ = crate::smtp::server::sasl_exchange::start(mechanism, Some(&text));
+                }
+            }
+        }
+
+        /// What the client encodes, the server decodes to the same user and
+        /// token, through the base64 line and the exchange the session runs.
+        #[test]
+        fn fuzz_sasl_what_the_client_encodes_the_server_decodes(
+            user in USER,
+            token in TOKEN,
+            host in "[a-z0-9.-]{1,30}",
+            port in any::<u16>(),
+        ) {
+            use crate::smtp::server::sasl_exchange::start;
+            let credentials = bearer(&user, &token);
+            let xoauth2 = encode_base64(encode_xoauth2(&credentials).expose().as_bytes());
+            let server = ServerName { host: &host, port };
+            let oauthbearer =
+                encode_base64(encode_oauthbearer(&credentials, &server).expose().as_bytes());
+            let expected = Some((user.clone(), token.clone()));
+            // XOAUTH2 has no way to carry an empty user; the server says so.
+            let xoauth2_expected = (!user.is_empty()).then(|| (user.clone(), token.clone()));
+            prop_assert_eq!(bearer_of(start(Mechanism::XOAuth2, Some(&xoauth2))), xoauth2_expected);
+            prop_assert_eq!(bearer_of(start(Mechanism::OAuthBearer, Some(&oauthbearer))), expected);
+        }
+
+        #[test]
+        fn fuzz_sasl_plain_round_trips_any_password(
+            authzid in proptest::option::of("[^\\x00]{1,12}"),
+            user in "[^\\x00]{1,24}",
+            password in "(\\PC|\\x00){0,40}",
+        ) {
+            let credentials = PasswordCredentials {
+                authzid: authzid.clone(),
+                user: user.clone(),
+                password: Secret::new(password.clone()),
+            };
+            let decoded = decode_plain(encode_plain(&credentials).expose().as_bytes());
+            let decoded = decoded.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(decoded.authzid, authzid);
+            prop_assert_eq!(decoded.user, user);
+            prop_assert_eq!(decoded.password.expose(), password.as_str());
+        }
     }
 
     #[test]

@@ -223,67 +223,142 @@ impl Harness {
     }
 }
 
+/// Whether a program is installed (it answers `--version`). A test that
+/// needs it and finds it missing says so, in the words README promises,
+/// and returns: CI installs everything with `scripts/install-test-tools`,
+/// so CI never skips.
+pub fn have(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed; run scripts/install-test-tools");
+    }
+    found
+}
+
 /// A running `oxirelay serve` child process.
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
     output: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, in the order read.
+    transcript: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RelayProcess {
+    /// `serve` with its standard output read here and its logs (standard
+    /// error) passed through to the test's.
     pub fn start(config: &Path, extra_args: &[&str]) -> RelayProcess {
+        Self::spawn(config, extra_args, None)
+    }
+
+    /// `serve` at `OXIRELAY_LOG=filter`, its logs read here as well, in the
+    /// same stream as its standard output ([`RelayProcess::wait_for`],
+    /// [`RelayProcess::transcript`]).
+    pub fn start_logged(config: &Path, extra_args: &[&str], filter: &str) -> RelayProcess {
+        Self::spawn(config, extra_args, Some(filter))
+    }
+
+    fn spawn(config: &Path, extra_args: &[&str], log_filter: Option<&str>) -> RelayProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"));
+        command
             .arg("-c")
             .arg(config)
             .arg("serve")
             .args(extra_args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, output) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + WAIT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = output
-                .recv_timeout(left)
-                .expect("serve prints its address in time");
-            if let Some(addr) = line.strip_prefix("oxirelay: listening on ") {
-                break addr.parse().expect("an address");
-            }
+            .stdout(std::process::Stdio::piped());
+        match log_filter {
+            Some(filter) => command
+                .env("OXIRELAY_LOG", filter)
+                .stderr(std::process::Stdio::piped()),
+            None => command.stderr(std::process::Stdio::inherit()),
         };
-        RelayProcess {
-            child,
-            addr,
-            output,
+        let mut child = command.spawn().expect("serve starts");
+        let (sender, output) = std::sync::mpsc::channel();
+        let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut streams: Vec<Box<dyn std::io::Read + Send>> =
+            vec![Box::new(child.stdout.take().expect("stdout"))];
+        if let Some(stderr) = child.stderr.take() {
+            streams.push(Box::new(stderr));
         }
+        for stream in streams {
+            let (sender, transcript) = (sender.clone(), transcript.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    transcript
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line.clone());
+                    // The receiver may be gone; keep draining the pipe so
+                    // the relay never blocks writing its logs.
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut relay = RelayProcess {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            output,
+            transcript,
+        };
+        let line = relay.wait_for_line("oxirelay: listening on ");
+        relay.addr = line["oxirelay: listening on ".len()..]
+            .parse()
+            .expect("an address");
+        relay
     }
 
     /// Waits until the relay prints a line starting with `prefix`.
     pub fn wait_for_line(&self, prefix: &str) -> String {
+        self.wait_for(&[prefix], |line, pattern| line.starts_with(pattern))
+            .remove(0)
+    }
+
+    /// Waits until the relay has printed (or logged) a line containing each
+    /// of `patterns`, in any order (its output and its logs are two pipes);
+    /// returns those lines, in the order of `patterns`.
+    pub fn wait_for_all(&self, patterns: &[&str]) -> Vec<String> {
+        self.wait_for(patterns, |line, pattern| line.contains(pattern))
+    }
+
+    fn wait_for(&self, patterns: &[&str], matches: impl Fn(&str, &str) -> bool) -> Vec<String> {
         let deadline = std::time::Instant::now() + WAIT;
-        loop {
+        let mut found: Vec<Option<String>> = vec![None; patterns.len()];
+        while found.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .output
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("serve did not print {prefix:?} in time"));
-            if line.starts_with(prefix) {
-                return line;
+            let line = self.output.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "serve did not print {:?} in time",
+                    patterns
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, f)| f.is_none())
+                        .map(|(p, _)| p)
+                        .collect::<Vec<_>>()
+                )
+            });
+            for (pattern, slot) in patterns.iter().zip(found.iter_mut()) {
+                if slot.is_none() && matches(&line, pattern) {
+                    *slot = Some(line.clone());
+                }
             }
         }
+        found.into_iter().flatten().collect()
+    }
+
+    /// Every line the relay printed (and, started logged, logged) so far.
+    pub fn transcript(&self) -> Vec<String> {
+        self.transcript
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// SIGKILL: the process gets no chance to clean up.

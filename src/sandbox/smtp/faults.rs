@@ -1,5 +1,6 @@
 //! Fault injection for the sandbox SMTP server: what a real provider does on
-//! a bad day (421 at the greeting, 4xx/5xx at any step, a connection dropped
+//! a bad day (421 at the greeting, 4xx/5xx at any step, a good token refused
+//! at AUTH, a connection dropped
 //! mid-DATA, slow replies, no STARTTLS), switchable at run time so tests can
 //! check how a client copes.
 
@@ -14,6 +15,12 @@ pub enum FaultStage {
     Greeting,
     /// In answer to EHLO/HELO.
     Ehlo,
+    /// In answer to AUTH with a bearer token, before the token is looked
+    /// at: a [`Fault::Reply`] refuses it as the provider refuses a token
+    /// (the profile's error challenge, then this reply; counted as a failed
+    /// login), as Exchange does now and then with a good one. Only
+    /// `Fault::Reply` applies here.
+    Auth,
     /// In answer to MAIL FROM.
     Mail,
     /// In answer to RCPT TO.
@@ -106,6 +113,18 @@ impl SmtpFaults {
         })
     }
 
+    /// The reply of a [`Fault::Reply`] at [`FaultStage::Auth`], if one
+    /// fires now.
+    pub(super) fn at_auth(&self) -> Option<Reply> {
+        self.fire(|fault| match fault {
+            Fault::Reply {
+                stage: FaultStage::Auth,
+                reply,
+            } => Some(reply.clone()),
+            _ => None,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ArmedFault>> {
         // A panic while holding this lock leaves a plain Vec behind, still
         // usable: recover it rather than poisoning every later session.
@@ -147,6 +166,32 @@ mod tests {
             Some(StageFault::Reply(reply))
         );
         assert_eq!(faults.at_stage(FaultStage::Mail), None);
+    }
+
+    #[test]
+    fn an_auth_fault_fires_only_at_auth() {
+        let faults = SmtpFaults::default();
+        let reply = Reply::new(535, "5.7.3 Authentication unsuccessful");
+        faults.inject(
+            Fault::Reply {
+                stage: FaultStage::Auth,
+                reply: reply.clone(),
+            },
+            FaultTimes::Next(2),
+        );
+        assert_eq!(faults.at_stage(FaultStage::Mail), None);
+        assert_eq!(faults.at_auth(), Some(reply.clone()));
+        assert_eq!(faults.at_auth(), Some(reply));
+        assert_eq!(faults.at_auth(), None);
+        // A Reply fault of another stage is not an AUTH fault.
+        faults.inject(
+            Fault::Reply {
+                stage: FaultStage::Mail,
+                reply: Reply::new(451, "4.3.0 later"),
+            },
+            FaultTimes::Always,
+        );
+        assert_eq!(faults.at_auth(), None);
     }
 
     #[test]

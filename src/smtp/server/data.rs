@@ -196,6 +196,7 @@ impl std::fmt::Debug for DataReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Just;
 
     /// Feeds `wire` (everything after the DATA command's CRLF) and returns
     /// the outcome and the bytes left over for the command parser.
@@ -364,6 +365,125 @@ mod tests {
         assert_eq!(outcome, DataOutcome::Refused(DataDefect::TooBig));
         assert_eq!(&wire[used..], b"NOOP\r\n");
         assert!(receiver.body.len() <= 10);
+    }
+
+    /// `chunks` fed one after the other: the outcome and the number of
+    /// bytes the message took, counted from the first chunk.
+    fn receive_in(chunks: &[&[u8]], max_size: usize) -> Option<(DataOutcome, usize)> {
+        let mut receiver = DataReceiver::new(max_size);
+        let mut offset = 0;
+        for chunk in chunks {
+            if let Some((outcome, used)) = receiver.ingest(chunk) {
+                return Some((outcome, offset + used));
+            }
+            offset += chunk.len();
+        }
+        None
+    }
+
+    /// The rules of this module read line by line, as RFC 5321 section
+    /// 4.5.2 states them, with nothing carried between bytes: the oracle
+    /// for the receiver's byte-at-a-time state machine. A line ends only at
+    /// CRLF; the line "." ends the message; a leading dot is removed; a CR
+    /// or LF left inside a line is a bare line ending.
+    fn line_by_line(wire: &[u8], max_size: usize) -> Option<(DataOutcome, usize)> {
+        let mut body = Vec::new();
+        let (mut bare, mut nul, mut long) = (false, None, None);
+        let (mut start, mut number) = (0, 0);
+        loop {
+            let end = start + wire[start..].windows(2).position(|w| w == b"\r\n")?;
+            let line = &wire[start..end];
+            start = end + 2;
+            if line == b"." {
+                let outcome = if bare {
+                    DataOutcome::Refused(DataDefect::BareLineEnding)
+                } else if body.len() > max_size {
+                    DataOutcome::Refused(DataDefect::TooBig)
+                } else if let Some(line) = nul {
+                    DataOutcome::Refused(DataDefect::Nul { line })
+                } else if let Some(line) = long {
+                    DataOutcome::Refused(DataDefect::LineTooLong { line })
+                } else {
+                    DataOutcome::Message(body)
+                };
+                return Some((outcome, start));
+            }
+            number += 1;
+            let content = line.strip_prefix(b".").unwrap_or(line);
+            bare |= content.iter().any(|b| matches!(b, b'\r' | b'\n'));
+            if nul.is_none() && content.contains(&0) {
+                nul = Some(number);
+            }
+            if long.is_none() && content.len() > MAX_LINE_LEN {
+                long = Some(number);
+            }
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzzing::config(512))]
+
+        /// The one oracle of issue 9: however the bytes are cut (into
+        /// random chunks, or one byte at a time), the end of the message,
+        /// its content and its verdict are those of the whole input, and
+        /// agree with the line-by-line reading.
+        #[test]
+        fn fuzz_data_terminator_and_unstuffing_do_not_depend_on_the_split(
+            body in crate::fuzzing::data_bytes(48),
+            terminated in proptest::prelude::any::<bool>(),
+            splits in crate::fuzzing::splits(),
+            max_size in proptest::prop_oneof![Just(1usize << 20), 0..3000usize],
+        ) {
+            let mut wire = body;
+            if terminated {
+                wire.extend_from_slice(b"\r\n.\r\n");
+            }
+            wire.extend_from_slice(b"NOOP\r\n");
+            let whole = receive_in(&[&wire], max_size);
+            let split = receive_in(&crate::fuzzing::chunks(&wire, &splits), max_size);
+            let bytewise: Vec<&[u8]> = wire.chunks(1).collect();
+            proptest::prop_assert_eq!(&whole, &split);
+            proptest::prop_assert_eq!(&whole, &receive_in(&bytewise, max_size));
+            proptest::prop_assert_eq!(&whole, &line_by_line(&wire, max_size));
+            if terminated {
+                proptest::prop_assert!(whole.is_some(), "the terminator was not found");
+            }
+            if let Some((DataOutcome::Message(message), _)) = &whole {
+                proptest::prop_assert!(message.len() <= max_size);
+            }
+        }
+
+        /// What the upstream client sends (`client::data::encode_data`) is
+        /// received exactly: the message with its line ends made CRLF, the
+        /// terminator found where the client put it, and a message that
+        /// RFC 5322 forbids refused for its first bad line, never for a
+        /// bare line ending (the client sends none).
+        #[test]
+        fn fuzz_data_what_the_client_encodes_is_received_exactly(
+            message in crate::fuzzing::data_bytes(48),
+            splits in crate::fuzzing::splits(),
+        ) {
+            let encoded = crate::smtp::client::data::encode_data(&message);
+            let mut wire = encoded.clone();
+            wire.extend_from_slice(b"MAIL FROM:<a@x>\r\n");
+            let received = receive_in(&crate::fuzzing::chunks(&wire, &splits), 1 << 20);
+            let mut text = crate::message::normalize_line_endings(&message);
+            if !text.is_empty() && !text.ends_with(b"\r\n") {
+                text.extend_from_slice(b"\r\n");
+            }
+            let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
+            let first = |bad: &dyn Fn(&[u8]) -> bool| lines.iter().position(|l| bad(l)).map(|i| i + 1);
+            let expected = if let Some(line) = first(&|l| l.contains(&0)) {
+                DataOutcome::Refused(DataDefect::Nul { line })
+            } else if let Some(line) = first(&|l| l.len() > MAX_LINE_LEN) {
+                DataOutcome::Refused(DataDefect::LineTooLong { line })
+            } else {
+                DataOutcome::Message(text.clone())
+            };
+            proptest::prop_assert_eq!(received, Some((expected, encoded.len())));
+        }
     }
 
     #[test]

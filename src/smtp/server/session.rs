@@ -463,6 +463,12 @@ impl Session {
                 if matches!(self.phase, Phase::Closed) {
                     return None;
                 }
+                // As when the line is skipped in pieces: one that ends in a
+                // bare LF ends the session, however it arrived.
+                if !line.ends_with(b"\r\n") {
+                    self.on_bare_line_feed();
+                    return None;
+                }
                 continue;
             }
             return Some(line);

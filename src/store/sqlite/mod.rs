@@ -676,6 +676,66 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// Contract 1 rests on this: the transaction whose commit a `250` waits
+    /// for runs on a connection in WAL mode with `synchronous=FULL`. A crash
+    /// test cannot tell FULL from OFF (the page cache survives a killed
+    /// process), so the connection is asked. Triggers record what the very
+    /// connection that writes the row reports (`pragma_synchronous` is per
+    /// connection), so no other connection of a pool can answer for it; the
+    /// claim, on the bookkeeping side (NORMAL by design), shows that the
+    /// probe tells the two apart.
+    #[tokio::test]
+    async fn the_connection_that_commits_a_submission_is_wal_with_synchronous_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+        let probe = |event: &str, when: &str| {
+            format!(
+                "CREATE TRIGGER probe_{event} AFTER {when} ON messages BEGIN \
+                 INSERT INTO probe SELECT '{event}', s.synchronous, j.journal_mode \
+                 FROM pragma_synchronous AS s, pragma_journal_mode AS j; END;"
+            )
+        };
+        let schema = format!(
+            "CREATE TABLE probe (event TEXT NOT NULL, synchronous INTEGER NOT NULL, journal_mode TEXT NOT NULL); {} {}",
+            probe("enqueue", "INSERT"),
+            probe("claim", "UPDATE OF lease_owner")
+        );
+        sqlx::raw_sql(AssertSqlSafe(schema))
+            .execute(&store.pool)
+            .await
+            .expect("probe triggers");
+        for n in 0..3 {
+            store
+                .enqueue(crate::store::queue::NewMessage {
+                    account: "office".into(),
+                    mail_from: "app@example.com".into(),
+                    recipients: vec![format!("r{n}@example.net")],
+                    body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+                    submitted_by: "test".into(),
+                })
+                .await
+                .expect("enqueue");
+        }
+        let now = crate::clock::now_unix() + 1;
+        let claimed = store.claim("w1", now, now + 60, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 3);
+        let rows: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT event, synchronous, journal_mode FROM probe ORDER BY rowid")
+                .fetch_all(&store.pool)
+                .await
+                .expect("probe rows");
+        let of = |event: &str| -> Vec<(i64, String)> {
+            rows.iter()
+                .filter(|(e, _, _)| e == event)
+                .map(|(_, s, j)| (*s, j.clone()))
+                .collect()
+        };
+        // PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA.
+        assert_eq!(of("enqueue"), vec![(2, "wal".to_string()); 3], "{rows:?}");
+        assert_eq!(of("claim"), vec![(1, "wal".to_string()); 3], "{rows:?}");
+    }
+
     #[tokio::test]
     async fn generation_guards_against_stale_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
