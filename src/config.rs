@@ -177,6 +177,10 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `oxirelay sendmail` for local users without the keys: where it
+    /// drops messages for `serve`, and who may.
+    #[serde(default)]
+    pub sendmail: Option<SendmailConfig>,
     /// The file this was read from, for messages and relative paths.
     #[serde(skip)]
     pub path: PathBuf,
@@ -356,6 +360,41 @@ pub struct UserConfig {
     pub account: String,
 }
 
+/// `[sendmail]`: `oxirelay sendmail` drops each message into
+/// `spool/maildrop` and a running `serve` picks it up (`crate::maildrop`),
+/// so the users who run it need neither the master key nor the store. A
+/// drop's owner, which the kernel sets, says who sent it; a
+/// `[[sendmail.local]]` maps local users and groups to an account and the
+/// senders they may use, and an unmapped user is refused (DESIGN.md
+/// contract 8: no default identity).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendmailConfig {
+    /// Holds `maildrop/` (the operator makes it, see README) and the
+    /// relay's own `claimed/` and `rejected/`.
+    pub spool: PathBuf,
+    #[serde(default, rename = "local")]
+    pub locals: Vec<LocalSenderConfig>,
+}
+
+/// Local Unix users (by name) and the members of groups, as one identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSenderConfig {
+    pub name: String,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The account that delivers their mail.
+    pub account: String,
+    /// The senders (addresses or `@domain`) they may use.
+    pub allowed_from: Vec<String>,
+    /// Check the header `From:` against `allowed_from` too (default on).
+    #[serde(default = "yes")]
+    pub check_header_from: bool,
+}
+
 /// The append-only audit log (on by default, beside the config file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -471,6 +510,9 @@ impl Config {
                 rebase(ca);
             }
         }
+        if let Some(sendmail) = &mut self.sendmail {
+            rebase(&mut sendmail.spool);
+        }
         for listener in &mut self.listeners {
             if let Some(cert) = &mut listener.cert {
                 rebase(cert);
@@ -579,6 +621,31 @@ impl Config {
                     "listener {}: tls = {:?} needs cert and key (PEM files)",
                     listener.addr, listener.tls
                 ));
+            }
+        }
+        if let Some(sendmail) = &self.sendmail {
+            let mut names = std::collections::HashSet::new();
+            for local in &sendmail.locals {
+                let what = format!("[[sendmail.local]] {:?}", local.name);
+                if !names.insert(local.name.as_str()) {
+                    return Err(format!("{what} is defined twice"));
+                }
+                if !seen.contains(local.account.as_str()) {
+                    return Err(format!(
+                        "{what} refers to account {:?}, which is not defined",
+                        local.account
+                    ));
+                }
+                if local.users.is_empty() && local.groups.is_empty() {
+                    return Err(format!(
+                        "{what} names no users and no groups; list who it is, e.g. users = [\"www-data\"] or groups = [\"cron-mail\"]"
+                    ));
+                }
+                if local.allowed_from.is_empty() {
+                    return Err(format!(
+                        "{what} has no allowed_from; name the senders its users may use, e.g. allowed_from = [\"cron@contoso.com\"]"
+                    ));
+                }
             }
         }
         for issuer in &self.issuers {

@@ -33,7 +33,7 @@ impl Holder {
     /// A new holder in this process: each engine run and each token broker
     /// gets its own, so two of them in one process exclude each other too.
     pub fn new_in_this_process() -> Holder {
-        use rand::RngCore;
+        use rand::Rng;
         let pid = std::process::id();
         Holder {
             id: format!("{}:{pid}:{:08x}", host_name(), rand::rng().next_u32()),

@@ -12,6 +12,7 @@ pub mod doctor;
 #[cfg(test)]
 mod fuzzing;
 pub mod instance;
+pub mod maildrop;
 pub mod message;
 pub mod oauth;
 pub mod sandbox;

@@ -36,6 +36,7 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
 pub const EX_IOERR: u8 = 74;
 pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_NOPERM: u8 = 77;
 pub const EX_CONFIG: u8 = 78;
 
 /// The largest message read from standard input: the submission listener's

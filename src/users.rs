@@ -6,7 +6,7 @@
 use crate::secret::Secret;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use rand::RngCore;
+use rand::Rng;
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]

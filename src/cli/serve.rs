@@ -92,6 +92,23 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     };
     let stop_bound = options.shutdown.deadline;
     let policy = SubmissionPolicy::new(&context.config, store.clone(), wake.clone(), options);
+    // `oxirelay sendmail` drops (`[sendmail]`), checked and queued as a
+    // submission is; an unsafe spool stops the start, before any listener.
+    let pickup = match &context.config.sendmail {
+        Some(sendmail) => {
+            let rules = crate::submit::AcceptRules::from_config(
+                &context.config,
+                policy.options().max_message_size,
+            );
+            let acceptance = crate::submit::Acceptance::new(rules, store.clone(), wake.clone());
+            Some(crate::maildrop::pickup::Pickup::new(
+                sendmail,
+                &context.config.path,
+                acceptance,
+            )?)
+        }
+        None => None,
+    };
     let (listeners_stop, listeners_signal) = shutdown_channel();
     let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;
     for addr in listeners.addrs() {
@@ -113,6 +130,13 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         stop_signal.clone(),
     ));
     let credential_watch = tokio::spawn(watch_credentials(broker.clone(), stop_signal.clone()));
+    let pickup = pickup.map(|pickup| {
+        println!(
+            "oxirelay: picking up `oxirelay sendmail` drops from {}",
+            pickup.maildrop().display()
+        );
+        tokio::spawn(pickup.run(stop_signal.clone()))
+    });
     let validation = tokio::spawn(validate_regularly(
         broker.clone(),
         args.validate_every,
@@ -136,6 +160,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
     let _ = validation.await;
     let _ = credential_watch.await;
+    if let Some(pickup) = pickup {
+        let _ = pickup.await;
+    }
     let tokens_obtained = token_counter.await.unwrap_or(0);
     if let Ok(summary) = supervisor.await {
         let per_auth = summary.upstream_messages as f64 / summary.upstream_sessions.max(1) as f64;

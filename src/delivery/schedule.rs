@@ -1,7 +1,7 @@
 //! When to try a deferred message again: exponential backoff with jitter,
 //! bounded by a maximum age after which the message expires.
 
-use rand::Rng;
+use rand::RngExt;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::oauth::preset::{GrantKind, OfflineRequest, ProviderKind};
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
-use rand::RngCore;
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use url::Url;
 

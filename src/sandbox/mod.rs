@@ -125,7 +125,7 @@ impl SandboxOptions {
 }
 
 fn random_secret() -> Secret {
-    use rand::RngCore;
+    use rand::Rng;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())

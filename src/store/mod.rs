@@ -36,6 +36,8 @@ pub enum StoreError {
     LeaseLost(MessageId),
     #[error("the store is shutting down")]
     Closed,
+    #[error("this store does not support {0}; use the SQLite store")]
+    Unsupported(&'static str),
 }
 
 /// Where an account is in its token lifecycle (DESIGN.md contract 3).
@@ -213,6 +215,17 @@ pub trait Store: Send + Sync {
     /// Adds a message to the queue. When this returns Ok, the message is
     /// committed (contract 1): only then may the submitter be told 250/202.
     async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError>;
+
+    /// [`Store::enqueue`] under an id the caller chose (a fresh
+    /// [`MessageId::generate`]), so that a submission interrupted by a crash
+    /// can later be looked up with [`Store::message`] and is never queued
+    /// twice: the sendmail pickup names its claim of a drop file after it.
+    async fn enqueue_as(&self, id: MessageId, message: NewMessage) -> Result<(), StoreError> {
+        let _ = (id, message);
+        Err(StoreError::Unsupported(
+            "queueing under a chosen id (needed by the sendmail pickup)",
+        ))
+    }
 
     /// Leases up to `limit` due messages (queued or deferred and due, or in
     /// flight under an expired lease or of an instance whose heartbeat has

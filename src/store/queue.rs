@@ -13,7 +13,7 @@ pub struct MessageId(pub String);
 
 impl MessageId {
     pub fn generate() -> Self {
-        use rand::RngCore;
+        use rand::Rng;
         let mut bytes = [0u8; 8];
         rand::rng().fill_bytes(&mut bytes);
         MessageId(bytes.iter().map(|b| format!("{b:02X}")).collect())

@@ -10,7 +10,7 @@
 
 use crate::secret::Secret;
 use crate::users::SubmissionUser;
-use rand::RngCore;
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -4,6 +4,8 @@
 //! tokens of trusted issuers), may send only as their allowed senders, and
 //! get 250 only once the message is in the durable queue.
 //!
+//! - [`accept`]: [`Acceptance`], the checks and the queue every way in
+//!   ends in (the listeners, `oxirelay sendmail` and its pickup).
 //! - [`policy`]: [`SubmissionPolicy`], the `SessionPolicy` implementation.
 //! - [`listeners`]: [`Listeners::start`] for the `[[listener]]`s.
 //! - [`directory`]: submission users from the config and the store.
@@ -13,6 +15,7 @@
 //! - [`allow_list`]: CIDR allow-lists of listeners.
 //! - [`received`]: the `Received:` trace header.
 
+pub mod accept;
 pub mod allow_list;
 pub mod auth_cache;
 pub mod directory;
@@ -23,6 +26,7 @@ pub mod policy;
 pub mod received;
 pub mod throttle;
 
+pub use accept::{AcceptError, AcceptRules, Acceptance, Refused, Submission};
 pub use listeners::{ListenerError, Listeners, RunningListeners};
 pub use policy::{
     DEFAULT_MAX_MESSAGE_SIZE, ListenerAccess, MIN_RECIPIENTS, SubmissionOptions, SubmissionPolicy,

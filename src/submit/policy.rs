@@ -11,6 +11,7 @@
 //!   queue; the id is returned (and 250 sent) only after the commit
 //!   (contract 1).
 
+use super::accept::{AcceptRules, Acceptance, Submission};
 use super::allow_list::AllowList;
 use super::directory::UserDirectory;
 use super::issuers::{TokenError, TrustedIssuers};
@@ -26,7 +27,7 @@ use crate::smtp::server::{
     Identity, LineLimit, Refusal, Reply, SessionContext, SessionLimits, SessionPolicy,
     SessionRules, ShutdownLimits,
 };
-use crate::store::{NewMessage, Store};
+use crate::store::Store;
 use crate::users::SubmissionUser;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,8 +134,8 @@ impl ListenerAccess {
 struct Shared {
     users: UserDirectory,
     issuers: TrustedIssuers,
-    store: Arc<dyn Store>,
-    work_arrived: Arc<Notify>,
+    /// The checks and the queue that every way in shares.
+    acceptance: Acceptance,
     throttle: Mutex<AuthThrottle>,
     /// Argon2 runs on the blocking pool; this bounds how many at once so a
     /// burst of logins cannot take every core.
@@ -164,17 +165,7 @@ impl SubmissionPolicy {
         work_arrived: Arc<Notify>,
         options: SubmissionOptions,
     ) -> Self {
-        let recipient_limits: HashMap<String, usize> = config
-            .accounts
-            .iter()
-            .map(|account| {
-                let limit = crate::oauth::preset::preset(account.provider)
-                    .limits
-                    .recipients_per_message
-                    .map_or(MIN_RECIPIENTS, |n| n as usize);
-                (account.name.clone(), limit)
-            })
-            .collect();
+        let recipient_limits = super::accept::recipient_limits(config);
         let max_recipients = recipient_limits
             .values()
             .copied()
@@ -186,8 +177,11 @@ impl SubmissionPolicy {
             shared: Arc::new(Shared {
                 users: UserDirectory::new(&config.users, store.clone()),
                 issuers: TrustedIssuers::new(&config.issuers),
-                store,
-                work_arrived,
+                acceptance: Acceptance::new(
+                    AcceptRules::from_config(config, options.max_message_size),
+                    store,
+                    work_arrived,
+                ),
                 throttle: Mutex::new(AuthThrottle::new(options.throttle.clone())),
                 hashing_slots: Semaphore::new(cores),
                 // Ten minutes: a device reconnecting for every message costs
@@ -457,56 +451,26 @@ impl SubmissionPolicy {
         message: &[u8],
     ) -> Result<String, Refusal> {
         let user = self.session_user(context).await?;
-        if user.header_from_checked {
-            // The envelope sender was checked at MAIL; the From a reader
-            // sees must be one this identity may use as well.
-            if let Some(from) = crate::message::header_from_addresses(message)
-                .into_iter()
-                .find(|from| !user.may_send_as(from))
-            {
-                tracing::info!(user = %user.name, from = ?from, "header From refused");
-                return Err(Reply::new(
-                    550,
-                    format!(
-                        "5.7.1 The header From <{from}> is not in the allowed_from of {}; send from an allowed address (or set check_header_from = false for this user)",
-                        user.name
-                    ),
-                )
-                .into());
-            }
-        }
         let header = received_header(
             context,
             &envelope.rcpt_to,
             &self.shared.options.hostname,
             chrono::Utc::now(),
         );
-        let mut body = Vec::with_capacity(header.len() + message.len());
-        body.extend_from_slice(header.as_bytes());
-        body.extend_from_slice(message);
-        let size = body.len();
-        let queued = self
+        let id = self
             .shared
-            .store
-            .enqueue(NewMessage {
-                account: user.account.clone(),
-                mail_from: envelope.mail_from.clone(),
-                recipients: envelope.rcpt_to.clone(),
-                body,
-                submitted_by: user.name.clone(),
+            .acceptance
+            .accept(Submission {
+                submitter: &user,
+                mail_from: &envelope.mail_from,
+                recipients: &envelope.rcpt_to,
+                trace: &header,
+                message,
+                id: None,
             })
-            .await;
-        match queued {
-            Ok(id) => {
-                self.shared.work_arrived.notify_one();
-                tracing::info!(%id, user = %user.name, account = %user.account, size, recipients = envelope.rcpt_to.len(), "message queued");
-                Ok(id.to_string())
-            }
-            Err(error) => {
-                tracing::error!(%error, user = %user.name, "cannot queue a submitted message");
-                Err(store_unavailable().into())
-            }
-        }
+            .await
+            .map_err(|error| error.reply())?;
+        Ok(id.to_string())
     }
 }
 

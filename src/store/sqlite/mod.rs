@@ -433,6 +433,10 @@ impl Store for SqliteStore {
         self.committer.enqueue(message).await
     }
 
+    async fn enqueue_as(&self, id: MessageId, message: NewMessage) -> Result<(), StoreError> {
+        self.committer.enqueue_as(id, message).await
+    }
+
     async fn claim(
         &self,
         owner: &str,

@@ -48,17 +48,21 @@ impl GroupCommitter {
 
     pub(super) async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
         let id = MessageId::generate();
+        self.enqueue_as(id.clone(), message).await?;
+        Ok(id)
+    }
+
+    pub(super) async fn enqueue_as(
+        &self,
+        id: MessageId,
+        message: NewMessage,
+    ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.requests
-            .send(EnqueueRequest {
-                id: id.clone(),
-                message,
-                done,
-            })
+            .send(EnqueueRequest { id, message, done })
             .await
             .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)??;
-        Ok(id)
+        wait.await.map_err(|_| StoreError::Closed)?
     }
 }
 
