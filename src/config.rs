@@ -406,6 +406,18 @@ pub struct AuditConfig {
     /// never, for logrotate or nothing.
     #[serde(default)]
     pub rotate_bytes: Option<u64>,
+    /// Rotate the log at the first append once its first line is this old
+    /// ("1d", "12h", "1w"), and on start if it already is; combines with
+    /// `rotate_bytes` (whichever comes first). Absent: never by age.
+    #[serde(default, deserialize_with = "audit_period")]
+    pub rotate_every: Option<std::time::Duration>,
+    /// Remove rotated files whose every line is older than this ("400d").
+    /// Each removal is itself an audit line, so `audit verify` can tell it
+    /// from a deletion. Absent: rotated files are kept forever, because an
+    /// audit log is evidence and how long it must be kept is the
+    /// operator's (or the regulator's) decision, not the relay's.
+    #[serde(default, deserialize_with = "audit_period")]
+    pub keep: Option<std::time::Duration>,
 }
 
 impl Default for AuditConfig {
@@ -413,8 +425,55 @@ impl Default for AuditConfig {
         AuditConfig {
             path: default_audit_path(),
             rotate_bytes: None,
+            rotate_every: None,
+            keep: None,
         }
     }
+}
+
+/// A period of `[audit]`: whole numbers with a unit, `s`, `m`, `h`, `d`
+/// or `w`, one or several (`"90d"`, `"1d12h"`); zero is refused, since a
+/// zero rotation period or retention is a typo, not a policy.
+fn audit_period<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let mut seconds: u64 = 0;
+    let mut number: Option<u64> = None;
+    let invalid = || {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a period: write a whole number and a unit (s, m, h, d, w), e.g. \"1d\" or \"90d\""
+        ))
+    };
+    for c in text.trim().chars() {
+        if let Some(digit) = c.to_digit(10) {
+            number = Some(
+                number
+                    .unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or_else(invalid)?,
+            );
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(invalid()),
+        };
+        let n = number.take().ok_or_else(invalid)?;
+        seconds = n
+            .checked_mul(unit)
+            .and_then(|s| seconds.checked_add(s))
+            .ok_or_else(invalid)?;
+    }
+    if number.is_some() || seconds == 0 {
+        return Err(invalid());
+    }
+    Ok(Some(std::time::Duration::from_secs(seconds)))
 }
 
 fn default_audit_path() -> PathBuf {

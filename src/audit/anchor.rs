@@ -17,7 +17,7 @@
 //! recorded in the keyed chain itself rather than papered over.
 
 use super::AuditEntry;
-use super::files;
+use super::files::{self, LineLookup};
 use crate::store::{AuditAnchor, Store};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -203,11 +203,20 @@ async fn advance(
             // wrote it to the log first, so it is there unless deleted.
             let found = files::find_line_hash(log, stored.seq)
                 .map_err(|e| format!("cannot read {}: {e}", log.display()))?;
-            if found.as_deref() != Some(stored.hash.as_str()) {
-                let what = match found {
-                    Some(_) => "has another line in its place: the log was rewritten from there",
-                    None => "is not in the log: lines were deleted",
-                };
+            let what = match found {
+                LineLookup::Hash(hash) if hash == stored.hash => None,
+                LineLookup::Hash(_) => {
+                    Some("has another line in its place: the log was rewritten from there")
+                }
+                LineLookup::Missing => Some("is not in the log: lines were deleted"),
+                // Older than the oldest file kept: its file went by
+                // retention (an anchor the store lagged on for that long)
+                // or by hand. Which one is `audit verify`'s to tell, from
+                // the retention lines; the anchor guards the end, and
+                // moving it on keeps it guarding.
+                LineLookup::BeforeStart => None,
+            };
+            if let Some(what) = what {
                 let note = AuditEntry {
                     actor: super::NOTE_ACTOR.into(),
                     action: "audit.anchor_mismatch".into(),

@@ -42,7 +42,7 @@ fn file_name(path: &Path) -> io::Result<String> {
         .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))
 }
 
-fn directory(path: &Path) -> PathBuf {
+pub(crate) fn directory(path: &Path) -> PathBuf {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -90,7 +90,7 @@ pub(crate) fn chain_files(path: &Path) -> io::Result<ChainFiles> {
 }
 
 /// The first line of a file; `None` for an empty file.
-fn first_line(path: &Path) -> Result<Option<Line>, String> {
+pub(crate) fn first_line(path: &Path) -> Result<Option<Line>, String> {
     use std::io::BufRead;
     let file = File::open(path).map_err(|e| format!("unreadable: {e}"))?;
     let mut bytes = Vec::new();
@@ -238,10 +238,22 @@ pub(crate) fn last_rotated_line(path: &Path) -> io::Result<Option<Line>> {
     Ok(None)
 }
 
+/// Where the chain's files put the line with a given sequence number.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LineLookup {
+    /// Found, with this hash.
+    Hash(String),
+    /// Within the files' range, but not there: deleted.
+    Missing,
+    /// Older than every file here: before the chain's first kept line
+    /// (removed by retention, or deleted; `audit verify` tells which).
+    BeforeStart,
+}
+
 /// The hash of the line with sequence number `seq`, looked for from the
-/// end of the chain back: `None` if no file has it. The log itself is read
-/// first, and rotated files are listed only if the line is older than it.
-pub(crate) fn find_line_hash(path: &Path, seq: u64) -> io::Result<Option<String>> {
+/// end of the chain back. The log itself is read first, and rotated files
+/// are listed only if the line is older than it.
+pub(crate) fn find_line_hash(path: &Path, seq: u64) -> io::Result<LineLookup> {
     enum Found {
         Hash(String),
         Absent,
@@ -263,27 +275,37 @@ pub(crate) fn find_line_hash(path: &Path, seq: u64) -> io::Result<Option<String>
         }
         Ok(Found::Older)
     }
+    // An empty log (just rotated) says nothing about where lines are.
+    let mut seen_lines = false;
     match in_file(path, seq)? {
-        Found::Hash(hash) => return Ok(Some(hash)),
-        Found::Absent => return Ok(None),
-        Found::Older => {}
+        Found::Hash(hash) => return Ok(LineLookup::Hash(hash)),
+        Found::Absent => return Ok(LineLookup::Missing),
+        Found::Older => seen_lines |= last_line(path)?.is_some(),
     }
     let chain = chain_files(path)?;
     for file in chain.files.iter().rev().filter(|f| f.as_path() != path) {
         match in_file(file, seq)? {
-            Found::Hash(hash) => return Ok(Some(hash)),
-            Found::Absent => return Ok(None),
-            Found::Older => {}
+            Found::Hash(hash) => return Ok(LineLookup::Hash(hash)),
+            Found::Absent => return Ok(LineLookup::Missing),
+            Found::Older => seen_lines |= last_line(file)?.is_some(),
         }
     }
-    Ok(None)
+    Ok(if seen_lines {
+        LineLookup::BeforeStart
+    } else {
+        LineLookup::Missing
+    })
 }
 
 /// A new file beside the log for bytes set aside or a rotated log:
 /// `<log>.<marker><UTC time>`, with `-2`, `-3`... should that exist.
-pub(crate) fn sibling_name(path: &Path, marker: &str) -> io::Result<PathBuf> {
+pub(crate) fn sibling_name(
+    path: &Path,
+    marker: &str,
+    now: std::time::SystemTime,
+) -> io::Result<PathBuf> {
     let name = file_name(path)?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let stamp = chrono::DateTime::<chrono::Utc>::from(now).format("%Y%m%dT%H%M%SZ");
     let base = directory(path).join(format!("{name}.{marker}{stamp}"));
     let mut candidate = base.clone();
     let mut n = 1;
@@ -313,10 +335,11 @@ pub(crate) fn set_aside_tail(
     path: &Path,
     file: &mut File,
     good_end: u64,
+    now: std::time::SystemTime,
 ) -> io::Result<(PathBuf, u64, String)> {
     let len = file.seek(SeekFrom::End(0))?;
     let bytes = read_range(file, good_end, len)?;
-    let aside = sibling_name(path, "torn-")?;
+    let aside = sibling_name(path, "torn-", now)?;
     let mut copy = OpenOptions::new();
     copy.create_new(true).write(true);
     #[cfg(unix)]

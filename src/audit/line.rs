@@ -77,6 +77,8 @@ pub(crate) struct Line {
     /// SHA-256 of the line's bytes: what the next keyed line's `prev` and
     /// the store's anchor name it by.
     pub hash: String,
+    /// The MAC as written (keyed lines), for the record of a removal.
+    pub mac: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -166,11 +168,27 @@ pub(crate) fn legacy_hash(line: &Line) -> String {
     sha256_hex(&bytes)
 }
 
+/// When a line was written, from its `at`; `None` if that is not the
+/// RFC 3339 time this writer puts there.
+pub(crate) fn written_at(line: &Line) -> Option<std::time::SystemTime> {
+    chrono::DateTime::parse_from_rfc3339(&line.at)
+        .ok()
+        .map(std::time::SystemTime::from)
+}
+
+/// The `at` of a line written at `time`: UTC to the millisecond.
+pub(crate) fn format_at(time: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time)
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
 /// Reads one line (without its newline). The error says why it is not an
 /// audit line; the MAC itself is checked by the verifier, which has the key.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Line, String> {
     let fields: ReadFields =
         serde_json::from_slice(bytes).map_err(|e| format!("not an audit line: {e}"))?;
+    let mac = fields.mac.clone();
     let seal = match (fields.hash, fields.key, fields.mac) {
         (Some(hash), None, None) => Seal::Legacy { hash },
         (None, Some(key), Some(_)) => {
@@ -197,6 +215,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Line, String> {
         prev: fields.prev,
         seal,
         hash: sha256_hex(bytes),
+        mac,
     })
 }
 

@@ -21,7 +21,13 @@
 //!   line. A failed append is logged loudly, never stops the caller's work,
 //!   and the next line that can be written records how many were lost.
 //! - **Rotation.** The chain goes on across rotated files ([`files`]);
-//!   `rotate_bytes` in `[audit]` makes the writer rotate by size.
+//!   `rotate_bytes` and `rotate_every` in `[audit]` make the writer rotate
+//!   by size and by age (the age of the file's first line, checked at each
+//!   append and on start).
+//! - **Retention.** `keep` in `[audit]` removes the oldest rotated files
+//!   once their every line is older than it, and records each removal in
+//!   the chain first ([`retention`]), so `audit verify` tells a start
+//!   removed by retention from one deleted by hand.
 //!
 //! Several processes append to one log (`serve` and every CLI command), so
 //! each append takes an exclusive lock on the file and reads the chain's
@@ -40,11 +46,13 @@ mod anchor;
 mod files;
 mod key;
 mod line;
+mod retention;
 mod verify;
 
 pub use key::AuditKey;
 pub use line::MAX_LINE_BYTES;
-pub use verify::{AnchorCheck, VerifyReport, verify};
+pub use retention::RemovedFile;
+pub use verify::{AnchorCheck, CheckedFile, RetentionStart, VerifyReport, verify};
 
 use crate::secret::MasterKey;
 use crate::store::{AuditAnchor, Store};
@@ -54,7 +62,7 @@ use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Who the log names as the author of the lines it writes about itself.
 const NOTE_ACTOR: &str = "oxirelay";
@@ -67,6 +75,12 @@ const ANCHOR_FLUSH: Duration = Duration::from_secs(5);
 /// How often an append reopens the log when another process rotated or
 /// replaced it between the open and the lock.
 const MAX_REOPENS: usize = 8;
+
+/// How often a long-running writer looks for rotated files past their
+/// retention, besides on open and right after it rotates: a look lists the
+/// directory and reads both ends of every rotated file, too much for every
+/// append, and retention is counted in days.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -128,17 +142,57 @@ fn note(action: &str, detail: String) -> AuditEntry {
     }
 }
 
+/// The wall clock the log stamps its lines with and judges ages by. Tests
+/// drive it by hand; the relay uses the system's.
+#[derive(Clone)]
+pub struct AuditClock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl AuditClock {
+    pub fn system() -> AuditClock {
+        AuditClock(Arc::new(SystemTime::now))
+    }
+
+    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> AuditClock {
+        AuditClock(Arc::new(now))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for AuditClock {
+    fn default() -> Self {
+        AuditClock::system()
+    }
+}
+
+impl std::fmt::Debug for AuditClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditClock")
+    }
+}
+
 /// How the log is written, from `[audit]`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditOptions {
     /// Rotate the log once it has reached this many bytes; never if `None`.
     pub rotate_bytes: Option<u64>,
+    /// Rotate the log once its first line is this old; never if `None`.
+    pub rotate_every: Option<Duration>,
+    /// Remove rotated files whose every line is older than this; never
+    /// (keep them forever) if `None`.
+    pub keep: Option<Duration>,
+    pub clock: AuditClock,
 }
 
 impl From<&crate::config::AuditConfig> for AuditOptions {
     fn from(config: &crate::config::AuditConfig) -> Self {
         AuditOptions {
             rotate_bytes: config.rotate_bytes.filter(|&bytes| bytes > 0),
+            rotate_every: config.rotate_every.filter(|d| !d.is_zero()),
+            keep: config.keep.filter(|d| !d.is_zero()),
+            clock: AuditClock::system(),
         }
     }
 }
@@ -170,6 +224,8 @@ pub struct AuditLog {
     /// Signalled when a group write is done (on disk, or failed).
     written: Condvar,
     anchor: Option<anchor::AnchorWriter>,
+    /// When this writer last looked for files past their retention.
+    retention_checked: Mutex<Option<SystemTime>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -233,10 +289,12 @@ impl AuditLog {
             pending: Mutex::new(Pending::default()),
             written: Condvar::new(),
             anchor: None,
+            retention_checked: Mutex::new(None),
         };
-        // Writes nothing unless the end needed repair (then the note).
+        // Writes nothing unless the end needed repair, the file is past its
+        // age or rotated files past their retention (then their lines).
         let mut notes = Vec::new();
-        if let Err(e) = log.write(&mut notes) {
+        if let Err(e) = log.write_at(&mut notes, true) {
             tracing::error!(log = %path.display(), error = %e, "cannot repair the end of the audit log; appends will try again");
             log.lock_pending().notes = notes;
         }
@@ -246,7 +304,22 @@ impl AuditLog {
     /// Keeps the chain's anchor in `store` as well (see [`anchor`]).
     pub fn with_anchor(mut self, store: Arc<dyn Store>) -> Self {
         match anchor::AnchorWriter::start(store, self.path.clone()) {
-            Ok(writer) => self.anchor = Some(writer),
+            Ok(writer) => {
+                // Lines written by `open` (retention's records, a repair
+                // note) came before the writer: hand it the end now, so a
+                // command that appends nothing still anchors them.
+                match files::last_line(&self.path) {
+                    Ok(Some(last)) => writer.want(AuditAnchor {
+                        seq: last.seq,
+                        hash: last.hash,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(log = %self.path.display(), error = %e, "cannot read the audit log's end for its anchor; the next append hands it over")
+                    }
+                }
+                self.anchor = Some(writer);
+            }
             Err(e) => tracing::error!(
                 error = %e,
                 "cannot start the audit anchor's thread; the log is written, but not anchored in the store"
@@ -387,15 +460,23 @@ impl AuditLog {
 
     /// Writes `entries` as lines at the chain's end, repairing the end
     /// first (which may put a note in front of them), rotating if the file
-    /// is full. Nothing is written if `entries` ends up empty.
+    /// is full or old. Nothing is written if `entries` ends up empty.
     fn write(&self, entries: &mut Vec<AuditEntry>) -> std::io::Result<()> {
+        self.write_at(entries, false)
+    }
+
+    /// [`AuditLog::write`]; `opening` also rotates an old file and applies
+    /// retention when there is nothing else to write.
+    fn write_at(&self, entries: &mut Vec<AuditEntry>, opening: bool) -> std::io::Result<()> {
+        let now = self.options.clock.now();
+        let mut rotated = false;
         for _ in 0..MAX_REOPENS {
             let mut file = open_locked(&self.path)?;
             let last = match files::scan_tail(&mut file)? {
                 Tail::Clean(last) => last,
                 Tail::Damaged { last, good_end } => {
                     let (aside, bytes, sha) =
-                        files::set_aside_tail(&self.path, &mut file, good_end)?;
+                        files::set_aside_tail(&self.path, &mut file, good_end, now)?;
                     let after = last
                         .as_ref()
                         .map_or_else(|| "the start".to_string(), |l| format!("line {}", l.seq));
@@ -418,7 +499,7 @@ impl AuditLog {
                     last
                 }
                 Tail::NotALog => {
-                    let aside = files::sibling_name(&self.path, "damaged-")?;
+                    let aside = files::sibling_name(&self.path, "damaged-", now)?;
                     std::fs::rename(&self.path, &aside)?;
                     tracing::error!(
                         log = %self.path.display(),
@@ -441,18 +522,23 @@ impl AuditLog {
                     continue;
                 }
             };
-            if entries.is_empty() {
+            if entries.is_empty() && !opening {
                 return Ok(());
             }
             let len = file.seek(SeekFrom::End(0))?;
-            if let Some(limit) = self.options.rotate_bytes
-                && len > 0
-                && len >= limit
-            {
-                let rotated = files::sibling_name(&self.path, "")?;
-                std::fs::rename(&self.path, &rotated)?;
-                tracing::info!(log = %self.path.display(), rotated = %rotated.display(), "rotated the audit log");
+            if len > 0 && self.rotation_due(len, now) {
+                let name = files::sibling_name(&self.path, "", now)?;
+                std::fs::rename(&self.path, &name)?;
+                tracing::info!(log = %self.path.display(), rotated = %name.display(), "rotated the audit log");
+                rotated = true;
                 continue;
+            }
+            // Files past their retention go after their records are
+            // written below, into this file: so even the newest rotated
+            // file, whose last line an empty log goes on from, may go.
+            let removals = self.retention_plan(now, rotated || opening);
+            if entries.is_empty() && removals.is_empty() {
+                return Ok(());
             }
             // An empty log goes on from the newest rotated file, if any.
             let last = match last {
@@ -463,12 +549,14 @@ impl AuditLog {
                 Some(line) => (line.seq, line.hash),
                 None => (0, line::GENESIS.to_string()),
             };
+            let at = line::format_at(now);
+            let removal_notes: Vec<AuditEntry> = removals
+                .iter()
+                .map(|r| note(retention::ACTION, r.record.detail()))
+                .collect();
             let mut bytes = Vec::new();
-            for entry in entries.iter() {
+            for entry in entries.iter().chain(&removal_notes) {
                 seq += 1;
-                let at = chrono::Utc::now()
-                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                    .to_string();
                 let line =
                     line::keyed_line(seq, &at, &line::bounded(entry.clone()), &prev, &self.key);
                 prev = line::sha256_hex(&line);
@@ -481,6 +569,9 @@ impl AuditLog {
                 let _ = file.set_len(len);
                 return Err(e);
             }
+            // The records are on disk, and the lock still keeps other
+            // writers out: now the files may go.
+            retention::remove(&self.path, &removals);
             if let Some(anchor) = &self.anchor {
                 anchor.want(AuditAnchor { seq, hash: prev });
             }
@@ -489,6 +580,59 @@ impl AuditLog {
         Err(std::io::Error::other(
             "the log kept being rotated or replaced while it was being written",
         ))
+    }
+
+    /// Whether the log (of `len` bytes, open and locked) is to be rotated
+    /// before the next line: it is full, or its first line is too old.
+    fn rotation_due(&self, len: u64, now: SystemTime) -> bool {
+        if self.options.rotate_bytes.is_some_and(|limit| len >= limit) {
+            return true;
+        }
+        let Some(every) = self.options.rotate_every else {
+            return false;
+        };
+        // The first line's own time, not the file's mtime: a rename or a
+        // copy keeps the lines, and the lines are what is kept and judged.
+        match files::first_line(&self.path) {
+            Ok(Some(first)) => line::written_at(&first)
+                .and_then(|at| now.duration_since(at).ok())
+                .is_some_and(|age| age >= every),
+            _ => false,
+        }
+    }
+
+    /// The rotated files to remove now, if retention is on and due (on
+    /// open, right after a rotation, then every [`RETENTION_INTERVAL`]).
+    fn retention_plan(&self, now: SystemTime, force: bool) -> Vec<retention::Removal> {
+        let Some(keep) = self.options.keep else {
+            return Vec::new();
+        };
+        {
+            let mut checked = self
+                .retention_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = force
+                || checked.is_none_or(|at| {
+                    now.duration_since(at)
+                        .map_or(true, |since| since >= RETENTION_INTERVAL)
+                });
+            if !due {
+                return Vec::new();
+            }
+            *checked = Some(now);
+        }
+        match retention::plan(&self.path, now, keep) {
+            Ok(removals) => removals,
+            Err(e) => {
+                tracing::error!(
+                    log = %self.path.display(),
+                    error = %e,
+                    "cannot look for rotated audit files past their retention; none removed, the next pass tries again"
+                );
+                Vec::new()
+            }
+        }
     }
 }
 

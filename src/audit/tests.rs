@@ -375,6 +375,7 @@ fn legacy_log(path: &Path, details: &[String]) {
                 hash: String::new(),
             },
             hash: String::new(),
+            mac: None,
         };
         let hash = line::legacy_hash(&parsed);
         parsed.seal = line::Seal::Legacy { hash: hash.clone() };
@@ -461,6 +462,7 @@ fn rotated_files_are_one_chain_in_the_order_of_their_lines() {
         &master(1),
         AuditOptions {
             rotate_bytes: Some(1500),
+            ..AuditOptions::default()
         },
     )
     .expect("open");
@@ -485,18 +487,9 @@ fn rotated_files_are_one_chain_in_the_order_of_their_lines() {
         dir.path().join(format!("audit.jsonl.{}", rotated.len()))
     );
 
-    // Removing the oldest file (retention) is said, not an error...
-    std::fs::remove_file(&renamed.files[0]).expect("remove oldest");
-    let report = keyed(&path).expect("retention");
-    assert!(report.first_seq > Some(1));
-    assert!(
-        report
-            .notices
-            .iter()
-            .any(|n| n.contains("the chain starts at line"))
-    );
-    // ...removing one from the middle breaks the chain.
-    std::fs::remove_file(&report.files[1]).expect("remove a middle file");
+    // Removing one from the middle breaks the chain; so does removing the
+    // oldest by hand (see the retention tests).
+    std::fs::remove_file(&renamed.files[1]).expect("remove a middle file");
     assert!(matches!(keyed(&path), Err(AuditError::Broken { .. })));
 }
 
@@ -667,4 +660,420 @@ async fn async_appends_wait_for_the_disk_off_the_runtime() {
         done.expect("join").expect("append");
     }
     assert_eq!(keyed(&path).expect("intact").lines, 50);
+}
+
+// Rotation by age and retention, with the clock driven by hand.
+
+const DAY: u64 = 86_400;
+/// 2025-01-01T00:00:00Z: the test clock's start.
+const T0: u64 = 1_735_689_600;
+
+/// A clock that stands still until the test moves it.
+struct HandClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl HandClock {
+    fn new() -> HandClock {
+        HandClock(Arc::new(std::sync::atomic::AtomicU64::new(T0)))
+    }
+
+    fn audit_clock(&self) -> AuditClock {
+        let secs = self.0.clone();
+        AuditClock::from_fn(move || {
+            std::time::UNIX_EPOCH
+                + Duration::from_secs(secs.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    }
+
+    fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.audit_clock().now()
+    }
+}
+
+fn open_with(path: &Path, clock: &HandClock, every: Option<u64>, keep: Option<u64>) -> AuditLog {
+    AuditLog::open(
+        path,
+        &master(1),
+        AuditOptions {
+            rotate_every: every.map(Duration::from_secs),
+            keep: keep.map(Duration::from_secs),
+            clock: clock.audit_clock(),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open")
+}
+
+/// The rotated files beside `path`, by name.
+fn rotated(path: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = files::chain_files(path)
+        .expect("list")
+        .files
+        .into_iter()
+        .filter(|f| f != path)
+        .collect();
+    names.sort();
+    names
+}
+
+fn retention_lines(path: &Path) -> Vec<RemovedFile> {
+    let mut records = Vec::new();
+    for file in files::chain_files(path).expect("list").files {
+        for text in lines(&file) {
+            let line = line::parse(text.as_bytes()).expect("a line");
+            if line.entry.action == retention::ACTION {
+                records.push(RemovedFile::parse(&line.entry.detail).expect("a record"));
+            }
+        }
+    }
+    records
+}
+
+#[test]
+fn the_log_rotates_at_the_first_append_after_its_age_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    let log = open_with(&path, &clock, Some(DAY), None);
+    log.append(entry("first")).expect("append");
+    clock.advance(DAY - 1);
+    log.append(entry("a second short of a day"))
+        .expect("append");
+    assert!(rotated(&path).is_empty(), "not a day old yet");
+    clock.advance(1);
+    log.append(entry("a day old")).expect("append");
+    let after_one = rotated(&path);
+    assert_eq!(
+        after_one.len(),
+        1,
+        "rotated once the first line is a day old"
+    );
+    // Named by the clock that drove it, and holding the lines before.
+    assert_eq!(
+        after_one[0],
+        dir.path().join("audit.jsonl.20250102T000000Z")
+    );
+    assert_eq!(lines(&after_one[0]).len(), 2);
+    assert_eq!(lines(&path).len(), 1);
+    // The age counts from the new file's first line, not the old one's.
+    clock.advance(DAY / 2);
+    log.append(entry("half a day later")).expect("append");
+    assert_eq!(rotated(&path).len(), 1);
+    clock.advance(DAY / 2);
+    log.append(entry("two days")).expect("append");
+    assert_eq!(rotated(&path).len(), 2);
+
+    let report = keyed(&path).expect("one chain across the files");
+    assert_eq!((report.lines, report.files.len()), (5, 3));
+    assert_eq!(
+        report
+            .checked
+            .iter()
+            .map(|f| (f.first_seq, f.last_seq, f.lines))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some(1), Some(2), 2),
+            (Some(3), Some(4), 2),
+            (Some(5), Some(5), 1)
+        ]
+    );
+    assert!(report.removed_by_retention.is_none());
+}
+
+#[test]
+fn a_log_older_than_its_period_is_rotated_on_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    {
+        let log = open_with(&path, &clock, None, None);
+        log.append(entry("written without rotation"))
+            .expect("append");
+    }
+    clock.advance(3 * DAY);
+    let log = open_with(&path, &clock, Some(DAY), None);
+    assert_eq!(rotated(&path).len(), 1, "rotated by opening alone");
+    assert!(lines(&path).is_empty());
+    log.append(entry("after")).expect("append");
+    let report = keyed(&path).expect("the chain goes on");
+    assert_eq!((report.lines, report.last_seq), (2, Some(2)));
+}
+
+#[test]
+fn size_and_age_rotation_combine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    let log = AuditLog::open(
+        &path,
+        &master(1),
+        AuditOptions {
+            rotate_bytes: Some(1500),
+            rotate_every: Some(Duration::from_secs(DAY)),
+            clock: clock.audit_clock(),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    // Size first: about 400 bytes a line, so every fourth line or so.
+    for i in 0..8 {
+        log.append(entry(&format!("busy.{i}"))).expect("append");
+    }
+    let by_size = rotated(&path).len();
+    assert!(by_size >= 1, "rotated by size within a day");
+    // Then age, on a file far below the size.
+    assert!(!lines(&path).is_empty() && lines(&path).len() < 4);
+    clock.advance(DAY);
+    log.append(entry("quiet")).expect("append");
+    assert_eq!(rotated(&path).len(), by_size + 1, "rotated by age");
+    assert_eq!(lines(&path).len(), 1);
+    assert_eq!(keyed(&path).expect("one chain").lines, 9);
+}
+
+/// One line a day for `days` days, rotating daily, keeping `keep` days.
+fn daily_log(path: &Path, clock: &HandClock, days: u64, keep: Option<u64>) -> AuditLog {
+    let log = open_with(path, clock, Some(DAY), keep.map(|k| k * DAY));
+    for day in 0..days {
+        if day > 0 {
+            clock.advance(DAY);
+        }
+        log.append(entry(&format!("day.{day}"))).expect("append");
+    }
+    log
+}
+
+/// A fresh directory with [`daily_log`]'s log in it, written and closed.
+fn daily(days: u64, keep: Option<u64>) -> (tempfile::TempDir, PathBuf, HandClock) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    drop(daily_log(&path, &clock, days, keep));
+    (dir, path, clock)
+}
+
+#[test]
+fn retention_removes_exactly_the_files_past_it_and_verify_still_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    // Without retention: a file per day, all kept.
+    drop(daily_log(&path, &clock, 7, None));
+    let all = rotated(&path);
+    assert_eq!(all.len(), 6);
+    // Reopened with keep = 3 days on day 6: the files whose every line is
+    // older than day 3 go (days 0, 1 and 2), those of days 3, 4, 5 stay.
+    let log = open_with(&path, &clock, Some(DAY), Some(3 * DAY));
+    let cutoff = clock.now() - Duration::from_secs(3 * DAY);
+    let kept = rotated(&path);
+    for file in &all {
+        let newest = files::last_line(file)
+            .map(|l| line::written_at(&l.expect("a line")).expect("a time"))
+            .ok();
+        let expired = newest.is_some_and(|at| at < cutoff);
+        assert_eq!(
+            kept.contains(file),
+            file.exists() && !expired,
+            "{} (newest line {newest:?})",
+            file.display()
+        );
+    }
+    assert_eq!(kept, all[3..].to_vec());
+    assert!(path.exists(), "the log being written stays");
+
+    let records = retention_lines(&path);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (r.first_seq, r.last_seq))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2), (3, 3)]
+    );
+    let report = keyed(&path).expect("verifies after retention");
+    assert_eq!(report.first_seq, Some(4));
+    let start = report
+        .removed_by_retention
+        .expect("the start is accounted for");
+    assert_eq!(start.through_seq, 3);
+    assert_eq!(start.files.len(), 3);
+    assert_eq!(report.files, [kept.clone(), vec![path.clone()]].concat());
+
+    // The chain goes on, and retention goes on removing day by day.
+    clock.advance(DAY);
+    log.append(entry("day.7")).expect("append");
+    drop(log);
+    let report = keyed(&path).expect("still verifies");
+    assert_eq!(report.removed_by_retention.map(|s| s.through_seq), Some(4));
+}
+
+#[test]
+fn a_rotated_file_deleted_by_hand_fails_verify_even_after_retention() {
+    let (_dir, path, _clock) = daily(5, None);
+    let files = rotated(&path);
+    // The oldest file, deleted by hand: the same shape retention leaves,
+    // but nothing in the chain records it.
+    std::fs::remove_file(&files[0]).expect("delete");
+    let err = keyed(&path).expect_err("deleted by hand");
+    assert!(
+        matches!(&err, AuditError::Broken { reason, .. } if reason.contains("no retention line records the removal of line 1")),
+        "{err}"
+    );
+
+    // With retention having removed the start, deleting the first kept
+    // file by hand is caught too.
+    let (_dir, path, _clock) = daily(6, Some(2));
+    let report = keyed(&path).expect("retention alone verifies");
+    assert!(
+        report.removed_by_retention.is_some(),
+        "removed by retention"
+    );
+    let first_kept = &report.checked[0];
+    std::fs::remove_file(&first_kept.path).expect("delete the first kept file");
+    let err = keyed(&path).expect_err("deleted by hand after retention");
+    let last = first_kept.last_seq.expect("lines");
+    assert!(
+        matches!(&err, AuditError::Broken { reason, .. } if reason.contains(&format!("no retention line records the removal of line {last}"))),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_forged_retention_line_without_the_key_does_not_cover_a_deletion() {
+    let (_dir, path, _clock) = daily(4, None);
+    let files = rotated(&path);
+    let removed = line::parse(lines(&files[0])[0].as_bytes()).expect("line");
+    std::fs::remove_file(&files[0]).expect("delete");
+    // Someone without the key appends a retention line for it, with the
+    // unkeyed links recomputed.
+    let mut all = lines(&path);
+    let record = RemovedFile {
+        file: "audit.jsonl.forged".into(),
+        first_seq: 1,
+        last_seq: 1,
+        last_hash: removed.hash,
+        last_mac: removed.mac,
+        last_legacy_hash: None,
+        newest_at: removed.at,
+        keep_seconds: DAY,
+    };
+    let last = line::parse(all[all.len() - 1].as_bytes()).expect("line");
+    let forged = line::keyed_line(
+        last.seq + 1,
+        &last.at,
+        &note(retention::ACTION, record.detail()),
+        &last.hash,
+        &AuditKey::derive(&master(9)),
+    );
+    all.push(String::from_utf8(forged).expect("utf-8"));
+    write_lines(&path, &all);
+    assert!(keyed(&path).is_err(), "a line under another key is refused");
+}
+
+#[test]
+fn retention_never_removes_the_log_being_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    // No rotation: the one file grows old, and stays whole.
+    let log = open_with(&path, &clock, None, Some(DAY));
+    log.append(entry("old")).expect("append");
+    clock.advance(30 * DAY);
+    log.append(entry("still the same file")).expect("append");
+    drop(log);
+    clock.advance(30 * DAY);
+    let log = open_with(&path, &clock, None, Some(DAY));
+    log.append(entry("and again")).expect("append");
+    assert_eq!(lines(&path).len(), 3);
+    assert!(retention_lines(&path).is_empty());
+    assert_eq!(keyed(&path).expect("intact").first_seq, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_idle_past_retention_removes_even_the_newest_rotated_file_and_stays_anchored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(dir.path()).await;
+    let path = dir.path().join("audit.jsonl");
+    let clock = HandClock::new();
+    {
+        let log = daily_log(&path, &clock, 3, Some(7)).with_anchor(store.clone());
+        log.append(entry("last before the pause")).expect("append");
+        assert!(log.sync_anchor(Duration::from_secs(20)), "anchored");
+    }
+    // Idle for longer than the retention: on start the log is rotated for
+    // its age, and then every rotated file (the newest, whose last line
+    // the anchor names, too) is past retention.
+    clock.advance(30 * DAY);
+    let log = open_with(&path, &clock, Some(DAY), Some(7 * DAY)).with_anchor(store.clone());
+    assert!(rotated(&path).is_empty(), "{:?}", rotated(&path));
+    let kept = lines(&path);
+    assert_eq!(kept.len(), 3, "one record per removed file: {kept:?}");
+    log.append(entry("back")).expect("append");
+    assert!(log.sync_anchor(Duration::from_secs(20)), "anchored");
+    assert!(
+        !std::fs::read_to_string(&path)
+            .expect("read")
+            .contains("audit.anchor_mismatch"),
+        "retention is not mistaken for deletion by the anchor"
+    );
+    let anchor = store.audit_anchor().await.expect("store");
+    let report = verify(&path, Some(&master(1)), AnchorCheck::Stored(anchor)).expect("verifies");
+    assert_eq!(report.first_seq, Some(5));
+    assert_eq!(report.anchored_at, Some(8));
+    assert_eq!(report.removed_by_retention.map(|s| s.through_seq), Some(4));
+}
+
+#[test]
+fn a_file_recorded_as_removed_but_still_there_is_noted_and_removed_next_time() {
+    let (_dir, path, clock) = daily(4, None);
+    let oldest = rotated(&path)[0].clone();
+    let copy = std::fs::read(&oldest).expect("read");
+    drop(open_with(&path, &clock, Some(DAY), Some(2 * DAY)));
+    assert!(!oldest.exists());
+    // A crash between the record and the removal leaves it there.
+    std::fs::write(&oldest, &copy).expect("restore");
+    let report = keyed(&path).expect("still whole");
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.contains("removed by retention, but those lines are still here")),
+        "{:?}",
+        report.notices
+    );
+    drop(open_with(&path, &clock, Some(DAY), Some(2 * DAY)));
+    assert!(!oldest.exists(), "the next pass removes it");
+    keyed(&path).expect("verifies");
+}
+
+#[test]
+fn the_periods_of_audit_parse_and_zero_or_nonsense_is_refused() {
+    let parse = |text: &str| {
+        crate::config::Config::parse(&format!("[audit]\n{text}\n"), Path::new("test.toml"))
+    };
+    let config = parse("rotate_every = \"1d12h\"\nkeep = \"400d\"").expect("parses");
+    assert_eq!(
+        config.audit.rotate_every,
+        Some(Duration::from_secs(DAY + DAY / 2))
+    );
+    assert_eq!(config.audit.keep, Some(Duration::from_secs(400 * DAY)));
+    assert_eq!(parse("").expect("defaults").audit.keep, None);
+    for bad in ["\"0d\"", "\"90\"", "\"d\"", "\"1y\"", "90"] {
+        let err = parse(&format!("keep = {bad}")).expect_err(bad).to_string();
+        assert!(err.contains("keep"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_start_beside_compressed_files_cannot_be_verified_rather_than_tampered() {
+    let (dir, path, _clock) = daily(3, None);
+    // logrotate's `compress`: the oldest file is there, but not readable.
+    let oldest = rotated(&path)[0].clone();
+    std::fs::rename(&oldest, dir.path().join("audit.jsonl.2.gz")).expect("rename");
+    let err = keyed(&path).expect_err("the start is not readable");
+    assert!(
+        matches!(&err, AuditError::Unverifiable(m) if m.contains("audit.jsonl.2.gz") && m.contains("decompress")),
+        "{err}"
+    );
 }

@@ -6,6 +6,7 @@ use super::AuditError;
 use super::files::{self, ChainFiles};
 use super::key::KeyRing;
 use super::line::{self, GENESIS, Line, Seal};
+use super::retention::{self, RemovedFile};
 use crate::secret::MasterKey;
 use crate::store::AuditAnchor;
 use serde::Serialize;
@@ -45,8 +46,35 @@ pub struct VerifyReport {
     pub key_ids: Vec<String>,
     /// The line the store's anchor names, found in the log.
     pub anchored_at: Option<u64>,
+    /// Each file checked, oldest first, with the lines it holds.
+    pub checked: Vec<CheckedFile>,
+    /// When the chain does not start at line 1: the retention lines that
+    /// account for its start (files removed by `[audit] keep`).
+    pub removed_by_retention: Option<RetentionStart>,
     /// What an operator should know though nothing is broken.
     pub notices: Vec<String>,
+}
+
+/// One file of the chain as checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckedFile {
+    pub path: PathBuf,
+    pub lines: usize,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// The start of a chain removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionStart {
+    /// Lines 1..=`through_seq` were removed; the chain is checked from the
+    /// line after, which follows the recorded last line's hash.
+    pub through_seq: u64,
+    /// The line that records the removal of the file ending at
+    /// `through_seq`.
+    pub recorded_at: u64,
+    /// The removed files the kept lines record, oldest first.
+    pub files: Vec<RemovedFile>,
 }
 
 /// Checks the chain of the log at `path` and its rotated files. Without
@@ -77,6 +105,10 @@ pub fn verify(
         },
         ..Checker::default()
     };
+    check.skipped = skipped
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
     for (path, reason) in skipped {
         check
             .report
@@ -85,7 +117,20 @@ pub fn verify(
     }
     let count = files.len();
     for (index, file) in files.iter().enumerate() {
+        check.file_first = None;
+        let before = check.report.lines;
         check.file(file, index + 1 == count)?;
+        let lines = check.report.lines - before;
+        check.report.checked.push(CheckedFile {
+            path: file.clone(),
+            lines,
+            first_seq: check.file_first,
+            last_seq: if lines > 0 {
+                check.report.last_seq
+            } else {
+                None
+            },
+        });
     }
     check.report.files = files;
     check.finish(anchor)
@@ -106,6 +151,14 @@ struct Checker<'a> {
     anchor_line: Option<String>,
     /// Lines that record lost lines (`audit.anchor_mismatch`).
     incidents: Vec<AuditError>,
+    /// The chain's first line here, and the file it is in.
+    start: Option<(Line, PathBuf)>,
+    /// The first sequence number of the file being read.
+    file_first: Option<u64>,
+    /// Retention's records of removed files, with the line of each.
+    removals: Vec<(u64, RemovedFile)>,
+    /// Files beside the log that look rotated but were not read.
+    skipped: Vec<String>,
 }
 
 impl Default for VerifyReport {
@@ -121,6 +174,8 @@ impl Default for VerifyReport {
             macs_checked: 0,
             key_ids: Vec::new(),
             anchored_at: None,
+            checked: Vec::new(),
+            removed_by_retention: None,
             notices: Vec::new(),
         }
     }
@@ -169,6 +224,9 @@ impl Checker<'_> {
             }
             bytes.pop();
             let line = line::parse(&bytes).map_err(|reason| broken(number, reason))?;
+            if self.start.is_none() {
+                self.start = Some((line.clone(), path.to_path_buf()));
+            }
             self.line(line, &bytes)
                 .map_err(|reason| broken(number, reason))?;
             self.remark(path, number);
@@ -188,6 +246,13 @@ impl Checker<'_> {
                 line: number,
                 reason: format!("records that lines were lost before it was written: {detail}"),
             }),
+            retention::ACTION => match RemovedFile::parse(detail) {
+                Some(record) => self.removals.push((line.seq, record)),
+                None => self.report.notices.push(format!(
+                    "{} line {number} is a retention line this version cannot read: {detail}",
+                    path.display()
+                )),
+            },
             "audit.tail_set_aside" | "audit.log_set_aside" | "audit.gap" => self
                 .report
                 .notices
@@ -198,15 +263,13 @@ impl Checker<'_> {
 
     fn line(&mut self, line: Line, bytes: &[u8]) -> Result<(), String> {
         match &self.previous {
-            None if line.seq == 1 => {
-                if line.prev != GENESIS {
-                    return Err("the first line does not start the chain (its prev is not zero): lines before it were removed".into());
-                }
+            None if line.seq == 1 && line.prev != GENESIS => {
+                return Err("the first line does not start the chain (its prev is not zero): lines before it were removed".into());
             }
-            None => self.report.notices.push(format!(
-                "the chain starts at line {}: the files before it are not here (rotated files deleted on purpose, or lost), so its first link cannot be checked",
-                line.seq
-            )),
+            // Line 1 with a zero prev starts the chain. A later start is
+            // judged at the end, against the retention lines that may
+            // come after it.
+            None => {}
             Some(previous) => {
                 if line.seq != previous.seq + 1 {
                     return Err(format!(
@@ -267,9 +330,74 @@ impl Checker<'_> {
         let report = &mut self.report;
         report.lines += 1;
         report.first_seq.get_or_insert(line.seq);
+        self.file_first.get_or_insert(line.seq);
         report.last_seq = Some(line.seq);
         report.last_hash = line.hash.clone();
         self.previous = Some(line);
+        Ok(())
+    }
+
+    /// A chain that does not start at line 1 is whole only if a retention
+    /// line records the removal of the file that ended just before it, and
+    /// its first line follows that file's last.
+    fn check_start(&mut self) -> Result<(), AuditError> {
+        let Some((start, file)) = &self.start else {
+            return Ok(());
+        };
+        let kept_from = start.seq;
+        for (at, record) in &self.removals {
+            if record.last_seq >= kept_from {
+                self.report.notices.push(format!(
+                    "line {at} records {} (lines {}..{}) as removed by retention, but those lines are still here (a crash between the record and the removal, or a restored copy); the next retention pass removes it",
+                    record.file, record.first_seq, record.last_seq
+                ));
+            }
+        }
+        if kept_from == 1 {
+            return Ok(());
+        }
+        let Some((recorded_at, through)) = self
+            .removals
+            .iter()
+            .find(|(_, record)| record.is_followed_by(start))
+        else {
+            if !self.skipped.is_empty() {
+                // Most likely logrotate's `compress`: the lines are there,
+                // just not readable here.
+                return Err(AuditError::Unverifiable(format!(
+                    "the chain starts at line {kept_from} in {}, and lines 1..{} are not in any file read: they may be in {}, which were skipped (decompress compressed ones beside the log) and are needed to verify the chain's start",
+                    file.display(),
+                    kept_from - 1,
+                    self.skipped.join(", ")
+                )));
+            }
+            return Err(AuditError::Broken {
+                path: file.clone(),
+                line: 1,
+                reason: format!(
+                    "the chain starts at line {kept_from}, and no retention line records the removal of line {}: lines 1..{} were deleted by hand or by an attacker, or lost, not removed by [audit] keep (restore the missing rotated files from a backup to verify; in future let [audit] keep remove old files, or the chain cannot prove its start)",
+                    kept_from - 1,
+                    kept_from - 1
+                ),
+            });
+        };
+        let mut files: Vec<RemovedFile> = Vec::new();
+        for (_, record) in &self.removals {
+            if record.last_seq < kept_from && !files.contains(record) {
+                files.push(record.clone());
+            }
+        }
+        files.sort_by_key(|r| r.first_seq);
+        if self.ring.is_none() {
+            self.report.notices.push(
+                "the retention lines that account for the chain's start were not authenticated (no master key): anyone could have written them".into(),
+            );
+        }
+        self.report.removed_by_retention = Some(RetentionStart {
+            through_seq: through.last_seq,
+            recorded_at: *recorded_at,
+            files,
+        });
         Ok(())
     }
 
@@ -282,6 +410,7 @@ impl Checker<'_> {
         };
         self.report.key_ids = self.key_ids.iter().map(|id| format!("{id:08x}")).collect();
         let last_seq = self.report.last_seq.unwrap_or(0);
+        self.check_start()?;
         match &self.ring {
             Some(ring) if self.report.keyed_lines > 0 => {
                 let have = ring

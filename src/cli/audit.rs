@@ -90,6 +90,32 @@ fn print_outcome(
                 println!("{value}");
             } else {
                 println!("{}", summary(path, &report));
+                for file in &report.checked {
+                    let range = match (file.first_seq, file.last_seq) {
+                        (Some(first), Some(last)) => format!("lines {first}..{last}"),
+                        _ => "no lines".to_string(),
+                    };
+                    println!("  checked: {} ({range})", file.path.display());
+                }
+                if let Some(start) = &report.removed_by_retention {
+                    // Retention may have removed hundreds of daily files:
+                    // the span is what a reader needs, `--json` has all.
+                    let names: Vec<&str> = start.files.iter().map(|f| f.file.as_str()).collect();
+                    let files = match names.as_slice() {
+                        [] => String::new(),
+                        [one] => format!(", file {one}"),
+                        [first, .., last] if names.len() > 3 => {
+                            format!(", {} files: {first} .. {last}", names.len())
+                        }
+                        all => format!(", files {}", all.join(", ")),
+                    };
+                    println!(
+                        "  removed by retention: lines 1..{} (recorded at line {}{files}); checked from line {}",
+                        start.through_seq,
+                        start.recorded_at,
+                        start.through_seq + 1
+                    );
+                }
                 for notice in &report.notices {
                     println!("  note: {notice}");
                 }
