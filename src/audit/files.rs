@@ -49,6 +49,16 @@ pub(crate) fn directory(path: &Path) -> PathBuf {
     }
 }
 
+/// Makes renames and removals in the log's directory durable: without it a
+/// crash can bring back a rotated name, or lose the new one, after the
+/// lines written into the new file were already reported on disk.
+pub(crate) fn sync_directory(log: &Path) {
+    #[cfg(unix)]
+    if let Err(e) = std::fs::File::open(directory(log)).and_then(|d| d.sync_all()) {
+        tracing::warn!(log = %log.display(), error = %e, "cannot flush the audit log's directory after a rename or removal");
+    }
+}
+
 /// The rotated files of the log at `path` (oldest first) and then `path`
 /// itself, if it exists.
 pub(crate) fn chain_files(path: &Path) -> io::Result<ChainFiles> {

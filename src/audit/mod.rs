@@ -501,6 +501,7 @@ impl AuditLog {
                 Tail::NotALog => {
                     let aside = files::sibling_name(&self.path, "damaged-", now)?;
                     std::fs::rename(&self.path, &aside)?;
+                    files::sync_directory(&self.path);
                     tracing::error!(
                         log = %self.path.display(),
                         moved_to = %aside.display(),
@@ -529,6 +530,7 @@ impl AuditLog {
             if len > 0 && self.rotation_due(len, now) {
                 let name = files::sibling_name(&self.path, "", now)?;
                 std::fs::rename(&self.path, &name)?;
+                files::sync_directory(&self.path);
                 tracing::info!(log = %self.path.display(), rotated = %name.display(), "rotated the audit log");
                 rotated = true;
                 continue;

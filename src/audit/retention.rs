@@ -146,8 +146,5 @@ pub(crate) fn remove(log: &Path, removals: &[Removal]) {
             ),
         }
     }
-    #[cfg(unix)]
-    if let Err(e) = std::fs::File::open(files::directory(log)).and_then(|d| d.sync_all()) {
-        tracing::warn!(log = %log.display(), error = %e, "cannot flush the audit log's directory after a removal");
-    }
+    files::sync_directory(log);
 }
