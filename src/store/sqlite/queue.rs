@@ -143,9 +143,9 @@ async fn insert_message(
     Ok(())
 }
 
-const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
 
-fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
+pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
     let state: String = row.try_get("state")?;
     Ok(QueuedMessage {
         id: MessageId(row.try_get("id")?),
@@ -384,27 +384,6 @@ pub(super) async fn release(
     } else {
         Err(StoreError::LeaseLost(id.clone()))
     }
-}
-
-pub(super) async fn messages(
-    pool: &SqlitePool,
-    state: Option<MessageState>,
-    limit: u32,
-) -> Result<Vec<QueuedMessage>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2"
-    )))
-    .bind(state.map(MessageState::as_str))
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut messages = rows
-        .iter()
-        .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    attach_recipients(&mut conn, &mut messages).await?;
-    Ok(messages)
 }
 
 pub(super) async fn message(
