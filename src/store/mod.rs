@@ -327,7 +327,8 @@ pub trait Store: Send + Sync {
     // ---- Queue administration (`oxirelay queue`): listing by cursor and
     // bulk operations. Every method here reads or changes a bounded number
     // of rows, with a bounded number of SQL variables, whatever the size of
-    // the queue: callers page with a [`ListCursor`].
+    // the queue: callers page with a [`ListCursor`]. The defaults refuse,
+    // so that a store without them (a test's wrapper) says so plainly.
 
     /// Up to `limit` messages that match `filter`, newest first (by
     /// `created_at`, then id, both descending), starting after `after`
@@ -339,14 +340,23 @@ pub trait Store: Send + Sync {
         filter: &QueueFilter,
         after: Option<&ListCursor>,
         limit: u32,
-    ) -> Result<Vec<QueuedMessage>, StoreError>;
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let _ = (filter, after, limit);
+        Err(StoreError::Unsupported("listing the queue by cursor"))
+    }
 
     /// The position of message `id` in listing order, for `--after ID`;
     /// `None` if there is no such message.
-    async fn list_cursor(&self, id: &MessageId) -> Result<Option<ListCursor>, StoreError>;
+    async fn list_cursor(&self, id: &MessageId) -> Result<Option<ListCursor>, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("listing the queue by cursor"))
+    }
 
     /// How many messages match `filter` (for progress and dry runs).
-    async fn count_messages(&self, filter: &QueueFilter) -> Result<u64, StoreError>;
+    async fn count_messages(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        let _ = filter;
+        Err(StoreError::Unsupported("counting the queue"))
+    }
 
     /// Applies `action` to one batch of messages: those `selection` names
     /// (at most `limit` of them, starting after `after`), each one only if
@@ -362,7 +372,10 @@ pub trait Store: Send + Sync {
         limit: u32,
         now: i64,
         dry_run: bool,
-    ) -> Result<BatchOutcome, StoreError>;
+    ) -> Result<BatchOutcome, StoreError> {
+        let _ = (action, selection, after, limit, now, dry_run);
+        Err(StoreError::Unsupported("bulk queue operations"))
+    }
 }
 
 /// Which messages a listing or a bulk operation is about; every field set
