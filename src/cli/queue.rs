@@ -548,9 +548,9 @@ async fn bulk_run(
         shown: false,
     };
     let report = |out: &mut Output,
-                      tally: &mut Tally,
-                      outcome: crate::store::BatchOutcome,
-                      scope: &str|
+                  tally: &mut Tally,
+                  outcome: crate::store::BatchOutcome,
+                  scope: &str|
      -> anyhow::Result<()> {
         for message in &outcome.affected {
             print_affected(out, action, message, args.dry_run, args.json)?;
