@@ -576,7 +576,8 @@ async fn bulk_run(
             let selection = QueueSelection::Ids(chunk.to_vec());
             let outcome = store
                 .queue_batch(action, &selection, None, BATCH, now, args.dry_run)
-                .await?;
+                .await
+                .with_context(|| stopped(action, &tally, args.dry_run))?;
             report(&mut out, &mut tally, outcome, "by id")?;
             progress.step(action, tally.affected, args.dry_run);
         }
@@ -594,7 +595,8 @@ async fn bulk_run(
             loop {
                 let outcome = store
                     .queue_batch(action, &selection, after.as_ref(), BATCH, now, args.dry_run)
-                    .await?;
+                    .await
+                    .with_context(|| stopped(action, &tally, args.dry_run))?;
                 let next = outcome.next.clone();
                 report(&mut out, &mut tally, outcome, &scope)?;
                 progress.step(action, tally.affected, args.dry_run);
@@ -616,19 +618,41 @@ async fn bulk_run(
             .map(|id| format!("no message {id} in the queue"))
             .collect();
         problems.extend(tally.refused.iter().map(|(id, state)| {
-            format!("message {id} is {state}, which {action} does not apply to")
+            let hint = match (action, state) {
+                (_, MessageState::InFlight) => {
+                    ": it is being delivered now; run again once the attempt has ended"
+                }
+                (QueueAction::Release, _) => ": only held messages are released",
+                (_, MessageState::Held) => ": it is held; `oxirelay queue release` it first",
+                (QueueAction::Retry, MessageState::Delivered) => {
+                    ": delivered mail is never sent twice"
+                }
+                _ => "",
+            };
+            format!("message {id} is {state}, which {action} does not apply to{hint}")
         }));
-        anyhow::bail!(
-            "{}{}",
-            problems.join("; "),
-            if action == QueueAction::Release {
-                " (only held messages are released)"
-            } else {
-                ""
-            }
-        );
+        anyhow::bail!("{}", problems.join("; "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an operation that failed half way had done: each batch before
+/// was committed (and audited) on its own, and running the same command
+/// again picks up what is left, since what was done no longer matches.
+fn stopped(action: QueueAction, tally: &Tally, dry_run: bool) -> String {
+    if dry_run {
+        format!(
+            "queue {action} --dry-run stopped after {} messages",
+            tally.affected
+        )
+    } else {
+        format!(
+            "queue {action} stopped after {} messages {} (those stay {}; run the same command again to go on)",
+            tally.affected,
+            past(action),
+            past(action)
+        )
+    }
 }
 
 fn print_affected(

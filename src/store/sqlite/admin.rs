@@ -78,6 +78,8 @@ fn select_batch_sql(conditions: &str) -> String {
     )
 }
 
+const BY_IDS_SQL: &str = "SELECT id, account, state, created_at FROM messages WHERE id IN (SELECT value FROM json_each(?))";
+
 const RECIPIENTS_SQL: &str = "SELECT message_id, idx, address, state, reply FROM recipients \
      WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx";
 
@@ -256,13 +258,10 @@ async fn select(
 ) -> Result<Selected, StoreError> {
     match selection {
         QueueSelection::Ids(ids) => {
-            let rows = sqlx::query(
-                "SELECT id, account, state, created_at FROM messages \
-                 WHERE id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(json_ids(ids.iter())?)
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = sqlx::query(BY_IDS_SQL)
+                .bind(json_ids(ids.iter())?)
+                .fetch_all(&mut *conn)
+                .await?;
             let mut found: HashMap<MessageId, AffectedMessage> = rows
                 .iter()
                 .map(|row| affected_from_row(row).map(|m| (m.id.clone(), m)))
@@ -308,6 +307,41 @@ async fn select(
     }
 }
 
+/// As `retry_now`: refused recipients get another chance, delivered ones
+/// are never sent to twice. ?1: the ids (JSON), ?2: now.
+const RETRY_RECIPIENTS_SQL: &str = "UPDATE recipients SET state = 'pending', updated_at = ?2 \
+     WHERE message_id IN (SELECT value FROM json_each(?1)) \
+     AND state IN ('bounced', 'expired', 'deferred')";
+
+/// The statement that changes the messages of a batch. ?1: their ids,
+/// ?2: the states the action applies to (both JSON arrays; the states are
+/// a guard here, not the selection), ?3: now (not for delete).
+fn apply_sql(action: QueueAction) -> String {
+    let chosen =
+        "id IN (SELECT value FROM json_each(?1)) AND state IN (SELECT value FROM json_each(?2))";
+    match action {
+        // An expired message starts a new lifetime, or the next expiry
+        // sweep would end it again at once.
+        QueueAction::Retry => format!(
+            "UPDATE messages SET state = 'deferred', next_attempt_at = ?3, \
+             created_at = CASE WHEN state = 'expired' THEN ?3 ELSE created_at END, updated_at = ?3 \
+             WHERE {chosen}"
+        ),
+        // Recipients (and, with the scale branch, bodies) follow by
+        // ON DELETE CASCADE.
+        QueueAction::Delete => format!("DELETE FROM messages WHERE {chosen}"),
+        QueueAction::Hold => {
+            format!("UPDATE messages SET state = 'held', updated_at = ?3 WHERE {chosen}")
+        }
+        // Back as it was before the hold: queued if never tried, else
+        // deferred; due now.
+        QueueAction::Release => format!(
+            "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
+             next_attempt_at = ?3, updated_at = ?3 WHERE {chosen}"
+        ),
+    }
+}
+
 /// Changes `messages` (all in one of `states`); returns how many rows of
 /// `messages` changed.
 async fn apply(
@@ -318,45 +352,18 @@ async fn apply(
     now: i64,
 ) -> Result<u64, StoreError> {
     let ids = json_ids(messages.iter().map(|m| &m.id))?;
-    // The states again in the statement: a guard, not the selection.
     let states = serde_json::to_string(&states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let in_ids = "id IN (SELECT value FROM json_each(?1))";
-    let in_states = "state IN (SELECT value FROM json_each(?2))";
-    let sql = match action {
-        QueueAction::Retry => {
-            // As `retry_now`: refused recipients get another chance,
-            // delivered ones are never sent to twice; an expired message
-            // starts a new lifetime, or the next expiry sweep would end it
-            // again at once.
-            sqlx::query(
-                "UPDATE recipients SET state = 'pending', updated_at = ?2 \
-                 WHERE message_id IN (SELECT value FROM json_each(?1)) \
-                 AND state IN ('bounced', 'expired', 'deferred')",
-            )
+    if action == QueueAction::Retry {
+        sqlx::query(RETRY_RECIPIENTS_SQL)
             .bind(&ids)
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            format!(
-                "UPDATE messages SET state = 'deferred', next_attempt_at = ?3, \
-                 created_at = CASE WHEN state = 'expired' THEN ?3 ELSE created_at END, updated_at = ?3 \
-                 WHERE {in_ids} AND {in_states}"
-            )
-        }
-        // Recipients follow by ON DELETE CASCADE.
-        QueueAction::Delete => format!("DELETE FROM messages WHERE {in_ids} AND {in_states}"),
-        QueueAction::Hold => format!(
-            "UPDATE messages SET state = 'held', updated_at = ?3 WHERE {in_ids} AND {in_states}"
-        ),
-        // Back as it was before the hold: queued if never tried, else
-        // deferred; due now.
-        QueueAction::Release => format!(
-            "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
-             next_attempt_at = ?3, updated_at = ?3 WHERE {in_ids} AND {in_states}"
-        ),
-    };
-    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&ids).bind(&states);
+    }
+    let mut query = sqlx::query(AssertSqlSafe(apply_sql(action)))
+        .bind(&ids)
+        .bind(&states);
     if action != QueueAction::Delete {
         query = query.bind(now);
     }
@@ -466,6 +473,40 @@ mod tests {
                 .any(|s| s.starts_with("SCAN recipients") || s.contains("TEMP B-TREE")),
             "{steps:?}"
         );
+    }
+
+    /// A batch's changes find their rows by key, whatever the queue holds.
+    #[tokio::test]
+    async fn batch_statements_go_by_key() {
+        let (_dir, store) = store().await;
+        let mut statements = vec![
+            (RETRY_RECIPIENTS_SQL.to_string(), "recipients", 2),
+            (BY_IDS_SQL.to_string(), "messages", 1),
+        ];
+        for action in [
+            QueueAction::Retry,
+            QueueAction::Delete,
+            QueueAction::Hold,
+            QueueAction::Release,
+        ] {
+            let binds = if action == QueueAction::Delete { 2 } else { 3 };
+            statements.push((apply_sql(action), "messages", binds));
+        }
+        for (sql, table, binds) in statements {
+            let steps = plan(&store, &sql, binds).await;
+            assert!(
+                steps
+                    .iter()
+                    .any(|s| s.starts_with(&format!("SEARCH {table} USING"))),
+                "{sql}: {steps:?}"
+            );
+            assert!(
+                !steps
+                    .iter()
+                    .any(|s| s.starts_with(&format!("SCAN {table}"))),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     #[tokio::test]
