@@ -112,8 +112,11 @@ pub(super) async fn list(
     Ok(messages)
 }
 
-/// Fills in the recipients of `messages` with one query and one variable.
-async fn attach_recipients(
+/// Fills in the recipients of `messages` with one query and one variable,
+/// however many messages there are (claims and expiry use it too: an
+/// expiry sweep after a long outage can end more messages at once than
+/// SQLite takes variables).
+pub(super) async fn attach_recipients(
     conn: &mut SqliteConnection,
     messages: &mut [QueuedMessage],
 ) -> Result<(), StoreError> {
@@ -472,6 +475,45 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("SCAN recipients") || s.contains("TEMP B-TREE")),
             "{steps:?}"
+        );
+    }
+
+    /// More messages than SQLite takes variables (32,766) in one listing
+    /// and one expiry sweep: recipients travel as one JSON variable.
+    #[tokio::test]
+    async fn more_messages_than_sqlite_has_variables() {
+        const MANY: usize = 33_000;
+        let (_dir, store) = store().await;
+        // Bodies may be kept in `messages` or, after migration 0008, apart.
+        let has_body: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'body'")
+                .fetch_optional(&store.pool)
+                .await
+                .expect("schema");
+        let (column, value) = if has_body.is_some() {
+            (", body", ", x''")
+        } else {
+            ("", "")
+        };
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {MANY} - 1) \
+             INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at{column}) \
+             SELECT printf('%016X', i), 'office', 'app@example.com', 0, 'test', 'deferred', 1, 100 + i / 7, 100, 100{value} FROM n; \
+             INSERT INTO recipients (message_id, idx, address, state, updated_at) \
+             SELECT id, 0, 'r@x', 'deferred', 100 FROM messages;"
+        )))
+        .execute(&store.pool)
+        .await
+        .expect("bulk insert");
+        let listed = store.messages(None, 50_000).await.expect("list");
+        assert_eq!(listed.len(), MANY);
+        assert!(listed.iter().all(|m| m.recipients.len() == 1));
+        let expired = store.expire(1_000_000).await.expect("expire");
+        assert_eq!(expired.len(), MANY);
+        assert!(
+            expired
+                .iter()
+                .all(|m| m.recipients[0].state == RecipientState::Expired)
         );
     }
 

@@ -5,10 +5,11 @@
 //! commits once (one fsync with `synchronous=FULL`), then acknowledges each.
 //! Under load many submissions share a commit; alone, one waits for nothing.
 
+use super::admin::attach_recipients;
 use crate::store::StoreError;
 use crate::store::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
-    Recipient, RecipientState,
+    RecipientState,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
@@ -161,43 +162,6 @@ pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreEr
         next_attempt_at: row.try_get("next_attempt_at")?,
         last_error: row.try_get("last_error")?,
     })
-}
-
-/// Fills in the recipients of `messages` with one query.
-async fn attach_recipients(
-    conn: &mut SqliteConnection,
-    messages: &mut [QueuedMessage],
-) -> Result<(), StoreError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let placeholders = vec!["?"; messages.len()].join(", ");
-    let sql = format!(
-        "SELECT message_id, idx, address, state, reply FROM recipients WHERE message_id IN ({placeholders}) ORDER BY message_id, idx"
-    );
-    // The SQL holds only placeholders; values are bound.
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for message in messages.iter() {
-        query = query.bind(&message.id.0);
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut by_message: HashMap<String, Vec<Recipient>> = HashMap::new();
-    for row in &rows {
-        let state: String = row.try_get("state")?;
-        by_message
-            .entry(row.try_get("message_id")?)
-            .or_default()
-            .push(Recipient {
-                address: row.try_get("address")?,
-                state: RecipientState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?,
-                reply: row.try_get("reply")?,
-            });
-    }
-    for message in messages.iter_mut() {
-        message.recipients = by_message.remove(&message.id.0).unwrap_or_default();
-    }
-    Ok(())
 }
 
 /// The claim: one statement, so two claimers can never take the same
