@@ -33,14 +33,13 @@ impl Where {
     fn new(filter: &QueueFilter, after: Option<&ListCursor>) -> Result<Where, StoreError> {
         let mut conditions = Vec::new();
         let mut arguments = SqliteArguments::default();
-        let bind_error = |e: sqlx::error::BoxDynError| StoreError::Database(sqlx::Error::Encode(e));
         if let Some(account) = &filter.account {
             conditions.push("account = ?");
-            arguments.add(account.clone()).map_err(bind_error)?;
+            arguments.add(account.clone()).map_err(encode_error)?;
         }
         if let Some(state) = filter.state {
             conditions.push("state = ?");
-            arguments.add(state.as_str()).map_err(bind_error)?;
+            arguments.add(state.as_str()).map_err(encode_error)?;
         }
         // `created_at < T` is the cursor (T, ""): every id sorts after "".
         let mut start = (i64::MAX, String::new());
@@ -51,13 +50,19 @@ impl Where {
             start = start.min((after.created_at, after.id.0.clone()));
         }
         conditions.push("(created_at, id) < (?, ?)");
-        arguments.add(start.0).map_err(bind_error)?;
-        arguments.add(start.1).map_err(bind_error)?;
+        arguments.add(start.0).map_err(encode_error)?;
+        arguments.add(start.1).map_err(encode_error)?;
         Ok(Where {
             sql: conditions.join(" AND "),
             arguments,
         })
     }
+}
+
+/// A value that could not be bound (it cannot happen for integers and
+/// strings, but sqlx says it may).
+fn encode_error(error: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Database(sqlx::Error::Encode(error))
 }
 
 /// Listing order; with the row-value cursor above, every filter's index
@@ -96,10 +101,7 @@ pub(super) async fn list(
 ) -> Result<Vec<QueuedMessage>, StoreError> {
     let mut conn = pool.acquire().await?;
     let mut clause = Where::new(filter, after)?;
-    clause
-        .arguments
-        .add(limit)
-        .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
+    clause.arguments.add(limit).map_err(encode_error)?;
     // Built from the constant fragments above; every value is bound.
     let rows = sqlx::query_with(AssertSqlSafe(list_sql(&clause.sql)), clause.arguments)
         .fetch_all(&mut *conn)
@@ -283,10 +285,7 @@ async fn select(
         }
         QueueSelection::Matching(filter) => {
             let mut clause = Where::new(filter, after)?;
-            clause
-                .arguments
-                .add(limit)
-                .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
+            clause.arguments.add(limit).map_err(encode_error)?;
             let rows = sqlx::query_with(
                 AssertSqlSafe(select_batch_sql(&clause.sql)),
                 clause.arguments,
