@@ -99,18 +99,21 @@ pub(super) async fn list(
     after: Option<&ListCursor>,
     limit: u32,
 ) -> Result<Vec<QueuedMessage>, StoreError> {
-    let mut conn = pool.acquire().await?;
+    // One read transaction: the page and its recipients from one snapshot,
+    // even if a message is delivered or deleted in between.
+    let mut tx = pool.begin().await?;
     let mut clause = Where::new(filter, after)?;
     clause.arguments.add(limit).map_err(encode_error)?;
     // Built from the constant fragments above; every value is bound.
     let rows = sqlx::query_with(AssertSqlSafe(list_sql(&clause.sql)), clause.arguments)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
     let mut messages = rows
         .iter()
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    attach_recipients(&mut conn, &mut messages).await?;
+    attach_recipients(&mut tx, &mut messages).await?;
+    tx.commit().await?;
     Ok(messages)
 }
 
@@ -273,11 +276,15 @@ async fn select(
                 .collect::<Result<_, _>>()?;
             let mut selected = Vec::new();
             let mut missing = Vec::new();
+            let mut taken = std::collections::HashSet::new();
             for id in ids {
                 match found.remove(id) {
-                    Some(message) => selected.push(message),
+                    Some(message) => {
+                        taken.insert(id);
+                        selected.push(message);
+                    }
                     // Named twice: taken once, and not missing either.
-                    None if selected.iter().any(|m: &AffectedMessage| &m.id == id) => {}
+                    None if taken.contains(id) => {}
                     None => missing.push(id.clone()),
                 }
             }
