@@ -106,6 +106,8 @@ pub enum QueueCommand {
     /// delivered recipients are never sent to twice).
     #[command(after_help = format!("Examples:\n  oxirelay queue retry 3F2A9C0D11E4B7A8\n  oxirelay queue retry --all                    # flush: every deferred message\n  oxirelay queue retry --account office --dry-run\n  oxirelay queue retry --state bounced --older-than 1h\n\n{BULK_HELP}"))]
     Retry {
+        /// Message ids, as `queue list` shows them.
+        #[arg(value_name = "ID")]
         ids: Vec<String>,
         #[command(flatten)]
         bulk: BulkArgs,
@@ -113,6 +115,8 @@ pub enum QueueCommand {
     /// Remove messages from the queue, like `postsuper -d`.
     #[command(after_help = format!("Examples:\n  oxirelay queue delete 3F2A9C0D11E4B7A8\n  oxirelay queue delete --state bounced --older-than 7d --dry-run\n  oxirelay queue delete --account lab --state deferred\n\nWithout --state every state matches (held, delivered ... ); deleted mail is gone for good.\n\n{BULK_HELP}"))]
     Delete {
+        /// Message ids, as `queue list` shows them.
+        #[arg(value_name = "ID")]
         ids: Vec<String>,
         #[command(flatten)]
         bulk: BulkArgs,
@@ -120,6 +124,8 @@ pub enum QueueCommand {
     /// Put queued or deferred mail on hold, like `postsuper -h`: held mail is never delivered (nor expired) until released.
     #[command(after_help = format!("Examples:\n  oxirelay queue hold 3F2A9C0D11E4B7A8\n  oxirelay queue hold --account office          # e.g. while its mailbox is fixed\n  oxirelay queue list --state held\n\n{BULK_HELP}"))]
     Hold {
+        /// Message ids, as `queue list` shows them.
+        #[arg(value_name = "ID")]
         ids: Vec<String>,
         #[command(flatten)]
         bulk: BulkArgs,
@@ -131,6 +137,8 @@ pub enum QueueCommand {
     /// gives an expired message a new lifetime).
     #[command(after_help = format!("Examples:\n  oxirelay queue release 3F2A9C0D11E4B7A8\n  oxirelay queue release --account office\n  oxirelay queue release --all --dry-run\n\n{BULK_HELP}"))]
     Release {
+        /// Message ids, as `queue list` shows them.
+        #[arg(value_name = "ID")]
         ids: Vec<String>,
         #[command(flatten)]
         bulk: BulkArgs,
