@@ -57,9 +57,10 @@ seconds), last_error.";
 const BULK_HELP: &str = "\
 Select messages by id, or by --state, --account and --older-than (all that
 are given must match), or every message with --all. --dry-run lists
-exactly what would be changed and changes nothing. Large selections go in
-batches of 256 (one transaction and one audit line each) with progress on
-standard error.
+exactly what would be changed and changes nothing (it writes no audit
+line either). Large selections go in batches of 256, each one transaction
+and one audit line (action queue.retry, queue.delete, queue.hold or
+queue.release, naming the ids), with progress on standard error.
 
 --json prints one JSON object per line (NDJSON): one per message changed
 (or, with --dry-run, that would be), with action, dry_run, id, account,
