@@ -323,6 +323,183 @@ pub trait Store: Send + Sync {
 
     /// `Some(reason)` turns the emergency stop on; `None` turns it off.
     async fn set_lockdown(&self, reason: Option<&str>) -> Result<(), StoreError>;
+
+    // ---- Queue administration (`oxirelay queue`): listing by cursor and
+    // bulk operations. Every method here reads or changes a bounded number
+    // of rows, with a bounded number of SQL variables, whatever the size of
+    // the queue: callers page with a [`ListCursor`]. The defaults refuse,
+    // so that a store without them (a test's wrapper) says so plainly.
+
+    /// Up to `limit` messages that match `filter`, newest first (by
+    /// `created_at`, then id, both descending), starting after `after`
+    /// (from the newest when `None`). Mail that arrives while a caller
+    /// pages lands before the first page, never behind the cursor, so
+    /// every message present when the listing began is returned once.
+    async fn list_messages(
+        &self,
+        filter: &QueueFilter,
+        after: Option<&ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let _ = (filter, after, limit);
+        Err(StoreError::Unsupported("listing the queue by cursor"))
+    }
+
+    /// The position of message `id` in listing order, for `--after ID`;
+    /// `None` if there is no such message.
+    async fn list_cursor(&self, id: &MessageId) -> Result<Option<ListCursor>, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("listing the queue by cursor"))
+    }
+
+    /// How many messages match `filter` (for progress and dry runs).
+    async fn count_messages(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        let _ = filter;
+        Err(StoreError::Unsupported("counting the queue"))
+    }
+
+    /// Applies `action` to one batch of messages: those `selection` names
+    /// (at most `limit` of them, starting after `after`), each one only if
+    /// the action applies to its state ([`QueueAction::applies_to`]),
+    /// all in one transaction. With `dry_run` nothing is written and the
+    /// outcome says what would have been done. The caller repeats with
+    /// [`BatchOutcome::next`] until it is `None`.
+    async fn queue_batch(
+        &self,
+        action: QueueAction,
+        selection: &QueueSelection,
+        after: Option<&ListCursor>,
+        limit: u32,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        let _ = (action, selection, after, limit, now, dry_run);
+        Err(StoreError::Unsupported("bulk queue operations"))
+    }
+}
+
+/// Which messages a listing or a bulk operation is about; every field set
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<MessageState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Only messages created before this (Unix seconds): `--older-than`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<i64>,
+}
+
+impl fmt::Display for QueueFilter {
+    /// "state=deferred account=office created before 2026-11-25 ...", or
+    /// "all messages": how the audit log and the CLI name a selection.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(state) = self.state {
+            parts.push(format!("state={state}"));
+        }
+        if let Some(account) = &self.account {
+            parts.push(format!("account={account}"));
+        }
+        if let Some(before) = self.created_before {
+            parts.push(format!(
+                "created before {}",
+                crate::clock::format_unix(before)
+            ));
+        }
+        if parts.is_empty() {
+            f.write_str("all messages")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
+/// A place in listing order: the listing goes on with the message after
+/// this one. (`created_at`, id) is unique, and indexed for every filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListCursor {
+    pub created_at: i64,
+    pub id: MessageId,
+}
+
+/// What a bulk operation works through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueSelection {
+    /// Messages named by id (`queue hold ID ID ...`); in listing order,
+    /// ids that name no message are reported in [`BatchOutcome::missing`].
+    Ids(Vec<MessageId>),
+    Matching(QueueFilter),
+}
+
+/// An operator's action on queued mail, as Postfix's `postqueue -f` and
+/// `postsuper -d/-h/-H` offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueAction {
+    /// Due now; bounced or expired recipients get another chance (a
+    /// delivered recipient is never sent to twice).
+    Retry,
+    Delete,
+    /// Put aside: never claimed for delivery, never expired, until released.
+    Hold,
+    /// Back from hold, due now.
+    Release,
+}
+
+impl QueueAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueAction::Retry => "retry",
+            QueueAction::Delete => "delete",
+            QueueAction::Hold => "hold",
+            QueueAction::Release => "release",
+        }
+    }
+
+    /// The states a message must be in for the action to touch it. A
+    /// message in flight is never touched: a worker is delivering it, and
+    /// its outcome would be lost or would undo the action; it is skipped,
+    /// and the operation can be repeated once its attempt ends.
+    pub fn applies_to(self) -> &'static [MessageState] {
+        use MessageState::*;
+        match self {
+            QueueAction::Retry => &[Queued, Deferred, Bounced, Expired],
+            QueueAction::Delete => &[Queued, Deferred, Delivered, Bounced, Expired, Held],
+            QueueAction::Hold => &[Queued, Deferred],
+            QueueAction::Release => &[Held],
+        }
+    }
+}
+
+impl fmt::Display for QueueAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A message a bulk operation touched (or, in a dry run, would touch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AffectedMessage {
+    pub id: MessageId,
+    pub account: String,
+    /// Its state before the action.
+    pub state: MessageState,
+    pub created_at: i64,
+}
+
+/// What one batch of [`Store::queue_batch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// In listing order.
+    pub affected: Vec<AffectedMessage>,
+    /// Selected, but in a state the action does not apply to.
+    pub skipped: Vec<AffectedMessage>,
+    /// Ids of a [`QueueSelection::Ids`] that name no message.
+    pub missing: Vec<MessageId>,
+    /// Where the next batch starts; `None` when the selection is done.
+    pub next: Option<ListCursor>,
 }
 
 /// What [`Store::acquire_refresh_lease`] found.

@@ -29,8 +29,10 @@ impl fmt::Display for MessageId {
 
 /// Where a message is. `InFlight` carries a lease; the final states are
 /// `Delivered`, `Bounced` and `Expired` (a message is `Bounced` when no
-/// recipient was delivered and at least one was refused for good).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// recipient was delivered and at least one was refused for good). `Held`
+/// is put aside by an operator (`queue hold`, like Postfix's hold queue):
+/// never claimed, never expired, not final, until `queue release`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageState {
     Queued,
@@ -39,6 +41,7 @@ pub enum MessageState {
     Delivered,
     Bounced,
     Expired,
+    Held,
 }
 
 impl MessageState {
@@ -50,6 +53,7 @@ impl MessageState {
             MessageState::Delivered => "delivered",
             MessageState::Bounced => "bounced",
             MessageState::Expired => "expired",
+            MessageState::Held => "held",
         }
     }
 
@@ -61,6 +65,7 @@ impl MessageState {
             "delivered" => MessageState::Delivered,
             "bounced" => MessageState::Bounced,
             "expired" => MessageState::Expired,
+            "held" => MessageState::Held,
             _ => return None,
         })
     }

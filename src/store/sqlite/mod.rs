@@ -2,14 +2,15 @@
 //! committed transaction survives power loss (contract 1), created with mode
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
+mod admin;
 mod queue;
 
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
 };
 use super::{
-    AccountState, AuditAnchor, Event, InstanceRecord, LeaseGrant, Lockdown, Store, StoreError,
-    TokenRecord,
+    AccountState, AuditAnchor, BatchOutcome, Event, InstanceRecord, LeaseGrant, ListCursor,
+    Lockdown, QueueAction, QueueFilter, QueueSelection, Store, StoreError, TokenRecord,
 };
 use crate::instance::Holder;
 use crate::secret::SealedValue;
@@ -33,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("0005_account_secrets.sql")),
     (6, include_str!("0006_lifecycle.sql")),
     (7, include_str!("0007_audit_anchor.sql")),
+    (9, include_str!("0009_queue_listing.sql")),
 ];
 
 #[derive(Clone)]
@@ -473,7 +475,11 @@ impl Store for SqliteStore {
         state: Option<MessageState>,
         limit: u32,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
-        queue::messages(&self.pool, state, limit).await
+        let filter = super::QueueFilter {
+            state,
+            ..Default::default()
+        };
+        admin::list(&self.pool, &filter, None, limit).await
     }
 
     async fn message(
@@ -673,6 +679,48 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    // ---- Queue administration (admin.rs). Operator actions are rare and
+    // must survive a power cut like the mail they change: the FULL pool.
+
+    async fn list_messages(
+        &self,
+        filter: &QueueFilter,
+        after: Option<&ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        admin::list(&self.pool, filter, after, limit).await
+    }
+
+    async fn list_cursor(&self, id: &MessageId) -> Result<Option<ListCursor>, StoreError> {
+        admin::cursor(&self.pool, id).await
+    }
+
+    async fn count_messages(&self, filter: &QueueFilter) -> Result<u64, StoreError> {
+        admin::count(&self.pool, filter).await
+    }
+
+    async fn queue_batch(
+        &self,
+        action: QueueAction,
+        selection: &QueueSelection,
+        after: Option<&ListCursor>,
+        limit: u32,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<BatchOutcome, StoreError> {
+        admin::batch(
+            &self.pool,
+            &self.writer,
+            action,
+            selection,
+            after,
+            limit,
+            now,
+            dry_run,
+        )
+        .await
     }
 }
 

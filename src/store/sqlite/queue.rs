@@ -5,10 +5,11 @@
 //! commits once (one fsync with `synchronous=FULL`), then acknowledges each.
 //! Under load many submissions share a commit; alone, one waits for nothing.
 
+use super::admin::attach_recipients;
 use crate::store::StoreError;
 use crate::store::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
-    Recipient, RecipientState,
+    RecipientState,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
@@ -143,9 +144,9 @@ async fn insert_message(
     Ok(())
 }
 
-const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
 
-fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
+pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
     let state: String = row.try_get("state")?;
     Ok(QueuedMessage {
         id: MessageId(row.try_get("id")?),
@@ -161,43 +162,6 @@ fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
         next_attempt_at: row.try_get("next_attempt_at")?,
         last_error: row.try_get("last_error")?,
     })
-}
-
-/// Fills in the recipients of `messages` with one query.
-async fn attach_recipients(
-    conn: &mut SqliteConnection,
-    messages: &mut [QueuedMessage],
-) -> Result<(), StoreError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let placeholders = vec!["?"; messages.len()].join(", ");
-    let sql = format!(
-        "SELECT message_id, idx, address, state, reply FROM recipients WHERE message_id IN ({placeholders}) ORDER BY message_id, idx"
-    );
-    // The SQL holds only placeholders; values are bound.
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for message in messages.iter() {
-        query = query.bind(&message.id.0);
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut by_message: HashMap<String, Vec<Recipient>> = HashMap::new();
-    for row in &rows {
-        let state: String = row.try_get("state")?;
-        by_message
-            .entry(row.try_get("message_id")?)
-            .or_default()
-            .push(Recipient {
-                address: row.try_get("address")?,
-                state: RecipientState::parse(&state)
-                    .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?,
-                reply: row.try_get("reply")?,
-            });
-    }
-    for message in messages.iter_mut() {
-        message.recipients = by_message.remove(&message.id.0).unwrap_or_default();
-    }
-    Ok(())
 }
 
 /// The claim: one statement, so two claimers can never take the same
@@ -384,27 +348,6 @@ pub(super) async fn release(
     } else {
         Err(StoreError::LeaseLost(id.clone()))
     }
-}
-
-pub(super) async fn messages(
-    pool: &SqlitePool,
-    state: Option<MessageState>,
-    limit: u32,
-) -> Result<Vec<QueuedMessage>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id LIMIT ?2"
-    )))
-    .bind(state.map(MessageState::as_str))
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut messages = rows
-        .iter()
-        .map(message_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    attach_recipients(&mut conn, &mut messages).await?;
-    Ok(messages)
 }
 
 pub(super) async fn message(
