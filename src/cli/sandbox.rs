@@ -203,13 +203,14 @@ fn inbox(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("the sandbox inbox is empty");
     } else {
         println!(
-            "{:<20} {:<24} {:<28} {:<12} {:<16} SUBJECT",
-            "RECEIVED", "FROM", "TO", "SASL", "TOKEN"
+            "{:<20} {:<10} {:<24} {:<28} {:<12} {:<16} SUBJECT",
+            "RECEIVED", "TRANSPORT", "FROM", "TO", "SASL", "TOKEN"
         );
         for e in entries {
             println!(
-                "{:<20} {:<24} {:<28} {:<12} {:<16} {}",
+                "{:<20} {:<10} {:<24} {:<28} {:<12} {:<16} {}",
                 e.received_at.get(..19).unwrap_or(&e.received_at),
+                e.transport,
                 e.mail_from,
                 e.rcpt_to.join(","),
                 e.mechanism.map(|m| m.to_string()).unwrap_or_default(),
