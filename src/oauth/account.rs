@@ -269,8 +269,12 @@ fn validate_transport(config: &AccountConfig) -> Result<(), String> {
         }
         None => {}
     }
+    let smtp_too = config.large_messages == LargeMessages::Smtp;
+    if smtp_too && config.provider == ProviderKind::Microsoft {
+        return Err("large_messages = \"smtp\" cannot work with Microsoft: an access token is for one resource (Graph or Exchange Online's SMTP), and an account has one token. Leave large_messages = \"bounce\" (the sender gets a DSN naming the 4 MB limit), and send large messages through a second account with transport = \"smtp\"".to_string());
+    }
     if let Some(scopes) = &config.scopes
-        && let Some(reason) = api.scope_refusal(config.provider, config.grant, scopes)
+        && let Some(reason) = api.scope_refusal(config.provider, config.grant, scopes, smtp_too)
     {
         return Err(reason);
     }

@@ -283,6 +283,7 @@ impl ApiPreset {
         provider: ProviderKind,
         grant: GrantKind,
         scopes: &[String],
+        smtp_too: bool,
     ) -> Option<String> {
         let needed = self.scopes_for(grant);
         let sending: Vec<&str> = needed
@@ -292,7 +293,9 @@ impl ApiPreset {
             .collect();
         let wanted = needed.join(" ");
         let transport = self.transport;
-        if let Some(smtp_only) = scopes.iter().find(|s| is_smtp_scope(s)) {
+        // With `large_messages = "smtp"` the account's token must open SMTP
+        // sessions too: the SMTP scope is then asked for on purpose.
+        if let Some(smtp_only) = scopes.iter().find(|s| is_smtp_scope(s) && !smtp_too) {
             return Some(format!(
                 "scope {smtp_only} is for SMTP; transport = \"{transport}\" ({}) sends with scopes = [{}] instead{}",
                 self.title,
@@ -450,7 +453,12 @@ mod tests {
     fn api_transports_refuse_smtp_scopes_with_the_alternative() {
         let smtp = vec!["https://mail.google.com/".to_string()];
         let reason = GMAIL_API
-            .scope_refusal(ProviderKind::Google, GrantKind::AuthorizationCode, &smtp)
+            .scope_refusal(
+                ProviderKind::Google,
+                GrantKind::AuthorizationCode,
+                &smtp,
+                false,
+            )
             .expect("refused");
         assert!(
             reason.contains("https://www.googleapis.com/auth/gmail.send"),
@@ -459,7 +467,12 @@ mod tests {
         let send = vec!["https://www.googleapis.com/auth/gmail.send".to_string()];
         assert!(
             GMAIL_API
-                .scope_refusal(ProviderKind::Google, GrantKind::AuthorizationCode, &send)
+                .scope_refusal(
+                    ProviderKind::Google,
+                    GrantKind::AuthorizationCode,
+                    &send,
+                    false
+                )
                 .is_none()
         );
         let named = vec!["https://graph.microsoft.com/Mail.Send".to_string()];
@@ -468,6 +481,7 @@ mod tests {
                 ProviderKind::Microsoft,
                 GrantKind::ClientCredentials,
                 &named,
+                false,
             )
             .expect("app-only needs .default");
         assert!(
@@ -476,12 +490,22 @@ mod tests {
         );
         let smtp = vec!["smtp.send".to_string()];
         let reason = GRAPH
-            .scope_refusal(ProviderKind::Generic, GrantKind::ClientCredentials, &smtp)
+            .scope_refusal(
+                ProviderKind::Generic,
+                GrantKind::ClientCredentials,
+                &smtp,
+                false,
+            )
             .expect("SMTP scope");
         assert!(reason.contains("is for SMTP"), "{reason}");
         assert!(
             GRAPH
-                .scope_refusal(ProviderKind::Generic, GrantKind::ClientCredentials, &named)
+                .scope_refusal(
+                    ProviderKind::Generic,
+                    GrantKind::ClientCredentials,
+                    &named,
+                    false
+                )
                 .is_none()
         );
     }
