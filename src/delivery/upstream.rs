@@ -49,8 +49,10 @@ pub enum UpstreamError {
         step: AdminStep,
         instruction: String,
     },
+    /// Boxed: the TLS error it may carry is large, and this enum is
+    /// returned on every path of a delivery.
     #[error(transparent)]
-    Http(#[from] crate::delivery::http::HttpTransportError),
+    Http(Box<crate::delivery::http::HttpTransportError>),
     #[error("account {account}: {detail}")]
     Api {
         account: String,
@@ -303,7 +305,8 @@ async fn send_by_api(
     })?;
     let verdict = match HttpTransports::new()
         .send(broker, account, api, &request)
-        .await?
+        .await
+        .map_err(|e| UpstreamError::Http(Box::new(e)))?
     {
         ApiOutcome::Verdict(verdict) => verdict,
         ApiOutcome::AuthFailed { detail } => return Err(failed(detail, true)),
