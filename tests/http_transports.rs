@@ -762,3 +762,117 @@ async fn an_smtp_only_token_is_refused_by_gmail_and_the_config_check_names_the_s
     );
     sandbox.shutdown().await;
 }
+
+/// The benchmark of `bench/http-transports.sh` (ignored in normal runs):
+/// delivered messages/s through each transport at 1, 4 and 16 concurrent
+/// deliveries (engine workers), the same invocation's SMTP figure beside
+/// them, and API requests per message. The queue is filled first and the
+/// clock runs from the engine's start to the last delivery; the sandbox
+/// counts what it accepts and stores nothing (its SMTP baseline's fsyncs
+/// would otherwise be what is measured). `BENCH_MESSAGES` per run (500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/http-transports.sh runs it"]
+async fn bench_http_transports() {
+    let messages: usize = std::env::var("BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let concurrency: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 4, 16]);
+    println!(
+        "transport,concurrency,messages,seconds,delivered_per_s,api_requests_per_message,token_requests"
+    );
+    for &workers in &concurrency {
+        for transport in [Transport::Smtp, Transport::Graph, Transport::GmailApi] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut options = SandboxOptions::new(dir.path().join("sandbox"));
+            options.count_only = true;
+            options.max_smtp_sessions = 512;
+            let sandbox = Sandbox::start(options).await.expect("sandbox");
+            let secret = dir.path().join("client.secret");
+            std::fs::write(&secret, sandbox.client_secret.expose()).expect("secret");
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+                    .expect("private");
+            }
+            let secret_ref = format!("file:{}", secret.display());
+            let account = match transport {
+                Transport::Smtp => sandbox.account_toml(ACCOUNT, "client_credentials", &secret_ref),
+                _ => {
+                    sandbox.api_account_toml(ACCOUNT, "client_credentials", &secret_ref, transport)
+                }
+            };
+            let config =
+                Config::parse(&account, &dir.path().join("oxirelay.toml")).expect("config");
+            let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.expect("store"));
+            let broker = Arc::new(Broker::new(
+                store.clone(),
+                Arc::new(MasterKey::from_bytes([7; 32])),
+                vec![Account::from_config(&config.accounts[0]).expect("account")],
+            ));
+            let body = {
+                let mut body = message("bob@example.net", Some("carol@example.net"), "bench");
+                while body.len() < 5120 {
+                    body.extend_from_slice(
+                        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
+                    );
+                }
+                body
+            };
+            for _ in 0..messages {
+                store
+                    .enqueue(NewMessage {
+                        account: ACCOUNT.into(),
+                        mail_from: SENDER.into(),
+                        recipients: vec!["bob@example.net".into(), "carol@example.net".into()],
+                        body: body.clone(),
+                        submitted_by: "bench".into(),
+                    })
+                    .await
+                    .expect("enqueue");
+            }
+            let mut config = test_config();
+            config.workers = workers;
+            config.claim_batch = 4;
+            config.pool.max_connections_per_account = workers;
+            config.pool.generic_max_connections = workers;
+            let (shutdown, _) = watch::channel(false);
+            let wake = Arc::new(Notify::new());
+            let started = std::time::Instant::now();
+            let engine = Engine::start(
+                store.clone(),
+                broker,
+                config,
+                wake.clone(),
+                shutdown.subscribe(),
+            );
+            wake.notify_waiters();
+            let done = engine
+                .wait_until(
+                    |s| s.messages_delivered as usize >= messages,
+                    Duration::from_secs(600),
+                )
+                .await
+                .unwrap_or_else(|| panic!("{transport} at {workers}: {:?}", engine.stats()));
+            let seconds = started.elapsed().as_secs_f64();
+            assert_eq!(done.recipients_bounced, 0);
+            let requests = engine.api_requests();
+            println!(
+                "{transport},{workers},{messages},{seconds:.2},{:.0},{:.2},{}",
+                messages as f64 / seconds,
+                requests as f64 / messages as f64,
+                sandbox.auth.stats().tokens_issued
+            );
+            engine.shutdown().await;
+            sandbox.shutdown().await;
+        }
+    }
+}
