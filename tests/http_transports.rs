@@ -785,8 +785,9 @@ async fn bench_http_transports() {
                 .collect()
         })
         .unwrap_or_else(|| vec![1, 4, 16]);
+    // libtest prints "test NAME ... " without a newline before our output.
     println!(
-        "transport,concurrency,messages,seconds,delivered_per_s,api_requests_per_message,token_requests"
+        "\ntransport,concurrency,messages,seconds,delivered_per_s,api_requests_per_message,token_requests"
     );
     for &workers in &concurrency {
         for transport in [Transport::Smtp, Transport::Graph, Transport::GmailApi] {
