@@ -877,3 +877,40 @@ async fn bench_http_transports() {
         }
     }
 }
+
+#[tokio::test]
+async fn graph_has_at_most_four_requests_per_mailbox_in_flight() {
+    // Eight workers, each with a message, and every Graph answer slowed:
+    // without the cap all eight would be in flight at once.
+    let relay = relay(
+        Transport::Graph,
+        |t| t,
+        |config| {
+            config.workers = 8;
+            config.claim_batch = 1;
+        },
+    )
+    .await;
+    relay.sandbox.api.faults().inject(
+        ApiFault::Slow(Duration::from_millis(300)),
+        FaultTimes::Always,
+    );
+    for i in 0..12 {
+        relay
+            .enqueue(
+                &["bob@example.net"],
+                message("bob@example.net", None, &format!("concurrent-{i}")),
+            )
+            .await;
+    }
+    relay
+        .wait_stats("all delivered", |s| s.messages_delivered == 12)
+        .await;
+    let stats = relay.sandbox.api.stats();
+    assert!(stats.max_in_flight <= 4, "{stats:?}");
+    assert!(
+        stats.max_in_flight >= 2,
+        "deliveries ran in parallel: {stats:?}"
+    );
+    relay.shutdown().await;
+}

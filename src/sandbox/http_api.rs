@@ -276,6 +276,9 @@ pub struct ApiStats {
     /// Requests refused for the token (401) or its permissions (403).
     pub unauthorized: u64,
     pub forbidden: u64,
+    /// The most requests that were in progress at once (per-mailbox
+    /// concurrency limits are checked against it).
+    pub max_in_flight: u64,
 }
 
 #[derive(Default)]
@@ -285,6 +288,8 @@ struct Counters {
     accepted: AtomicU64,
     unauthorized: AtomicU64,
     forbidden: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     /// When each request arrived, per API: tests check a client's pauses.
     arrivals: Mutex<Vec<(Api, Instant)>>,
 }
@@ -386,6 +391,7 @@ impl RunningHttpApi {
             accepted: c.accepted.load(Ordering::Relaxed),
             unauthorized: c.unauthorized.load(Ordering::Relaxed),
             forbidden: c.forbidden.load(Ordering::Relaxed),
+            max_in_flight: c.max_in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -541,7 +547,10 @@ impl ApiCore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((api, Instant::now()));
+        let now = self.counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let response = self.answer(api, user, headers, body).await;
+        self.counters.in_flight.fetch_sub(1, Ordering::SeqCst);
         match response.status() {
             StatusCode::UNAUTHORIZED => {
                 self.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
