@@ -1060,8 +1060,12 @@ impl Shared {
         if !first {
             return;
         }
-        let resolved =
-            |reason: &str| AdminStep::of_reason(reason).is_some_and(AdminStep::cleared_by_api_send);
+        // The API's own steps are taken; and a login step recorded while
+        // the account was on SMTP (SMTP AUTH off) no longer applies to it.
+        let resolved = |reason: &str| {
+            AdminStep::of_reason(reason)
+                .is_some_and(|step| step.cleared_by_api_send() || step.cleared_by_login())
+        };
         if let Err(error) = self.broker.clear_needs_admin(&account.name, resolved).await {
             tracing::warn!(account = %account.name, %error, "cannot record that the API accepts the account again");
         }

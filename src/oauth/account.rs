@@ -203,6 +203,12 @@ fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u1
     };
     match &config.smtp {
         Some(text) => parse_host_port(text).map_err(|e| invalid(format!("smtp = {e}"))),
+        // A generic account on an HTTP API needs no SMTP server: nothing
+        // opens an SMTP session for it (large_messages = "smtp" requires
+        // `smtp`, checked in `validate_transport`).
+        None if preset.smtp_host.is_none() && config.transport != Transport::Smtp => {
+            Ok((String::new(), 0))
+        }
         None => preset
             .smtp_host
             .map(|h| (h.to_string(), preset.smtp_port))
@@ -463,6 +469,41 @@ mod tests {
         )))
         .expect_err("no TLS");
         assert!(err.contains("needs TLS"), "{err}");
+    }
+
+    #[test]
+    fn http_transports_are_checked_with_the_alternative() {
+        let graph = |extra: &str| {
+            let text = format!(
+                "name = \"lab\"\nprovider = \"generic\"\ngrant = \"authorization_code\"\ntoken_url = \"https://id.example.net/token\"\nclient_id = \"relay\"\nuser = \"a@example.net\"\ntransport = \"graph\"\n{extra}"
+            );
+            toml::from_str::<AccountConfig>(&text).expect("parses")
+        };
+        let err = validate_account(&graph("")).expect_err("no api_url");
+        assert!(err.contains("needs api_url"), "{err}");
+        let err = validate_account(&graph("api_url = \"http://127.0.0.1:9443\"\n"))
+            .expect_err("plain HTTP");
+        assert!(err.contains("is not HTTPS"), "{err}");
+        let ok = graph("api_url = \"https://127.0.0.1:9443\"\n");
+        validate_account(&ok).expect("valid");
+        let account = Account::from_config(&ok).expect("no smtp needed");
+        assert_eq!(
+            account.scopes,
+            ["https://graph.microsoft.com/Mail.Send", "offline_access"]
+        );
+        let api = account.api.expect("an API target");
+        assert_eq!(api.base.as_str(), "https://127.0.0.1:9443/");
+        let err = validate_account(&graph(
+            "api_url = \"https://127.0.0.1:9443\"\nlarge_messages = \"smtp\"\n",
+        ))
+        .expect_err("fallback without smtp");
+        assert!(err.contains("smtp = \"host:port\""), "{err}");
+        let google: AccountConfig = toml::from_str(
+            "name = \"g\"\nprovider = \"google\"\ngrant = \"authorization_code\"\nclient_id = \"c\"\nuser = \"a@example.com\"\ntransport = \"graph\"\n",
+        )
+        .expect("parses");
+        let err = validate_account(&google).expect_err("Google has no Graph");
+        assert!(err.contains("transport = \"gmail_api\""), "{err}");
     }
 
     #[test]
