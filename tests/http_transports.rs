@@ -914,3 +914,35 @@ async fn graph_has_at_most_four_requests_per_mailbox_in_flight() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn oxirelay_send_works_through_each_api() {
+    for transport in [Transport::Graph, Transport::GmailApi] {
+        let relay = relay(transport, |t| t, |_| {}).await;
+        let account = relay.broker.account(ACCOUNT).expect("account").clone();
+        let outgoing = oxirelay::message::OutgoingMessage {
+            envelope: oxirelay::message::Envelope {
+                mail_from: SENDER.into(),
+                rcpt_to: vec!["bob@example.net".into(), "hidden@example.net".into()],
+            },
+            bytes: message("bob@example.net", None, "one-shot"),
+        };
+        let report = oxirelay::delivery::upstream::send_now(&relay.broker, &account, &outgoing)
+            .await
+            .expect("sent");
+        assert!(report.accepted(), "{report:?}");
+        let entries = relay
+            .sandbox
+            .smtp
+            .inbox()
+            .wait_for_count(1, WAIT)
+            .await
+            .expect("arrived");
+        assert_eq!(
+            entries[0].rcpt_to,
+            ["bob@example.net", "hidden@example.net"]
+        );
+        assert_eq!(entries[0].transport, api_of(transport).transport());
+        relay.shutdown().await;
+    }
+}
