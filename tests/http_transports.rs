@@ -28,7 +28,7 @@ use oxirelay::oauth::broker::Broker;
 use oxirelay::sandbox::certs::SandboxCa;
 use oxirelay::sandbox::http_api::{Api, ApiFault};
 use oxirelay::sandbox::smtp::FaultTimes;
-use oxirelay::sandbox::{Sandbox, SandboxOptions, USER};
+use oxirelay::sandbox::{ProfileName, Sandbox, SandboxOptions, USER};
 use oxirelay::secret::{MasterKey, Secret};
 use oxirelay::smtp::server::{SessionLimits, ShutdownTrigger, shutdown_channel};
 use oxirelay::store::{AccountState, MessageId, MessageState, NewMessage, SqliteStore, Store};
@@ -61,10 +61,20 @@ async fn relay(
     edit: impl FnOnce(String) -> String,
     engine: impl FnOnce(&mut EngineConfig),
 ) -> Relay {
+    relay_in(ProfileName::Strict, transport, edit, engine).await
+}
+
+/// [`relay`] against the sandbox playing `profile`.
+async fn relay_in(
+    profile: ProfileName,
+    transport: Transport,
+    edit: impl FnOnce(String) -> String,
+    engine: impl FnOnce(&mut EngineConfig),
+) -> Relay {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sandbox = Sandbox::start(SandboxOptions::new(dir.path().join("sandbox")))
-        .await
-        .expect("sandbox");
+    let mut options = SandboxOptions::new(dir.path().join("sandbox"));
+    options.profile = profile;
+    let sandbox = Sandbox::start(options).await.expect("sandbox");
     let secret = dir.path().join("client.secret");
     std::fs::write(&secret, sandbox.client_secret.expose()).expect("secret");
     {
@@ -942,6 +952,37 @@ async fn oxirelay_send_works_through_each_api() {
             entries[0].rcpt_to,
             ["bob@example.net", "hidden@example.net"]
         );
+        assert_eq!(entries[0].transport, api_of(transport).transport());
+        relay.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn graph_takes_entra_app_tokens_and_gmail_takes_google_tokens() {
+    // The microsoft profile issues Entra tokens (app-only: `roles`
+    // Mail.Send for the Graph resource); the google profile opaque tokens
+    // that only introspection vouches for.
+    for (profile, transport) in [
+        (ProfileName::Microsoft, Transport::Graph),
+        (ProfileName::Google, Transport::GmailApi),
+    ] {
+        let relay = relay_in(profile, transport, |t| t, |_| {}).await;
+        relay
+            .enqueue(
+                &["bob@example.net"],
+                message("bob@example.net", None, "profiles"),
+            )
+            .await;
+        relay
+            .wait_stats("delivered", |s| s.messages_delivered == 1)
+            .await;
+        let entries = relay
+            .sandbox
+            .smtp
+            .inbox()
+            .wait_for_count(1, WAIT)
+            .await
+            .expect("arrived");
         assert_eq!(entries[0].transport, api_of(transport).transport());
         relay.shutdown().await;
     }

@@ -81,6 +81,7 @@ const MICROSOFT: OAuthProfile = OAuthProfile {
         "https://outlook.office365.com/.default",
         super::authz::OFFLINE_ACCESS,
         GRAPH_MAIL_SEND,
+        GRAPH_DEFAULT,
     ],
     delegated_scopes: &[
         "https://outlook.office.com/SMTP.Send",
