@@ -19,6 +19,14 @@
 //! - When an account's credentials change (`Broker::credentials_version`:
 //!   revoked, a new consent), its idle pooled sessions are closed at once,
 //!   and a session in use carries no further transaction.
+//! - Accounts with an HTTP transport (`graph`, `gmail_api`) go through
+//!   `attempt_api` instead of a pooled SMTP session: one request per group
+//!   of recipients, the recipient headers made to match the group, the
+//!   API's answer mapped onto the same outcomes (429/503 → throttled for
+//!   `Retry-After`, 403 → an administrator's step, 4xx → bounce, 5xx and
+//!   network → defer), and messages over the API's limit bounced or sent
+//!   over SMTP as `large_messages` says. Limits, retries, events and DSNs
+//!   are the same code for every transport.
 //! - Before a message goes, the account's quotas and throttling back-off
 //!   are checked (`limits`); a message that may not go now is `release`d
 //!   until it may, which is not an attempt.
