@@ -152,6 +152,46 @@ pub enum TlsMode {
     None,
 }
 
+/// How an account hands messages to its provider (`transport` in
+/// `[[account]]`). Devices always submit to oxirelay over SMTP; this is
+/// only the upstream side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// SMTP with SASL XOAUTH2/OAUTHBEARER (`smtp`, `tls`, `sasl`).
+    #[default]
+    Smtp,
+    /// Microsoft Graph `POST /v1.0/users/{user}/sendMail` with the MIME.
+    Graph,
+    /// The Gmail API `users.messages.send` with the raw message.
+    GmailApi,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Transport::Smtp => "smtp",
+            Transport::Graph => "graph",
+            Transport::GmailApi => "gmail_api",
+        })
+    }
+}
+
+/// What an HTTP transport does with a message too large for its API
+/// (`large_messages` in `[[account]]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LargeMessages {
+    /// Bounce it, with the limit and the size in the reason (a DSN goes
+    /// to the sender).
+    #[default]
+    Bounce,
+    /// Send it through the account's SMTP settings (`smtp`, `tls`, `sasl`,
+    /// the preset's server), with the same token: the grant must then also
+    /// carry the SMTP scope.
+    Smtp,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -293,6 +333,18 @@ pub struct AccountConfig {
     /// offers).
     #[serde(default)]
     pub token_endpoint_auth: Option<crate::oauth::grant::ClientAuth>,
+    /// How messages go upstream: `smtp` (default), `graph` or `gmail_api`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The HTTP API's base URL for `graph` and `gmail_api` (default: the
+    /// preset's, `https://graph.microsoft.com` or
+    /// `https://gmail.googleapis.com`); HTTPS only, checked against
+    /// `ca_file` or `tls_pin_sha256` like the SMTP server.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Messages over the HTTP API's size limit: `bounce` (default) or `smtp`.
+    #[serde(default)]
+    pub large_messages: LargeMessages,
 }
 
 #[derive(Debug, Clone, Deserialize)]

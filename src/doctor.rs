@@ -2,8 +2,9 @@
 //! oxirelay is built on. Each check says pass, warn or fail, why, and how
 //! to fix it; the result is data so the CLI can print it or emit JSON.
 
-use crate::config::{Config, SecretRef, TlsMode, is_loopback_host};
-use crate::oauth::preset::{GrantKind, ProviderKind, preset};
+use crate::config::{Config, SecretRef, TlsMode, Transport, is_loopback_host};
+use crate::delivery::classify::AdminStep;
+use crate::oauth::preset::{GrantKind, ProviderKind, api_preset, preset};
 use crate::store::{AccountState, Store, TokenRecord};
 use serde::Serialize;
 use std::path::Path;
@@ -76,6 +77,7 @@ pub async fn run(config: &Config, store: Option<&dyn Store>) -> Vec<Finding> {
                     let record = records.iter().find(|r| r.account == account.name);
                     check_account_health(account, record, now, &mut findings);
                     check_last_validation(account, &events, now, &mut findings);
+                    recommend_graph(account, record, &events, &mut findings);
                 }
             }
             Err(e) => findings.push(finding(
@@ -237,11 +239,15 @@ fn check_account_config(account: &crate::config::AccountConfig, findings: &mut V
             )
         });
     }
+    recommend_gmail_api(account, findings);
     let preset = preset(account.provider);
     if account.provider != ProviderKind::Generic
         && let Some(scopes) = &account.scopes
     {
-        let least = preset.scopes_for(account.grant);
+        // The transport's least scopes: an HTTP API's, or the SMTP ones.
+        let least = api_preset(account.transport).map_or(preset.scopes_for(account.grant), |api| {
+            api.scopes_for(account.grant)
+        });
         let extra: Vec<&String> = scopes
             .iter()
             .filter(|s| !least.contains(&s.as_str()))
@@ -256,7 +262,8 @@ fn check_account_config(account: &crate::config::AccountConfig, findings: &mut V
                 format!("{name}: scopes"),
                 Status::Warn,
                 format!(
-                    "asks for more than SMTP needs: {}",
+                    "asks for more than its transport ({}) needs: {}",
+                    account.transport,
                     extra
                         .iter()
                         .map(|s| s.as_str())
@@ -270,6 +277,61 @@ fn check_account_config(account: &crate::config::AccountConfig, findings: &mut V
             ));
         }
     }
+}
+
+/// Google accounts on SMTP need the full-mailbox scope; the Gmail API
+/// sends with `gmail.send` alone.
+fn recommend_gmail_api(account: &crate::config::AccountConfig, findings: &mut Vec<Finding>) {
+    if account.provider != ProviderKind::Google || account.transport != Transport::Smtp {
+        return;
+    }
+    findings.push(finding(
+        format!("account {}: upstream transport", account.name),
+        Status::Warn,
+        "sends over SMTP, which needs the full-mailbox scope https://mail.google.com/ (read, delete, send); the Gmail API sends with https://www.googleapis.com/auth/gmail.send alone",
+        Some(format!(
+            "enable the Gmail API for the Google Cloud project, set transport = \"gmail_api\" on account {} (its scope becomes gmail.send; for a service account, list that scope under domain-wide delegation), then run `oxirelay account login {}` again",
+            account.name, account.name
+        )),
+    ));
+}
+
+/// Microsoft accounts on SMTP whose tenant refuses SMTP AUTH (`5.7.139`):
+/// Microsoft Graph sends without it.
+fn recommend_graph(
+    account: &crate::config::AccountConfig,
+    record: Option<&TokenRecord>,
+    events: &[crate::store::Event],
+    findings: &mut Vec<Finding>,
+) {
+    if account.provider != ProviderKind::Microsoft || account.transport != Transport::Smtp {
+        return;
+    }
+    let smtp_auth_off = |reason: &str| {
+        matches!(
+            AdminStep::of_reason(reason),
+            Some(AdminStep::SmtpAuthDisabled | AdminStep::SecurityDefaults)
+        ) || reason.contains("5.7.139")
+    };
+    let in_state = record
+        .filter(|r| r.state == AccountState::NeedsAdmin)
+        .and_then(|r| r.state_reason.as_deref())
+        .is_some_and(smtp_auth_off);
+    let in_events = events
+        .iter()
+        .any(|e| e.account.as_deref() == Some(account.name.as_str()) && smtp_auth_off(&e.detail));
+    if !(in_state || in_events) {
+        return;
+    }
+    findings.push(finding(
+        format!("account {}: upstream transport", account.name),
+        Status::Warn,
+        "Exchange Online refused SMTP AUTH for this account (5.7.139: SMTP AUTH turned off, or security defaults); Microsoft Graph sends without SMTP AUTH",
+        Some(format!(
+            "grant the app the Microsoft Graph permission Mail.Send (delegated, or application with an application access policy or RBAC for Applications limiting it to {}), set transport = \"graph\" on account {}, and run `oxirelay account login {}` again for a delegated grant",
+            account.user, account.name, account.name
+        )),
+    ));
 }
 
 fn check_listeners(config: &Config, findings: &mut Vec<Finding>) {
@@ -472,4 +534,59 @@ pub fn worst(findings: &[Finding]) -> Status {
         .map(|f| f.status)
         .max()
         .unwrap_or(Status::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(text: &str) -> crate::config::AccountConfig {
+        toml::from_str(text).expect("account")
+    }
+
+    const GOOGLE: &str = "name = \"g\"\nprovider = \"google\"\ngrant = \"authorization_code\"\nclient_id = \"c\"\nuser = \"a@example.com\"\n";
+    const MICROSOFT: &str = "name = \"m\"\nprovider = \"microsoft\"\ngrant = \"client_credentials\"\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret = \"env:X\"\nuser = \"a@contoso.com\"\n";
+
+    #[test]
+    fn google_on_smtp_is_pointed_to_the_gmail_api() {
+        let mut findings = Vec::new();
+        recommend_gmail_api(&account(GOOGLE), &mut findings);
+        assert_eq!(findings.len(), 1);
+        let fix = findings[0].fix.clone().unwrap_or_default();
+        assert!(fix.contains("transport = \"gmail_api\""), "{fix}");
+        let mut findings = Vec::new();
+        recommend_gmail_api(
+            &account(&format!("{GOOGLE}transport = \"gmail_api\"\n")),
+            &mut findings,
+        );
+        assert!(findings.is_empty());
+    }
+
+    #[test]
+    fn microsoft_that_met_5_7_139_is_pointed_to_graph() {
+        let config = account(MICROSOFT);
+        let mut findings = Vec::new();
+        recommend_graph(&config, None, &[], &mut findings);
+        assert!(findings.is_empty(), "nothing met yet");
+        let mut record = TokenRecord::new("m");
+        record.state = AccountState::NeedsAdmin;
+        record.state_reason = Some(AdminStep::SmtpAuthDisabled.instruction("a@contoso.com"));
+        recommend_graph(&config, Some(&record), &[], &mut findings);
+        assert_eq!(findings.len(), 1);
+        let fix = findings[0].fix.clone().unwrap_or_default();
+        assert!(
+            fix.contains("transport = \"graph\"") && fix.contains("Mail.Send"),
+            "{fix}"
+        );
+        // A delivery that met it, recorded as an event, counts too.
+        let event = crate::store::Event {
+            at: 0,
+            kind: "message.deferred".into(),
+            account: Some("m".into()),
+            detail: "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant".into(),
+        };
+        let mut findings = Vec::new();
+        recommend_graph(&config, None, &[event], &mut findings);
+        assert_eq!(findings.len(), 1);
+    }
 }

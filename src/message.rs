@@ -6,6 +6,7 @@
 use mail_builder::MessageBuilder;
 
 pub mod mailbox;
+pub mod recipients;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {

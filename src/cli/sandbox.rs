@@ -26,6 +26,9 @@ pub struct SandboxArgs {
     /// The SMTP server's address.
     #[arg(long, default_value = "127.0.0.1:2587")]
     pub smtp: SocketAddr,
+    /// The Graph- and Gmail-shaped sending APIs' address (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub api: SocketAddr,
     /// Approve every consent request without showing the page.
     #[arg(long)]
     pub auto_approve: bool,
@@ -62,7 +65,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     if let Some(SandboxCommand::Inbox { json }) = args.command {
         return inbox(&args.dir, json);
     }
-    for addr in [args.http, args.smtp] {
+    for addr in [args.http, args.smtp, args.api] {
         anyhow::ensure!(
             addr.ip().is_loopback(),
             "the sandbox listens on loopback only; {addr} is not a loopback address"
@@ -73,6 +76,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     options.auto_approve = args.auto_approve;
     options.http_addr = args.http;
     options.smtp_addr = args.smtp;
+    options.api_addr = args.api;
     options.max_smtp_sessions = args.max_sessions;
     options.profile = args.profile;
     options.server_certificate = args.server_certificate;
@@ -111,6 +115,17 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         sandbox.smtp.addr().port()
     );
     println!("    CA certificate      {}", sandbox.ca_file().display());
+    println!(
+        "  Graph sendMail        {}/v1.0/users/{{mailbox}}/sendMail",
+        sandbox.api.base_url()
+    );
+    println!(
+        "  Gmail messages.send   {}/gmail/v1/users/{{user}}/messages/send (and /upload/...?uploadType=media)",
+        sandbox.api.base_url()
+    );
+    println!(
+        "    (HTTPS with the same CA certificate; transport = \"graph\" or \"gmail_api\", api_url = the address)"
+    );
     println!(
         "  mailbox {} with client {} (secret in {})",
         crate::sandbox::USER,
@@ -203,13 +218,14 @@ fn inbox(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("the sandbox inbox is empty");
     } else {
         println!(
-            "{:<20} {:<24} {:<28} {:<12} {:<16} SUBJECT",
-            "RECEIVED", "FROM", "TO", "SASL", "TOKEN"
+            "{:<20} {:<10} {:<24} {:<28} {:<12} {:<16} SUBJECT",
+            "RECEIVED", "TRANSPORT", "FROM", "TO", "SASL", "TOKEN"
         );
         for e in entries {
             println!(
-                "{:<20} {:<24} {:<28} {:<12} {:<16} {}",
+                "{:<20} {:<10} {:<24} {:<28} {:<12} {:<16} {}",
                 e.received_at.get(..19).unwrap_or(&e.received_at),
+                e.transport,
                 e.mail_from,
                 e.rcpt_to.join(","),
                 e.mechanism.map(|m| m.to_string()).unwrap_or_default(),

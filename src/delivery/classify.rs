@@ -52,6 +52,12 @@ pub enum AdminStep {
     /// Exchange Online: the mailbox may not send as the From address
     /// (`550 5.7.60`, `554 5.2.0 ... SendAsDenied`).
     SendAsDenied,
+    /// Microsoft Graph: the app lacks `Mail.Send`, or an application access
+    /// policy / RBAC scope keeps it from this mailbox (`403 ErrorAccessDenied`).
+    GraphAccessDenied,
+    /// The Gmail API: the token lacks the send scope, or a service account's
+    /// domain-wide delegation does not list it (`403 insufficientPermissions`).
+    GmailInsufficientPermissions,
 }
 
 impl AdminStep {
@@ -62,6 +68,10 @@ impl AdminStep {
             AdminStep::SmtpAuthDisabled => "Exchange Online has SMTP AUTH turned off",
             AdminStep::SecurityDefaults => "Entra security defaults block SMTP AUTH",
             AdminStep::SendAsDenied => "Exchange Online refuses to let the mailbox send as",
+            AdminStep::GraphAccessDenied => "Microsoft Graph denies this app Mail.Send",
+            AdminStep::GmailInsufficientPermissions => {
+                "The Gmail API refuses the token's permissions"
+            }
         }
     }
 
@@ -87,6 +97,20 @@ impl AdminStep {
                  (for an app-only account the trustee is the app's service principal), or the sender uses {user} as From. \
                  The grant takes up to an hour to apply; the message stays queued and oxirelay retries."
             ),
+            AdminStep::GraphAccessDenied => format!(
+                "{headline} for {user} (403 ErrorAccessDenied). An Entra administrator grants the app the Microsoft Graph permission Mail.Send \
+                 (Entra admin center: App registrations > the app > API permissions > Add > Microsoft Graph: Delegated Mail.Send for a person's sign-in, \
+                 Application Mail.Send for client credentials, then Grant admin consent). If the app is restricted to chosen mailboxes, add {user} to its scope: \
+                 `New-ApplicationAccessPolicy -AppId <client id> -PolicyScopeGroupId <group with {user}> -AccessRight RestrictAccess`, \
+                 or with RBAC for Applications `New-ManagementRoleAssignment -App <service principal> -Role \"Application Mail.Send\" -CustomResourceScope <scope with {user}>`. \
+                 Changes take up to an hour to apply; the mail stays queued and oxirelay retries."
+            ),
+            AdminStep::GmailInsufficientPermissions => format!(
+                "{headline} for {user} (403 insufficientPermissions): the token must carry https://www.googleapis.com/auth/gmail.send. \
+                 Enable the Gmail API for the Google Cloud project (APIs & Services > Library > Gmail API), add the scope to the OAuth consent screen and run `oxirelay account login` again; \
+                 for a service account, a Workspace super administrator lists the scope under domain-wide delegation \
+                 (Admin console: Security > Access and data control > API controls > Domain-wide delegation > the client id). The mail stays queued and oxirelay retries."
+            ),
         }
     }
 
@@ -98,12 +122,22 @@ impl AdminStep {
         )
     }
 
+    /// Whether a message the HTTP API accepted shows the step was taken.
+    pub fn cleared_by_api_send(self) -> bool {
+        matches!(
+            self,
+            AdminStep::GraphAccessDenied | AdminStep::GmailInsufficientPermissions
+        )
+    }
+
     /// The step whose instruction `reason` is, if any.
     pub fn of_reason(reason: &str) -> Option<AdminStep> {
         [
             AdminStep::SmtpAuthDisabled,
             AdminStep::SecurityDefaults,
             AdminStep::SendAsDenied,
+            AdminStep::GraphAccessDenied,
+            AdminStep::GmailInsufficientPermissions,
         ]
         .into_iter()
         .find(|step| reason.starts_with(step.headline()))

@@ -19,6 +19,14 @@
 //! - When an account's credentials change (`Broker::credentials_version`:
 //!   revoked, a new consent), its idle pooled sessions are closed at once,
 //!   and a session in use carries no further transaction.
+//! - Accounts with an HTTP transport (`graph`, `gmail_api`) go through
+//!   `attempt_api` instead of a pooled SMTP session: one request per group
+//!   of recipients, the recipient headers made to match the group, the
+//!   API's answer mapped onto the same outcomes (429/503 → throttled for
+//!   `Retry-After`, 403 → an administrator's step, 4xx → bounce, 5xx and
+//!   network → defer), and messages over the API's limit bounced or sent
+//!   over SMTP as `large_messages` says. Limits, retries, events and DSNs
+//!   are the same code for every transport.
 //! - Before a message goes, the account's quotas and throttling back-off
 //!   are checked (`limits`); a message that may not go now is `release`d
 //!   until it may, which is not an attempt.
@@ -36,15 +44,17 @@
 //!   expires and returns the message (at-least-once).
 
 use crate::clock::now_unix;
+use crate::config::LargeMessages;
 use crate::delivery::classify::{AdminStep, ReplyClass, ReplyFacts, classify};
 use crate::delivery::dsn::{DsnOrigin, FailedRecipient, build_dsn};
+use crate::delivery::http::{ApiOutcome, ApiVerdict, HttpTransports};
 use crate::delivery::limits::{AccountLimiter, AccountLimits, Admission};
 use crate::delivery::pool::{PoolConfig, PoolStats, SessionPool};
 use crate::delivery::route::domain_of;
 use crate::delivery::schedule::RetrySchedule;
 use crate::delivery::upstream::{UpstreamError, ehlo_name};
 use crate::instance::Holder;
-use crate::oauth::account::Account;
+use crate::oauth::account::{Account, ApiTarget};
 use crate::oauth::broker::Broker;
 use crate::smtp::client::{ClientError, Envelope, RecipientOutcome, Reply, Stage};
 use crate::store::{
@@ -177,6 +187,11 @@ struct Shared {
     broker: Arc<Broker>,
     config: EngineConfig,
     pool: SessionPool,
+    /// The HTTP transports' clients (one per account, keep-alive).
+    http: HttpTransports,
+    /// Accounts whose stored state this process has checked for an
+    /// administrator's step an API send clears (see `api_sent`).
+    api_admin_checked: Mutex<std::collections::HashSet<String>>,
     limiters: Mutex<HashMap<String, AccountLimiter>>,
     wake: Arc<Notify>,
     stats: watch::Sender<EngineStats>,
@@ -210,6 +225,8 @@ impl Engine {
         let (stats, _) = watch::channel(EngineStats::default());
         let shared = Arc::new(Shared {
             pool: SessionPool::new(broker.clone(), config.pool),
+            http: HttpTransports::new(),
+            api_admin_checked: Mutex::new(std::collections::HashSet::new()),
             store,
             broker,
             limiters: Mutex::new(HashMap::new()),
@@ -258,6 +275,11 @@ impl RunningEngine {
 
     pub fn pool_stats(&self) -> PoolStats {
         self.shared.pool.stats()
+    }
+
+    /// Requests sent to HTTP sending APIs (Graph, Gmail) since the start.
+    pub fn api_requests(&self) -> u64 {
+        self.shared.http.requests()
     }
 
     /// Waits (woken by each change, no polling) until `condition` holds;
@@ -606,6 +628,23 @@ impl AttemptResult {
     fn count(&self, state: RecipientState) -> usize {
         self.recipients.iter().filter(|r| r.1 == state).count()
     }
+
+    /// Adds what another attempt on other recipients of the same message
+    /// did (the SMTP fallback of an HTTP transport).
+    fn merge(&mut self, other: AttemptResult) {
+        if let Some(error) = other.error {
+            self.note_error(|| error);
+        }
+        self.recipients.extend(other.recipients);
+        self.bounced.extend(other.bounced);
+        self.throttled |= other.throttled;
+        self.auth_failed |= other.auth_failed;
+        self.quota |= other.quota;
+        if let Some(pause) = other.pause {
+            self.pause_for(pause);
+        }
+        self.admin = self.admin.or(other.admin);
+    }
 }
 
 impl Shared {
@@ -733,7 +772,10 @@ impl Shared {
                 return;
             }
         }
-        let mut result = self.attempt(account, &message, &body, &open).await;
+        let mut result = match &account.api {
+            Some(api) => self.attempt_api(account, api, &message, &body, &open).await,
+            None => self.attempt(account, &message, &body, &open).await,
+        };
         result.pause = self.account_backoff(&result);
         self.account_after(account, &message, &result).await;
         self.record(&message, &body, &lease, Some(account), result)
@@ -750,7 +792,7 @@ impl Shared {
             result.pause,
             result
                 .admin
-                .filter(|step| step.cleared_by_login())
+                .filter(|step| step.cleared_by_login() || step.cleared_by_api_send())
                 .map(|_| self.config.admin_backoff),
         ]
         .into_iter()
@@ -890,6 +932,158 @@ impl Shared {
         }
         self.pool.checkin(pooled);
         result
+    }
+
+    /// Sends the open recipients through the account's HTTP API: per group
+    /// of at most the recipients-per-message limit, one request with the
+    /// recipient headers made to match the group (`message::recipients`).
+    /// Messages over the API's limit go by SMTP or bounce, as the
+    /// account's `large_messages` says.
+    async fn attempt_api(
+        &self,
+        account: &Account,
+        api: &ApiTarget,
+        message: &QueuedMessage,
+        body: &[u8],
+        open: &[usize],
+    ) -> AttemptResult {
+        let mut result = AttemptResult::default();
+        let per_transaction = self
+            .limiter(account, |l| l.limits().recipients_per_message)
+            .map_or(usize::MAX, |n| n.max(1) as usize);
+        let mut oversize: Vec<usize> = Vec::new();
+        let mut oversize_reason = String::new();
+        // Set when an answer speaks for the account (throttled, an
+        // administrator's step, a refused token, the API unreachable):
+        // further requests now would only be refused the same way.
+        let mut broken: Option<String> = None;
+        for group in open.chunks(per_transaction) {
+            if let Some(reason) = &broken {
+                result.defer_all(group, reason);
+                continue;
+            }
+            let envelope: Vec<String> = group
+                .iter()
+                .map(|&i| message.recipients[i].address.clone())
+                .collect();
+            let mime = match crate::message::recipients::match_envelope(body, &envelope) {
+                Ok(mime) => mime,
+                Err(error) => {
+                    result.defer_all(group, &error.to_string());
+                    continue;
+                }
+            };
+            let request = match crate::delivery::http::request_for(api, &account.user, &mime) {
+                Ok(request) => request,
+                Err(too_large) => {
+                    oversize.extend_from_slice(group);
+                    oversize_reason = format!(
+                        "the message is {} bytes, {} bytes as a request to {}, over its limit of {} bytes",
+                        too_large.message_bytes,
+                        too_large.request_bytes,
+                        api.preset.title,
+                        too_large.limit
+                    );
+                    continue;
+                }
+            };
+            let verdict = match self.http.send(&self.broker, account, api, &request).await {
+                Ok(ApiOutcome::Verdict(verdict)) => verdict,
+                Ok(ApiOutcome::AuthFailed { detail }) => {
+                    result.auth_failed = true;
+                    result.defer_all(group, &detail);
+                    broken = Some(detail);
+                    continue;
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    result.defer_all(group, &reason);
+                    broken = Some(reason);
+                    continue;
+                }
+            };
+            match verdict {
+                ApiVerdict::Sent { detail } => {
+                    for &index in group {
+                        result.recipients.push((
+                            index,
+                            RecipientState::Delivered,
+                            Some(detail.clone()),
+                        ));
+                    }
+                    self.api_sent(account).await;
+                }
+                ApiVerdict::Throttled { pause, detail } => {
+                    result.note_account(ReplyClass::Throttled { pause });
+                    result.defer_all(group, &detail);
+                    broken = Some(detail);
+                }
+                ApiVerdict::NeedsAdmin { step, detail } => {
+                    result.admin = Some(step);
+                    self.api_admin_unchecked(account);
+                    let reason = format!("{detail}. {}", step.instruction(&account.user));
+                    result.defer_all(group, &reason);
+                    broken = Some(reason);
+                }
+                ApiVerdict::Permanent { detail } => result.bounce_all(message, group, &detail),
+                ApiVerdict::TooLarge { detail } => {
+                    oversize.extend_from_slice(group);
+                    oversize_reason = detail;
+                }
+                ApiVerdict::Transient { detail } | ApiVerdict::Unauthorized { detail } => {
+                    result.defer_all(group, &detail);
+                    broken = Some(detail);
+                }
+            }
+        }
+        if !oversize.is_empty() {
+            match account.large_messages {
+                LargeMessages::Smtp => {
+                    tracing::info!(id = %message.id, account = %account.name, reason = %oversize_reason, "too large for the API; sending over SMTP (large_messages = \"smtp\")");
+                    let fallback = self.attempt(account, message, body, &oversize).await;
+                    result.merge(fallback);
+                }
+                LargeMessages::Bounce => {
+                    let reason = format!(
+                        "{oversize_reason}; it was not sent. Set large_messages = \"smtp\" on account {} to send such messages over SMTP, or send a smaller message",
+                        account.name
+                    );
+                    result.bounce_all(message, &oversize, &reason);
+                }
+            }
+        }
+        result
+    }
+
+    /// An API accepted a message: an administrator's step recorded for the
+    /// account (Mail.Send, the gmail.send scope) has been taken. Checked in
+    /// the store once per process and after each such refusal, not per
+    /// message.
+    async fn api_sent(&self, account: &Account) {
+        let first = self
+            .api_admin_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(account.name.clone());
+        if !first {
+            return;
+        }
+        // The API's own steps are taken; and a login step recorded while
+        // the account was on SMTP (SMTP AUTH off) no longer applies to it.
+        let resolved = |reason: &str| {
+            AdminStep::of_reason(reason)
+                .is_some_and(|step| step.cleared_by_api_send() || step.cleared_by_login())
+        };
+        if let Err(error) = self.broker.clear_needs_admin(&account.name, resolved).await {
+            tracing::warn!(account = %account.name, %error, "cannot record that the API accepts the account again");
+        }
+    }
+
+    fn api_admin_unchecked(&self, account: &Account) {
+        self.api_admin_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&account.name);
     }
 
     /// A transaction that ended in an error rather than a report.

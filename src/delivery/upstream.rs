@@ -8,7 +8,9 @@
 //! AUTH that did not judge the token (`ClientError::AuthNotJudged`) is
 //! passed on untouched.
 //! `send_now` is the one-shot path of `oxirelay send`; the queue's workers
-//! reuse the same session opening.
+//! reuse the same session opening. For accounts with an HTTP transport
+//! (`graph`, `gmail_api`) it sends one request through `delivery::http`
+//! instead, with the same recipient-header rule as the engine.
 
 use crate::delivery::classify::{self, AdminStep, ReplyClass, ReplyFacts};
 use crate::message::OutgoingMessage;
@@ -47,6 +49,16 @@ pub enum UpstreamError {
         step: AdminStep,
         instruction: String,
     },
+    /// Boxed: the TLS error it may carry is large, and this enum is
+    /// returned on every path of a delivery.
+    #[error(transparent)]
+    Http(Box<crate::delivery::http::HttpTransportError>),
+    #[error("account {account}: {detail}")]
+    Api {
+        account: String,
+        detail: String,
+        transient: bool,
+    },
     #[error(
         "account {account}: {server} refused even a freshly issued token as close to expiry ({reply}): the provider issues tokens that live less than its own expiry margin, so no refresh can help; check the token lifetime policy at the provider. The mail stays queued"
     )]
@@ -63,6 +75,8 @@ impl UpstreamError {
             UpstreamError::Broker(e) => e.is_transient(),
             UpstreamError::Smtp(e) => e.is_transient(),
             UpstreamError::Tls { .. } => false,
+            UpstreamError::Http(e) => e.is_transient(),
+            UpstreamError::Api { transient, .. } => *transient,
             // The grant may be fine and the provider's side still settling
             // (a new service principal takes minutes to apply): defer.
             UpstreamError::AuthFailed { .. } => true,
@@ -252,9 +266,87 @@ pub async fn send_now(
     account: &Account,
     message: &OutgoingMessage,
 ) -> Result<SendReport, UpstreamError> {
+    if let Some(api) = &account.api {
+        return send_by_api(broker, account, api, message).await;
+    }
     let mut session = open_session(broker, account).await?;
     let report = session.send(&message.envelope, &message.bytes).await?;
     // The message is accepted or refused already; a failed QUIT changes nothing.
     let _ = session.quit().await;
     Ok(report)
+}
+
+/// `send_now` through an HTTP API: one request, every envelope recipient
+/// accepted or none. The report reads like an SMTP one (250 per recipient)
+/// so `oxirelay send` prints the same way for every transport.
+async fn send_by_api(
+    broker: &Broker,
+    account: &Account,
+    api: &crate::oauth::account::ApiTarget,
+    message: &OutgoingMessage,
+) -> Result<SendReport, UpstreamError> {
+    use crate::delivery::http::{ApiOutcome, ApiVerdict, HttpTransports, request_for};
+    let failed = |detail: String, transient: bool| UpstreamError::Api {
+        account: account.name.clone(),
+        detail,
+        transient,
+    };
+    let mime =
+        crate::message::recipients::match_envelope(&message.bytes, &message.envelope.rcpt_to)
+            .map_err(|e| failed(e.to_string(), false))?;
+    let request = request_for(api, &account.user, &mime).map_err(|too_large| {
+        failed(
+            format!(
+                "the message is {} bytes, {} bytes as a request to {}, over its limit of {} bytes; send it over an account with transport = \"smtp\", or make it smaller",
+                too_large.message_bytes, too_large.request_bytes, api.preset.title, too_large.limit
+            ),
+            false,
+        )
+    })?;
+    let verdict = match HttpTransports::new()
+        .send(broker, account, api, &request)
+        .await
+        .map_err(|e| UpstreamError::Http(Box::new(e)))?
+    {
+        ApiOutcome::Verdict(verdict) => verdict,
+        ApiOutcome::AuthFailed { detail } => return Err(failed(detail, true)),
+    };
+    let detail = match verdict {
+        ApiVerdict::Sent { detail } => detail,
+        ApiVerdict::NeedsAdmin { step, detail } => {
+            let instruction = step.instruction(&account.user);
+            if let Err(error) = broker.report_needs_admin(&account.name, &instruction).await {
+                tracing::error!(account = %account.name, %error, "cannot record that the account needs an administrator");
+            }
+            return Err(failed(format!("{detail}. {instruction}"), true));
+        }
+        ApiVerdict::Throttled { .. }
+        | ApiVerdict::Transient { .. }
+        | ApiVerdict::Unauthorized { .. } => {
+            return Err(failed(
+                format!("{}; try again later", verdict.detail()),
+                true,
+            ));
+        }
+        ApiVerdict::Permanent { detail } | ApiVerdict::TooLarge { detail } => {
+            return Err(failed(detail, false));
+        }
+    };
+    let reply = crate::smtp::client::Reply {
+        code: 250,
+        enhanced: Some((2, 0, 0)),
+        lines: vec![detail],
+    };
+    Ok(SendReport {
+        recipients: message
+            .envelope
+            .rcpt_to
+            .iter()
+            .map(|address| crate::smtp::client::RecipientReport {
+                address: address.clone(),
+                reply: reply.clone(),
+            })
+            .collect(),
+        data: crate::smtp::client::DataOutcome::Final(reply),
+    })
 }

@@ -2,9 +2,12 @@
 //! with the preset's defaults filled in and every rule about endpoints and
 //! transport security checked once, here.
 
-use crate::config::{AccountConfig, ConfigError, TlsMode, is_loopback_host, parse_host_port};
+use crate::config::{
+    AccountConfig, ConfigError, LargeMessages, TlsMode, Transport, is_loopback_host,
+    parse_host_port,
+};
 use crate::oauth::grant::ClientAuth;
-use crate::oauth::preset::{GrantKind, Preset, ProviderKind, preset};
+use crate::oauth::preset::{ApiPreset, GrantKind, Preset, ProviderKind, api_preset, preset};
 use crate::secret::Secret;
 use crate::smtp::sasl::Mechanism;
 use crate::tls::{ServerTrust, SpkiPin};
@@ -56,6 +59,16 @@ pub struct SmtpTarget {
     pub trust: ServerTrust,
 }
 
+/// Where an HTTP transport sends, and how its server is checked.
+#[derive(Debug, Clone)]
+pub struct ApiTarget {
+    pub preset: &'static ApiPreset,
+    /// The base URL (no trailing slash); always `https://`.
+    pub base: Url,
+    /// The same trust as the SMTP server's (`ca_file`, `tls_pin_sha256`).
+    pub trust: ServerTrust,
+}
+
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
@@ -79,6 +92,10 @@ pub struct Account {
     pub audience: Option<String>,
     /// `token_endpoint_auth` from the config, if set.
     pub token_endpoint_auth: Option<ClientAuth>,
+    pub transport: Transport,
+    /// The HTTP API, for `graph` and `gmail_api`.
+    pub api: Option<ApiTarget>,
+    pub large_messages: LargeMessages,
 }
 
 impl Account {
@@ -105,6 +122,7 @@ impl Account {
             metadata: ProviderMetadata::default(),
         };
         let (host, port) = smtp_host_port(config, preset)?;
+        let api = api_target(config)?;
         Ok(Account {
             name: config.name.clone(),
             preset,
@@ -126,12 +144,17 @@ impl Account {
             issuer: configured(&config.issuer),
             endpoints,
             scopes: config.scopes.clone().unwrap_or_else(|| {
-                preset
-                    .scopes_for(config.grant)
+                api_preset(config.transport)
+                    .map_or(preset.scopes_for(config.grant), |api| {
+                        api.scopes_for(config.grant)
+                    })
                     .iter()
                     .map(|s| s.to_string())
                     .collect()
             }),
+            transport: config.transport,
+            api,
+            large_messages: config.large_messages,
             smtp: SmtpTarget {
                 host,
                 port,
@@ -180,11 +203,94 @@ fn smtp_host_port(config: &AccountConfig, preset: &Preset) -> Result<(String, u1
     };
     match &config.smtp {
         Some(text) => parse_host_port(text).map_err(|e| invalid(format!("smtp = {e}"))),
+        // A generic account on an HTTP API needs no SMTP server: nothing
+        // opens an SMTP session for it (large_messages = "smtp" requires
+        // `smtp`, checked in `validate_transport`).
+        None if preset.smtp_host.is_none() && config.transport != Transport::Smtp => {
+            Ok((String::new(), 0))
+        }
         None => preset
             .smtp_host
             .map(|h| (h.to_string(), preset.smtp_port))
             .ok_or_else(|| invalid("a generic account needs smtp = \"host:port\"".to_string())),
     }
+}
+
+fn api_target(config: &AccountConfig) -> Result<Option<ApiTarget>, ConfigError> {
+    let Some(api) = api_preset(config.transport) else {
+        return Ok(None);
+    };
+    let invalid = |message: String| ConfigError::Invalid {
+        path: PathBuf::from(format!("account {:?}", config.name)),
+        message,
+    };
+    let text = config.api_url.as_deref().unwrap_or(api.base_url);
+    let base = Url::parse(text.trim_end_matches('/'))
+        .map_err(|e| invalid(format!("api_url = {text:?} is not a URL: {e}")))?;
+    Ok(Some(ApiTarget {
+        preset: api,
+        base,
+        trust: server_trust(config)?,
+    }))
+}
+
+/// The rules of `transport`, `api_url` and `large_messages`: an API the
+/// provider has, HTTPS, and scopes that API sends with (least scope).
+fn validate_transport(config: &AccountConfig) -> Result<(), String> {
+    let Some(api) = api_preset(config.transport) else {
+        if config.api_url.is_some() {
+            return Err("api_url is for transport = \"graph\" or \"gmail_api\"; this account sends over SMTP".to_string());
+        }
+        return Ok(());
+    };
+    let transport = config.transport;
+    if !api.providers.contains(&config.provider) {
+        let alternative = match config.provider {
+            ProviderKind::Microsoft => "transport = \"graph\" (or \"smtp\")",
+            ProviderKind::Google => "transport = \"gmail_api\" (or \"smtp\")",
+            ProviderKind::Generic => "transport = \"smtp\"",
+        };
+        return Err(format!(
+            "transport = \"{transport}\" is {}, which provider = \"{}\" does not have; use {alternative}",
+            api.title, config.provider
+        ));
+    }
+    match &config.api_url {
+        Some(text) => {
+            let url =
+                Url::parse(text).map_err(|e| format!("api_url = {text:?} is not a URL: {e}"))?;
+            // Tokens go in every request: HTTPS always. The sandbox serves
+            // its APIs over HTTPS too, with its CA in ca_file.
+            if url.scheme() != "https" {
+                return Err(format!(
+                    "api_url = {text:?} is not HTTPS; every request carries the access token, so the API must be https:// (for the sandbox, its https:// address with ca_file = its CA)"
+                ));
+            }
+        }
+        None if config.provider == ProviderKind::Generic => {
+            return Err(format!(
+                "a generic account with transport = \"{transport}\" needs api_url = \"https://host:port\" (the server that speaks {})",
+                api.title
+            ));
+        }
+        None => {}
+    }
+    let smtp_too = config.large_messages == LargeMessages::Smtp;
+    if smtp_too && config.provider == ProviderKind::Microsoft {
+        return Err("large_messages = \"smtp\" cannot work with Microsoft: an access token is for one resource (Graph or Exchange Online's SMTP), and an account has one token. Leave large_messages = \"bounce\" (the sender gets a DSN naming the 4 MB limit), and send large messages through a second account with transport = \"smtp\"".to_string());
+    }
+    if let Some(scopes) = &config.scopes
+        && let Some(reason) = api.scope_refusal(config.provider, config.grant, scopes, smtp_too)
+    {
+        return Err(reason);
+    }
+    if config.large_messages == LargeMessages::Smtp
+        && config.provider == ProviderKind::Generic
+        && config.smtp.is_none()
+    {
+        return Err("large_messages = \"smtp\" sends oversized messages over SMTP: a generic account then needs smtp = \"host:port\"".to_string());
+    }
+    Ok(())
 }
 
 /// How the upstream server is checked: pinned keys, a CA file, or the
@@ -275,6 +381,7 @@ pub fn validate_account(config: &AccountConfig) -> Result<(), String> {
         }
     }
     validate_trust(config)?;
+    validate_transport(config)?;
     if config.tls == Some(TlsMode::None) {
         let host = config
             .smtp
@@ -362,6 +469,41 @@ mod tests {
         )))
         .expect_err("no TLS");
         assert!(err.contains("needs TLS"), "{err}");
+    }
+
+    #[test]
+    fn http_transports_are_checked_with_the_alternative() {
+        let graph = |extra: &str| {
+            let text = format!(
+                "name = \"lab\"\nprovider = \"generic\"\ngrant = \"authorization_code\"\ntoken_url = \"https://id.example.net/token\"\nclient_id = \"relay\"\nuser = \"a@example.net\"\ntransport = \"graph\"\n{extra}"
+            );
+            toml::from_str::<AccountConfig>(&text).expect("parses")
+        };
+        let err = validate_account(&graph("")).expect_err("no api_url");
+        assert!(err.contains("needs api_url"), "{err}");
+        let err = validate_account(&graph("api_url = \"http://127.0.0.1:9443\"\n"))
+            .expect_err("plain HTTP");
+        assert!(err.contains("is not HTTPS"), "{err}");
+        let ok = graph("api_url = \"https://127.0.0.1:9443\"\n");
+        validate_account(&ok).expect("valid");
+        let account = Account::from_config(&ok).expect("no smtp needed");
+        assert_eq!(
+            account.scopes,
+            ["https://graph.microsoft.com/Mail.Send", "offline_access"]
+        );
+        let api = account.api.expect("an API target");
+        assert_eq!(api.base.as_str(), "https://127.0.0.1:9443/");
+        let err = validate_account(&graph(
+            "api_url = \"https://127.0.0.1:9443\"\nlarge_messages = \"smtp\"\n",
+        ))
+        .expect_err("fallback without smtp");
+        assert!(err.contains("smtp = \"host:port\""), "{err}");
+        let google: AccountConfig = toml::from_str(
+            "name = \"g\"\nprovider = \"google\"\ngrant = \"authorization_code\"\nclient_id = \"c\"\nuser = \"a@example.com\"\ntransport = \"graph\"\n",
+        )
+        .expect("parses");
+        let err = validate_account(&google).expect_err("Google has no Graph");
+        assert!(err.contains("transport = \"gmail_api\""), "{err}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum CheckMethod {
     Jwt,
     Introspection,
     SmtpAuth,
+    /// Only that the token endpoint issued a token (HTTP transports without
+    /// introspection or a local JWT check).
+    Issued,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +137,19 @@ async fn probe(broker: &Broker, name: &str, token: &AccessToken) -> Result<Verdi
     }
     if local_check_passed {
         return decided(CheckMethod::Jwt, Ok(()), note);
+    }
+    if let Some(api) = &account.api {
+        // An HTTP transport's token would fail SMTP AUTH by design (it has
+        // no SMTP scope), and neither Graph nor Gmail has an endpoint that
+        // judges a Mail.Send / gmail.send token without sending mail. The
+        // token was issued; the next delivery is the API's verdict, and a
+        // refusal there goes through contract 4 as over SMTP.
+        let skipped = format!(
+            "{} has no endpoint that checks a send-only token without sending; deliveries will tell{}",
+            api.preset.title,
+            note.map(|n| format!(" ({n})")).unwrap_or_default()
+        );
+        return decided(CheckMethod::Issued, Ok(()), Some(skipped));
     }
     let outcome = match crate::delivery::upstream::probe_auth(account, token).await {
         Ok(()) => Ok(()),

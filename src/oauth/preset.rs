@@ -2,7 +2,7 @@
 //! generic OAuth2 SMTP providers that the rest of the code reads, instead of
 //! branches scattered through it.
 
-use crate::config::TlsMode;
+use crate::config::{TlsMode, Transport};
 use crate::oauth::grant::ClientAuth;
 use crate::smtp::sasl::Mechanism;
 use serde::{Deserialize, Serialize};
@@ -198,6 +198,170 @@ pub const GENERIC: Preset = Preset {
     },
 };
 
+/// An HTTP sending API as data, beside the SMTP facts of [`Preset`]: where
+/// it is, which scopes it sends with, how large a request may be.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiPreset {
+    pub transport: Transport,
+    /// What people call it, for messages.
+    pub title: &'static str,
+    /// The providers whose accounts may use it (`generic`: the sandbox, or
+    /// a private deployment, with `api_url`).
+    pub providers: &'static [ProviderKind],
+    /// The base URL the request paths are appended to.
+    pub base_url: &'static str,
+    /// Least scopes for a person's (delegated) consent.
+    pub delegated_scopes: &'static [&'static str],
+    /// Scopes for app-only grants (client credentials, JWT bearer).
+    pub app_scopes: &'static [&'static str],
+    /// The permission an administrator grants, as the provider names it.
+    pub permission: &'static str,
+    /// The largest request the API takes, in bytes (the message as the
+    /// request carries it: base64 for Graph, raw for Gmail's upload).
+    pub max_request_bytes: usize,
+    /// Concurrent requests per mailbox the API allows before it throttles.
+    pub max_concurrent_per_mailbox: usize,
+}
+
+/// Microsoft Graph `sendMail`: the delegated `Mail.Send` permission, or the
+/// application one through `.default` (client credentials ask for a
+/// resource's `.default`, never for a named permission).
+pub const GRAPH: ApiPreset = ApiPreset {
+    transport: Transport::Graph,
+    title: "Microsoft Graph",
+    providers: &[ProviderKind::Microsoft, ProviderKind::Generic],
+    base_url: "https://graph.microsoft.com",
+    delegated_scopes: &["https://graph.microsoft.com/Mail.Send", "offline_access"],
+    app_scopes: &["https://graph.microsoft.com/.default"],
+    permission: "Mail.Send",
+    // Graph refuses requests over 4 MB (the base64 MIME body included).
+    max_request_bytes: 4 * 1024 * 1024,
+    // Exchange Online allows 4 concurrent requests per mailbox and app;
+    // a fifth is answered 429 ("ApplicationThrottled").
+    max_concurrent_per_mailbox: 4,
+};
+
+/// The Gmail API `users.messages.send`: `gmail.send` alone, the narrowest
+/// scope that sends (SMTP needs the full-mailbox `https://mail.google.com/`).
+pub const GMAIL_API: ApiPreset = ApiPreset {
+    transport: Transport::GmailApi,
+    title: "the Gmail API",
+    providers: &[ProviderKind::Google, ProviderKind::Generic],
+    base_url: "https://gmail.googleapis.com",
+    delegated_scopes: &["https://www.googleapis.com/auth/gmail.send"],
+    app_scopes: &["https://www.googleapis.com/auth/gmail.send"],
+    permission: "https://www.googleapis.com/auth/gmail.send",
+    // Gmail takes messages up to 35 MB through the media upload endpoint.
+    max_request_bytes: 35 * 1024 * 1024,
+    // Google documents no per-mailbox cap; its per-user rate limit answers
+    // 429 first. Four keeps one account from taking every worker.
+    max_concurrent_per_mailbox: 4,
+};
+
+/// The HTTP API of `transport`, if it is one.
+pub fn api_preset(transport: Transport) -> Option<&'static ApiPreset> {
+    match transport {
+        Transport::Smtp => None,
+        Transport::Graph => Some(&GRAPH),
+        Transport::GmailApi => Some(&GMAIL_API),
+    }
+}
+
+impl ApiPreset {
+    /// The least scopes a grant needs with this API.
+    pub fn scopes_for(&self, grant: GrantKind) -> &'static [&'static str] {
+        match grant {
+            GrantKind::ClientCredentials | GrantKind::JwtBearer => self.app_scopes,
+            GrantKind::AuthorizationCode | GrantKind::DeviceCode => self.delegated_scopes,
+        }
+    }
+
+    /// Why `scopes` (the account's `scopes`) do not fit this API with
+    /// `grant`, and what to ask for instead. `None`: they fit.
+    pub fn scope_refusal(
+        &self,
+        provider: ProviderKind,
+        grant: GrantKind,
+        scopes: &[String],
+        smtp_too: bool,
+    ) -> Option<String> {
+        let needed = self.scopes_for(grant);
+        let sending: Vec<&str> = needed
+            .iter()
+            .copied()
+            .filter(|s| *s != "offline_access")
+            .collect();
+        let wanted = needed.join(" ");
+        let transport = self.transport;
+        // With `large_messages = "smtp"` the account's token must open SMTP
+        // sessions too: the SMTP scope is then asked for on purpose.
+        if let Some(smtp_only) = scopes.iter().find(|s| is_smtp_scope(s) && !smtp_too) {
+            return Some(format!(
+                "scope {smtp_only} is for SMTP; transport = \"{transport}\" ({}) sends with scopes = [{}] instead{}",
+                self.title,
+                quoted(needed),
+                if self.transport == Transport::GmailApi {
+                    " (gmail.send only sends: the least scope)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let has = |s: &str| scopes.iter().any(|x| x == s);
+        // The Microsoft identity platform refuses a named permission in a
+        // client-credentials request: only `{resource}/.default`.
+        let fits = if provider == ProviderKind::Microsoft {
+            sending.iter().all(|s| has(s))
+        } else {
+            GRAPH
+                .delegated_scopes
+                .iter()
+                .chain(GRAPH.app_scopes)
+                .chain(GMAIL_API.delegated_scopes)
+                .filter(|s| **s != "offline_access")
+                .filter(|s| self.owns_scope(s))
+                .any(|s| has(s))
+        };
+        (!fits).then(|| {
+            format!(
+                "transport = \"{transport}\" ({}) needs the scope {wanted} for grant = \"{grant}\" (scopes = [{}]); the account asks for {}",
+                self.title,
+                quoted(needed),
+                if scopes.is_empty() { "none".to_string() } else { scopes.join(" ") }
+            )
+        })
+    }
+
+    fn owns_scope(&self, scope: &str) -> bool {
+        match self.transport {
+            Transport::Graph => scope.starts_with("https://graph.microsoft.com/"),
+            Transport::GmailApi => scope.starts_with("https://www.googleapis.com/auth/gmail."),
+            Transport::Smtp => false,
+        }
+    }
+}
+
+/// Scopes that grant SMTP and nothing an HTTP API takes in their place
+/// (Google's full-mailbox scope also sends through the Gmail API, but it
+/// is far wider than `gmail.send`: least scope refuses it there).
+fn is_smtp_scope(scope: &str) -> bool {
+    matches!(
+        scope,
+        "https://outlook.office.com/SMTP.Send"
+            | "https://outlook.office365.com/.default"
+            | "https://mail.google.com/"
+            | "smtp.send"
+    )
+}
+
+fn quoted(scopes: &[&str]) -> String {
+    scopes
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn preset(kind: ProviderKind) -> &'static Preset {
     match kind {
         ProviderKind::Microsoft => &MICROSOFT,
@@ -251,6 +415,15 @@ pub fn explain_scope(scope: &str) -> &'static str {
             "send mail over SMTP; Google has no narrower scope that allows SMTP, so this one also covers reading mail, which oxirelay never does"
         }
         "smtp.send" => "send mail over SMTP (the sandbox's scope)",
+        "https://graph.microsoft.com/Mail.Send" => {
+            "send mail as this mailbox through Microsoft Graph (nothing else: no reading)"
+        }
+        "https://graph.microsoft.com/.default" => {
+            "the Graph application permissions an administrator granted to this app (Mail.Send)"
+        }
+        "https://www.googleapis.com/auth/gmail.send" => {
+            "send mail through the Gmail API, and nothing else: no reading, no settings"
+        }
         "openid" | "email" | "profile" => "your identity; not needed to send mail",
         _ => "requested by the account's `scopes` setting",
     }
@@ -273,6 +446,67 @@ mod tests {
         assert_eq!(
             GOOGLE.scopes_for(GrantKind::AuthorizationCode),
             ["https://mail.google.com/"]
+        );
+    }
+
+    #[test]
+    fn api_transports_refuse_smtp_scopes_with_the_alternative() {
+        let smtp = vec!["https://mail.google.com/".to_string()];
+        let reason = GMAIL_API
+            .scope_refusal(
+                ProviderKind::Google,
+                GrantKind::AuthorizationCode,
+                &smtp,
+                false,
+            )
+            .expect("refused");
+        assert!(
+            reason.contains("https://www.googleapis.com/auth/gmail.send"),
+            "{reason}"
+        );
+        let send = vec!["https://www.googleapis.com/auth/gmail.send".to_string()];
+        assert!(
+            GMAIL_API
+                .scope_refusal(
+                    ProviderKind::Google,
+                    GrantKind::AuthorizationCode,
+                    &send,
+                    false
+                )
+                .is_none()
+        );
+        let named = vec!["https://graph.microsoft.com/Mail.Send".to_string()];
+        let reason = GRAPH
+            .scope_refusal(
+                ProviderKind::Microsoft,
+                GrantKind::ClientCredentials,
+                &named,
+                false,
+            )
+            .expect("app-only needs .default");
+        assert!(
+            reason.contains("https://graph.microsoft.com/.default"),
+            "{reason}"
+        );
+        let smtp = vec!["smtp.send".to_string()];
+        let reason = GRAPH
+            .scope_refusal(
+                ProviderKind::Generic,
+                GrantKind::ClientCredentials,
+                &smtp,
+                false,
+            )
+            .expect("SMTP scope");
+        assert!(reason.contains("is for SMTP"), "{reason}");
+        assert!(
+            GRAPH
+                .scope_refusal(
+                    ProviderKind::Generic,
+                    GrantKind::ClientCredentials,
+                    &named,
+                    false
+                )
+                .is_none()
         );
     }
 

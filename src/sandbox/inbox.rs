@@ -72,6 +72,14 @@ pub struct InboxEntry {
     pub token_fingerprint: Option<String>,
     pub size: usize,
     pub subject: Option<String>,
+    /// How it arrived: `smtp`, `graph` or `gmail_api`. Sidecars written
+    /// before the HTTP APIs existed have none: they came by SMTP.
+    #[serde(default = "smtp_transport")]
+    pub transport: String,
+}
+
+fn smtp_transport() -> String {
+    "smtp".to_string()
 }
 
 impl InboxEntry {
@@ -92,6 +100,7 @@ impl InboxEntry {
             token_fingerprint: delivery.token_fingerprint.map(|fp| fp.to_string()),
             size: message.len(),
             subject,
+            transport: smtp_transport(),
         }
     }
 }
@@ -173,8 +182,21 @@ impl Inbox {
         delivery: &Delivery,
         message: &[u8],
     ) -> Result<InboxEntry, InboxError> {
+        self.store_blocking_via("smtp", delivery, message)
+    }
+
+    /// [`Inbox::store_blocking`] for a message that came through
+    /// `transport` (the sandbox's HTTP APIs: `graph`, `gmail_api`).
+    pub fn store_blocking_via(
+        &self,
+        transport: &str,
+        delivery: &Delivery,
+        message: &[u8],
+    ) -> Result<InboxEntry, InboxError> {
         if self.inner.count_only {
-            return Ok(self.count_message(delivery, message));
+            let mut entry = self.count_message(delivery, message);
+            entry.transport = transport.to_string();
+            return Ok(entry);
         }
         let now = chrono::Utc::now();
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +208,8 @@ impl Inbox {
             sequence,
             rand::random::<u32>()
         );
-        let entry = InboxEntry::of(id.clone(), now, delivery, message, subject_of(message));
+        let mut entry = InboxEntry::of(id.clone(), now, delivery, message, subject_of(message));
+        entry.transport = transport.to_string();
         let dir = &self.inner.dir;
         write_durably(
             &dir.join("tmp").join(&id),
@@ -229,6 +252,26 @@ impl Inbox {
         tokio::task::spawn_blocking(move || inbox.store_blocking(&delivery, &message))
             .await
             .map_err(|error| InboxError::Task(error.to_string()))?
+    }
+
+    /// [`Inbox::store_blocking_via`] on tokio's blocking pool.
+    pub async fn store_via(
+        &self,
+        transport: &'static str,
+        delivery: Delivery,
+        message: Vec<u8>,
+    ) -> Result<InboxEntry, InboxError> {
+        if self.inner.count_only {
+            let mut entry = self.count_message(&delivery, &message);
+            entry.transport = transport.to_string();
+            return Ok(entry);
+        }
+        let inbox = self.clone();
+        tokio::task::spawn_blocking(move || {
+            inbox.store_blocking_via(transport, &delivery, &message)
+        })
+        .await
+        .map_err(|error| InboxError::Task(error.to_string()))?
     }
 
     /// Every stored message's sidecar, oldest first.

@@ -9,6 +9,7 @@
 
 pub mod authz;
 pub mod certs;
+pub mod http_api;
 pub mod inbox;
 pub mod oauth_profile;
 pub mod profile;
@@ -47,6 +48,8 @@ pub enum SandboxError {
     Auth(#[from] authz::AuthServerError),
     #[error("cannot start the sandbox SMTP server: {0}")]
     Smtp(#[from] smtp::SandboxSmtpError),
+    #[error("cannot start the sandbox's Graph and Gmail APIs: {0}")]
+    Api(#[from] http_api::HttpApiError),
     #[error("cannot make the sandbox certificates: {0}")]
     Certs(#[from] certs::CertsError),
     #[error("cannot listen on {addr}: {source}; choose another port")]
@@ -71,6 +74,8 @@ pub struct SandboxOptions {
     pub auto_approve: bool,
     pub http_addr: SocketAddr,
     pub smtp_addr: SocketAddr,
+    /// The Graph- and Gmail-shaped sending APIs (HTTPS).
+    pub api_addr: SocketAddr,
     pub device_interval: Duration,
     /// How much the sandbox's own required interval grows at each
     /// `slow_down` (the client adds 5 s by itself, RFC 8628 section 3.5).
@@ -111,6 +116,7 @@ impl SandboxOptions {
             auto_approve: false,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             smtp_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             device_interval: Duration::from_secs(5),
             slow_down_increment: Duration::from_secs(5),
             client_secret: random_secret(),
@@ -135,6 +141,9 @@ fn random_secret() -> Secret {
 pub struct Sandbox {
     pub auth: RunningAuthServer,
     pub smtp: RunningSandboxSmtp,
+    /// Graph `sendMail` and Gmail `messages.send`, storing in the SMTP
+    /// server's inbox.
+    pub api: http_api::RunningHttpApi,
     pub dir: PathBuf,
     pub client_secret: Secret,
     pub profile: ProfileName,
@@ -144,7 +153,7 @@ pub struct Sandbox {
 /// it: a JWT's signature, issuer, audience and expiry locally, then
 /// introspection for revocation; an opaque token by introspection alone,
 /// and never without a positive answer. Then the profile's permission.
-struct SandboxVerifier {
+pub(crate) struct SandboxVerifier {
     validator: JwtValidator,
     http: reqwest::Client,
     introspection_url: url::Url,
@@ -161,14 +170,21 @@ fn bearer_status(status: &str, scope: Option<&str>) -> OAuthErrorStatus {
     }
 }
 
-impl BearerVerifier for SandboxVerifier {
-    fn verify<'a>(
-        &'a self,
-        token: &'a Secret,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<VerifiedBearer, OAuthErrorStatus>> + Send + 'a>,
-    > {
-        Box::pin(async move {
+/// A token the sandbox's resource servers accept as genuine and active,
+/// before any of them looks at its permissions.
+pub(crate) struct CheckedToken {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+impl SandboxVerifier {
+    /// Signature, issuer, audience and expiry (a JWT), then introspection
+    /// (revocation; the only check an opaque token has). The SMTP server
+    /// and the HTTP APIs then each check their own permission.
+    pub(crate) async fn check(&self, token: &Secret) -> Result<CheckedToken, OAuthErrorStatus> {
+        {
             let is_jwt = token.expose().split('.').count() == 3;
             let local = if is_jwt {
                 Some(
@@ -209,7 +225,7 @@ impl BearerVerifier for SandboxVerifier {
                 .and_then(|i| i.sub.clone())
                 .or_else(|| local.as_ref().map(|v| v.subject.clone()))
                 .ok_or_else(|| bearer_status("invalid_token", None))?;
-            let (mut scopes, roles) = match (&local, &introspection) {
+            let (scopes, roles) = match (&local, &introspection) {
                 (Some(local), _) => (local.scopes.clone(), local.roles.clone()),
                 (None, Some(answer)) => (
                     answer
@@ -223,6 +239,36 @@ impl BearerVerifier for SandboxVerifier {
                 ),
                 (None, None) => return Err(bearer_status("invalid_token", None)),
             };
+            let expires_at = local.as_ref().map(|v| v.expires_at).or_else(|| {
+                introspection
+                    .as_ref()
+                    .and_then(|i| i.exp)
+                    .map(|exp| std::time::UNIX_EPOCH + Duration::from_secs(exp))
+            });
+            Ok(CheckedToken {
+                subject,
+                scopes,
+                roles,
+                expires_at,
+            })
+        }
+    }
+}
+
+impl BearerVerifier for SandboxVerifier {
+    fn verify<'a>(
+        &'a self,
+        token: &'a Secret,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VerifiedBearer, OAuthErrorStatus>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let CheckedToken {
+                subject,
+                mut scopes,
+                roles,
+                expires_at,
+            } = self.check(token).await?;
             if !self.permission.grants_smtp(&scopes, &roles) {
                 return Err(bearer_status(
                     "insufficient_scope",
@@ -233,12 +279,6 @@ impl BearerVerifier for SandboxVerifier {
             if !scopes.iter().any(|s| s == SMTP_SCOPE) {
                 scopes.push(SMTP_SCOPE.to_string());
             }
-            let expires_at = local.as_ref().map(|v| v.expires_at).or_else(|| {
-                introspection
-                    .as_ref()
-                    .and_then(|i| i.exp)
-                    .map(|exp| std::time::UNIX_EPOCH + Duration::from_secs(exp))
-            });
             Ok(VerifiedBearer {
                 subject,
                 scopes,
@@ -296,7 +336,8 @@ impl Sandbox {
             ServerCertificate::CaSigned => SandboxCa::generate()?,
             ServerCertificate::SelfSignedCa => SandboxCa::generate_self_signed_ca()?,
         });
-        let mut smtp_config = SandboxSmtpConfig::new(verifier, options.dir.join("inbox"), ca);
+        let mut smtp_config =
+            SandboxSmtpConfig::new(verifier.clone(), options.dir.join("inbox"), ca.clone());
         smtp_config.required_scope = SMTP_SCOPE.into();
         smtp_config.max_sessions = options.max_smtp_sessions;
         smtp_config.profile = options
@@ -312,9 +353,13 @@ impl Sandbox {
                 source,
             })?;
         let smtp = SandboxSmtp::start(listener, smtp_config).await?;
+        let api =
+            http_api::RunningHttpApi::start(options.api_addr, verifier, smtp.inbox().clone(), &ca)
+                .await?;
         Ok(Sandbox {
             auth,
             smtp,
+            api,
             dir: options.dir,
             client_secret: options.client_secret,
             profile: options.profile,
@@ -357,6 +402,55 @@ insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0
             port = self.smtp.addr().port(),
             ca = self.ca_file().display(),
             sasl = oauth.sasl,
+        )
+    }
+
+    /// A config `[[account]]` for this sandbox that sends through its
+    /// Graph- or Gmail-shaped API (`transport` is `graph` or `gmail_api`),
+    /// with the least scope the transport needs and the sandbox CA as
+    /// trust for both the API and the SMTP server (the fallback).
+    pub fn api_account_toml(
+        &self,
+        name: &str,
+        grant: &str,
+        secret_ref: &str,
+        transport: crate::config::Transport,
+    ) -> String {
+        let scopes = crate::oauth::preset::api_preset(transport)
+            .map(|api| {
+                let grant = if grant == "client_credentials" {
+                    crate::oauth::preset::GrantKind::ClientCredentials
+                } else {
+                    crate::oauth::preset::GrantKind::AuthorizationCode
+                };
+                api.scopes_for(grant)
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        format!(
+            r#"[[account]]
+name = "{name}"
+provider = "generic"
+grant = "{grant}"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{secret_ref}"
+user = "{USER}"
+scopes = [{scopes}]
+transport = "{transport}"
+api_url = "{api}"
+smtp = "127.0.0.1:{port}"
+tls = "starttls"
+ca_file = "{ca}"
+insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0.0.1
+"#,
+            issuer = self.auth.issuer().as_str().trim_end_matches('/'),
+            api = self.api.base_url(),
+            port = self.smtp.addr().port(),
+            ca = self.ca_file().display(),
         )
     }
 
@@ -404,6 +498,7 @@ insecure_loopback = true   # the sandbox's token endpoint is plain HTTP on 127.0
     }
 
     pub async fn shutdown(self) {
+        self.api.shutdown().await;
         let _ = self.smtp.shutdown().await;
         let _ = self.auth.shutdown().await;
     }

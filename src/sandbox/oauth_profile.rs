@@ -54,8 +54,20 @@ impl OAuthProfile {
     }
 }
 
+/// The sending APIs' scopes, offered by every profile beside its SMTP one
+/// (the sandbox's APIs check them; see `http_api`).
+const GRAPH_MAIL_SEND: &str = "https://graph.microsoft.com/Mail.Send";
+const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";
+const GMAIL_SEND: &str = "https://www.googleapis.com/auth/gmail.send";
+
 const STRICT: OAuthProfile = OAuthProfile {
-    offered_scopes: &[super::SMTP_SCOPE, super::authz::OFFLINE_ACCESS],
+    offered_scopes: &[
+        super::SMTP_SCOPE,
+        super::authz::OFFLINE_ACCESS,
+        GRAPH_MAIL_SEND,
+        GRAPH_DEFAULT,
+        GMAIL_SEND,
+    ],
     delegated_scopes: &[super::SMTP_SCOPE, super::authz::OFFLINE_ACCESS],
     app_scopes: &[super::SMTP_SCOPE],
     smtp_scope: super::SMTP_SCOPE,
@@ -68,6 +80,8 @@ const MICROSOFT: OAuthProfile = OAuthProfile {
         "https://outlook.office.com/SMTP.Send",
         "https://outlook.office365.com/.default",
         super::authz::OFFLINE_ACCESS,
+        GRAPH_MAIL_SEND,
+        GRAPH_DEFAULT,
     ],
     delegated_scopes: &[
         "https://outlook.office.com/SMTP.Send",
@@ -80,7 +94,11 @@ const MICROSOFT: OAuthProfile = OAuthProfile {
 };
 
 const GOOGLE: OAuthProfile = OAuthProfile {
-    offered_scopes: &["https://mail.google.com/", super::authz::OFFLINE_ACCESS],
+    offered_scopes: &[
+        "https://mail.google.com/",
+        super::authz::OFFLINE_ACCESS,
+        GMAIL_SEND,
+    ],
     delegated_scopes: &["https://mail.google.com/", super::authz::OFFLINE_ACCESS],
     app_scopes: &["https://mail.google.com/"],
     smtp_scope: "https://mail.google.com/",

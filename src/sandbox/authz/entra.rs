@@ -49,6 +49,9 @@ pub(crate) fn token_issuer(config: &AuthServerConfig) -> String {
     format!("https://sts.windows.net/{}/", config.tenant_id)
 }
 
+/// Microsoft Graph's resource (application id URI).
+const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
 /// Every resource the server offers scopes for: the audiences its tokens carry.
 pub(crate) fn audiences(config: &AuthServerConfig) -> Vec<String> {
     let mut audiences: Vec<String> = Vec::new();
@@ -115,10 +118,18 @@ pub(crate) fn resource_access(
                 ),
             ));
         }
+        // The application permissions granted on that resource: the
+        // configured ones for Exchange, Mail.Send for Microsoft Graph (the
+        // sandbox app has it, as a relay registered for Graph would).
+        let roles = if resource == GRAPH_RESOURCE {
+            vec!["Mail.Send".to_string()]
+        } else {
+            config.app_roles.clone()
+        };
         return Ok(ResourceAccess {
             audience: resource.to_string(),
             scp: None,
-            roles: Some(config.app_roles.clone()),
+            roles: Some(roles),
         });
     }
     let scp: Vec<String> = if permissions.contains(&".default") {
