@@ -3,6 +3,7 @@
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
 mod queue;
+mod retention;
 
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
@@ -16,8 +17,8 @@ use crate::secret::SealedValue;
 use crate::users::SubmissionUser;
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("0005_account_secrets.sql")),
     (6, include_str!("0006_lifecycle.sql")),
     (7, include_str!("0007_audit_anchor.sql")),
+    (8, include_str!("0008_scale.sql")),
 ];
 
 #[derive(Clone)]
@@ -71,6 +73,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Pages that retention frees go back to the file system through
+            // `PRAGMA incremental_vacuum` (`Store::reclaim_space`). This
+            // takes effect for a new file, whose first table does not exist
+            // yet; an older file is converted once by `enable_incremental_vacuum`.
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             // Several processes (serve, the CLI) share one file; wait for a
             // writer rather than fail at once.
             .busy_timeout(Duration::from_secs(10));
@@ -94,7 +101,39 @@ impl SqliteStore {
             writer,
         };
         store.migrate().await?;
+        store.enable_incremental_vacuum().await;
         Ok(store)
+    }
+
+    /// A file created before `auto_vacuum = INCREMENTAL` was set keeps
+    /// `NONE` until a `VACUUM` rewrites it (SQLite cannot change the mode
+    /// of a file with tables otherwise); then retention could free pages
+    /// but never give them back. Done once per file: afterwards the mode
+    /// reads back as incremental (2). A `VACUUM` needs the file to itself,
+    /// so if another process is using it this gives up (after the busy
+    /// timeout) and the next start tries again: retention still works,
+    /// the file just does not shrink until then.
+    async fn enable_incremental_vacuum(&self) {
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&mut *conn)
+                .await?;
+            if mode == 2 {
+                return Ok::<bool, sqlx::Error>(false);
+            }
+            tracing::info!(
+                "converting the store to incremental vacuum (once; a large store takes a while)"
+            );
+            sqlx::raw_sql("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+                .execute(&mut *conn)
+                .await?;
+            Ok(true)
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot convert the store to incremental vacuum now; retention will not shrink the file until it is");
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -665,6 +704,28 @@ impl Store for SqliteStore {
             }
         }
         Ok(())
+    }
+
+    // Retention (issue 10, item 2). The bookkeeping pool and the writer
+    // gate, like the delivery side's writes: a step is a short write
+    // transaction queued in turn with group commits, and a power cut that
+    // undoes the last step only means it is done again.
+    async fn remove_expired(
+        &self,
+        cutoffs: &crate::store::RetentionCutoffs,
+        batch: u32,
+    ) -> Result<crate::store::RetentionBatch, StoreError> {
+        let _writer = self.writer.lock().await;
+        retention::remove_expired(&self.bookkeeping, cutoffs, batch).await
+    }
+
+    async fn reclaim_space(&self, pages: u32) -> Result<u64, StoreError> {
+        let _writer = self.writer.lock().await;
+        retention::reclaim_space(&self.bookkeeping, pages).await
+    }
+
+    async fn usage(&self) -> Result<crate::store::StoreUsage, StoreError> {
+        retention::usage(&self.pool).await
     }
 
     async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
