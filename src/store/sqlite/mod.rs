@@ -801,6 +801,78 @@ mod tests {
         assert_eq!(of("claim"), vec![(1, "wal".to_string()); 3], "{rows:?}");
     }
 
+    /// A store written before migration 0008 (bodies in `messages`, no
+    /// auto_vacuum): opening it moves every body to `message_bodies`,
+    /// keeps the messages deliverable, and converts the file to
+    /// incremental vacuum once.
+    #[tokio::test]
+    async fn migration_0008_moves_bodies_and_enables_incremental_vacuum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        {
+            let options = SqliteConnectOptions::from_str(&url)
+                .expect("url")
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let mut conn = sqlx::ConnectOptions::connect(&options)
+                .await
+                .expect("connect");
+            sqlx::query(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("table");
+            for (version, sql) in &MIGRATIONS[..7] {
+                apply_migration(&mut conn, *version, sql)
+                    .await
+                    .expect("old migration");
+            }
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&mut conn)
+                .await
+                .expect("mode");
+            assert_eq!(mode, 0, "an old file has no auto_vacuum");
+            for (id, state) in [("Q1", "queued"), ("D1", "delivered")] {
+                sqlx::query(
+                    "INSERT INTO messages (id, account, mail_from, body, size, submitted_by, state, created_at, next_attempt_at, updated_at) \
+                     VALUES (?, 'office', 'a@x', ?, 4, 'test', ?, 1, 1, 1)",
+                )
+                .bind(id)
+                .bind(format!("body of {id}").into_bytes())
+                .bind(state)
+                .execute(&mut conn)
+                .await
+                .expect("old message");
+                sqlx::query(
+                    "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, 0, 'r@x', 'pending', 1)",
+                )
+                .bind(id)
+                .execute(&mut conn)
+                .await
+                .expect("old recipient");
+            }
+        }
+        let store = SqliteStore::open(&url).await.expect("open migrates");
+        for id in ["Q1", "D1"] {
+            let (_, body) = store
+                .message(&MessageId(id.into()))
+                .await
+                .expect("read")
+                .expect("kept");
+            assert_eq!(body, format!("body of {id}").into_bytes());
+        }
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&store.pool)
+            .await
+            .expect("mode");
+        assert_eq!(mode, 2, "converted to incremental");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now, now + 60, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].body, b"body of Q1");
+    }
+
     #[tokio::test]
     async fn generation_guards_against_stale_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
