@@ -549,3 +549,63 @@ pub fn worst(findings: &[Finding]) -> Status {
         .max()
         .unwrap_or(Status::Pass)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    async fn usage_finding(keep_delivered: &str, finished_ago: i64) -> Finding {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let config = Config::parse(
+            &format!("[store]\nurl = \"{url}\"\nkeep_delivered = \"{keep_delivered}\"\n"),
+            Path::new("/etc/oxirelay/oxirelay.toml"),
+        )
+        .expect("config");
+        let store = SqliteStore::open(&url).await.expect("store");
+        let id = store
+            .enqueue(crate::store::NewMessage {
+                account: "office".into(),
+                mail_from: "a@x".into(),
+                recipients: vec!["r@x".into()],
+                body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+                submitted_by: "test".into(),
+            })
+            .await
+            .expect("enqueue");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now + 1, now + 60, 1).await.expect("claim");
+        store
+            .complete_attempt(
+                &id,
+                &claimed[0].lease,
+                &crate::store::AttemptOutcome {
+                    recipients: vec![(0, crate::store::RecipientState::Delivered, None)],
+                    next_attempt_at: None,
+                    error: None,
+                },
+            )
+            .await
+            .expect("delivered");
+        let mut findings = Vec::new();
+        check_store_usage(&config, &store, now + finished_ago, &mut findings).await;
+        findings.pop().expect("a finding")
+    }
+
+    #[tokio::test]
+    async fn store_size_and_oldest_kept_item_are_reported() {
+        let fresh = usage_finding("7d", 3 * 3_600).await;
+        assert_eq!(fresh.status, Status::Pass, "{fresh:?}");
+        assert!(fresh.message.contains(" MB ("), "{}", fresh.message);
+        assert!(
+            fresh.message.contains("body of a finished message 3 h ago"),
+            "{}",
+            fresh.message
+        );
+        // A body kept two days past a 12-hour retention: nobody is removing.
+        let late = usage_finding("12h", 3 * DAY).await;
+        assert_eq!(late.status, Status::Warn, "{late:?}");
+        assert!(late.message.contains("retention has not been running"));
+    }
+}
