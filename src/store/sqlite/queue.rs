@@ -729,6 +729,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lapsed_lease_comes_before_due_messages_so_a_backlog_cannot_starve_it() {
+        let (_dir, store, _) = store().await;
+        let first = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        assert_eq!(
+            store
+                .claim("crashed", now, now + 5, 1)
+                .await
+                .expect("claim")
+                .len(),
+            1
+        );
+        for _ in 0..20 {
+            store.enqueue(message(&["b@x"])).await.expect("enqueue");
+        }
+        let taken = store.claim("w", now + 6, now + 60, 1).await.expect("claim");
+        assert_eq!(taken[0].message.id, first, "the lapsed lease first");
+        assert_eq!(taken[0].body, b"Subject: t\r\n\r\nbody\r\n");
+    }
+
+    #[tokio::test]
     async fn expire_retry_and_delete() {
         let (_dir, store, _) = store().await;
         let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
