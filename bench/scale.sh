@@ -69,6 +69,9 @@ rate() { echo "scale=1; $1 / ($2)" | bc -l; }
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # The store's files (database + WAL), in bytes.
 store_bytes() { du -cb "$WORK"/relay.db* 2>/dev/null | tail -1 | cut -f1; }
+# With the relay stopped: the WAL copied back and cut (sqlite3 CLI), so the
+# size is the database's own, as it would be after any checkpoint.
+settle_store() { if command -v sqlite3 >/dev/null; then sqlite3 "$WORK/relay.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null; fi; }
 wait_for() { # FILE PATTERN SECONDS: until FILE contains PATTERN, bounded
     local file="$1" pattern="$2" tries=$(($3 * 10))
     for ((i = 0; i < tries; i++)); do
@@ -212,6 +215,7 @@ record "{\"phase\":\"drain total\",\"delivered\":$delivered,\"seconds\":$(echo "
 stop_relay scale
 
 echo "== D. retention: keep_delivered = keep_events = 0s"
+settle_store
 bytes_before=$(store_bytes)
 write_config 0s 0s
 start=$(now)
@@ -224,6 +228,7 @@ removed=$(grep "retention removed" "$WORK/serve-retention.log" | head -1 || true
 "$OXIRELAY" -c "$CONFIG" doctor --json >"$OUT/doctor-after.json" 2>/dev/null || true
 wait_count "$((before + MESSAGES + CHUNK))" "$TIMEOUT" || true
 stop_relay retention
+settle_store
 bytes_after=$(store_bytes)
 pages() { jq -r '.[] | select(.check == "store size") | .message' "$1" 2>/dev/null || echo "?"; }
 record "{\"phase\":\"retention\",\"store_bytes_before\":$bytes_before,\"store_bytes_after\":$bytes_after,\"pass_and_load_s\":$(echo "$end - $start" | bc -l | cut -c1-6),\"load_beside\":$summary,\"doctor_before\":$(pages "$OUT/doctor-before.json" | jq -R .),\"doctor_after\":$(pages "$OUT/doctor-after.json" | jq -R .),\"log\":$(echo "$removed" | jq -R .)}"
