@@ -122,8 +122,10 @@ impl SqliteStore {
             if mode == 2 {
                 return Ok::<bool, sqlx::Error>(false);
             }
-            tracing::info!(
-                "converting the store to incremental vacuum (once; a large store takes a while)"
+            // Warn, not info: shown by default, so that an operator whose
+            // first start after the upgrade takes a minute sees why.
+            tracing::warn!(
+                "converting the store to incremental vacuum: once, with a VACUUM that takes a while on a large store"
             );
             sqlx::raw_sql("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
                 .execute(&mut *conn)
