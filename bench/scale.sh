@@ -64,23 +64,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-rate() { echo "scale=1; $1 / ($2)" | bc -l; }
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 # The store's files (database + WAL), in bytes.
 store_bytes() { du -cb "$WORK"/relay.db* 2>/dev/null | tail -1 | cut -f1; }
 # With the relay stopped: the WAL copied back and cut (sqlite3 CLI), so the
 # size is the database's own, as it would be after any checkpoint.
 settle_store() { if command -v sqlite3 >/dev/null; then sqlite3 "$WORK/relay.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null; fi; }
-wait_for() { # FILE PATTERN SECONDS: until FILE contains PATTERN, bounded
-    local file="$1" pattern="$2" tries=$(($3 * 10))
-    for ((i = 0; i < tries; i++)); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file" >&2
-    return 1
-}
 wait_count() { # TARGET SECONDS: until the sandbox counted TARGET, bounded
     local tries=$(($2 * 20))
     for ((i = 0; i < tries; i++)); do
