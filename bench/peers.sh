@@ -89,12 +89,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-rate() { echo "scale=1; $1 / ($2)" | bc -l; }
-peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-# CPU seconds (user + system) a process has used so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 # CPU seconds of Postfix's processes (those running now: smtpd processes
 # that exited are not counted, so this is a lower bound).
 postfix_cpu_s() { ps -u postfix -o cputimes= 2>/dev/null | awk '{s += $1} END {printf "%.2f", s}'; }
@@ -116,16 +112,6 @@ wait_port() {
         sleep 0.1
     done
     echo "nothing listens on $1" >&2
-    return 1
-}
-wait_for() {
-    local file="$1" pattern="$2" tries=$(($3 * 10))
-    for ((i = 0; i < tries; i++)); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2 || true
     return 1
 }
 

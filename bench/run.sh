@@ -49,17 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_for FILE PATTERN SECONDS: until FILE contains PATTERN, bounded.
-wait_for() {
-    local file="$1" pattern="$2" tries=$(($3 * 10))
-    for ((i = 0; i < tries; i++)); do
-        if grep -q "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file:" >&2
-    cat "$file" >&2 || true
-    return 1
-}
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 echo "== machine"
 {
@@ -96,7 +87,6 @@ CA="$SANDBOX_DIR/sandbox-ca.pem"
 USER_MAILBOX="alice@sandbox.test"
 
 inbox_count() { find "$SANDBOX_DIR/inbox" -type f -path '*/new/*' 2>/dev/null | wc -l; }
-peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 run_load() { # label sessions extra-args...
     local label="$1" n="$2"

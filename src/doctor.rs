@@ -72,6 +72,7 @@ pub async fn run(config: &Config, store: Option<&dyn Store>) -> Vec<Finding> {
         Some(store) => match store.token_records().await {
             Ok(records) => {
                 let now = crate::clock::now_unix();
+                check_store_usage(config, store, now, &mut findings).await;
                 let events = store.events(10_000).await.unwrap_or_default();
                 for account in &config.accounts {
                     let record = records.iter().find(|r| r.account == account.name);
@@ -193,6 +194,81 @@ fn check_store_file(config: &Config, findings: &mut Vec<Finding>) {
             format!("{} is readable by group or others (mode {mode:o}); tokens in it are sealed, but queued mail is not", path.display()),
             Some(format!("chmod 600 {}", path.display())),
         ));
+    }
+}
+
+/// Retention runs in `serve` every few minutes; an item this much past its
+/// time means no relay has been removing anything (or it fails).
+const RETENTION_LATE_WARN: i64 = DAY;
+
+/// The store's size and the oldest item that retention governs (issue 10).
+async fn check_store_usage(
+    config: &Config,
+    store: &dyn Store,
+    now: i64,
+    findings: &mut Vec<Finding>,
+) {
+    let usage = match store.usage().await {
+        Ok(usage) => usage,
+        Err(crate::store::StoreError::Unsupported(_)) => return,
+        Err(e) => {
+            findings.push(finding(
+                "store size",
+                Status::Warn,
+                format!("cannot read the store's size: {e}"),
+                None,
+            ));
+            return;
+        }
+    };
+    let megabytes = |bytes: u64| bytes as f64 / 1_000_000.0;
+    let age = |at: Option<i64>| match at {
+        Some(at) => format_age(now.saturating_sub(at)),
+        None => "none".to_string(),
+    };
+    let message = format!(
+        "{:.1} MB ({:.1} MB free); oldest kept: body of a finished message {}, finished message {}, event {}",
+        megabytes(usage.bytes),
+        megabytes(usage.free_bytes),
+        age(usage.oldest_body_at),
+        age(usage.oldest_record_at),
+        age(usage.oldest_event_at),
+    );
+    let late = |at: Option<i64>, keep: crate::config::KeepFor| match (at, keep.duration()) {
+        (Some(at), Some(keep)) => {
+            now.saturating_sub(at)
+                > i64::try_from(keep.as_secs()).unwrap_or(i64::MAX) + RETENTION_LATE_WARN
+        }
+        _ => false,
+    };
+    let store_config = &config.store;
+    if !usage.reclaims_space {
+        findings.push(finding(
+            "store size",
+            Status::Warn,
+            format!("{message}; the file cannot give freed space back (auto_vacuum is off)"),
+            Some("restart oxirelay while nothing else has the store open: it converts the file once (a VACUUM)".into()),
+        ));
+    } else if late(usage.oldest_body_at, store_config.keep_delivered)
+        || late(usage.oldest_record_at, store_config.keep_events)
+        || late(usage.oldest_event_at, store_config.keep_events)
+    {
+        findings.push(finding(
+            "store size",
+            Status::Warn,
+            format!("{message}: older than [store] keep_delivered / keep_events allow, so retention has not been running"),
+            Some("retention runs inside `oxirelay serve`; check that a relay is running and its log for retention errors".into()),
+        ));
+    } else {
+        findings.push(pass("store size", message));
+    }
+}
+
+fn format_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 3_600 => format!("{} min ago", s / 60),
+        s if s < 2 * DAY => format!("{} h ago", s / 3_600),
+        s => format!("{} days ago", s / DAY),
     }
 }
 
@@ -588,5 +664,61 @@ mod tests {
         let mut findings = Vec::new();
         recommend_graph(&config, None, &[event], &mut findings);
         assert_eq!(findings.len(), 1);
+    }
+
+    use crate::store::SqliteStore;
+
+    async fn usage_finding(keep_delivered: &str, finished_ago: i64) -> Finding {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let config = Config::parse(
+            &format!("[store]\nurl = \"{url}\"\nkeep_delivered = \"{keep_delivered}\"\n"),
+            Path::new("/etc/oxirelay/oxirelay.toml"),
+        )
+        .expect("config");
+        let store = SqliteStore::open(&url).await.expect("store");
+        let id = store
+            .enqueue(crate::store::NewMessage {
+                account: "office".into(),
+                mail_from: "a@x".into(),
+                recipients: vec!["r@x".into()],
+                body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+                submitted_by: "test".into(),
+            })
+            .await
+            .expect("enqueue");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now + 1, now + 60, 1).await.expect("claim");
+        store
+            .complete_attempt(
+                &id,
+                &claimed[0].lease,
+                &crate::store::AttemptOutcome {
+                    recipients: vec![(0, crate::store::RecipientState::Delivered, None)],
+                    next_attempt_at: None,
+                    error: None,
+                },
+            )
+            .await
+            .expect("delivered");
+        let mut findings = Vec::new();
+        check_store_usage(&config, &store, now + finished_ago, &mut findings).await;
+        findings.pop().expect("a finding")
+    }
+
+    #[tokio::test]
+    async fn store_size_and_oldest_kept_item_are_reported() {
+        let fresh = usage_finding("7d", 3 * 3_600).await;
+        assert_eq!(fresh.status, Status::Pass, "{fresh:?}");
+        assert!(fresh.message.contains(" MB ("), "{}", fresh.message);
+        assert!(
+            fresh.message.contains("body of a finished message 3 h ago"),
+            "{}",
+            fresh.message
+        );
+        // A body kept two days past a 12-hour retention: nobody is removing.
+        let late = usage_finding("12h", 3 * DAY).await;
+        assert_eq!(late.status, Status::Warn, "{late:?}");
+        assert!(late.message.contains("retention has not been running"));
     }
 }

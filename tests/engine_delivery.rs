@@ -254,10 +254,13 @@ async fn a_start_gives_back_at_once_what_gone_instances_held_and_leaves_the_livi
         pid: 11,
         locality: "elsewhere boot:b pidns:pid:[1]".into(),
     };
+    // The silent instance claims last: a claim takes messages whose
+    // instance has gone silent before due ones (so that a backlog cannot
+    // starve them), and the living one claiming after it would take its.
     for (holder, heartbeat_until) in [
         (&dead, now + 3600),
-        (&silent, now - 60),
         (&alive, now + 3600),
+        (&silent, now - 60),
     ] {
         h.store
             .heartbeat(holder, now - 120, heartbeat_until)

@@ -226,24 +226,12 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
 }
 
-/// "20s", "5m", "1h", "90" (seconds) → Duration.
+/// "20s", "5m", "1h", "1d12h", or "90" (seconds, as the flags always took).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 20s, 5m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
-    };
-    Ok(std::time::Duration::from_secs(seconds))
+    match text.trim().parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => crate::clock::parse_period(text),
+    }
 }
 
 #[cfg(test)]

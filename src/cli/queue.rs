@@ -565,7 +565,12 @@ async fn bulk_run(
             print_affected(out, action, message, args.dry_run, args.json)?;
         }
         for message in &outcome.skipped {
-            *tally.skipped.entry(message.state.as_str()).or_default() += 1;
+            let why = if message.body_kept {
+                message.state.as_str()
+            } else {
+                "body removed by retention"
+            };
+            *tally.skipped.entry(why).or_default() += 1;
             if by_id && tally.refused.len() < 10 {
                 tally.refused.push((message.id.clone(), message.state));
             }

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// A message still undelivered this long after submission expires (its sender gets a DSN).
     #[arg(long, default_value = "5d", value_parser = super::parse_duration)]
     pub max_age: Duration,
+    /// How often retention removes what `[store] keep_delivered` and `keep_events` let go (a pass also runs at start).
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
+    pub retention_every: Duration,
     /// Do not send delivery status notifications (bounces) to senders.
     #[arg(long)]
     pub no_dsn: bool,
@@ -140,6 +143,17 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let validation = tokio::spawn(validate_regularly(
         broker.clone(),
         args.validate_every,
+        stop_signal.clone(),
+    ));
+    // Retention in its own task, in batches that queue for the writer like
+    // any other write: acceptance never waits for more than one batch.
+    let retention = tokio::spawn(crate::store::retention::run(
+        store.clone(),
+        crate::store::retention::RetentionPolicy::new(
+            context.config.store.keep_delivered.duration(),
+            context.config.store.keep_events.duration(),
+        ),
+        args.retention_every,
         stop_signal,
     ));
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
@@ -159,6 +173,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         tracing::warn!(error = %e, "a listener ended with an error");
     }
     let _ = validation.await;
+    let _ = retention.await;
     let _ = credential_watch.await;
     if let Some(pickup) = pickup {
         let _ = pickup.await;

@@ -3,12 +3,14 @@
 //! same trait later, so callers never name a backend.
 
 pub mod queue;
+pub mod retention;
 mod sqlite;
 
 pub use queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
     Recipient, RecipientState,
 };
+pub use retention::{RetentionBatch, RetentionCutoffs, StoreUsage};
 pub use sqlite::SqliteStore;
 
 use crate::instance::Holder;
@@ -376,6 +378,41 @@ pub trait Store: Send + Sync {
         let _ = (action, selection, after, limit, now, dry_run);
         Err(StoreError::Unsupported("bulk queue operations"))
     }
+
+    // Retention and the store's size (issue 10, item 2). Defaults so that
+    // a backend without them (a test double) still builds; `serve` logs
+    // `Unsupported` once and goes on without retention.
+
+    /// One retention step, in one transaction: removes up to `batch` items
+    /// past their time, of the first kind that has any, in this order:
+    /// bodies of final messages (delivered, bounced, expired) that reached
+    /// their final state before `cutoffs.bodies_before`; final messages
+    /// (their rows, recipients and any body) finished before
+    /// `cutoffs.records_before`; events older than that. A message that is
+    /// not final is never touched. An empty result means nothing is left
+    /// to remove; the caller repeats, yielding between steps, so no step
+    /// holds the writer for long (`store::retention::run`).
+    async fn remove_expired(
+        &self,
+        cutoffs: &RetentionCutoffs,
+        batch: u32,
+    ) -> Result<RetentionBatch, StoreError> {
+        let _ = (cutoffs, batch);
+        Err(StoreError::Unsupported("retention"))
+    }
+
+    /// Gives up to `pages` free pages back to the file system (SQLite's
+    /// incremental vacuum); returns how many it gave. A backend that
+    /// reclaims space by itself returns 0.
+    async fn reclaim_space(&self, pages: u32) -> Result<u64, StoreError> {
+        let _ = pages;
+        Ok(0)
+    }
+
+    /// How big the store is and the oldest item retention governs, for `doctor`.
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        Err(StoreError::Unsupported("reporting the store's size"))
+    }
 }
 
 /// Which messages a listing or a bulk operation is about; every field set
@@ -487,6 +524,9 @@ pub struct AffectedMessage {
     /// Its state before the action.
     pub state: MessageState,
     pub created_at: i64,
+    /// False once retention removed the body of a finished message: such a
+    /// message can be listed and deleted, never retried.
+    pub body_kept: bool,
 }
 
 /// What one batch of [`Store::queue_batch`] did.

@@ -79,11 +79,11 @@ fn count_sql(conditions: &str) -> String {
 
 fn select_batch_sql(conditions: &str) -> String {
     format!(
-        "SELECT id, account, state, created_at FROM messages WHERE {conditions} {ORDER} LIMIT ?"
+        "SELECT id, account, state, created_at, body_kept FROM messages WHERE {conditions} {ORDER} LIMIT ?"
     )
 }
 
-const BY_IDS_SQL: &str = "SELECT id, account, state, created_at FROM messages WHERE id IN (SELECT value FROM json_each(?))";
+const BY_IDS_SQL: &str = "SELECT id, account, state, created_at, body_kept FROM messages WHERE id IN (SELECT value FROM json_each(?))";
 
 const RECIPIENTS_SQL: &str = "SELECT message_id, idx, address, state, reply FROM recipients \
      WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY message_id, idx";
@@ -183,6 +183,7 @@ fn affected_from_row(row: &SqliteRow) -> Result<AffectedMessage, StoreError> {
         state: MessageState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("message state {state:?}")))?,
         created_at: row.try_get("created_at")?,
+        body_kept: row.try_get("body_kept")?,
     })
 }
 
@@ -234,9 +235,11 @@ pub(super) async fn batch(
     };
     let (selected, missing, next) = select(&mut tx, selection, after, limit).await?;
     let states = applicable(action, selection);
+    // A retry needs the body, which retention may have removed from a
+    // finished message.
     let (affected, skipped): (Vec<_>, Vec<_>) = selected
         .into_iter()
-        .partition(|m| states.contains(&m.state));
+        .partition(|m| states.contains(&m.state) && (m.body_kept || action != QueueAction::Retry));
     if !dry_run && !affected.is_empty() {
         let changed = apply(&mut tx, action, &affected, &states, now).await?;
         if changed != affected.len() as u64 {
@@ -588,6 +591,61 @@ mod tests {
         let unique: std::collections::HashSet<_> = seen.iter().cloned().collect();
         assert_eq!(unique.len(), seen.len(), "no message twice");
         assert!(ids.is_subset(&unique), "every message present at the start");
+    }
+
+    #[tokio::test]
+    async fn a_finished_message_whose_body_retention_removed_is_not_retried() {
+        let (_dir, store) = store().await;
+        let id = store.enqueue(message("office", 1)).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now + 1, now + 60, 1).await.expect("claim");
+        store
+            .complete_attempt(
+                &id,
+                &claimed[0].lease,
+                &crate::store::AttemptOutcome {
+                    recipients: vec![
+                        (0, crate::store::RecipientState::Bounced, None),
+                        (1, crate::store::RecipientState::Bounced, None),
+                    ],
+                    next_attempt_at: None,
+                    error: Some("550 no such user".into()),
+                },
+            )
+            .await
+            .expect("bounced");
+        let by_id = QueueSelection::Ids(vec![id.clone()]);
+        let dry = store
+            .queue_batch(QueueAction::Retry, &by_id, None, 10, now, true)
+            .await
+            .expect("dry run");
+        assert_eq!(dry.affected.len(), 1, "with its body it can be retried");
+        let removed = store
+            .remove_expired(
+                &crate::store::retention::RetentionCutoffs {
+                    bodies_before: Some(now + 10),
+                    records_before: None,
+                },
+                10,
+            )
+            .await
+            .expect("retention");
+        assert!(!removed.is_empty(), "{removed:?}");
+        let outcome = store
+            .queue_batch(QueueAction::Retry, &by_id, None, 10, now, false)
+            .await
+            .expect("retry");
+        assert!(outcome.affected.is_empty(), "{outcome:?}");
+        assert_eq!(outcome.skipped.len(), 1);
+        assert!(!outcome.skipped[0].body_kept);
+        let state = store
+            .message(&id)
+            .await
+            .expect("read")
+            .expect("kept")
+            .0
+            .state;
+        assert_eq!(state, MessageState::Bounced, "left as it was");
     }
 
     #[tokio::test]

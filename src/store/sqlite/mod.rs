@@ -4,6 +4,7 @@
 
 mod admin;
 mod queue;
+mod retention;
 
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
@@ -17,8 +18,8 @@ use crate::secret::SealedValue;
 use crate::users::SubmissionUser;
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("0005_account_secrets.sql")),
     (6, include_str!("0006_lifecycle.sql")),
     (7, include_str!("0007_audit_anchor.sql")),
+    (8, include_str!("0008_scale.sql")),
     (9, include_str!("0009_queue_listing.sql")),
 ];
 
@@ -73,6 +75,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Pages that retention frees go back to the file system through
+            // `PRAGMA incremental_vacuum` (`Store::reclaim_space`). This
+            // takes effect for a new file, whose first table does not exist
+            // yet; an older file is converted once by `enable_incremental_vacuum`.
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             // Several processes (serve, the CLI) share one file; wait for a
             // writer rather than fail at once.
             .busy_timeout(Duration::from_secs(10));
@@ -96,7 +103,41 @@ impl SqliteStore {
             writer,
         };
         store.migrate().await?;
+        store.enable_incremental_vacuum().await;
         Ok(store)
+    }
+
+    /// A file created before `auto_vacuum = INCREMENTAL` was set keeps
+    /// `NONE` until a `VACUUM` rewrites it (SQLite cannot change the mode
+    /// of a file with tables otherwise); then retention could free pages
+    /// but never give them back. Done once per file: afterwards the mode
+    /// reads back as incremental (2). A `VACUUM` needs the file to itself,
+    /// so if another process is using it this gives up (after the busy
+    /// timeout) and the next start tries again: retention still works,
+    /// the file just does not shrink until then.
+    async fn enable_incremental_vacuum(&self) {
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&mut *conn)
+                .await?;
+            if mode == 2 {
+                return Ok::<bool, sqlx::Error>(false);
+            }
+            // Warn, not info: shown by default, so that an operator whose
+            // first start after the upgrade takes a minute sees why.
+            tracing::warn!(
+                "converting the store to incremental vacuum: once, with a VACUUM that takes a while on a large store"
+            );
+            sqlx::raw_sql("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+                .execute(&mut *conn)
+                .await?;
+            Ok(true)
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "cannot convert the store to incremental vacuum now; retention will not shrink the file until it is");
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -673,6 +714,28 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    // Retention (issue 10, item 2). The bookkeeping pool and the writer
+    // gate, like the delivery side's writes: a step is a short write
+    // transaction queued in turn with group commits, and a power cut that
+    // undoes the last step only means it is done again.
+    async fn remove_expired(
+        &self,
+        cutoffs: &crate::store::RetentionCutoffs,
+        batch: u32,
+    ) -> Result<crate::store::RetentionBatch, StoreError> {
+        let _writer = self.writer.lock().await;
+        retention::remove_expired(&self.bookkeeping, cutoffs, batch).await
+    }
+
+    async fn reclaim_space(&self, pages: u32) -> Result<u64, StoreError> {
+        let _writer = self.writer.lock().await;
+        retention::reclaim_space(&self.bookkeeping, pages).await
+    }
+
+    async fn usage(&self) -> Result<crate::store::StoreUsage, StoreError> {
+        retention::usage(&self.pool).await
+    }
+
     async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
         let result = sqlx::query("DELETE FROM users WHERE name = ?")
             .bind(name)
@@ -786,6 +849,78 @@ mod tests {
         // PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA.
         assert_eq!(of("enqueue"), vec![(2, "wal".to_string()); 3], "{rows:?}");
         assert_eq!(of("claim"), vec![(1, "wal".to_string()); 3], "{rows:?}");
+    }
+
+    /// A store written before migration 0008 (bodies in `messages`, no
+    /// auto_vacuum): opening it moves every body to `message_bodies`,
+    /// keeps the messages deliverable, and converts the file to
+    /// incremental vacuum once.
+    #[tokio::test]
+    async fn migration_0008_moves_bodies_and_enables_incremental_vacuum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        {
+            let options = SqliteConnectOptions::from_str(&url)
+                .expect("url")
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let mut conn = sqlx::ConnectOptions::connect(&options)
+                .await
+                .expect("connect");
+            sqlx::query(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("table");
+            for (version, sql) in &MIGRATIONS[..7] {
+                apply_migration(&mut conn, *version, sql)
+                    .await
+                    .expect("old migration");
+            }
+            let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                .fetch_one(&mut conn)
+                .await
+                .expect("mode");
+            assert_eq!(mode, 0, "an old file has no auto_vacuum");
+            for (id, state) in [("Q1", "queued"), ("D1", "delivered")] {
+                sqlx::query(
+                    "INSERT INTO messages (id, account, mail_from, body, size, submitted_by, state, created_at, next_attempt_at, updated_at) \
+                     VALUES (?, 'office', 'a@x', ?, 4, 'test', ?, 1, 1, 1)",
+                )
+                .bind(id)
+                .bind(format!("body of {id}").into_bytes())
+                .bind(state)
+                .execute(&mut conn)
+                .await
+                .expect("old message");
+                sqlx::query(
+                    "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, 0, 'r@x', 'pending', 1)",
+                )
+                .bind(id)
+                .execute(&mut conn)
+                .await
+                .expect("old recipient");
+            }
+        }
+        let store = SqliteStore::open(&url).await.expect("open migrates");
+        for id in ["Q1", "D1"] {
+            let (_, body) = store
+                .message(&MessageId(id.into()))
+                .await
+                .expect("read")
+                .expect("kept");
+            assert_eq!(body, format!("body of {id}").into_bytes());
+        }
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&store.pool)
+            .await
+            .expect("mode");
+        assert_eq!(mode, 2, "converted to incremental");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now, now + 60, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].body, b"body of Q1");
     }
 
     #[tokio::test]
