@@ -26,6 +26,7 @@
 //! API's own error document for the status: 401 (a good token refused, as
 //! happens), 403, 413, 429 and 503 with `Retry-After`, and slow replies.
 
+use super::armed::ArmedFaults;
 use super::inbox::{Delivery, Inbox};
 use super::smtp::FaultTimes;
 use super::{SandboxVerifier, certs::SandboxCa};
@@ -217,52 +218,23 @@ pub enum ApiFault {
     Slow(Duration),
 }
 
-#[derive(Debug)]
-struct ArmedFault {
-    fault: ApiFault,
-    times: FaultTimes,
-}
-
 /// The faults in force. Cheap to clone; clones share the same set.
 #[derive(Debug, Clone, Default)]
 pub struct ApiFaults {
-    armed: Arc<Mutex<Vec<ArmedFault>>>,
+    armed: ArmedFaults<ApiFault>,
 }
 
 impl ApiFaults {
     pub fn inject(&self, fault: ApiFault, times: FaultTimes) {
-        self.lock().push(ArmedFault { fault, times });
+        self.armed.inject(fault, times);
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
+        self.armed.clear();
     }
 
-    /// The first armed fault `select` picks that fires now (a `Next(n)`
-    /// is used up by one).
     fn fire<T>(&self, select: impl Fn(&ApiFault) -> Option<T>) -> Option<T> {
-        let mut armed = self.lock();
-        let position = armed.iter().position(|armed| {
-            select(&armed.fault).is_some()
-                && match armed.times {
-                    FaultTimes::Next(n) => n > 0,
-                    FaultTimes::Fraction(p) => rand::random::<f64>() < p,
-                    FaultTimes::Always => true,
-                }
-        })?;
-        let chosen = select(&armed[position].fault);
-        if let FaultTimes::Next(n) = &mut armed[position].times {
-            *n -= 1;
-            if *n == 0 {
-                armed.remove(position);
-            }
-        }
-        chosen
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ArmedFault>> {
-        // A plain Vec survives a panic elsewhere intact.
-        self.armed.lock().unwrap_or_else(|p| p.into_inner())
+        self.armed.fire(select)
     }
 }
 

@@ -7,6 +7,7 @@
 //! tokens are refused as a real provider refuses them; an opaque token
 //! (the google profile's) only introspection can vouch for.
 
+mod armed;
 pub mod authz;
 pub mod certs;
 pub mod http_api;

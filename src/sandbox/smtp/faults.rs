@@ -4,8 +4,8 @@
 //! mid-DATA, slow replies, no STARTTLS), switchable at run time so tests can
 //! check how a client copes.
 
+use crate::sandbox::armed::ArmedFaults;
 use crate::smtp::server::Reply;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The step of a session a [`Fault`] hits.
@@ -47,59 +47,25 @@ pub enum Fault {
     NoStartTls,
 }
 
-/// How often a fault fires. Each chance to fire is one session (NoStartTls,
-/// Greeting), one command (the other stages) or one reply (SlowReplies).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FaultTimes {
-    /// The next `n` chances, then the fault is gone.
-    Next(u32),
-    /// Each chance with this probability (0.0 to 1.0).
-    Fraction(f64),
-    /// Until cleared.
-    Always,
-}
-
-#[derive(Debug)]
-struct ArmedFault {
-    fault: Fault,
-    times: FaultTimes,
-}
+pub use crate::sandbox::armed::FaultTimes;
 
 /// The faults in force. Cheap to clone; clones share the same set.
 #[derive(Debug, Clone, Default)]
 pub struct SmtpFaults {
-    armed: Arc<Mutex<Vec<ArmedFault>>>,
+    armed: ArmedFaults<Fault>,
 }
 
 impl SmtpFaults {
     pub fn inject(&self, fault: Fault, times: FaultTimes) {
-        self.lock().push(ArmedFault { fault, times });
+        self.armed.inject(fault, times);
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
+        self.armed.clear();
     }
 
-    /// The first armed fault that `select` picks and that fires now; firing
-    /// uses up one of its `Next(n)`.
     pub(super) fn fire<T>(&self, select: impl Fn(&Fault) -> Option<T>) -> Option<T> {
-        let mut armed = self.lock();
-        let position = armed.iter().position(|armed| {
-            select(&armed.fault).is_some()
-                && match armed.times {
-                    FaultTimes::Next(n) => n > 0,
-                    FaultTimes::Fraction(p) => rand::random::<f64>() < p,
-                    FaultTimes::Always => true,
-                }
-        })?;
-        let chosen = select(&armed[position].fault);
-        if let FaultTimes::Next(n) = &mut armed[position].times {
-            *n -= 1;
-            if *n == 0 {
-                armed.remove(position);
-            }
-        }
-        chosen
+        self.armed.fire(select)
     }
 
     /// What to do at `stage`, if a fault says so.
@@ -123,14 +89,6 @@ impl SmtpFaults {
             } => Some(reply.clone()),
             _ => None,
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ArmedFault>> {
-        // A panic while holding this lock leaves a plain Vec behind, still
-        // usable: recover it rather than poisoning every later session.
-        self.armed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
