@@ -155,6 +155,13 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         ),
         args.retention_every,
         stop_signal,
+        {
+            let broker = broker.clone();
+            move |detail: String| {
+                let broker = broker.clone();
+                async move { broker.audit("store.retention", None, &detail).await }
+            }
+        },
     ));
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
 

@@ -176,15 +176,31 @@ async fn rest(policy: &RetentionPolicy, step_started: tokio::time::Instant) {
 }
 
 /// The retention task of `serve`: a pass now and every `every`, until `stop`.
-pub async fn run(
+/// A pass that removed anything is told to `audit` (what was removed, in
+/// one line), since removing mail records is an action like any other.
+pub async fn run<Audit, Written>(
     store: Arc<dyn Store>,
     policy: RetentionPolicy,
     every: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+    mut audit: Audit,
+) where
+    Audit: FnMut(String) -> Written,
+    Written: std::future::Future<Output = ()>,
+{
     loop {
         match run_pass(store.as_ref(), &policy, crate::clock::now_unix(), &stop).await {
             Ok(report) if !report.removed.is_empty() || report.pages_reclaimed > 0 => {
+                if !report.removed.is_empty() {
+                    audit(format!(
+                        "removed {} bodies of finished messages, {} finished messages and {} events past their retention, in {} batches",
+                        report.removed.bodies,
+                        report.removed.messages,
+                        report.removed.events,
+                        report.batches
+                    ))
+                    .await;
+                }
                 tracing::info!(
                     bodies = report.removed.bodies,
                     messages = report.removed.messages,
@@ -206,5 +222,79 @@ pub async fn run(
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use crate::store::queue::{AttemptOutcome, NewMessage, RecipientState};
+
+    #[tokio::test]
+    async fn a_pass_that_removes_anything_is_audited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let store = Arc::new(SqliteStore::open(&url).await.expect("open"));
+        let id = store
+            .enqueue(NewMessage {
+                account: "office".into(),
+                mail_from: "a@x".into(),
+                recipients: vec!["r@x".into()],
+                body: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+                submitted_by: "test".into(),
+            })
+            .await
+            .expect("enqueue");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w", now + 1, now + 60, 1).await.expect("claim");
+        store
+            .complete_attempt(
+                &id,
+                &claimed[0].lease,
+                &AttemptOutcome {
+                    recipients: vec![(0, RecipientState::Delivered, None)],
+                    next_attempt_at: None,
+                    error: None,
+                },
+            )
+            .await
+            .expect("delivered");
+        // Finished a minute ago, as far as retention can tell.
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("second connection");
+        sqlx::query("UPDATE messages SET updated_at = updated_at - 60")
+            .execute(&pool)
+            .await
+            .expect("backdate");
+        pool.close().await;
+        // Bodies kept for no time at all: the first pass removes this one.
+        let policy = RetentionPolicy::new(Some(Duration::ZERO), None);
+        let (stop_tx, stop) = watch::channel(false);
+        let (told_tx, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            store.clone(),
+            policy,
+            Duration::from_secs(3600),
+            stop,
+            move |detail: String| {
+                let _ = told_tx.send(detail);
+                std::future::ready(())
+            },
+        ));
+        let detail = tokio::time::timeout(Duration::from_secs(30), told.recv())
+            .await
+            .expect("a pass within 30 s")
+            .expect("a line");
+        assert!(
+            detail.starts_with("removed 1 bodies of finished messages, 0 finished messages"),
+            "{detail}"
+        );
+        stop_tx.send(true).expect("stop");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("stops")
+            .expect("no panic");
     }
 }
