@@ -1157,23 +1157,13 @@ impl Shared {
             next_attempt_at,
             error: result.error.clone(),
         };
-        let state = match self
-            .store
-            .complete_attempt(&message.id, lease, &outcome)
-            .await
-        {
-            Ok(state) => state,
-            Err(StoreError::LeaseLost(_)) => {
-                tracing::warn!(id = %message.id, "the lease expired during delivery and another worker took the message; its outcome is theirs to record");
-                self.count(|s| s.leases_lost += 1);
-                return;
-            }
-            Err(error) => {
-                tracing::error!(id = %message.id, %error, "cannot record a delivery attempt; the message returns when its lease expires");
-                return;
-            }
-        };
+        // The events are built before the outcome is written so that both
+        // go in one commit (`complete_attempt_with_events`): one store
+        // transaction per delivered message instead of two, each of them
+        // taking the store's single writer in turn (issue 10, item 5).
         let why = result.error.as_deref().unwrap_or("");
+        let at = now_unix();
+        let mut events = Vec::with_capacity(3);
         for (count, kind, detail) in [
             (delivered, "message.delivered", String::new()),
             (
@@ -1187,18 +1177,41 @@ impl Shared {
             (bounced, "message.bounced", format!(" ({why})")),
         ] {
             if count > 0 {
-                self.event(
-                    kind,
-                    &message.account,
-                    format!(
+                events.push(Event {
+                    at,
+                    kind: kind.to_string(),
+                    account: Some(message.account.clone()),
+                    detail: format!(
                         "message {} (submitted by {}) attempt {attempts}: {count} of {} recipients{detail}",
                         message.id,
                         message.submitted_by,
                         message.recipients.len()
                     ),
-                )
-                .await;
+                });
             }
+        }
+        let state = match self
+            .store
+            .complete_attempt_with_events(&message.id, lease, &outcome, &events)
+            .await
+        {
+            Ok(state) => state,
+            Err(StoreError::LeaseLost(_)) => {
+                tracing::warn!(id = %message.id, "the lease expired during delivery and another worker took the message; its outcome is theirs to record");
+                self.count(|s| s.leases_lost += 1);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(id = %message.id, %error, "cannot record a delivery attempt; the message returns when its lease expires");
+                return;
+            }
+        };
+        // The audit log after the commit, as before: a line says what the
+        // store already holds.
+        for event in &events {
+            self.broker
+                .audit(&event.kind, Some(&message.account), &event.detail)
+                .await;
         }
         // Counted only once its events are written: whoever waits on the
         // stats (serve's summary, tests) then sees the whole attempt.

@@ -252,6 +252,30 @@ pub trait Store: Send + Sync {
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError>;
 
+    /// [`Store::complete_attempt`] and the events that describe it, written
+    /// together: a backend that can (SQLite) commits both in one
+    /// transaction, so a delivered message costs one commit, not one for
+    /// its outcome and one per event (issue 10, item 5). On `LeaseLost`
+    /// nothing is written, events included: the outcome is the other
+    /// worker's to record. The default writes the outcome, then each event
+    /// on its own, as callers did before; an event that fails to write is
+    /// logged, not returned, since the outcome it describes is committed.
+    async fn complete_attempt_with_events(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        outcome: &AttemptOutcome,
+        events: &[Event],
+    ) -> Result<MessageState, StoreError> {
+        let state = self.complete_attempt(id, lease, outcome).await?;
+        for event in events {
+            if let Err(error) = self.record_event(event).await {
+                tracing::error!(%error, kind = %event.kind, "cannot record an event");
+            }
+        }
+        Ok(state)
+    }
+
     /// Gives a claimed message back untried, due again at `next_attempt_at`
     /// (shutdown, a paused or throttled account).
     async fn release(

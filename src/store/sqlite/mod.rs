@@ -498,7 +498,18 @@ impl Store for SqliteStore {
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError> {
         let _writer = self.writer.lock().await;
-        queue::complete_attempt(&self.bookkeeping, id, lease, outcome).await
+        queue::complete_attempt(&self.bookkeeping, id, lease, outcome, &[]).await
+    }
+
+    async fn complete_attempt_with_events(
+        &self,
+        id: &MessageId,
+        lease: &ClaimLease,
+        outcome: &AttemptOutcome,
+        events: &[Event],
+    ) -> Result<MessageState, StoreError> {
+        let _writer = self.writer.lock().await;
+        queue::complete_attempt(&self.bookkeeping, id, lease, outcome, events).await
     }
 
     async fn release(

@@ -6,11 +6,11 @@
 //! Under load many submissions share a commit; alone, one waits for nothing.
 
 use super::admin::attach_recipients;
-use crate::store::StoreError;
 use crate::store::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
     RecipientState,
 };
+use crate::store::{Event, StoreError};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::collections::HashMap;
@@ -318,11 +318,18 @@ async fn check_lease(
         .ok_or_else(|| StoreError::LeaseLost(id.clone()))
 }
 
+/// One delivery attempt's outcome and the events that describe it, in one
+/// transaction: the lease check first, so a worker whose lease was lost
+/// writes nothing at all (neither the outcome nor its events). One commit
+/// per delivered message instead of two (issue 10, item 5); the events then
+/// share the outcome's durability (bookkeeping, `synchronous=NORMAL`), as
+/// `record_event` gave them on their own.
 pub(super) async fn complete_attempt(
     pool: &SqlitePool,
     id: &MessageId,
     lease: &ClaimLease,
     outcome: &AttemptOutcome,
+    events: &[Event],
 ) -> Result<MessageState, StoreError> {
     // IMMEDIATE: this transaction reads (the lease) before it writes, and a
     // deferred one would then fail at once with "database is locked" when
@@ -370,8 +377,25 @@ pub(super) async fn complete_attempt(
     .bind(&id.0)
     .execute(&mut *tx)
     .await?;
+    for event in events {
+        insert_event(&mut tx, event).await?;
+    }
     tx.commit().await?;
     Ok(next_state)
+}
+
+pub(super) async fn insert_event(
+    conn: &mut SqliteConnection,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
+        .bind(event.at)
+        .bind(&event.kind)
+        .bind(&event.account)
+        .bind(&event.detail)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub(super) const RELEASE_SQL: &str = "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
@@ -526,7 +550,7 @@ pub(super) async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, StoreErro
 #[cfg(test)]
 mod tests {
     use crate::store::queue::*;
-    use crate::store::{SqliteStore, Store};
+    use crate::store::{Event, SqliteStore, Store};
     use std::sync::Arc;
 
     async fn store() -> (tempfile::TempDir, SqliteStore, String) {
@@ -650,6 +674,101 @@ mod tests {
             .complete_attempt(&id, &second[0].lease, &outcome)
             .await
             .expect("current lease");
+    }
+
+    fn delivered_event(id: &MessageId) -> Event {
+        Event {
+            at: crate::clock::now_unix(),
+            kind: "message.delivered".into(),
+            account: Some("office".into()),
+            detail: format!("message {id} attempt 1: 1 of 1 recipients"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outcome_and_its_events_are_committed_together() {
+        let (_dir, store, _) = store().await;
+        let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let claimed = store.claim("w1", now, now + 60, 10).await.expect("claim");
+        let outcome = AttemptOutcome {
+            recipients: vec![(0, RecipientState::Delivered, Some("250 ok".into()))],
+            next_attempt_at: None,
+            error: None,
+        };
+        let event = delivered_event(&id);
+        // An event that cannot be written takes the outcome with it: the
+        // message stays in flight under its lease (returns when the lease
+        // ends, a repeat at worst), never delivered without its event.
+        sqlx::query(
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&store.bookkeeping)
+        .await
+        .expect("trigger");
+        let refused = store
+            .complete_attempt_with_events(
+                &id,
+                &claimed[0].lease,
+                &outcome,
+                std::slice::from_ref(&event),
+            )
+            .await;
+        assert!(refused.is_err(), "the event insert failed: {refused:?}");
+        let (shown, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!(shown.state, MessageState::InFlight);
+        assert_eq!(shown.attempts, 0);
+        sqlx::query("DROP TRIGGER refuse_events")
+            .execute(&store.bookkeeping)
+            .await
+            .expect("drop trigger");
+        let state = store
+            .complete_attempt_with_events(
+                &id,
+                &claimed[0].lease,
+                &outcome,
+                std::slice::from_ref(&event),
+            )
+            .await
+            .expect("record");
+        assert_eq!(state, MessageState::Delivered);
+        let events = store.events(10).await.expect("events");
+        assert_eq!(events, [event]);
+        let (shown, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!((shown.state, shown.attempts), (MessageState::Delivered, 1));
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_writes_neither_the_outcome_nor_its_events() {
+        let (_dir, store, _) = store().await;
+        let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let now = crate::clock::now_unix();
+        let first = store
+            .claim("crashed", now, now + 5, 10)
+            .await
+            .expect("claim");
+        let second = store
+            .claim("w2", now + 6, now + 60, 10)
+            .await
+            .expect("claim");
+        assert_eq!(second.len(), 1, "lease expired, claimable again");
+        let bounced = AttemptOutcome {
+            recipients: vec![(0, RecipientState::Bounced, Some("550 no".into()))],
+            next_attempt_at: None,
+            error: Some("550 no".into()),
+        };
+        let late = store
+            .complete_attempt_with_events(&id, &first[0].lease, &bounced, &[delivered_event(&id)])
+            .await;
+        assert!(matches!(late, Err(crate::store::StoreError::LeaseLost(_))));
+        assert!(store.events(10).await.expect("events").is_empty());
+        let (shown, _) = store.message(&id).await.expect("read").expect("exists");
+        assert_eq!(
+            shown.state,
+            MessageState::InFlight,
+            "still the second worker's"
+        );
+        assert_eq!(shown.recipients[0].state, RecipientState::Pending);
     }
 
     #[tokio::test]
