@@ -502,7 +502,15 @@ async fn gmail_api_401_refreshes_once_and_retries_once() {
 
 #[tokio::test]
 async fn a_second_401_marks_the_account_failing_and_keeps_the_mail() {
-    let relay = relay(Transport::Graph, |t| t, |_| {}).await;
+    // The failed account's back-off is what keeps the message deferred
+    // while it is read below: at the harness's 1 s (due again at the next
+    // whole second, often sooner) a worker could already hold it again.
+    let relay = relay(
+        Transport::Graph,
+        |t| t,
+        |engine| engine.throttle_backoff = Duration::from_secs(120),
+    )
+    .await;
     relay.sandbox.api.faults().inject(
         ApiFault::Status {
             api: Some(Api::Graph),
