@@ -53,8 +53,11 @@ pub struct Composition {
     pub body: String,
 }
 
-/// A conservative check of an addr-spec: one `@`, no spaces, no control
-/// characters, no angle brackets. Providers do the full check.
+/// An addr-spec as an envelope can carry it (RFC 5321 section 4.1.2, via
+/// `mailbox::check_mailbox`), after a plainer first look so a line break
+/// gets its own error. A backslash outside quotes, which header readers
+/// drop (`\@x` reads as `@x`), is refused here, not sent (found by the
+/// composition fuzz target).
 pub fn check_address(field: &'static str, value: &str) -> Result<(), MessageError> {
     let bad = || MessageError::BadAddress {
         field,
@@ -74,7 +77,7 @@ pub fn check_address(field: &'static str, value: &str) -> Result<(), MessageErro
     if !clean(local) || !clean(domain) || (local.contains('@') && !quoted) {
         return Err(bad());
     }
-    Ok(())
+    mailbox::check_mailbox(value).map_err(|_| bad())
 }
 
 fn check_one_line(field: &'static str, value: &str) -> Result<(), MessageError> {
