@@ -443,13 +443,8 @@ impl Store for SqliteStore {
         // recorded with them; the state that matters (queued messages,
         // tokens, lockdown) keeps its own `synchronous=FULL` commits.
         let _writer = self.writer.lock().await;
-        sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
-            .bind(event.at)
-            .bind(&event.kind)
-            .bind(&event.account)
-            .bind(&event.detail)
-            .execute(&self.bookkeeping)
-            .await?;
+        let mut conn = self.bookkeeping.acquire().await?;
+        queue::insert_event(&mut conn, event).await?;
         Ok(())
     }
 
