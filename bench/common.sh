@@ -17,3 +17,38 @@ wait_for() {
     cat "$file" >&2 || true
     return 1
 }
+
+# bench_relay_config [STORE_LINE...]: the relay's config, on stdout: its
+# store and audit log in $WORK (with any extra [store] lines given), the
+# sandbox's account as `oxirelay sandbox` printed it in $WORK/sandbox.out,
+# and a listener on $RELAY_PORT for devices without AUTH, every loopback
+# address being the network "bench" that sends as $SENDER.
+bench_relay_config() {
+    echo "[store]"
+    echo "url = \"sqlite://$WORK/relay.db\""
+    local line
+    for line in "$@"; do echo "$line"; done
+    echo
+    echo "[secrets]"
+    echo "master_key = \"env:OXIRELAY_MASTER_KEY\""
+    echo
+    echo "[audit]"
+    echo "path = \"$WORK/audit.jsonl\""
+    echo
+    sed -n '/^\[\[account\]\]/,/^insecure_loopback/p' "$WORK/sandbox.out"
+    cat <<EOF
+
+# Devices without AUTH: every loopback address is the network "bench".
+[[listener]]
+addr = "127.0.0.1:$RELAY_PORT"
+tls = "none"
+allow_ips = ["127.0.0.0/8"]
+networks = ["bench"]
+
+[[network]]
+name = "bench"
+addrs = ["127.0.0.0/8"]
+account = "sandbox"
+allowed_from = ["$SENDER"]
+EOF
+}

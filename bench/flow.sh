@@ -71,32 +71,7 @@ sandbox_count() { cat "$SANDBOX_DIR/inbox/count" 2>/dev/null || echo 0; }
 
 export OXIRELAY_MASTER_KEY="$("$OXIRELAY" keygen)"
 CONFIG="$WORK/oxirelay.toml"
-{
-    echo "[store]"
-    echo "url = \"sqlite://$WORK/relay.db\""
-    echo
-    echo "[secrets]"
-    echo "master_key = \"env:OXIRELAY_MASTER_KEY\""
-    echo
-    echo "[audit]"
-    echo "path = \"$WORK/audit.jsonl\""
-    echo
-    sed -n '/^\[\[account\]\]/,/^insecure_loopback/p' "$WORK/sandbox.out"
-    cat <<EOF
-
-[[listener]]
-addr = "127.0.0.1:$RELAY_PORT"
-tls = "none"
-allow_ips = ["127.0.0.0/8"]
-networks = ["bench"]
-
-[[network]]
-name = "bench"
-addrs = ["127.0.0.0/8"]
-account = "sandbox"
-allowed_from = ["$SENDER"]
-EOF
-} >"$CONFIG"
+bench_relay_config >"$CONFIG"
 
 for ((run = 1; run <= RUNS; run++)); do
     rm -f "$WORK"/relay.db* "$WORK"/audit.jsonl*

@@ -104,34 +104,7 @@ sandbox_count() { cat "$SANDBOX_DIR/inbox/count" 2>/dev/null || echo 0; }
 export OXIRELAY_MASTER_KEY="$("$OXIRELAY" keygen)"
 CONFIG="$WORK/oxirelay.toml"
 write_config() { # keep_delivered keep_events
-    {
-        echo "[store]"
-        echo "url = \"sqlite://$WORK/relay.db\""
-        echo "keep_delivered = \"$1\""
-        echo "keep_events = \"$2\""
-        echo
-        echo "[secrets]"
-        echo "master_key = \"env:OXIRELAY_MASTER_KEY\""
-        echo
-        echo "[audit]"
-        echo "path = \"$WORK/audit.jsonl\""
-        echo
-        sed -n '/^\[\[account\]\]/,/^insecure_loopback/p' "$WORK/sandbox.out"
-        cat <<EOF
-
-[[listener]]
-addr = "127.0.0.1:$RELAY_PORT"
-tls = "none"
-allow_ips = ["127.0.0.0/8"]
-networks = ["bench"]
-
-[[network]]
-name = "bench"
-addrs = ["127.0.0.0/8"]
-account = "sandbox"
-allowed_from = ["$SENDER"]
-EOF
-    } >"$CONFIG"
+    bench_relay_config "keep_delivered = \"$1\"" "keep_events = \"$2\"" >"$CONFIG"
 }
 # The load phases keep everything (retention would run beside them); D
 # rewrites the config with "0s".
