@@ -580,7 +580,51 @@ pub struct IssuerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Where `serve` listens for the HTTP API, `/metrics`, the health
+    /// checks and the console, e.g. `127.0.0.1:8025`.
     pub addr: String,
+    /// PEM certificate chain and key: HTTPS. Without them the server speaks
+    /// plain HTTP, which is allowed on a loopback address only.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The address people and browsers use to reach this server, when it
+    /// differs from `addr` (behind a proxy): the console's OAuth redirect
+    /// and the OpenAPI document's server are built from it.
+    pub public_url: Option<String>,
+}
+
+impl HttpConfig {
+    /// The socket address `addr` names (validated when the config is read).
+    pub fn socket_addr(&self) -> Result<std::net::SocketAddr, String> {
+        self.addr.parse().map_err(|e| {
+            format!(
+                "[http] addr {:?} is not an IP address and port ({e}); write e.g. \"127.0.0.1:8025\"",
+                self.addr
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let addr = self.socket_addr()?;
+        match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => {}
+            (None, None) if addr.ip().is_loopback() => {}
+            (None, None) => {
+                return Err(format!(
+                    "[http] addr {addr} is not a loopback address, so it needs HTTPS: set cert and key (PEM files), or listen on 127.0.0.1"
+                ));
+            }
+            _ => return Err("[http] needs both cert and key, or neither".to_string()),
+        }
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| format!("[http] public_url {url:?} is not a URL ({e})"))?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return Err(format!("[http] public_url {url:?} must be an http(s) URL"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -650,6 +694,14 @@ impl Config {
         if let Some(sendmail) = &mut self.sendmail {
             rebase(&mut sendmail.spool);
         }
+        if let Some(http) = &mut self.http {
+            if let Some(cert) = &mut http.cert {
+                rebase(cert);
+            }
+            if let Some(key) = &mut http.key {
+                rebase(key);
+            }
+        }
         for listener in &mut self.listeners {
             if let Some(cert) = &mut listener.cert {
                 rebase(cert);
@@ -661,6 +713,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(http) = &self.http {
+            http.validate()?;
+        }
         let mut seen = std::collections::HashSet::new();
         for account in &self.accounts {
             if !seen.insert(account.name.as_str()) {
@@ -932,6 +987,33 @@ client_id = "00000000-0000-0000-0000-000000000000"
 client_secret = "env:OFFICE_CLIENT_SECRET"
 user = "noreply@contoso.com"
 "#;
+
+    #[test]
+    fn http_needs_tls_off_loopback() {
+        let with = |http: &str| parse(&format!("[http]\n{http}\n{GOOD_ACCOUNT}"));
+        let config = with("addr = \"127.0.0.1:8025\"").expect("plain HTTP on loopback");
+        assert!(config.http.expect("http").cert.is_none());
+        let config =
+            with("addr = \"[::]:8443\"\ncert = \"c.pem\"\nkey = \"k.pem\"").expect("HTTPS");
+        let http = config.http.expect("http");
+        assert_eq!(http.cert, Some(PathBuf::from("/etc/oxirelay/c.pem")));
+        for (bad, says) in [
+            ("addr = \"0.0.0.0:8025\"", "needs HTTPS"),
+            ("addr = \"192.0.2.1:80\"", "needs HTTPS"),
+            (
+                "addr = \"127.0.0.1:8025\"\ncert = \"c.pem\"",
+                "both cert and key",
+            ),
+            ("addr = \"localhost:8025\"", "not an IP address and port"),
+            (
+                "addr = \"127.0.0.1:1\"\npublic_url = \"ftp://x\"",
+                "http(s) URL",
+            ),
+        ] {
+            let error = with(bad).expect_err(bad).to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn store_retention_defaults_and_values() {

@@ -659,6 +659,7 @@ mod tests {
             at: 0,
             kind: "message.deferred".into(),
             account: Some("m".into()),
+            message_id: None,
             detail: "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant".into(),
         };
         let mut findings = Vec::new();

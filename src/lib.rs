@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod doctor;
 #[cfg(test)]
 mod fuzzing;
+pub mod http;
 pub mod instance;
 pub mod maildrop;
 pub mod message;

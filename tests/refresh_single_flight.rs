@@ -279,6 +279,19 @@ impl Store for FlakyStore {
     async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         self.inner.events(limit).await
     }
+    async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<oxirelay::store::StoredEvent>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn message_events(
+        &self,
+        id: &MessageId,
+    ) -> Result<Vec<oxirelay::store::StoredEvent>, StoreError> {
+        self.inner.message_events(id).await
+    }
     async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
         self.inner.enqueue(message).await
     }

@@ -164,6 +164,7 @@ async fn retention_removes_exactly_what_has_passed_its_time() {
                 at,
                 kind: kind.into(),
                 account: None,
+                message_id: None,
                 detail: String::new(),
             })
             .await

@@ -30,6 +30,8 @@ const LOCKDOWN_POLL: Duration = Duration::from_secs(2);
 /// (`oxirelay sendmail`) has no way to wake this one, so it is found by
 /// looking, within this long. A claim query is cheap.
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// On SIGTERM, how long HTTP requests in progress may take to finish.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -117,6 +119,23 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     for addr in listeners.addrs() {
         println!("oxirelay: listening on {addr}");
     }
+    // The HTTP API, metrics, health checks and console (`[http]`).
+    let http = match &context.config.http {
+        Some(http_config) => {
+            let state = crate::http::HttpState {
+                store: store.clone(),
+                broker: broker.clone(),
+                config: Arc::new(context.config.clone()),
+                wake: wake.clone(),
+            };
+            let server =
+                crate::http::RunningHttpServer::start(http_config, crate::http::router(state))
+                    .await?;
+            println!("oxirelay: HTTP on {}", server.base_url());
+            Some(server)
+        }
+        None => None,
+    };
     if listeners.addrs().is_empty() {
         println!(
             "oxirelay: no [[listener]] configured; delivering what `oxirelay sendmail` queues"
@@ -176,6 +195,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     // stay queued for the next start.
     listeners_stop.trigger();
     let _ = stop.send(true);
+    if let Some(http) = http {
+        http.shutdown(HTTP_SHUTDOWN_GRACE).await;
+    }
     if let Err(e) = listeners.wait().await {
         tracing::warn!(error = %e, "a listener ended with an error");
     }

@@ -1181,6 +1181,7 @@ impl Shared {
                     at,
                     kind: kind.to_string(),
                     account: Some(message.account.clone()),
+                    message_id: Some(message.id.clone()),
                     detail: format!(
                         "message {} (submitted by {}) attempt {attempts}: {count} of {} recipients{detail}",
                         message.id,
@@ -1232,11 +1233,12 @@ impl Shared {
         }
     }
 
-    async fn event(&self, kind: &str, account: &str, detail: String) {
+    async fn event(&self, kind: &str, message: &MessageId, account: &str, detail: String) {
         let event = Event {
             at: now_unix(),
             kind: kind.to_string(),
             account: Some(account.to_string()),
+            message_id: Some(message.clone()),
             detail,
         };
         if let Err(error) = self.store.record_event(&event).await {
@@ -1268,6 +1270,7 @@ impl Shared {
                 self.count(|s| s.dsns_enqueued += 1);
                 self.event(
                     "message.dsn_queued",
+                    &message.id,
                     &message.account,
                     format!(
                         "message {}: DSN {id} queued for {} failed recipient(s)",
@@ -1298,6 +1301,7 @@ impl Shared {
             self.count(|s| s.messages_expired += 1);
             self.event(
                 "message.expired",
+                &message.id,
                 &message.account,
                 format!(
                     "message {} expired after {} attempts; last error: {}",

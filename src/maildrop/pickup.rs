@@ -444,6 +444,7 @@ impl Inner {
             at: crate::clock::now_unix(),
             kind: "sendmail.rejected".into(),
             account: account.map(str::to_string),
+            message_id: None,
             detail: format!("drop {id} of {owner}: {}", refusal.reason),
         };
         if let Err(error) = self.acceptance.store().record_event(&event).await {

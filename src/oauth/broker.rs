@@ -1634,6 +1634,7 @@ impl Broker {
             at: now_unix(),
             kind: kind.as_str().to_string(),
             account: Some(account.name.clone()),
+            message_id: None,
             detail: match token_fingerprint {
                 Some(fp) => format!("{detail} (token {fp})"),
                 None => detail.clone(),

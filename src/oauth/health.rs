@@ -216,6 +216,7 @@ pub async fn check_account(broker: &Broker, name: &str) -> HealthReport {
         }
         .to_string(),
         account: Some(name.to_string()),
+        message_id: None,
         detail: report.detail.clone(),
     };
     if let Err(e) = broker.store().record_event(&event).await {

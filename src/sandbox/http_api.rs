@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Graph's request limit (base64 body), as the real service refuses.
@@ -325,7 +325,8 @@ impl RunningHttpApi {
             .with_state(core.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let listener = TlsListener::start(listener, tls);
+            let listener =
+                crate::tls::listener::TlsListener::start(listener, tls, HANDSHAKE_TIMEOUT);
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
@@ -395,69 +396,6 @@ impl Drop for RunningHttpApi {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-/// TLS connections for axum: the TCP accept loop hands each connection to
-/// its own handshake task, so one slow client does not hold up the rest.
-struct TlsListener {
-    ready: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    fn start(listener: TcpListener, tls: tokio_rustls::TlsAcceptor) -> TlsListener {
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (sender, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of descriptors, say: wait instead of spinning.
-                        tracing::warn!(%error, "the sandbox APIs cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if sender.is_closed() {
-                    return;
-                }
-                let tls = tls.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
-                    {
-                        let _ = sender.send((stream, peer)).await;
-                    }
-                });
-            }
-        });
-        TlsListener { ready, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop ended (it never does while we listen): no
-            // more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }
 

@@ -150,7 +150,20 @@ pub struct Event {
     pub at: i64,
     pub kind: String,
     pub account: Option<String>,
+    /// The message it is about, for a message's history (`GET
+    /// /v1/messages/{id}`) and for webhooks; `None` for account and relay
+    /// events.
+    pub message_id: Option<MessageId>,
     pub detail: String,
+}
+
+/// An event as stored, with its place in the log: ids only grow, so a
+/// reader that follows the log (webhooks) resumes after the last id it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: Event,
 }
 
 #[async_trait]
@@ -213,6 +226,12 @@ pub trait Store: Send + Sync {
     async fn record_event(&self, event: &Event) -> Result<(), StoreError>;
 
     async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// Up to `limit` events with an id above `after`, oldest first.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Every event about one message, oldest first.
+    async fn message_events(&self, id: &MessageId) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Adds a message to the queue. When this returns Ok, the message is
     /// committed (contract 1): only then may the submitter be told 250/202.

@@ -8,6 +8,7 @@
 //! (`rejection`); `certificate` reads what a certificate says about itself.
 
 mod certificate;
+pub mod listener;
 mod pin;
 mod rejection;
 

@@ -11,7 +11,8 @@ use super::queue::{
 };
 use super::{
     AccountState, AuditAnchor, BatchOutcome, Event, InstanceRecord, LeaseGrant, ListCursor,
-    Lockdown, QueueAction, QueueFilter, QueueSelection, Store, StoreError, TokenRecord,
+    Lockdown, QueueAction, QueueFilter, QueueSelection, Store, StoreError, StoredEvent,
+    TokenRecord,
 };
 use crate::instance::Holder;
 use crate::secret::SealedValue;
@@ -37,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("0007_audit_anchor.sql")),
     (8, include_str!("0008_scale.sql")),
     (9, include_str!("0009_queue_listing.sql")),
+    (10, include_str!("0010_event_messages.sql")),
 ];
 
 #[derive(Clone)]
@@ -207,6 +209,21 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error),
     }
+}
+
+fn stored_event(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        event: Event {
+            at: row.try_get("at")?,
+            kind: row.try_get("kind")?,
+            account: row.try_get("account")?,
+            message_id: row
+                .try_get::<Option<String>, _>("message_id")?
+                .map(MessageId),
+            detail: row.try_get("detail")?,
+        },
+    })
 }
 
 fn record_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
@@ -450,21 +467,31 @@ impl Store for SqliteStore {
 
     async fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at, kind, account, detail FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "SELECT id, at, kind, account, message_id, detail FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(Event {
-                    at: row.try_get("at")?,
-                    kind: row.try_get("kind")?,
-                    account: row.try_get("account")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
+            .map(|row| Ok(stored_event(row)?.event))
             .collect()
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(queue::EVENTS_AFTER_SQL)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_event).collect()
+    }
+
+    async fn message_events(&self, id: &MessageId) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(queue::MESSAGE_EVENTS_SQL)
+            .bind(&id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored_event).collect()
     }
 
     async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {

@@ -388,15 +388,26 @@ pub(super) async fn insert_event(
     conn: &mut SqliteConnection,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO events (at, kind, account, detail) VALUES (?, ?, ?, ?)")
-        .bind(event.at)
-        .bind(&event.kind)
-        .bind(&event.account)
-        .bind(&event.detail)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (at, kind, account, message_id, detail) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(event.at)
+    .bind(&event.kind)
+    .bind(&event.account)
+    .bind(event.message_id.as_ref().map(|id| id.0.as_str()))
+    .bind(&event.detail)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
+
+/// The event log from a reader's last id on (webhooks follow it).
+pub(super) const EVENTS_AFTER_SQL: &str =
+    "SELECT id, at, kind, account, message_id, detail FROM events WHERE id > ? ORDER BY id LIMIT ?";
+
+/// One message's history, through the index of events by message.
+pub(super) const MESSAGE_EVENTS_SQL: &str = "SELECT id, at, kind, account, message_id, detail \
+     FROM events INDEXED BY events_by_message WHERE message_id = ? ORDER BY id";
 
 pub(super) const RELEASE_SQL: &str = "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END, \
      next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ? \
@@ -681,6 +692,7 @@ mod tests {
             at: crate::clock::now_unix(),
             kind: "message.delivered".into(),
             account: Some("office".into()),
+            message_id: Some(id.clone()),
             detail: format!("message {id} attempt 1: 1 of 1 recipients"),
         }
     }
@@ -733,9 +745,32 @@ mod tests {
             .expect("record");
         assert_eq!(state, MessageState::Delivered);
         let events = store.events(10).await.expect("events");
-        assert_eq!(events, [event]);
+        assert_eq!(events, std::slice::from_ref(&event));
         let (shown, _) = store.message(&id).await.expect("read").expect("exists");
         assert_eq!((shown.state, shown.attempts), (MessageState::Delivered, 1));
+        // The message's history and the log a webhook reader follows.
+        let other = store.enqueue(message(&["b@x"])).await.expect("enqueue");
+        store
+            .record_event(&delivered_event(&other))
+            .await
+            .expect("event");
+        let history = store.message_events(&id).await.expect("history");
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].event, event);
+        let log = store.events_after(0, 10).await.expect("log");
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[1].event.message_id, Some(other));
+        assert!(
+            store
+                .events_after(log[1].id, 10)
+                .await
+                .expect("log")
+                .is_empty()
+        );
+        assert_eq!(
+            store.events_after(log[0].id, 10).await.expect("log").len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -934,6 +969,13 @@ mod plan_tests {
                 super::expire_sql(),
                 2,
                 &["messages_waiting_since"],
+            ),
+            ("events after", super::EVENTS_AFTER_SQL.into(), 2, &[]),
+            (
+                "message events",
+                super::MESSAGE_EVENTS_SQL.into(),
+                1,
+                &["events_by_message"],
             ),
             (
                 "retention: bodies",
