@@ -393,7 +393,8 @@ async fn work(shared: Arc<Shared>, index: usize, mut stop: watch::Receiver<bool>
             let wait = idle_wait(shared.store.as_ref(), shared.config.maintenance_interval).await;
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(wait) => {}
+                // Mail queued by another instance (PostgreSQL's NOTIFY).
+                _ = shared.store.wait_for_work(wait) => {}
                 _ = stop.wait_for(|stop| *stop) => {}
             }
             continue;

@@ -1,11 +1,14 @@
 //! The database behind one [`Store`] trait: accounts and their sealed tokens,
-//! and events; the queue joins them here. SQLite now, PostgreSQL behind the
-//! same trait later, so callers never name a backend.
+//! and events; the queue joins them here. SQLite for one machine,
+//! PostgreSQL for several instances sharing one queue ([`open`] picks by
+//! URL), so callers never name a backend.
 
+mod postgres;
 pub mod queue;
 pub mod retention;
 mod sqlite;
 
+pub use postgres::{AppliedMigration, PostgresStore};
 pub use queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
     Recipient, RecipientState,
@@ -26,7 +29,9 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("cannot open the store {url}: {reason}")]
     Open { url: String, reason: String },
-    #[error("the store URL {0:?} is not supported; use sqlite:///path/to/oxirelay.db")]
+    #[error(
+        "the store URL {0:?} is not supported; use sqlite:///path/to/oxirelay.db or postgres://user@host/database"
+    )]
     UnsupportedUrl(String),
     #[error("store error: {0}")]
     Database(#[from] sqlx::Error),
@@ -456,6 +461,17 @@ pub trait Store: Send + Sync {
     async fn usage(&self) -> Result<StoreUsage, StoreError> {
         Err(StoreError::Unsupported("reporting the store's size"))
     }
+
+    // ---- Several instances on one store (issue 13, the PostgreSQL part).
+
+    /// Waits until new work may be due (a message queued, retried or given
+    /// back by any instance), or at most `timeout`. SQLite cannot tell
+    /// another process, so this just waits `timeout` (the engine's own
+    /// wake-up covers mail queued in the same process); PostgreSQL wakes on
+    /// a `NOTIFY` from whichever instance queued it.
+    async fn wait_for_work(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
 }
 
 /// Which messages a listing or a bulk operation is about; every field set
@@ -620,7 +636,95 @@ pub struct Lockdown {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if is_postgres(url) {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A URL as errors may show it: without a password.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Cannot fail: a URL with a password has a host.
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The migrations an SQLite file has (none if it does not exist yet), read
+/// without creating or changing it.
+async fn sqlite_versions(url: &str) -> Result<Vec<i64>, StoreError> {
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Open {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?
+        .read_only(true);
+    if !options.get_filename().exists() {
+        return Ok(Vec::new());
+    }
+    let mut conn = options.connect().await?;
+    let has_table: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+    )
+    .fetch_optional(&mut conn)
+    .await?;
+    if has_table.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await?,
+    )
+}
+
+/// What `oxirelay migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationReport {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// The migrations this run applied, oldest first (empty: up to date).
+    pub applied: Vec<AppliedMigration>,
+    /// The schema version the store is at now.
+    pub version: i64,
+}
+
+/// Brings the store's schema up to date, as opening it for `serve` does,
+/// and says what that took.
+pub async fn migrate(url: &str) -> Result<MigrationReport, StoreError> {
+    if url.starts_with("sqlite:") {
+        let before = sqlite_versions(url).await?;
+        drop(SqliteStore::open(url).await?);
+        let after = sqlite_versions(url).await?;
+        Ok(MigrationReport {
+            backend: "sqlite",
+            applied: after
+                .iter()
+                .filter(|version| !before.contains(version))
+                .map(|&version| AppliedMigration { version })
+                .collect(),
+            version: after.iter().copied().max().unwrap_or(0),
+        })
+    } else if is_postgres(url) {
+        let (store, applied) = PostgresStore::open_migrated(url).await?;
+        let version = store.schema_version().await?;
+        Ok(MigrationReport {
+            backend: "postgres",
+            applied,
+            version,
+        })
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
     }
 }
