@@ -323,3 +323,93 @@ async fn an_unreachable_database_is_a_clear_error() {
     assert!(error.contains("127.0.0.1:9"), "{error}");
     assert!(error.contains("reachable"), "{error}");
 }
+
+/// `sslmode=verify-full` with `sslrootcert` naming the CA of the server's
+/// certificate (here the server's self-signed certificate itself, when the
+/// test can read it and the server is on this machine): accepted, and the
+/// sessions are encrypted.
+#[tokio::test]
+async fn verify_full_with_the_servers_ca_connects_encrypted() {
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("connect");
+    let (ssl, cert_file): (String, String) =
+        sqlx::query_as("SELECT current_setting('ssl'), current_setting('ssl_cert_file')")
+            .fetch_one(&mut admin)
+            .await
+            .expect("settings");
+    let mut url = url::Url::parse(&with_search_path(&base, &schema)).expect("url");
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost"));
+    if ssl != "on" || !loopback || std::fs::metadata(&cert_file).is_err() {
+        println!(
+            "SKIPPED: needs a TLS server on this machine whose certificate ({cert_file}) the test can read"
+        );
+        return;
+    }
+    // The certificate names `localhost` (a Debian snakeoil certificate does).
+    url.set_host(Some("localhost")).expect("host");
+    let url = format!("{url}&sslmode=verify-full&sslrootcert={cert_file}");
+    let store = match oxirelay::store::open(&url).await {
+        Ok(store) => store,
+        Err(error) if error.to_string().contains("not valid for name") => {
+            println!("SKIPPED: the server's certificate does not name localhost: {error}");
+            return;
+        }
+        Err(error) => panic!("verify-full with the server's CA: {error}"),
+    };
+    store
+        .enqueue(message("office", &["a@x"]))
+        .await
+        .expect("enqueue");
+    let sessions: Vec<bool> = sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid WHERE a.application_name = $1",
+    )
+    .bind(&schema)
+    .fetch_all(&mut admin)
+    .await
+    .expect("sessions");
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|ssl| *ssl),
+        "{sessions:?}"
+    );
+}
+
+/// `oxirelay migrate --url`, as an operator runs it before starting the
+/// instances: applies the schema, says so, and says nothing is left the
+/// second time; `--json` for scripts.
+#[tokio::test]
+async fn the_migrate_command_applies_the_schema_and_reports_it() {
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    let url = with_search_path(&base, &schema);
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"));
+        command.args(["migrate", "--url", &url]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().expect("run oxirelay migrate");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let first = run(false);
+    assert!(
+        first.contains("(postgres): applied migration 1; now at schema version 1"),
+        "{first}"
+    );
+    let again: serde_json::Value = serde_json::from_str(&run(true)).expect("json");
+    assert_eq!(
+        again,
+        serde_json::json!({"backend": "postgres", "applied": [], "version": 1})
+    );
+}

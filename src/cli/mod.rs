@@ -10,6 +10,7 @@ mod doctor;
 mod emergency;
 mod keygen;
 mod login;
+mod migrate;
 mod queue;
 mod sandbox;
 mod send;
@@ -123,6 +124,11 @@ pub enum Command {
     /// TLS of upstream servers: print the pin of a private server's key.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Apply the store's schema migrations now (serve applies them on start too).
+    #[command(
+        after_help = "Examples:\n  oxirelay -c /etc/oxirelay/oxirelay.toml migrate\n  oxirelay migrate --url 'postgres://oxirelay@db.internal/oxirelay?sslmode=verify-full&sslrootcert=/etc/oxirelay/db-ca.pem'\n  oxirelay migrate --json"
+    )]
+    Migrate(migrate::MigrateArgs),
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
@@ -198,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
+        Command::Migrate(args) => migrate::run(config, args).await,
         Command::Tls(command) => tls::run(command).await,
     }
 }

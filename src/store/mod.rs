@@ -648,7 +648,7 @@ fn is_postgres(url: &str) -> bool {
 }
 
 /// A URL as errors may show it: without a password.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Cannot fail: a URL with a password has a host.

@@ -170,6 +170,15 @@ impl PostgresStore {
         let (sqlx_url, size) = pool_size(url).map_err(open_error)?;
         let options =
             PgConnectOptions::from_str(&sqlx_url).map_err(|e| open_error(e.to_string()))?;
+        // One connection first, on its own: a pool retries a failing
+        // connect until its acquire timeout and then reports only that it
+        // timed out; this says why at once (refused, TLS, authentication).
+        sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(|e| open_error(connect_hint(&e)))?
+            .close()
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(30))
@@ -244,14 +253,16 @@ impl PostgresStore {
 
 /// The error of a failed connection, with what to check.
 fn connect_hint(error: &sqlx::Error) -> String {
+    let text = error.to_string();
+    let about_tls = text.contains("certificate") || text.contains("TLS") || text.contains("tls");
     match error {
-        sqlx::Error::Tls(_) => format!(
+        _ if about_tls => format!(
             "{error} (the URL asks for TLS: check sslmode, and for verify-ca/verify-full that sslrootcert names the CA of the server's certificate)"
         ),
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             format!("{error} (is PostgreSQL running and reachable at the URL's host and port?)")
         }
-        _ => error.to_string(),
+        _ => text,
     }
 }
 
