@@ -261,6 +261,15 @@ async fn counters_move_with_real_mail_through_serve() {
     assert_eq!(before.value("oxirelay_lockdown", &[]), Some(0.0));
     assert_eq!(before.queue("queued"), Some(0.0));
     assert_eq!(before.queue("delivered"), Some(0.0));
+    assert_eq!(
+        before.value(
+            "oxirelay_account_state",
+            &[("account", ACCOUNT), ("state", "new")]
+        ),
+        Some(1.0),
+        "{}",
+        before.text
+    );
     assert!(
         before
             .value("oxirelay_process_resident_memory_bytes", &[])
@@ -356,6 +365,25 @@ async fn counters_move_with_real_mail_through_serve() {
     assert_eq!(after.queue("queued"), Some(0.0));
     assert_eq!(after.queue("in_flight"), Some(0.0));
     assert_eq!(after.queue("deferred"), Some(0.0));
+    // The account's state and its token's expiry, from the store.
+    assert_eq!(
+        after.value(
+            "oxirelay_account_state",
+            &[("account", ACCOUNT), ("state", "valid")]
+        ),
+        Some(1.0),
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        after.value(
+            "oxirelay_account_state",
+            &[("account", ACCOUNT), ("state", "failing")]
+        ),
+        Some(0.0)
+    );
+    let expiry = after.account("oxirelay_access_token_expiry_timestamp_seconds");
+    assert!(expiry > now && expiry < now + 7200.0, "{expiry} vs {now}");
     let ended = scrape_until(base, "the session counted out", |s| {
         s.value("oxirelay_submission_sessions_open", &[]) == Some(0.0)
     })
@@ -435,6 +463,15 @@ async fn a_refused_token_moves_the_auth_failure_counters() {
     // The queue gauge reads the store: the message waits, deferred.
     assert_eq!(after.queue("deferred"), Some(1.0), "{}", after.text);
     assert_eq!(after.queue("queued"), Some(0.0));
+    assert_eq!(
+        after.value(
+            "oxirelay_account_state",
+            &[("account", ACCOUNT), ("state", "failing")]
+        ),
+        Some(1.0),
+        "{}",
+        after.text
+    );
     assert!(running.relay.terminate().success());
 }
 
@@ -570,6 +607,11 @@ async fn readiness_and_store_up_follow_a_failing_store_and_lockdown() {
     );
     assert_eq!(down.queue("queued"), None, "no stale queue depth");
     assert_eq!(down.value("oxirelay_lockdown", &[]), None);
+    assert!(
+        !down.text.contains("oxirelay_account_state{"),
+        "{}",
+        down.text
+    );
     // The counters are still there: the process is alive.
     assert!(
         down.value("oxirelay_submissions_total", &[("result", "accepted")])

@@ -1,18 +1,20 @@
 //! `GET /metrics`: the process-wide counters ([`super::global`]) and what is
-//! read at scrape time (queue depth by state, lockdown, whether the store
-//! answers, resident memory, start time, version), in the OpenMetrics text
-//! format that Prometheus asks for.
+//! read at scrape time (queue depth by state, lockdown, each account's
+//! state and token expiry, whether the store answers, resident memory,
+//! start time, version), in the OpenMetrics text format that Prometheus
+//! asks for.
 //!
 //! The answer names the accounts and how much mail waits: `[http]` belongs
 //! on an internal address (loopback, or a network only the monitoring can
 //! reach), and `[http] metrics_token` makes the route ask for a bearer
 //! token as well.
 
-use super::global;
 use super::process;
 use super::queue_depth::QueueDepth;
+use super::{AccountLabel, global};
 use crate::http::HttpState;
 use crate::secret::Secret;
+use crate::store::{AccountState, MessageState, StoreError, TokenRecord};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
@@ -36,6 +39,12 @@ const STORE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountStateLabels {
+    account: String,
     state: &'static str,
 }
 
@@ -132,47 +141,72 @@ fn authorized(token: &Secret, headers: &HeaderMap) -> bool {
         .is_ok()
 }
 
+/// What a scrape reads from the store.
+struct StoreReadings {
+    queue: Vec<(MessageState, u64)>,
+    locked: bool,
+    records: Vec<TokenRecord>,
+}
+
+/// Every account state, for the state-set gauge (one series per state, 1
+/// for the account's current one), so that an alert can match
+/// `{state="needs_consent"} == 1` without knowing the other states.
+const ACCOUNT_STATES: [AccountState; 6] = [
+    AccountState::New,
+    AccountState::Valid,
+    AccountState::Failing,
+    AccountState::NeedsConsent,
+    AccountState::Revoked,
+    AccountState::NeedsAdmin,
+];
+
+/// `(account, state, 0 or 1)` for each configured account and each state;
+/// an account without a stored record is `new`, as the broker treats it. A
+/// record of an account no longer configured is left out (labels stay the
+/// configured names).
+fn account_states<'a>(
+    configured: &[&'a str],
+    records: &[TokenRecord],
+) -> Vec<(&'a str, &'static str, i64)> {
+    let mut series = Vec::with_capacity(configured.len() * ACCOUNT_STATES.len());
+    for &account in configured {
+        let current = records
+            .iter()
+            .find(|r| r.account == account)
+            .map_or(AccountState::New, |r| r.state);
+        for state in ACCOUNT_STATES {
+            series.push((account, state.as_str(), i64::from(state == current)));
+        }
+    }
+    series
+}
+
 impl Scrape {
+    async fn read_store(&self) -> Result<StoreReadings, StoreError> {
+        let store = self.state.store.as_ref();
+        Ok(StoreReadings {
+            queue: self.depth.read(store, Instant::now()).await?,
+            locked: store.lockdown().await?.is_some(),
+            records: store.token_records().await?,
+        })
+    }
+
     /// The series read now, in a registry of their own (built per scrape,
     /// so that a store that does not answer leaves its series out instead
     /// of showing old values).
     async fn read_now(&self) -> Registry {
         let mut registry = Registry::with_prefix(super::PREFIX);
-        let store = self.state.store.as_ref();
-        let depth = tokio::time::timeout(STORE_WAIT, self.depth.read(store, Instant::now())).await;
-        let lockdown = tokio::time::timeout(STORE_WAIT, store.lockdown()).await;
         let store_up = Gauge::<i64>::default();
-        match (depth, lockdown) {
-            (Ok(Ok(counts)), Ok(Ok(lockdown))) => {
+        match tokio::time::timeout(STORE_WAIT, self.read_store()).await {
+            Ok(Ok(readings)) => {
                 store_up.set(1);
-                let queue =
-                    prometheus_client::metrics::family::Family::<StateLabel, Gauge>::default();
-                for (state, count) in counts {
-                    queue
-                        .get_or_create(&StateLabel {
-                            state: state.as_str(),
-                        })
-                        .set(i64::try_from(count).unwrap_or(i64::MAX));
-                }
-                registry.register(
-                    "queue_messages",
-                    "Messages in the store by state (final states counted at most every 30 s)",
-                    queue,
-                );
-                let locked = Gauge::<i64>::default();
-                locked.set(i64::from(lockdown.is_some()));
-                registry.register(
-                    "lockdown",
-                    "1 while the relay is in lockdown (`oxirelay lockdown`): nothing is delivered",
-                    locked,
-                );
+                self.register_store_readings(&mut registry, readings);
             }
-            (depth, lockdown) => {
-                let error = match (depth, lockdown) {
-                    (Ok(Err(error)), _) | (_, Ok(Err(error))) => error.to_string(),
-                    _ => format!("no answer within {STORE_WAIT:?}"),
-                };
-                tracing::warn!(%error, "metrics: the store does not answer; queue depth left out");
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "metrics: the store does not answer; queue depth and account states left out");
+            }
+            Err(_) => {
+                tracing::warn!(wait = ?STORE_WAIT, "metrics: the store did not answer in time; queue depth and account states left out");
             }
         }
         registry.register(
@@ -198,13 +232,75 @@ impl Scrape {
             Unit::Seconds,
             started,
         );
-        let info = prometheus_client::metrics::family::Family::<VersionLabel, Gauge>::default();
+        let info = Family::<VersionLabel, Gauge>::default();
         info.get_or_create(&VersionLabel {
             version: env!("CARGO_PKG_VERSION"),
         })
         .set(1);
         registry.register("build_info", "The relay's version, as a label", info);
         registry
+    }
+
+    fn register_store_readings(&self, registry: &mut Registry, readings: StoreReadings) {
+        let queue = Family::<StateLabel, Gauge>::default();
+        for (state, count) in readings.queue {
+            queue
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "queue_messages",
+            "Messages in the store by state (final states counted at most every 30 s)",
+            queue,
+        );
+        let locked = Gauge::<i64>::default();
+        locked.set(i64::from(readings.locked));
+        registry.register(
+            "lockdown",
+            "1 while the relay is in lockdown (`oxirelay lockdown`): nothing is delivered",
+            locked,
+        );
+        let configured: Vec<&str> = self
+            .state
+            .config
+            .accounts
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        let states = Family::<AccountStateLabels, Gauge>::default();
+        for (account, state, value) in account_states(&configured, &readings.records) {
+            states
+                .get_or_create(&AccountStateLabels {
+                    account: account.to_string(),
+                    state,
+                })
+                .set(value);
+        }
+        registry.register(
+            "account_state",
+            "1 for each account's token lifecycle state (new, valid, failing, needs_consent, revoked, needs_admin), 0 for the others",
+            states,
+        );
+        let expiry = Family::<AccountLabel, Gauge>::default();
+        for record in &readings.records {
+            if let Some(at) = record.access_expires_at
+                && configured.contains(&record.account.as_str())
+            {
+                expiry
+                    .get_or_create(&AccountLabel {
+                        account: record.account.clone(),
+                    })
+                    .set(at);
+            }
+        }
+        registry.register_with_unit(
+            "access_token_expiry_timestamp",
+            "When each account's current access token expires, Unix time (absent while it has none)",
+            Unit::Seconds,
+            expiry,
+        );
     }
 }
 
@@ -219,6 +315,22 @@ mod tests {
             HeaderValue::from_str(value).expect("header"),
         );
         headers
+    }
+
+    #[test]
+    fn every_configured_account_has_one_current_state() {
+        let mut failing = TokenRecord::new("office");
+        failing.state = AccountState::Failing;
+        let gone = TokenRecord::new("removed-from-config");
+        let series = account_states(&["office", "lab"], &[failing, gone]);
+        assert_eq!(series.len(), 2 * ACCOUNT_STATES.len());
+        let current: Vec<(&str, &str)> = series
+            .iter()
+            .filter(|(_, _, v)| *v == 1)
+            .map(|(a, s, _)| (*a, *s))
+            .collect();
+        assert_eq!(current, [("office", "failing"), ("lab", "new")]);
+        assert!(series.iter().all(|(a, _, _)| *a != "removed-from-config"));
     }
 
     #[test]
