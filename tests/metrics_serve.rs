@@ -308,9 +308,16 @@ async fn counters_move_with_real_mail_through_serve() {
     .await;
     assert!(client.command("QUIT").await.starts_with("221"));
 
-    let after = scrape_until(base, "three recipients delivered", |s| {
-        s.deliveries("delivered") >= 3.0
-    })
+    // The attempt is timed once its outcome is recorded (and counted):
+    // wait for both.
+    let after = scrape_until(
+        base,
+        "three recipients delivered, two attempts timed",
+        |s| {
+            s.deliveries("delivered") >= 3.0
+                && s.account("oxirelay_delivery_attempt_duration_seconds_count") >= 2.0
+        },
+    )
     .await;
     running
         .harness
@@ -434,8 +441,9 @@ async fn a_refused_token_moves_the_auth_failure_counters() {
     submit(&mut client, "refused token", &["rcpt@example.net"]).await;
     assert!(client.command("QUIT").await.starts_with("221"));
 
-    let after = scrape_until(base, "the recipient deferred", |s| {
+    let after = scrape_until(base, "the recipient deferred, the attempt timed", |s| {
         s.deliveries("deferred") >= 1.0
+            && s.account("oxirelay_delivery_attempt_duration_seconds_count") >= 1.0
     })
     .await;
     assert_eq!(
