@@ -665,3 +665,43 @@ async fn readiness_and_store_up_follow_a_failing_store_and_lockdown() {
     );
     assert!(running.relay.terminate().success());
 }
+
+/// A `metrics_token` that cannot be read stops `serve` before it listens,
+/// with the reason and what to do; nothing is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_metrics_token_stops_the_start() {
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    harness.add_relay();
+    let token_file = harness.dir.path().join("metrics.token");
+    std::fs::write(&token_file, "readable-by-all\n").expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    let mut text = std::fs::read_to_string(&harness.config_path).expect("config");
+    text.push_str("\n[http]\naddr = \"127.0.0.1:0\"\nmetrics_token = \"file:metrics.token\"\n");
+    std::fs::write(&harness.config_path, text).expect("write config");
+    let config = harness.config_path.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .arg("-c")
+            .arg(&config)
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("runs")
+    })
+    .await
+    .expect("join");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("[http] metrics_token: secret file:")
+            && stderr.contains("metrics.token")
+            && stderr.contains("remove metrics_token"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
+}

@@ -26,7 +26,7 @@ pub mod process;
 pub mod queue_depth;
 pub mod scrape;
 
-pub use scrape::routes;
+pub use scrape::{check_token, routes};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

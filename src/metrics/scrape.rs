@@ -78,6 +78,24 @@ pub fn routes(state: HttpState) -> Router {
         .with_state(scrape)
 }
 
+/// Reads `[http] metrics_token`, if set, so that `serve` can refuse to
+/// start with the reason (a variable not set, a file readable by others)
+/// instead of serving a `/metrics` that refuses every scrape.
+pub fn check_token(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    match config.http.as_ref().and_then(|h| h.metrics_token.as_ref()) {
+        Some(reference) => reference
+            .resolve()
+            .map(|_| ())
+            .map_err(|error| crate::config::ConfigError::Invalid {
+                path: config.path.clone(),
+                message: format!(
+                    "[http] metrics_token: {error} (or remove metrics_token, which leaves /metrics open to whoever reaches [http] addr)"
+                ),
+            }),
+        None => Ok(()),
+    }
+}
+
 fn metrics_token(state: &HttpState) -> Option<Secret> {
     let reference = state.config.http.as_ref()?.metrics_token.as_ref()?;
     match reference.resolve() {
