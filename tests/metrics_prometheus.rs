@@ -44,7 +44,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_prometheus(dir: &Path, target: &str, token_file: &Path) -> Prometheus {
+/// Starts Prometheus and waits until it is ready (`/-/ready`). The port is
+/// picked free, then given to Prometheus: should another program take it in
+/// between, Prometheus exits and is started again on another (3 tries).
+async fn start_prometheus(dir: &Path, target: &str, token_file: &Path) -> Prometheus {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -56,23 +59,44 @@ fn start_prometheus(dir: &Path, target: &str, token_file: &Path) -> Prometheus {
         ),
     )
     .expect("write prometheus.yml");
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    Prometheus {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
+    for _ in 0..3 {
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        let mut prometheus = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + PROMETHEUS_WAIT;
+        while Instant::now() < deadline {
+            if prometheus.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            let ready = reqwest::Client::new()
+                .get(format!("{}/-/ready", prometheus.base))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return prometheus;
+            }
+            // Prometheus opens its TSDB before it answers: nothing to
+            // wait on but its readiness endpoint.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
+    panic!("prometheus did not become ready in 3 tries of {PROMETHEUS_WAIT:?}");
 }
 
 /// The values of an instant query, or `None` while Prometheus is not up.
@@ -139,7 +163,7 @@ async fn prometheus_scrapes_serve_and_sees_a_delivery() {
     let line = relay.wait_for_line("oxirelay: HTTP on http://");
     let target = line["oxirelay: HTTP on http://".len()..].to_string();
 
-    let prometheus = start_prometheus(harness.dir.path(), &target, &token_file);
+    let prometheus = start_prometheus(harness.dir.path(), &target, &token_file).await;
     // Scraped and parsed in full, token accepted.
     wait_for(&prometheus, "up{job=\"oxirelay\"}", 1.0).await;
     wait_for(
