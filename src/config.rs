@@ -591,6 +591,9 @@ pub struct HttpConfig {
     /// differs from `addr` (behind a proxy): the console's OAuth redirect
     /// and the OpenAPI document's server are built from it.
     pub public_url: Option<String>,
+    /// A bearer token `/metrics` asks for (`env:NAME` or `file:PATH`);
+    /// without it the route is open to whoever reaches `addr`.
+    pub metrics_token: Option<SecretRef>,
 }
 
 impl HttpConfig {
@@ -700,6 +703,9 @@ impl Config {
             }
             if let Some(key) = &mut http.key {
                 rebase(key);
+            }
+            if let Some(token) = &mut http.metrics_token {
+                token.rebase(base);
             }
         }
         for listener in &mut self.listeners {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod instance;
 pub mod maildrop;
 pub mod message;
+pub mod metrics;
 pub mod oauth;
 pub mod sandbox;
 pub mod secret;

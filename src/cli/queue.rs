@@ -303,7 +303,7 @@ async fn list(
             }
             if !json && printed == 0 {
                 out.line(&format!(
-                    "{:<17} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} FROM → TO",
+                    "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} FROM → TO",
                     "ID", "STATE", "ACCOUNT", "CREATED", "SIZE", "TRY", "NEXT"
                 ))?;
             }
@@ -379,7 +379,7 @@ fn print_row(out: &mut Output, m: &QueuedMessage) -> anyhow::Result<bool> {
         format_unix(m.next_attempt_at)
     };
     let mut shown = out.line(&format!(
-        "{:<17} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} {} → {}",
+        "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} {} → {}",
         m.id,
         m.state,
         m.account,
@@ -688,7 +688,7 @@ fn print_affected(
         out.line(&line.to_string())?;
     } else if dry_run {
         out.line(&format!(
-            "would {action:<7} {:<17} {:<10} {:<12} {}",
+            "would {action:<7} {:<25} {:<10} {:<12} {}",
             message.id,
             message.state,
             message.account,

@@ -114,6 +114,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
         }
         None => None,
     };
+    // An unreadable `[http] metrics_token` stops the start, before any
+    // listener, rather than leaving /metrics refusing every scrape.
+    crate::metrics::check_token(&context.config)?;
     let (listeners_stop, listeners_signal) = shutdown_channel();
     let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;
     for addr in listeners.addrs() {

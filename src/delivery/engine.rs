@@ -54,6 +54,7 @@ use crate::delivery::route::domain_of;
 use crate::delivery::schedule::RetrySchedule;
 use crate::delivery::upstream::{UpstreamError, ehlo_name};
 use crate::instance::Holder;
+use crate::metrics::DeliveryOutcome;
 use crate::oauth::account::{Account, ApiTarget};
 use crate::oauth::broker::Broker;
 use crate::smtp::client::{ClientError, Envelope, RecipientOutcome, Reply, Stage};
@@ -773,6 +774,7 @@ impl Shared {
                 return;
             }
         }
+        let started = Instant::now();
         let mut result = match &account.api {
             Some(api) => self.attempt_api(account, api, &message, &body, &open).await,
             None => self.attempt(account, &message, &body, &open).await,
@@ -781,6 +783,7 @@ impl Shared {
         self.account_after(account, &message, &result).await;
         self.record(&message, &body, &lease, Some(account), result)
             .await;
+        crate::metrics::global().delivery_attempt(&account.name, started.elapsed());
     }
 
     /// How long the account must be left alone after `result`: the longest
@@ -1215,6 +1218,20 @@ impl Shared {
                 .audit(&event.kind, Some(&message.account), &event.detail)
                 .await;
         }
+        // Per recipient, as the stats count them; after the commit, so a
+        // scrape never shows an outcome the store does not hold.
+        let metrics = crate::metrics::global();
+        let label = account.map_or(UNCONFIGURED, |a| a.name.as_str());
+        for (outcome, count) in [
+            (DeliveryOutcome::Delivered, delivered),
+            (DeliveryOutcome::Deferred, deferred),
+            (DeliveryOutcome::Bounced, bounced),
+        ] {
+            metrics.deliveries(label, outcome, count as u64);
+        }
+        if state == MessageState::Delivered {
+            metrics.delivered_after(label, now_unix().saturating_sub(message.created_at));
+        }
         // Counted only once its events are written: whoever waits on the
         // stats (serve's summary, tests) then sees the whole attempt.
         self.count(|s| {
@@ -1300,6 +1317,20 @@ impl Shared {
         };
         for message in expired {
             self.count(|s| s.messages_expired += 1);
+            let expired_recipients = message
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Expired)
+                .count();
+            let label = self
+                .broker
+                .account(&message.account)
+                .map_or(UNCONFIGURED, |a| a.name.as_str());
+            crate::metrics::global().deliveries(
+                label,
+                DeliveryOutcome::Expired,
+                expired_recipients as u64,
+            );
             self.event(
                 "message.expired",
                 &message.id,
@@ -1336,6 +1367,10 @@ impl Shared {
         }
     }
 }
+
+/// The account label of a message whose account is no longer in the
+/// config: a fixed word, so that labels stay the configured names.
+const UNCONFIGURED: &str = "unconfigured";
 
 /// Whether a message's last error was a provider's refusal of Send As.
 fn was_send_as_denied(last_error: &str) -> bool {

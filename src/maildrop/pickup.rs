@@ -371,7 +371,7 @@ impl Inner {
         name: &str,
     ) -> Result<(Claim, super::local::LocalUser, crate::users::SubmissionUser), Option<Refusal>>
     {
-        if name.len() != 16 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !MessageId::is_well_formed(name) {
             return Err(Some(Refusal::keep(
                 "it is not a claim the pickup made (a file put into claimed/ by hand?)",
                 None,

@@ -874,6 +874,7 @@ impl Broker {
     /// call fetches a new one. A newer token is left alone.
     pub async fn invalidate(&self, name: &str, token: &AccessToken) -> Result<(), BrokerError> {
         let slot = self.slot(name)?;
+        crate::metrics::global().upstream_token_refused(name);
         let mut state = slot.state.lock().await;
         if state
             .cached
@@ -918,6 +919,7 @@ impl Broker {
         token: &AccessToken,
         reason: &str,
     ) -> Result<(), BrokerError> {
+        crate::metrics::global().upstream_auth_failed(name);
         self.invalidate(name, token).await?;
         let error = BrokerError::UpstreamRejected {
             account: name.to_string(),
@@ -1341,9 +1343,14 @@ impl Broker {
             },
         };
         tracing::debug!(account = %account.name, grant = grant.grant_type(), "requesting a token");
+        let metrics = crate::metrics::global();
+        metrics.token_request(&account.name);
         let response = match endpoint.request(&slot.http, &grant).await {
             Ok(response) => response,
-            Err(source) => return Err(self.token_failure(account, record, source).await),
+            Err(source) => {
+                metrics.token_request_failed(&account.name, failure_reason(&source));
+                return Err(self.token_failure(account, record, source).await);
+            }
         };
         let pending = PendingCommit {
             rotated: response.refresh_token.is_some() && refresh_token.is_some(),
@@ -1664,6 +1671,18 @@ impl Broker {
             expires_at,
             detail,
         });
+    }
+}
+
+/// The `reason` label of `oxirelay_token_request_failures_total`: one word
+/// per kind of failure, never the error's text.
+fn failure_reason(error: &TokenError) -> &'static str {
+    match error {
+        TokenError::Rejected(_) => "rejected",
+        TokenError::Unavailable { .. } => "unavailable",
+        TokenError::Transport { .. } => "transport",
+        TokenError::Malformed { .. } => "malformed",
+        TokenError::Insecure(_) => "insecure",
     }
 }
 

@@ -13,6 +13,7 @@
 //! rules with the same words. For a message that came over SMTP they cost
 //! one pass over bytes already in memory.
 
+use crate::metrics::SubmissionResult;
 use crate::smtp::server::Reply;
 use crate::smtp::server::data::MAX_LINE_LEN;
 use crate::smtp::server::reply::standard;
@@ -277,8 +278,14 @@ impl Acceptance {
             message,
             id,
         } = submission;
+        // Every front end calls this right after it has the whole message
+        // (end of DATA, the API's request body): from here to the commit
+        // is the submission latency `/metrics` shows.
+        let started = std::time::Instant::now();
+        let metrics = crate::metrics::global();
         if let Err(refused) = self.rules.check(submitter, mail_from, recipients, message) {
             tracing::info!(user = %submitter.name, ?mail_from, %refused, "message refused");
+            metrics.submission(SubmissionResult::Refused, started.elapsed());
             return Err(refused.into());
         }
         let mut body = Vec::with_capacity(trace.len() + message.len());
@@ -298,11 +305,13 @@ impl Acceptance {
         };
         match queued {
             Ok(id) => {
+                metrics.submission(SubmissionResult::Accepted, started.elapsed());
                 self.work_arrived.notify_one();
                 tracing::info!(%id, user = %submitter.name, account = %submitter.account, size, recipients = recipients.len(), "message queued");
                 Ok(id)
             }
             Err(error) => {
+                metrics.submission(SubmissionResult::Failed, started.elapsed());
                 tracing::error!(%error, user = %submitter.name, "cannot queue a submitted message");
                 Err(error.into())
             }

@@ -24,8 +24,8 @@ use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
 use crate::smtp::server::reply::standard;
 use crate::smtp::server::{
     AuthRefusal, BoxFuture, DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_ADDRESS, Envelope,
-    Identity, LineLimit, Refusal, Reply, SessionContext, SessionLimits, SessionPolicy,
-    SessionRules, ShutdownLimits,
+    Identity, LineLimit, Refusal, Reply, SessionContext, SessionEvent, SessionLimits,
+    SessionPolicy, SessionRules, ShutdownLimits,
 };
 use crate::store::Store;
 use crate::users::SubmissionUser;
@@ -648,5 +648,15 @@ impl SessionPolicy for SubmissionPolicy {
         message: &'a [u8],
     ) -> BoxFuture<'a, Result<String, Refusal>> {
         Box::pin(self.enqueue(context, envelope, message))
+    }
+
+    /// Open sessions for `/metrics`: the shell reports `Connected` and
+    /// `Closed` once each per session.
+    fn observe(&self, event: &SessionEvent) {
+        match event {
+            SessionEvent::Connected => crate::metrics::global().submission_session_opened(),
+            SessionEvent::Closed => crate::metrics::global().submission_session_closed(),
+            _ => {}
+        }
     }
 }
