@@ -470,3 +470,95 @@ pub(super) const NEXT_DUE_SQL: &str = "SELECT MIN(due) FROM ( \
      UNION ALL \
      SELECT MIN(COALESCE((SELECT heartbeat_until + 1 FROM instances WHERE instances.id = lease_instance), 0)) \
      FROM messages WHERE state = 'in_flight' AND lease_instance IS NOT NULL) AS dues";
+
+/// Guards that fail loudly (STYLE.md section 7): the claim and next_due on
+/// a store of realistic shape (most messages delivered, a backlog waiting,
+/// a few in flight), after ANALYZE, must read `messages` through their
+/// partial indexes, never by a sequential scan: a scan costs a claim time
+/// in proportion to everything ever kept. Needs PostgreSQL
+/// (`OXIRELAY_TEST_POSTGRES_URL`); skipped, saying so, without.
+#[cfg(test)]
+mod plan_tests {
+    use sqlx::Connection;
+
+    async fn plan(conn: &mut sqlx::PgConnection, sql: &str) -> String {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("explain")
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_claim_and_next_due_use_their_indexes_on_a_large_table() {
+        let Ok(base) = std::env::var("OXIRELAY_TEST_POSTGRES_URL") else {
+            println!("SKIPPED: OXIRELAY_TEST_POSTGRES_URL is not set (PostgreSQL tests)");
+            return;
+        };
+        let schema = format!("oxr_test_plan_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect");
+        let setup = format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema};"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+            .execute(&mut conn)
+            .await
+            .expect("schema");
+        let result = async {
+            sqlx::raw_sql(include_str!("0001_schema.sql"))
+                .execute(&mut conn)
+                .await
+                .expect("tables");
+            // 50,000 delivered, 500 waiting, 50 in flight.
+            sqlx::raw_sql(
+                "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at, lease_instance, lease_expires_at) \
+                 SELECT lpad(to_hex(n), 24, '0'), 'office', 'a@x', 100, 'test', \
+                     CASE WHEN n % 100 = 0 THEN 'queued' WHEN n % 1000 = 1 THEN 'in_flight' ELSE 'delivered' END, \
+                     1, n, n, n, CASE WHEN n % 1000 = 1 THEN 'i' END, CASE WHEN n % 1000 = 1 THEN n END \
+                 FROM generate_series(1, 50000) AS n; \
+                 ANALYZE;",
+            )
+            .execute(&mut conn)
+            .await
+            .expect("populate");
+            // Values in place of the parameters: the plan a claim gets
+            // (PostgreSQL plans each execution with its values at first).
+            let claim_with_values = super::CLAIM_SQL
+                .replace("$1", "'i/w'")
+                .replace("$2", "60000")
+                .replace("$3", "50000")
+                .replace("$4", "10")
+                .replace("$5", "'i'");
+            let claim = plan(&mut conn, &claim_with_values).await;
+            let next_due = plan(&mut conn, super::NEXT_DUE_SQL).await;
+            (claim, next_due)
+        }
+        .await;
+        let drop = format!("DROP SCHEMA {schema} CASCADE");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        let (claim, next_due) = result;
+        for (name, steps) in [("claim", &claim), ("next_due", &next_due)] {
+            assert!(
+                !steps.contains("Seq Scan on messages"),
+                "{name} scans messages:\n{steps}"
+            );
+        }
+        for index in [
+            "messages_waiting",
+            "messages_lease_expiry",
+            "messages_in_flight_by_instance",
+        ] {
+            assert!(
+                claim.contains(index),
+                "the claim does not use {index}:\n{claim}"
+            );
+        }
+        assert!(
+            next_due.contains("messages_waiting") && next_due.contains("messages_lease_expiry"),
+            "{next_due}"
+        );
+    }
+}
