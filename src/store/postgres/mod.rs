@@ -81,10 +81,14 @@ pub struct PostgresStore {
     _listener: AbortOnDrop,
 }
 
+/// What is named after the store's schema, so that deployments in other
+/// schemas of the same database neither wake nor wait for this one.
 #[derive(Clone)]
 struct Channels {
     work: String,
     credentials: String,
+    /// The advisory lock key of the event log's gate (queue::insert_event).
+    events_gate: i64,
 }
 
 impl Channels {
@@ -102,9 +106,14 @@ impl Channels {
                 format!("oxirelay_{kind}_{short}")
             }
         };
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("oxirelay_events_{schema}").as_bytes());
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest[..8]);
         Channels {
             work: name("work"),
             credentials: name("credentials"),
+            events_gate: i64::from_be_bytes(key),
         }
     }
 }
@@ -629,7 +638,7 @@ impl Store for PostgresStore {
 
     async fn record_event(&self, event: &Event) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        queue::insert_event(&mut conn, event).await?;
+        queue::insert_event(&mut conn, self.channels.events_gate, event).await?;
         Ok(())
     }
 
@@ -647,11 +656,7 @@ impl Store for PostgresStore {
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(queue::EVENTS_AFTER_SQL)
-            .bind(after)
-            .bind(big(limit))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = queue::events_after(&self.pool, self.channels.events_gate, after, limit).await?;
         rows.iter().map(stored_event).collect()
     }
 
@@ -689,7 +694,15 @@ impl Store for PostgresStore {
         lease: &ClaimLease,
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError> {
-        queue::complete_attempt(&self.pool, id, lease, outcome, &[]).await
+        queue::complete_attempt(
+            &self.pool,
+            id,
+            lease,
+            outcome,
+            &[],
+            self.channels.events_gate,
+        )
+        .await
     }
 
     async fn complete_attempt_with_events(
@@ -699,7 +712,15 @@ impl Store for PostgresStore {
         outcome: &AttemptOutcome,
         events: &[Event],
     ) -> Result<MessageState, StoreError> {
-        queue::complete_attempt(&self.pool, id, lease, outcome, events).await
+        queue::complete_attempt(
+            &self.pool,
+            id,
+            lease,
+            outcome,
+            events,
+            self.channels.events_gate,
+        )
+        .await
     }
 
     async fn release(
@@ -1017,6 +1038,64 @@ mod tests {
         let shown = super::super::redact_url("postgres://relay:hunter2@db.example:5432/mail");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("db.example"), "{shown}");
+    }
+
+    /// A reader of the event log never steps over an event whose id was
+    /// drawn before a later one's but committed after it: it waits for the
+    /// open one, then returns both in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_event_log_is_read_in_commit_safe_order() {
+        let Ok(base) = std::env::var("OXIRELAY_TEST_POSTGRES_URL") else {
+            println!("SKIPPED: OXIRELAY_TEST_POSTGRES_URL is not set (PostgreSQL tests)");
+            return;
+        };
+        let schema = format!("oxr_test_gate_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("schema");
+        let url = format!("{base}?options[search_path]={schema}");
+        let store = Arc::new(PostgresStore::open(&url).await.expect("open"));
+        let event = |kind: &str| Event {
+            at: 1,
+            kind: kind.into(),
+            account: None,
+            message_id: None,
+            detail: String::new(),
+        };
+        let mut writer = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let mut open = writer.begin().await.expect("begin");
+        queue::insert_event(&mut open, store.channels.events_gate, &event("first"))
+            .await
+            .expect("first, not committed yet");
+        store.record_event(&event("second")).await.expect("second");
+        let mut reader = {
+            let store = store.clone();
+            tokio::spawn(async move { store.events_after(0, 10).await })
+        };
+        // The reader must wait for the open transaction; half a second is
+        // far longer than an unblocked read takes.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut reader).await;
+        let waited = early.is_err();
+        open.commit().await.expect("commit");
+        let read = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("reads once the open event commits")
+            .expect("task")
+            .expect("events");
+        let kinds: Vec<&str> = read.iter().map(|e| e.event.kind.as_str()).collect();
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .expect("drop");
+        assert!(
+            waited,
+            "the reader did not wait for the event still being written"
+        );
+        assert_eq!(kinds, ["first", "second"]);
     }
 
     #[test]

@@ -242,6 +242,7 @@ pub(super) async fn complete_attempt(
     lease: &ClaimLease,
     outcome: &AttemptOutcome,
     events: &[Event],
+    gate: i64,
 ) -> Result<MessageState, StoreError> {
     let mut tx = pool.begin().await?;
     lock_leased(&mut tx, id, lease).await?;
@@ -306,34 +307,65 @@ pub(super) async fn complete_attempt(
     .execute(&mut *tx)
     .await?;
     for event in events {
-        insert_event(&mut tx, event).await?;
+        insert_event(&mut tx, gate, event).await?;
     }
     tx.commit().await?;
     Ok(next_state)
 }
 
+/// Inserts an event, holding the event log's gate (shared) from before its
+/// id is drawn until the transaction ends. Ids come from a sequence in the
+/// order inserts run, not the order their transactions commit; a reader
+/// following the log ([`events_after`]) takes the gate exclusively, so it
+/// reads only when no event is between its id and its commit, and never
+/// steps over an id that commits after a higher one. Writers share the
+/// gate, so they do not wait for each other.
 pub(super) async fn insert_event(
     conn: &mut PgConnection,
+    gate: i64,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
+    // The gate's subquery runs before the row (and its id) is made.
     sqlx::query(
-        "INSERT INTO events (at, kind, account, message_id, detail) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO events (at, kind, account, message_id, detail) \
+         SELECT $1, $2, $3, $4, $5 FROM (SELECT pg_advisory_xact_lock_shared($6)) AS gate",
     )
     .bind(event.at)
     .bind(&event.kind)
     .bind(&event.account)
     .bind(event.message_id.as_ref().map(|id| id.0.as_str()))
     .bind(&event.detail)
+    .bind(gate)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// The event log from a reader's last id on. Ids come from a sequence, in
-/// the order the inserts ran, not the order their transactions committed:
-/// a reader that polls while two outcomes commit may see the higher id
-/// first and step over the lower one (module header of mod.rs: open).
-pub(super) const EVENTS_AFTER_SQL: &str = "SELECT id, at, kind, account, message_id, detail FROM events WHERE id > $1 ORDER BY id LIMIT $2";
+/// The event log from a reader's last id on, behind the gate (see
+/// [`insert_event`]): waits for the events being written to commit (or
+/// roll back), then reads a prefix of the log that no later commit can
+/// add a lower id to.
+pub(super) async fn events_after(
+    pool: &PgPool,
+    gate: i64,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<PgRow>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(gate)
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query(EVENTS_AFTER_SQL)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+const EVENTS_AFTER_SQL: &str = "SELECT id, at, kind, account, message_id, detail FROM events WHERE id > $1 ORDER BY id LIMIT $2";
 
 pub(super) const MESSAGE_EVENTS_SQL: &str = "SELECT id, at, kind, account, message_id, detail \
      FROM events WHERE message_id = $1 ORDER BY id";
