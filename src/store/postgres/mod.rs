@@ -1081,11 +1081,14 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(500), &mut reader).await;
         let waited = early.is_err();
         open.commit().await.expect("commit");
-        let read = tokio::time::timeout(Duration::from_secs(30), reader)
-            .await
-            .expect("reads once the open event commits")
-            .expect("task")
-            .expect("events");
+        let read = match early {
+            Ok(done) => done,
+            Err(_) => tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .expect("reads once the open event commits"),
+        }
+        .expect("task")
+        .expect("events");
         let kinds: Vec<&str> = read.iter().map(|e| e.event.kind.as_str()).collect();
         sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&mut admin)
