@@ -18,6 +18,7 @@ mod serve;
 mod tls;
 mod token;
 mod user;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -126,6 +127,9 @@ pub enum Command {
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
+    /// Webhook endpoints ([[webhook]]): where each is in the event log; send a test event.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -198,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
+        Command::Webhook(command) => webhook::run(config, command).await,
         Command::Tls(command) => tls::run(command).await,
     }
 }

@@ -173,7 +173,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             context.config.store.keep_events.duration(),
         ),
         args.retention_every,
-        stop_signal,
+        stop_signal.clone(),
         {
             let broker = broker.clone();
             move |detail: String| {
@@ -182,6 +182,24 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             }
         },
     ));
+    // Webhooks (`[[webhook]]`) and notifications (`[notify]`); the
+    // notifier wakes the dispatcher when it records an event.
+    let events_recorded = Arc::new(Notify::new());
+    let webhooks = if context.config.webhooks.is_empty() {
+        None
+    } else {
+        let endpoints = crate::webhooks::Endpoint::all(&context.config)?;
+        for endpoint in &endpoints {
+            println!(
+                "oxirelay: webhook {} to {}",
+                endpoint.name,
+                endpoint.origin()
+            );
+        }
+        let dispatcher =
+            crate::webhooks::Dispatcher::new(store.clone(), endpoints, events_recorded.clone());
+        Some(tokio::spawn(dispatcher.run(stop_signal.clone())))
+    };
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
 
     wait_for_termination().await?;
@@ -203,6 +221,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
     let _ = validation.await;
     let _ = retention.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     let _ = credential_watch.await;
     if let Some(pickup) = pickup {
         let _ = pickup.await;
