@@ -734,7 +734,7 @@ impl WebhookConfig {
 
 /// Telling the operator of accounts and a relay that need a person
 /// (`[notify]`; `src/notify`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
     /// Run for each notification with the event in the environment

@@ -200,6 +200,16 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             crate::webhooks::Dispatcher::new(store.clone(), endpoints, events_recorded.clone());
         Some(tokio::spawn(dispatcher.run(stop_signal.clone())))
     };
+    let notifier = (context.config.notify.is_some() || webhooks.is_some()).then(|| {
+        let notifier = crate::notify::Notifier::new(
+            store.clone(),
+            broker.clone(),
+            Arc::new(context.config.clone()),
+            events_recorded.clone(),
+            wake.clone(),
+        );
+        tokio::spawn(notifier.run(stop_signal.clone()))
+    });
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
 
     wait_for_termination().await?;
@@ -223,6 +233,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let _ = retention.await;
     if let Some(webhooks) = webhooks {
         let _ = webhooks.await;
+    }
+    if let Some(notifier) = notifier {
+        let _ = notifier.await;
     }
     let _ = credential_watch.await;
     if let Some(pickup) = pickup {
