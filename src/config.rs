@@ -1257,6 +1257,56 @@ user = "noreply@contoso.com"
     }
 
     #[test]
+    fn webhooks_and_notify_are_checked() {
+        let hook = |extra: &str| {
+            parse(&format!(
+                "[[webhook]]\nname = \"ops\"\nurl = \"https://hooks.example.com/x\"\nsecret = \"env:HOOK\"\n{extra}"
+            ))
+        };
+        let webhook = hook("").expect("a plain webhook");
+        assert_eq!(
+            webhook.webhooks[0].events(),
+            WebhookConfig::DEFAULT_EVENTS.to_vec()
+        );
+        let error = hook("events = [\"Message Delivered\"]").expect_err("not a kind");
+        assert!(error.to_string().contains("not an event kind"), "{error}");
+        let error = hook("retry_first = \"0s\"").expect_err("zero");
+        assert!(error.to_string().contains("is zero"), "{error}");
+        let twice = format!(
+            "{0}{0}",
+            "[[webhook]]\nname = \"ops\"\nurl = \"https://h.example.com/\"\nsecret = \"env:HOOK\"\n"
+        );
+        assert!(
+            parse(&twice)
+                .expect_err("twice")
+                .to_string()
+                .contains("defined twice")
+        );
+
+        let notify = |text: &str| parse(&format!("{GOOD_ACCOUNT}\n[notify]\n{text}"));
+        assert!(
+            notify("repeat_every = \"6h\"\ncommand = [\"/usr/local/bin/page\", \"ops\"]").is_ok()
+        );
+        for (text, says) in [
+            ("command = []", "command is empty"),
+            ("email_to = \"ops@contoso.com\"", "needs email_account"),
+            ("email_account = \"office\"", "without email_to"),
+            (
+                "email_to = \"ops@contoso.com\"\nemail_account = [\"nope\"]",
+                "not an [[account]]",
+            ),
+            (
+                "email_to = \"not an address\"\nemail_account = \"office\"",
+                "not an e-mail address",
+            ),
+            ("repeat_every = \"6\"", "not a period"),
+        ] {
+            let error = notify(text).expect_err(text).to_string();
+            assert!(error.contains(says), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn design_example_account_parses() {
         let config = parse(GOOD_ACCOUNT).expect("valid");
         assert_eq!(config.accounts[0].name, "office");

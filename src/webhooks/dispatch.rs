@@ -111,7 +111,14 @@ impl Follower {
             if *stop.borrow() {
                 break;
             }
-            let pass = match self.pass().await {
+            // A stop cuts a POST short: every write of a pass stands on
+            // its own, and an event cut off is sent again after the
+            // restart (at least once), so `serve` stops within its bound.
+            let result = tokio::select! {
+                result = self.pass() => result,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let pass = match result {
                 Ok(pass) => pass,
                 Err(error) => {
                     tracing::error!(webhook = %name, %error, "cannot read or move the webhook's cursor; trying again");

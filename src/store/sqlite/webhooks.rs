@@ -342,4 +342,44 @@ mod tests {
         assert!(store.notify_clear("lockdown").await.expect("clear"));
         assert!(store.notify_due("lockdown", 1061, 60).await.expect("due"));
     }
+    /// The reads that run per event (the message an event is about) and
+    /// per listing (the lag) search an index, whatever the size of the
+    /// queue and the log.
+    #[tokio::test]
+    async fn per_event_reads_search_and_never_scan() {
+        let (_dir, store) = store().await;
+        for (name, sql, params) in [
+            (
+                "message summary",
+                format!("SELECT {} FROM messages WHERE id = ?", super::MESSAGE_COLUMNS),
+                1,
+            ),
+            ("lag", "SELECT MAX(id) FROM events".to_string(), 0),
+            (
+                "statuses",
+                "SELECT endpoint, MAX(0, COALESCE((SELECT MAX(id) FROM events), 0) - cursor) FROM webhook_cursors"
+                    .to_string(),
+                0,
+            ),
+        ] {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            for _ in 0..params {
+                query = query.bind("x");
+            }
+            let steps: Vec<String> = query
+                .fetch_all(&store.pool)
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+                .collect();
+            for step in &steps {
+                assert!(
+                    !step.starts_with("SCAN messages") && !step.starts_with("SCAN events"),
+                    "{name} scans: {steps:?}"
+                );
+                assert!(!step.contains("TEMP B-TREE"), "{name} sorts: {steps:?}");
+            }
+        }
+    }
 }
