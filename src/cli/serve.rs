@@ -72,6 +72,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let store = context.store.clone();
     let broker = context.broker.clone();
     let wake = Arc::new(Notify::new());
+    // Webhook secrets are read before anything listens, so that a missing
+    // one stops the start with its name.
+    let endpoints = crate::webhooks::Endpoint::all(&context.config)?;
     let engine_config = EngineConfig {
         workers: args.workers.max(1),
         lease: args.lease,
@@ -185,10 +188,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     // Webhooks (`[[webhook]]`) and notifications (`[notify]`); the
     // notifier wakes the dispatcher when it records an event.
     let events_recorded = Arc::new(Notify::new());
-    let webhooks = if context.config.webhooks.is_empty() {
+    let webhooks = if endpoints.is_empty() {
         None
     } else {
-        let endpoints = crate::webhooks::Endpoint::all(&context.config)?;
         for endpoint in &endpoints {
             println!(
                 "oxirelay: webhook {} to {}",
