@@ -146,6 +146,34 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
 
     let (stop, stop_signal) = watch::channel(false);
+    // Webhooks (`[[webhook]]`) and notifications (`[notify]`); the
+    // notifier wakes the dispatcher when it records an event.
+    let events_recorded = Arc::new(Notify::new());
+    let webhooks = if endpoints.is_empty() {
+        None
+    } else {
+        let dispatcher =
+            crate::webhooks::Dispatcher::new(store.clone(), endpoints, events_recorded.clone());
+        dispatcher.open().await;
+        for endpoint in dispatcher.endpoints() {
+            println!(
+                "oxirelay: webhook {} to {}",
+                endpoint.name,
+                endpoint.origin()
+            );
+        }
+        Some(tokio::spawn(dispatcher.run(stop_signal.clone())))
+    };
+    let notifier = (context.config.notify.is_some() || webhooks.is_some()).then(|| {
+        let notifier = crate::notify::Notifier::new(
+            store.clone(),
+            broker.clone(),
+            Arc::new(context.config.clone()),
+            events_recorded.clone(),
+            wake.clone(),
+        );
+        tokio::spawn(notifier.run(stop_signal.clone()))
+    });
     let token_counter = tokio::spawn(count_tokens(broker.subscribe(), stop_signal.clone()));
     let supervisor = tokio::spawn(supervise_delivery(
         context.store.clone(),
@@ -185,33 +213,6 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             }
         },
     ));
-    // Webhooks (`[[webhook]]`) and notifications (`[notify]`); the
-    // notifier wakes the dispatcher when it records an event.
-    let events_recorded = Arc::new(Notify::new());
-    let webhooks = if endpoints.is_empty() {
-        None
-    } else {
-        for endpoint in &endpoints {
-            println!(
-                "oxirelay: webhook {} to {}",
-                endpoint.name,
-                endpoint.origin()
-            );
-        }
-        let dispatcher =
-            crate::webhooks::Dispatcher::new(store.clone(), endpoints, events_recorded.clone());
-        Some(tokio::spawn(dispatcher.run(stop_signal.clone())))
-    };
-    let notifier = (context.config.notify.is_some() || webhooks.is_some()).then(|| {
-        let notifier = crate::notify::Notifier::new(
-            store.clone(),
-            broker.clone(),
-            Arc::new(context.config.clone()),
-            events_recorded.clone(),
-            wake.clone(),
-        );
-        tokio::spawn(notifier.run(stop_signal.clone()))
-    });
     println!("oxirelay: delivering with {} workers", args.workers.max(1));
 
     wait_for_termination().await?;

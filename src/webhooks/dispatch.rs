@@ -40,43 +40,48 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// Runs every endpoint's task until `stop`.
 pub struct Dispatcher {
-    store: Arc<dyn Store>,
-    endpoints: Vec<Endpoint>,
-    wake: Arc<Notify>,
-    poll: Duration,
+    followers: Vec<Follower>,
 }
 
 impl Dispatcher {
     /// `wake`: notified by whoever records an event this process knows of
     /// (the notifier), so that it goes out without waiting for [`POLL`].
     pub fn new(store: Arc<dyn Store>, endpoints: Vec<Endpoint>, wake: Arc<Notify>) -> Self {
-        Dispatcher {
-            store,
-            endpoints,
-            wake,
-            poll: POLL,
-        }
+        let followers = endpoints
+            .into_iter()
+            .map(|endpoint| Follower {
+                store: store.clone(),
+                endpoint,
+                holder: Holder::new_in_this_process(),
+                wake: wake.clone(),
+                poll: POLL,
+            })
+            .collect();
+        Dispatcher { followers }
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.followers.iter().map(|f| &f.endpoint)
+    }
+
+    /// Takes each endpoint and gives a new one its cursor (at the end of
+    /// the log) now, so that every event recorded after this returns is
+    /// the endpoint's to receive. A store error is logged; the endpoint's
+    /// task tries again.
+    pub async fn open(&self) {
+        for follower in &self.followers {
+            if let Err(error) = follower.hold().await {
+                tracing::error!(webhook = %follower.endpoint.name, %error, "cannot open the webhook's cursor; trying again");
+            }
+        }
     }
 
     /// Runs until `stop` turns true; each endpoint's hold is given back.
     pub async fn run(self, stop: watch::Receiver<bool>) {
         let tasks: Vec<_> = self
-            .endpoints
+            .followers
             .into_iter()
-            .map(|endpoint| {
-                let follower = Follower {
-                    store: self.store.clone(),
-                    endpoint,
-                    holder: Holder::new_in_this_process(),
-                    wake: self.wake.clone(),
-                    poll: self.poll,
-                };
-                tokio::spawn(follower.run(stop.clone()))
-            })
+            .map(|follower| tokio::spawn(follower.run(stop.clone())))
             .collect();
         for task in tasks {
             let _ = task.await;
