@@ -12,6 +12,11 @@
 //! endpoint's row for [`HOLD`], renewed as it works, given back on a clean
 //! stop and taken over at once from a holder that is provably gone.
 //!
+//! Following the log by id loses nothing because ids become visible in
+//! order: SQLite has one writer, so an event with a lower id is committed
+//! before any with a higher one. (A PostgreSQL backend, whose sequences
+//! commit out of order, must give the same guarantee to `events_after`.)
+//!
 //! [`RetrySchedule`]: crate::delivery::schedule::RetrySchedule
 
 use super::endpoint::Endpoint;
@@ -187,6 +192,18 @@ impl Follower {
         let events = self.store.events_after(cursor.cursor, BATCH).await?;
         if events.is_empty() {
             return Ok(Pass::Idle);
+        }
+        if let Some(first) = events.first()
+            && first.id > cursor.cursor + 1
+        {
+            // SQLite's ids have no gaps (one writer; a rolled-back insert
+            // gives its id back): these were removed by retention
+            // (`[store] keep_events`) before the endpoint received them.
+            tracing::warn!(
+                webhook = %name,
+                missed = first.id - cursor.cursor - 1,
+                "events older than [store] keep_events were removed before this endpoint received them; raise keep_events above the longest outage a receiver may have"
+            );
         }
         let full = events.len() as u32 == BATCH;
         // The id up to which the cursor may move: events received, or
