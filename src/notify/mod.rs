@@ -83,6 +83,7 @@ impl Notifier {
                 _ = tokio::time::sleep(every) => {}
                 // A state change in this process is looked at at once; a
                 // lagged receiver only means several changes: look once.
+                // (It never closes: this task holds the broker.)
                 _ = changes.recv() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
