@@ -159,7 +159,20 @@ async fn a_receiver_gets_signed_events_in_order_and_an_api_key_endpoint_only_its
         on_shop.iter().map(|r| r.json()).collect::<Vec<_>>()
     );
 
-    // `webhook list --json` shows both endpoints caught up.
+    // One more message: its event is POSTed only after the cursor moved
+    // past the earlier ones (one event at a time), so the listing below
+    // counts them.
+    let fourth = enqueue(&harness, 4, "api:other").await;
+    let mut with_fourth = all.clone();
+    with_fourth.push(fourth);
+    receiver
+        .wait_for("the fourth delivery", |r| {
+            let on_all: Vec<_> = r.iter().filter(|r| r.path == "/all").cloned().collect();
+            delivered_ids(&on_all) == ids(&with_fourth)
+        })
+        .await;
+
+    // `webhook list --json` shows both endpoints and what they received.
     let config = harness.config_path.clone();
     let listed = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
@@ -254,9 +267,11 @@ async fn a_restart_resumes_from_the_cursor() {
         enqueue(&harness, 2, "app").await,
         enqueue(&harness, 3, "app").await,
     ];
+    // Two refusals: the second attempt comes only after the first failure
+    // was recorded, so the store has it when this relay stops.
     let refused = receiver
-        .wait_for("a refused attempt after the first", |r| {
-            r.iter().any(|r| !r.accepted())
+        .wait_for("two refused attempts after the first", |r| {
+            r.iter().filter(|r| !r.accepted()).count() >= 2
         })
         .await;
     assert!(relay.terminate().success());

@@ -60,6 +60,7 @@ impl Dispatcher {
                 holder: Holder::new_in_this_process(),
                 wake: wake.clone(),
                 poll: POLL,
+                held: None,
             })
             .collect();
         Dispatcher { followers }
@@ -101,6 +102,11 @@ struct Follower {
     holder: Holder,
     wake: Arc<Notify>,
     poll: Duration,
+    /// The endpoint's row as this task last wrote or read it, while it
+    /// holds the endpoint, and when the hold was last renewed: an idle
+    /// endpoint reads the log each poll but writes its hold only every
+    /// [`RENEW_AFTER`].
+    held: Option<(WebhookCursor, tokio::time::Instant)>,
 }
 
 /// What one pass over the log found.
@@ -114,8 +120,8 @@ enum Pass {
 }
 
 impl Follower {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let name = &self.endpoint.name;
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let name = self.endpoint.name.clone();
         tracing::info!(webhook = %name, to = %self.endpoint.origin(), "delivering events");
         loop {
             if *stop.borrow() {
@@ -132,6 +138,8 @@ impl Follower {
                 Ok(pass) => pass,
                 Err(error) => {
                     tracing::error!(webhook = %name, %error, "cannot read or move the webhook's cursor; trying again");
+                    // Read the row again before going on.
+                    self.held = None;
                     Pass::Wait(self.poll * 5)
                 }
             };
@@ -146,11 +154,12 @@ impl Follower {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        if let Err(error) = self.store.release_webhook(name, &self.holder.id).await {
+        if let Err(error) = self.store.release_webhook(&name, &self.holder.id).await {
             tracing::warn!(webhook = %name, %error, "cannot give the webhook's hold back; another relay takes it when it ends");
         }
     }
 
+    /// Takes or renews the hold in the store, reading the endpoint's row.
     async fn hold(&self) -> Result<Option<WebhookCursor>, crate::store::StoreError> {
         let now = crate::clock::now_unix();
         let until = now + HOLD.as_secs() as i64;
@@ -175,12 +184,46 @@ impl Follower {
         }
     }
 
-    async fn pass(&self) -> Result<Pass, crate::store::StoreError> {
-        let name = &self.endpoint.name;
-        let Some(cursor) = self.hold().await? else {
+    /// The endpoint's row, renewing the hold if it is due for renewal;
+    /// `None` while another process holds the endpoint.
+    async fn held(&mut self) -> Result<Option<WebhookCursor>, crate::store::StoreError> {
+        if let Some((cursor, at)) = &self.held
+            && at.elapsed() < RENEW_AFTER
+        {
+            return Ok(Some(cursor.clone()));
+        }
+        let cursor = self.hold().await?;
+        self.held = cursor
+            .clone()
+            .map(|cursor| (cursor, tokio::time::Instant::now()));
+        Ok(cursor)
+    }
+
+    /// Moves the cursor to `id` in the store and here; false if the hold
+    /// was lost (another relay took the endpoint).
+    async fn advance(&mut self, id: i64, delivered: u32) -> Result<bool, crate::store::StoreError> {
+        let now = crate::clock::now_unix();
+        let moved = self
+            .store
+            .advance_webhook(&self.endpoint.name, &self.holder.id, id, delivered, now)
+            .await?;
+        match (&mut self.held, moved) {
+            (Some((cursor, _)), true) => {
+                cursor.cursor = id;
+                cursor.attempts = 0;
+                cursor.next_attempt_at = None;
+                cursor.last_error = None;
+            }
+            _ => self.held = None,
+        }
+        Ok(moved)
+    }
+
+    async fn pass(&mut self) -> Result<Pass, crate::store::StoreError> {
+        let name = self.endpoint.name.clone();
+        let Some(cursor) = self.held().await? else {
             return Ok(Pass::Wait(self.poll * 5));
         };
-        let mut held_at = tokio::time::Instant::now();
         let now = crate::clock::now_unix();
         if let Some(next) = cursor.next_attempt_at
             && next > now
@@ -216,34 +259,23 @@ impl Follower {
                 passed = event.id;
                 continue;
             }
-            if held_at.elapsed() >= RENEW_AFTER {
-                if self.hold().await?.is_none() {
-                    return Ok(Pass::Wait(self.poll * 5));
-                }
-                held_at = tokio::time::Instant::now();
+            // A long batch renews the hold as it goes.
+            if self.held().await?.is_none() {
+                return Ok(Pass::Wait(self.poll * 5));
             }
             let payload = WebhookPayload::new(event, message.as_ref());
             match self.endpoint.post(&payload).await {
                 Ok(status) => {
                     tracing::debug!(webhook = %name, id = event.id, kind = %event.event.kind, status, "event received");
-                    let now = crate::clock::now_unix();
-                    if !self
-                        .store
-                        .advance_webhook(name, &self.holder.id, event.id, 1, now)
-                        .await?
-                    {
-                        // Another relay took the endpoint meanwhile.
+                    if !self.advance(event.id, 1).await? {
                         return Ok(Pass::Wait(self.poll * 5));
                     }
                     passed = event.id;
                     moved_to = event.id;
                 }
                 Err(error) => {
-                    let now = crate::clock::now_unix();
-                    if passed > moved_to {
-                        self.store
-                            .advance_webhook(name, &self.holder.id, passed, 0, now)
-                            .await?;
+                    if passed > moved_to && !self.advance(passed, 0).await? {
+                        return Ok(Pass::Wait(self.poll * 5));
                     }
                     // The attempts belong to the event after the cursor:
                     // the same one as before unless the cursor just moved.
@@ -255,24 +287,26 @@ impl Follower {
                     let delay = self.endpoint.schedule.delay_after(attempts as u32);
                     let text = error.to_string();
                     tracing::warn!(webhook = %name, id = event.id, kind = %event.event.kind, attempts, error = %text, retry_in = ?delay, "the receiver did not take the event; it is sent again, in order");
-                    self.store
-                        .webhook_failed(
-                            name,
-                            &self.holder.id,
-                            attempts,
-                            now + delay.as_secs().max(1) as i64,
-                            &text,
-                            now,
-                        )
+                    let now = crate::clock::now_unix();
+                    let next = now + delay.as_secs().max(1) as i64;
+                    let recorded = self
+                        .store
+                        .webhook_failed(&name, &self.holder.id, attempts, next, &text, now)
                         .await?;
+                    match (&mut self.held, recorded) {
+                        (Some((cursor, _)), true) => {
+                            cursor.attempts = attempts;
+                            cursor.next_attempt_at = Some(next);
+                            cursor.last_error = Some(text);
+                        }
+                        _ => self.held = None,
+                    }
                     return Ok(Pass::Wait(delay.min(RENEW_AFTER)));
                 }
             }
         }
         if passed > moved_to {
-            self.store
-                .advance_webhook(name, &self.holder.id, passed, 0, crate::clock::now_unix())
-                .await?;
+            self.advance(passed, 0).await?;
         }
         Ok(if full { Pass::More } else { Pass::Idle })
     }

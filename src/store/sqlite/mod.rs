@@ -772,6 +772,10 @@ impl Store for SqliteStore {
     }
 
     // ---- Webhooks and notifications (webhooks.rs; issue 12, items 2 and 3).
+    // A webhook's hold and cursor go through the bookkeeping pool: a power
+    // cut that loses the last cursor moves only sends those events again,
+    // which at-least-once delivery allows, and an fsync per event received
+    // would compete with acceptance for the one writer.
 
     async fn hold_webhook(
         &self,
@@ -781,11 +785,19 @@ impl Store for SqliteStore {
         until: i64,
         take_over_from: Option<&str>,
     ) -> Result<crate::store::WebhookHold, StoreError> {
-        webhooks::hold(&self.pool, endpoint, holder, now, until, take_over_from).await
+        webhooks::hold(
+            &self.bookkeeping,
+            endpoint,
+            holder,
+            now,
+            until,
+            take_over_from,
+        )
+        .await
     }
 
     async fn release_webhook(&self, endpoint: &str, holder_id: &str) -> Result<(), StoreError> {
-        webhooks::release(&self.pool, endpoint, holder_id).await
+        webhooks::release(&self.bookkeeping, endpoint, holder_id).await
     }
 
     async fn advance_webhook(
@@ -796,7 +808,15 @@ impl Store for SqliteStore {
         delivered: u32,
         now: i64,
     ) -> Result<bool, StoreError> {
-        webhooks::advance(&self.pool, endpoint, holder_id, cursor, delivered, now).await
+        webhooks::advance(
+            &self.bookkeeping,
+            endpoint,
+            holder_id,
+            cursor,
+            delivered,
+            now,
+        )
+        .await
     }
 
     async fn webhook_failed(
@@ -809,7 +829,7 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<bool, StoreError> {
         webhooks::failed(
-            &self.pool,
+            &self.bookkeeping,
             endpoint,
             holder_id,
             attempts,
