@@ -728,6 +728,14 @@ impl WebhookConfig {
         {
             return Err("retry_first is longer than retry_max".to_string());
         }
+        // A POST must end well within the relay's 30 s hold on the
+        // endpoint, or a second relay could take it over mid-request.
+        if self.timeout.is_some_and(|t| t > Duration::from_secs(20)) {
+            return Err(
+                "timeout is at most \"20s\": a receiver should answer at once and do the work afterwards"
+                    .to_string(),
+            );
+        }
         Ok(())
     }
 }
@@ -1270,6 +1278,8 @@ user = "noreply@contoso.com"
         );
         let error = hook("events = [\"Message Delivered\"]").expect_err("not a kind");
         assert!(error.to_string().contains("not an event kind"), "{error}");
+        let error = hook("timeout = \"1m\"").expect_err("too long");
+        assert!(error.to_string().contains("at most"), "{error}");
         let error = hook("retry_first = \"0s\"").expect_err("zero");
         assert!(error.to_string().contains("is zero"), "{error}");
         let twice = format!(
