@@ -321,3 +321,50 @@ async fn a_lasting_condition_is_repeated_at_the_interval_and_mailed_through_anot
     assert_eq!(mail["recipients"][0]["address"], "operator@example.net");
     assert!(relay.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_test_goes_through_every_channel() {
+    let runs = CommandRuns::start().await;
+    let harness = Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    append(
+        &harness,
+        &format!(
+            "\n[notify]\n{}\nemail_to = \"operator@example.net\"\nemail_account = \"{ACCOUNT}\"\n",
+            runs.command()
+        ),
+    );
+    let output = oxirelay(&harness, &["notify", "test", "--json"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["event"], true, "{report}");
+    assert_eq!(report["command"]["ok"], true, "{report}");
+    assert_eq!(report["email"]["ok"], true, "{report}");
+    let id = report["email"]["detail"]
+        .as_str()
+        .expect("queued")
+        .to_string();
+    runs.wait_for("notify.test", |r| {
+        r.iter().any(|run| run.starts_with("notify.test"))
+    })
+    .await;
+    let events = harness.context.store.events(20).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "notify.test"));
+    let (message, body) = harness
+        .context
+        .store
+        .message(&MessageId(id))
+        .await
+        .expect("store")
+        .expect("the e-mail is queued");
+    assert_eq!(message.submitted_by, "notify");
+    assert_eq!(message.recipients[0].address, "operator@example.net");
+    assert!(String::from_utf8_lossy(&body).contains("a test notification from oxirelay"));
+
+    let listed = oxirelay(&harness, &["notify", "list", "--json"]).await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout).expect("JSON"),
+        serde_json::json!([]),
+        "a test is no condition"
+    );
+}

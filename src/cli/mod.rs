@@ -10,6 +10,7 @@ mod doctor;
 mod emergency;
 mod keygen;
 mod login;
+mod notify;
 mod queue;
 mod sandbox;
 mod send;
@@ -127,6 +128,9 @@ pub enum Command {
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
+    /// Notifications ([notify]): the conditions being told; a test notification.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// Webhook endpoints ([[webhook]]): where each is in the event log; send a test event.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
         Command::Webhook(command) => webhook::run(config, command).await,
+        Command::Notify(command) => notify::run(config, command).await,
         Command::Tls(command) => tls::run(command).await,
     }
 }

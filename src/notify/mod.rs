@@ -191,6 +191,88 @@ impl Notifier {
     }
 }
 
+/// What `oxirelay notify test` did on each channel.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TestReport {
+    /// The `notify.test` event recorded (webhooks carry it while `serve` runs).
+    pub event: bool,
+    /// `None`: no `[notify] command`; else how its run ended.
+    pub command: Option<ChannelOutcome>,
+    /// `None`: no `[notify] email_to`; else the queued message's id, or why not.
+    pub email: Option<ChannelOutcome>,
+}
+
+/// How one channel of a test went: `detail` is the queued message's id
+/// for the e-mail, the reason when it failed.
+#[derive(Debug, serde::Serialize)]
+pub struct ChannelOutcome {
+    pub ok: bool,
+    pub detail: Option<String>,
+}
+
+impl<T: Into<Option<String>>, E: std::fmt::Display> From<Result<T, E>> for ChannelOutcome {
+    fn from(result: Result<T, E>) -> Self {
+        match result {
+            Ok(detail) => ChannelOutcome {
+                ok: true,
+                detail: detail.into(),
+            },
+            Err(error) => ChannelOutcome {
+                ok: false,
+                detail: Some(error.to_string()),
+            },
+        }
+    }
+}
+
+/// Sends a `notify.test` notification through every configured channel
+/// now, waiting for the command to finish, for `oxirelay notify test`.
+pub async fn send_test(store: &dyn Store, config: &Config) -> TestReport {
+    let notify = config.notify.clone().unwrap_or_default();
+    let now = crate::clock::now_unix();
+    let condition = Condition {
+        key: "test".into(),
+        kind: "notify.test",
+        account: None,
+        detail: format!(
+            "a test notification from oxirelay on {}",
+            crate::instance::host_name()
+        ),
+    };
+    let mut report = TestReport {
+        event: store
+            .record_event(&Event {
+                at: now,
+                kind: condition.kind.into(),
+                account: None,
+                message_id: None,
+                detail: condition.detail.clone(),
+            })
+            .await
+            .is_ok(),
+        ..TestReport::default()
+    };
+    if let Some(command) = &notify.command {
+        let timeout = notify.command_timeout.unwrap_or(command::DEFAULT_TIMEOUT);
+        report.command = Some(
+            command::run(command, &condition, now, timeout)
+                .await
+                .map(|()| None)
+                .into(),
+        );
+    }
+    if let (Some(to), Some(names)) = (&notify.email_to, &notify.email_account) {
+        let records = store.token_records().await.unwrap_or_default();
+        report.email = Some(
+            email::queue(store, config, to, names, &records, &condition)
+                .await
+                .map(|id| Some(id.0))
+                .into(),
+        );
+    }
+    report
+}
+
 /// `account:NAME:state` → NAME.
 fn account_of(condition: &str) -> Option<String> {
     let rest = condition.strip_prefix("account:")?;
