@@ -646,7 +646,7 @@ pub struct WebhookConfig {
     /// The HMAC-SHA256 key the receiver checks signatures with.
     pub secret: SecretRef,
     /// Event kinds sent: exact (`message.bounced`) or a family
-    /// (`account.*`). Absent: message outcomes, account states and
+    /// (`account.*`). Absent: message outcomes, account state changes and
     /// notifications ([`WebhookConfig::DEFAULT_EVENTS`]).
     #[serde(default)]
     pub events: Option<Vec<String>>,
@@ -666,13 +666,21 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     /// What an endpoint receives when it names no `events`: what happened
-    /// to messages, accounts that changed state, and notifications.
+    /// to messages, changes of an account's state (not the routine
+    /// `account.validated` of every validation, nor `token.issued`), and
+    /// notifications.
     pub const DEFAULT_EVENTS: &'static [&'static str] = &[
         "message.delivered",
         "message.deferred",
         "message.bounced",
         "message.expired",
-        "account.*",
+        "account.needs_consent",
+        "account.consented",
+        "account.revoked",
+        "account.reinstated",
+        "account.needs_admin",
+        "account.admin_resolved",
+        "account.validation_failed",
         "token.refresh_failed",
         "notify.*",
     ];
