@@ -10,6 +10,7 @@ mod doctor;
 mod emergency;
 mod keygen;
 mod login;
+mod notify;
 mod queue;
 mod sandbox;
 mod send;
@@ -18,6 +19,7 @@ mod serve;
 mod tls;
 mod token;
 mod user;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -126,6 +128,12 @@ pub enum Command {
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
+    /// Notifications ([notify]): the conditions being told; a test notification.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
+    /// Webhook endpoints ([[webhook]]): where each is in the event log; send a test event.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -198,6 +206,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(command) => user::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
+        Command::Webhook(command) => webhook::run(config, command).await,
+        Command::Notify(command) => notify::run(config, command).await,
         Command::Tls(command) => tls::run(command).await,
     }
 }
