@@ -57,12 +57,17 @@ impl fmt::Display for SecretRef {
     }
 }
 
+/// How every refusal of a secret reference begins: the config error that
+/// quotes the offending line (`describe_toml_error`) leaves its value out
+/// when it sees this, since the value may be the secret itself.
+const SECRET_REFUSAL: &str = "a secret must be a reference";
+
 impl SecretRef {
     pub fn parse(text: &str) -> Result<Self, String> {
         if let Some(name) = text.strip_prefix("env:") {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(
-                    "{text:?} is not a valid environment variable reference"
+                    "{SECRET_REFUSAL}: env: names a variable of letters, digits and _, e.g. \"env:OFFICE_CLIENT_SECRET\""
                 ));
             }
             Ok(SecretRef::Env(name.to_string()))
@@ -72,10 +77,11 @@ impl SecretRef {
             }
             Ok(SecretRef::File(PathBuf::from(path)))
         } else {
-            Err("a secret must be a reference, \"env:NAME\" or \"file:/path\", never the value itself: \
+            Err(format!(
+                "{SECRET_REFUSAL}, \"env:NAME\" or \"file:/path\", never the value itself: \
                  config files get copied and committed. Put the value in an environment variable or a \
                  file readable only by the relay's user"
-                .to_string())
+            ))
         }
     }
 
@@ -1185,7 +1191,12 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         Some(span) => {
             let line_number = text[..span.start].matches('\n').count() + 1;
             let line = text.lines().nth(line_number - 1).unwrap_or_default();
-            format!("line {line_number}: {message}\n    {line}")
+            if message.contains(SECRET_REFUSAL) {
+                let key = line.split('=').next().unwrap_or_default().trim_end();
+                format!("line {line_number}: {message}\n    {key} = (value not shown)")
+            } else {
+                format!("line {line_number}: {message}\n    {line}")
+            }
         }
         None => message,
     }
@@ -1224,6 +1235,20 @@ client_id = "00000000-0000-0000-0000-000000000000"
 client_secret = "env:OFFICE_CLIENT_SECRET"
 user = "noreply@contoso.com"
 "#;
+
+    #[test]
+    fn a_refused_secret_is_not_repeated_in_the_error() {
+        for value in ["hunter2-very-secret", "env:hunter2 very secret"] {
+            let text = GOOD_ACCOUNT.replace("env:OFFICE_CLIENT_SECRET", value);
+            let error = parse(&text).expect_err(value).to_string();
+            assert!(error.contains(SECRET_REFUSAL), "{error}");
+            assert!(
+                error.contains("client_secret = (value not shown)"),
+                "{error}"
+            );
+            assert!(!error.contains("hunter2"), "the value leaked: {error}");
+        }
+    }
 
     #[test]
     fn http_needs_tls_off_loopback() {

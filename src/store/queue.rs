@@ -239,7 +239,11 @@ mod tests {
         let twin = MessageId::generate_at(start);
         assert_eq!(earlier.0[..12], twin.0[..12]);
         assert_ne!(earlier, twin);
-        for bad in ["0123456789ABCDEF", "019aaf3f5c00000000000000", "019AAF3F5C00/0000000000"] {
+        for bad in [
+            "0123456789ABCDEF",
+            "019aaf3f5c00000000000000",
+            "019AAF3F5C00/0000000000",
+        ] {
             assert!(!MessageId::is_well_formed(bad), "{bad}");
         }
     }
