@@ -57,12 +57,17 @@ impl fmt::Display for SecretRef {
     }
 }
 
+/// How every refusal of a secret reference begins: the config error that
+/// quotes the offending line (`describe_toml_error`) leaves its value out
+/// when it sees this, since the value may be the secret itself.
+const SECRET_REFUSAL: &str = "a secret must be a reference";
+
 impl SecretRef {
     pub fn parse(text: &str) -> Result<Self, String> {
         if let Some(name) = text.strip_prefix("env:") {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!(
-                    "{text:?} is not a valid environment variable reference"
+                    "{SECRET_REFUSAL}: env: names a variable of letters, digits and _, e.g. \"env:OFFICE_CLIENT_SECRET\""
                 ));
             }
             Ok(SecretRef::Env(name.to_string()))
@@ -72,10 +77,11 @@ impl SecretRef {
             }
             Ok(SecretRef::File(PathBuf::from(path)))
         } else {
-            Err("a secret must be a reference, \"env:NAME\" or \"file:/path\", never the value itself: \
+            Err(format!(
+                "{SECRET_REFUSAL}, \"env:NAME\" or \"file:/path\", never the value itself: \
                  config files get copied and committed. Put the value in an environment variable or a \
                  file readable only by the relay's user"
-                .to_string())
+            ))
         }
     }
 
@@ -222,6 +228,13 @@ pub struct Config {
     /// drops messages for `serve`, and who may.
     #[serde(default)]
     pub sendmail: Option<SendmailConfig>,
+    /// Receivers of the event log over HTTP (`src/webhooks`).
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+    /// How the operator is told of accounts and a relay that need a
+    /// person (`src/notify`).
+    #[serde(default)]
+    pub notify: Option<NotifyConfig>,
     /// The file this was read from, for messages and relative paths.
     #[serde(skip)]
     pub path: PathBuf,
@@ -630,6 +643,213 @@ impl HttpConfig {
     }
 }
 
+/// A receiver of events over HTTP (`[[webhook]]`; `src/webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the endpoint in `oxirelay webhook list|test`, the store's
+    /// cursor and the logs.
+    pub name: String,
+    /// Where events are POSTed: `https://`, or `http://` to a loopback host.
+    pub url: String,
+    /// The HMAC-SHA256 key the receiver checks signatures with.
+    pub secret: SecretRef,
+    /// Event kinds sent: exact (`message.bounced`) or a family
+    /// (`account.*`). Absent: message outcomes, account state changes and
+    /// notifications ([`WebhookConfig::DEFAULT_EVENTS`]).
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Only events of messages submitted with this API key
+    /// (`submitted_by = "api:NAME"`); absent: every event.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Wait after the first failed POST, doubling up to `retry_max`.
+    #[serde(default, deserialize_with = "positive_period")]
+    pub retry_first: Option<Duration>,
+    #[serde(default, deserialize_with = "positive_period")]
+    pub retry_max: Option<Duration>,
+    /// How long one POST may take, connection included.
+    #[serde(default, deserialize_with = "positive_period")]
+    pub timeout: Option<Duration>,
+}
+
+impl WebhookConfig {
+    /// What an endpoint receives when it names no `events`: what happened
+    /// to messages, changes of an account's state (not the routine
+    /// `account.validated` of every validation, nor `token.issued`), and
+    /// notifications.
+    pub const DEFAULT_EVENTS: &'static [&'static str] = &[
+        "message.delivered",
+        "message.deferred",
+        "message.bounced",
+        "message.expired",
+        "account.needs_consent",
+        "account.consented",
+        "account.revoked",
+        "account.reinstated",
+        "account.needs_admin",
+        "account.admin_resolved",
+        "account.validation_failed",
+        "token.refresh_failed",
+        "notify.*",
+    ];
+
+    pub fn events(&self) -> Vec<String> {
+        match &self.events {
+            Some(events) => events.clone(),
+            None => Self::DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        // Messages name the URL's scheme and host only: webhook URLs often
+        // carry a token in their path or query (chat services' hooks).
+        let url = url::Url::parse(&self.url).map_err(|e| {
+            format!("url is not a URL ({e}); write e.g. \"https://hooks.example.com/oxirelay\"")
+        })?;
+        let origin = url.origin().ascii_serialization();
+        match url.scheme() {
+            "https" => {}
+            "http" if url.host_str().is_some_and(is_loopback_host) => {}
+            "http" => {
+                return Err(format!(
+                    "url {origin} is plain HTTP to a host that is not loopback; events name accounts and recipients, so they travel over https:// (http:// is allowed only to 127.0.0.1, ::1 and localhost)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "url has scheme {other:?}; webhooks are POSTed over https://"
+                ));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "url carries credentials; the receiver authenticates requests by their signature (secret), so leave user and password out of the URL"
+                    .to_string(),
+            );
+        }
+        for kind in self.events() {
+            let family = kind.strip_suffix(".*").unwrap_or(&kind);
+            if family.is_empty()
+                || !family
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+            {
+                return Err(format!(
+                    "events: {kind:?} is not an event kind; write e.g. \"message.bounced\" or \"account.*\""
+                ));
+            }
+        }
+        if let (Some(first), Some(max)) = (self.retry_first, self.retry_max)
+            && first > max
+        {
+            return Err("retry_first is longer than retry_max".to_string());
+        }
+        // A POST must end well within the relay's 30 s hold on the
+        // endpoint, or a second relay could take it over mid-request.
+        if self.timeout.is_some_and(|t| t > Duration::from_secs(20)) {
+            return Err(
+                "timeout is at most \"20s\": a receiver should answer at once and do the work afterwards"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Telling the operator of accounts and a relay that need a person
+/// (`[notify]`; `src/notify`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Run for each notification with the event in the environment
+    /// (`OXIRELAY_EVENT`, `OXIRELAY_ACCOUNT`, `OXIRELAY_DETAIL`, ...):
+    /// program and arguments, no shell.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// How long the command may run before it is killed.
+    #[serde(default, deserialize_with = "positive_period")]
+    pub command_timeout: Option<Duration>,
+    /// An operator address that is mailed each notification...
+    #[serde(default)]
+    pub email_to: Option<String>,
+    /// ...through the first of these accounts that is in a working state.
+    #[serde(default, deserialize_with = "optional_one_or_many")]
+    pub email_account: Option<Vec<String>>,
+    /// While a condition lasts it is repeated this often, never more.
+    #[serde(default, deserialize_with = "positive_period")]
+    pub repeat_every: Option<Duration>,
+    /// How often accounts and the lockdown flag are looked at.
+    #[serde(default, deserialize_with = "positive_period")]
+    pub check_every: Option<Duration>,
+}
+
+impl NotifyConfig {
+    fn validate(&self, accounts: &std::collections::HashSet<&str>) -> Result<(), String> {
+        if let Some(command) = &self.command
+            && command
+                .first()
+                .is_none_or(|program| program.trim().is_empty())
+        {
+            return Err(
+                "command is empty; give the program and its arguments, e.g. command = [\"/usr/local/bin/page-oncall\", \"oxirelay\"]"
+                    .to_string(),
+            );
+        }
+        match (&self.email_to, &self.email_account) {
+            (Some(to), Some(names)) => {
+                if crate::message::check_address("email_to", to).is_err() {
+                    return Err(format!("email_to {to:?} is not an e-mail address"));
+                }
+                if names.is_empty() {
+                    return Err(
+                        "email_account is empty; name the account(s) that send the operator's mail"
+                            .to_string(),
+                    );
+                }
+                for name in names {
+                    if !accounts.contains(name.as_str()) {
+                        return Err(format!(
+                            "email_account names {name:?}, which is not an [[account]]"
+                        ));
+                    }
+                }
+            }
+            (Some(_), None) => {
+                return Err("email_to needs email_account: the account(s) the operator's mail is sent through (list two, so that mail about one can go through the other)".to_string());
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "email_account without email_to: give the operator's address".to_string(),
+                );
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+/// A period (`clock::parse_period`) that must not be zero: a zero
+/// interval or timeout is a typo, not a policy.
+fn positive_period<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match crate::clock::parse_period(&text) {
+        Ok(period) if !period.is_zero() => Ok(Some(period)),
+        Ok(_) => Err(serde::de::Error::custom(format!(
+            "{text:?} is zero; give a length such as \"30s\" or \"6h\", or leave the key out"
+        ))),
+        Err(e) => Err(serde::de::Error::custom(e)),
+    }
+}
+
+fn optional_one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many(deserializer).map(Some)
+}
+
 impl Config {
     /// Reads the file named by `-c`, else `$OXIRELAY_CONFIG`, else `./oxirelay.toml`.
     pub fn locate(explicit: Option<&Path>) -> PathBuf {
@@ -696,6 +916,9 @@ impl Config {
         }
         if let Some(sendmail) = &mut self.sendmail {
             rebase(&mut sendmail.spool);
+        }
+        for webhook in &mut self.webhooks {
+            webhook.secret.rebase(base);
         }
         if let Some(http) = &mut self.http {
             if let Some(cert) = &mut http.cert {
@@ -849,6 +1072,20 @@ impl Config {
         for issuer in &self.issuers {
             validate_issuer(issuer).map_err(|e| format!("issuer {:?}: {e}", issuer.url))?;
         }
+        let mut webhooks = std::collections::HashSet::new();
+        for webhook in &self.webhooks {
+            if !webhooks.insert(webhook.name.as_str()) {
+                return Err(format!("[[webhook]] {:?} is defined twice", webhook.name));
+            }
+            webhook
+                .validate()
+                .map_err(|e| format!("[[webhook]] {:?}: {e}", webhook.name))?;
+        }
+        if let Some(notify) = &self.notify {
+            notify
+                .validate(&seen)
+                .map_err(|e| format!("[notify]: {e}"))?;
+        }
         Ok(())
     }
 
@@ -954,7 +1191,12 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         Some(span) => {
             let line_number = text[..span.start].matches('\n').count() + 1;
             let line = text.lines().nth(line_number - 1).unwrap_or_default();
-            format!("line {line_number}: {message}\n    {line}")
+            if message.contains(SECRET_REFUSAL) {
+                let key = line.split('=').next().unwrap_or_default().trim_end();
+                format!("line {line_number}: {message}\n    {key} = (value not shown)")
+            } else {
+                format!("line {line_number}: {message}\n    {line}")
+            }
         }
         None => message,
     }
@@ -993,6 +1235,20 @@ client_id = "00000000-0000-0000-0000-000000000000"
 client_secret = "env:OFFICE_CLIENT_SECRET"
 user = "noreply@contoso.com"
 "#;
+
+    #[test]
+    fn a_refused_secret_is_not_repeated_in_the_error() {
+        for value in ["hunter2-very-secret", "env:hunter2 very secret"] {
+            let text = GOOD_ACCOUNT.replace("env:OFFICE_CLIENT_SECRET", value);
+            let error = parse(&text).expect_err(value).to_string();
+            assert!(error.contains(SECRET_REFUSAL), "{error}");
+            assert!(
+                error.contains("client_secret = (value not shown)"),
+                "{error}"
+            );
+            assert!(!error.contains("hunter2"), "the value leaked: {error}");
+        }
+    }
 
     #[test]
     fn http_needs_tls_off_loopback() {
@@ -1044,6 +1300,58 @@ user = "noreply@contoso.com"
                 error.contains("is not a period") && error.contains("forever"),
                 "{bad}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn webhooks_and_notify_are_checked() {
+        let hook = |extra: &str| {
+            parse(&format!(
+                "[[webhook]]\nname = \"ops\"\nurl = \"https://hooks.example.com/x\"\nsecret = \"env:HOOK\"\n{extra}"
+            ))
+        };
+        let webhook = hook("").expect("a plain webhook");
+        assert_eq!(
+            webhook.webhooks[0].events(),
+            WebhookConfig::DEFAULT_EVENTS.to_vec()
+        );
+        let error = hook("events = [\"Message Delivered\"]").expect_err("not a kind");
+        assert!(error.to_string().contains("not an event kind"), "{error}");
+        let error = hook("timeout = \"1m\"").expect_err("too long");
+        assert!(error.to_string().contains("at most"), "{error}");
+        let error = hook("retry_first = \"0s\"").expect_err("zero");
+        assert!(error.to_string().contains("is zero"), "{error}");
+        let twice = format!(
+            "{0}{0}",
+            "[[webhook]]\nname = \"ops\"\nurl = \"https://h.example.com/\"\nsecret = \"env:HOOK\"\n"
+        );
+        assert!(
+            parse(&twice)
+                .expect_err("twice")
+                .to_string()
+                .contains("defined twice")
+        );
+
+        let notify = |text: &str| parse(&format!("{GOOD_ACCOUNT}\n[notify]\n{text}"));
+        assert!(
+            notify("repeat_every = \"6h\"\ncommand = [\"/usr/local/bin/page\", \"ops\"]").is_ok()
+        );
+        for (text, says) in [
+            ("command = []", "command is empty"),
+            ("email_to = \"ops@contoso.com\"", "needs email_account"),
+            ("email_account = \"office\"", "without email_to"),
+            (
+                "email_to = \"ops@contoso.com\"\nemail_account = [\"nope\"]",
+                "not an [[account]]",
+            ),
+            (
+                "email_to = \"not an address\"\nemail_account = \"office\"",
+                "not an e-mail address",
+            ),
+            ("repeat_every = \"6\"", "not a period"),
+        ] {
+            let error = notify(text).expect_err(text).to_string();
+            assert!(error.contains(says), "{text}: {error}");
         }
     }
 

@@ -384,6 +384,7 @@ fn a_literal_secret_in_the_config_is_refused_with_the_reason() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("never the value itself"), "{stderr}");
     assert!(stderr.contains("line 12"), "names the line: {stderr}");
+    assert!(!stderr.contains("hunter2"), "repeats the secret: {stderr}");
     let other_dir = tempfile::tempdir().expect("tempdir");
     let with_reference = config_with(other_dir.path(), "env:OFFICE_SECRET", 0o600);
     let ok = Command::new(env!("CARGO_BIN_EXE_oxirelay"))

@@ -383,6 +383,65 @@ impl Store for FlakyStore {
     ) -> Result<bool, StoreError> {
         self.inner.advance_audit_anchor(expected, next).await
     }
+    // Webhooks and notifications (issue 12, items 2 and 3).
+    async fn hold_webhook(
+        &self,
+        endpoint: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<oxirelay::store::WebhookHold, StoreError> {
+        self.inner
+            .hold_webhook(endpoint, holder, now, until, take_over_from)
+            .await
+    }
+    async fn release_webhook(&self, endpoint: &str, holder_id: &str) -> Result<(), StoreError> {
+        self.inner.release_webhook(endpoint, holder_id).await
+    }
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        cursor: i64,
+        delivered: u32,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .advance_webhook(endpoint, holder_id, cursor, delivered, now)
+            .await
+    }
+    async fn webhook_failed(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .webhook_failed(endpoint, holder_id, attempts, next_attempt_at, error, now)
+            .await
+    }
+    async fn webhook_statuses(&self) -> Result<Vec<oxirelay::store::WebhookStatus>, StoreError> {
+        self.inner.webhook_statuses().await
+    }
+    async fn message_summary(
+        &self,
+        id: &oxirelay::store::MessageId,
+    ) -> Result<Option<oxirelay::store::QueuedMessage>, StoreError> {
+        self.inner.message_summary(id).await
+    }
+    async fn notify_due(&self, condition: &str, now: i64, repeat: i64) -> Result<bool, StoreError> {
+        self.inner.notify_due(condition, now, repeat).await
+    }
+    async fn notify_marks(&self) -> Result<Vec<oxirelay::store::NotifyMark>, StoreError> {
+        self.inner.notify_marks().await
+    }
+    async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
+        self.inner.notify_clear(condition).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,9 @@ suite!(
     sealed_secrets_are_replaced_and_named,
     audit_anchor_moves_only_from_what_was_expected,
     lockdown_on_and_off,
+    a_new_webhook_endpoint_starts_at_the_end_of_the_log_and_one_holder_moves_it,
+    a_notification_condition_is_due_once_per_interval,
+    a_message_summary_has_its_recipients_and_no_body,
 );
 
 mod cases {
@@ -70,7 +73,7 @@ mod cases {
     use oxirelay::store::{
         AccountState, AttemptOutcome, AuditAnchor, Event, LeaseGrant, ListCursor, MessageId,
         MessageState, QueueAction, QueueFilter, QueueSelection, RecipientState, RetentionCutoffs,
-        StoreError, TokenRecord,
+        StoreError, TokenRecord, WebhookHold,
     };
     use std::collections::HashSet;
 
@@ -1339,5 +1342,140 @@ mod cases {
         );
         store.set_lockdown(None).await.expect("off");
         assert!(other.lockdown().await.expect("read").is_none());
+    }
+
+    fn event(kind: &str) -> Event {
+        Event {
+            at: 1,
+            kind: kind.into(),
+            account: None,
+            message_id: None,
+            detail: String::new(),
+        }
+    }
+
+    pub async fn a_new_webhook_endpoint_starts_at_the_end_of_the_log_and_one_holder_moves_it(
+        backend: &Backend,
+    ) {
+        let store = &backend.store;
+        store.record_event(&event("a.one")).await.expect("event");
+        store.record_event(&event("a.two")).await.expect("event");
+        let end = store.events_after(0, 10).await.expect("log")[1].id;
+        let (one, two) = (holder("one"), holder("two"));
+        let WebhookHold::Held(cursor) = store
+            .hold_webhook("hook", &one, 100, 130, None)
+            .await
+            .expect("hold")
+        else {
+            panic!("a free endpoint is held")
+        };
+        assert_eq!(
+            cursor.cursor, end,
+            "history is not replayed to a new endpoint"
+        );
+        assert!(matches!(
+            store.hold_webhook("hook", &two, 110, 140, None).await.expect("hold"),
+            WebhookHold::HeldBy { holder, expires_at: 130 } if holder == one
+        ));
+        assert!(
+            !store
+                .advance_webhook("hook", &two.id, end + 1, 1, 111)
+                .await
+                .expect("advance"),
+            "only the holder moves the cursor"
+        );
+        assert!(
+            store
+                .webhook_failed("hook", &one.id, 1, 200, "HTTP 500", 112)
+                .await
+                .expect("failed")
+        );
+        store.record_event(&event("a.three")).await.expect("event");
+        let third = store.events_after(end, 10).await.expect("log")[0].id;
+        let status = &store.webhook_statuses().await.expect("statuses")[0];
+        assert_eq!((status.lag, status.cursor.attempts), (third - end, 1));
+        assert_eq!(status.cursor.last_error.as_deref(), Some("HTTP 500"));
+        assert!(
+            store
+                .advance_webhook("hook", &one.id, third, 1, 113)
+                .await
+                .expect("advance")
+        );
+        assert!(
+            !store
+                .advance_webhook("hook", &one.id, end, 0, 114)
+                .await
+                .expect("advance"),
+            "a cursor never goes back"
+        );
+        let status = &store.webhook_statuses().await.expect("statuses")[0];
+        assert_eq!(
+            (status.lag, status.cursor.attempts, status.cursor.delivered),
+            (0, 0, 1)
+        );
+        assert_eq!(status.cursor.last_error, None);
+        assert_eq!(status.cursor.last_delivered_at, Some(113));
+        // A hold that lapsed is shown without a holder, and is free.
+        assert!(matches!(
+            store
+                .hold_webhook("hook", &two, 131, 161, None)
+                .await
+                .expect("hold"),
+            WebhookHold::Held(_)
+        ));
+        // A released endpoint is free for the next process at once.
+        store
+            .release_webhook("hook", &two.id)
+            .await
+            .expect("release");
+        assert!(matches!(
+            store.hold_webhook("hook", &one, 140, 170, None).await.expect("hold"),
+            WebhookHold::Held(cursor) if cursor.cursor == third
+        ));
+    }
+
+    pub async fn a_notification_condition_is_due_once_per_interval(backend: &Backend) {
+        let store = &backend.store;
+        assert!(store.notify_due("lockdown", 1000, 60).await.expect("due"));
+        assert!(!store.notify_due("lockdown", 1001, 60).await.expect("due"));
+        assert!(!store.notify_due("lockdown", 1059, 60).await.expect("due"));
+        assert!(store.notify_due("lockdown", 1060, 60).await.expect("due"));
+        assert!(store.notify_due("other", 1060, 60).await.expect("due"));
+        let marks = store.notify_marks().await.expect("marks");
+        assert_eq!(marks.len(), 2);
+        assert_eq!(
+            (
+                marks[0].condition.as_str(),
+                marks[0].first_at,
+                marks[0].last_notified_at,
+                marks[0].times
+            ),
+            ("lockdown", 1000, 1060, 2)
+        );
+        assert!(store.notify_clear("lockdown").await.expect("clear"));
+        assert!(!store.notify_clear("lockdown").await.expect("clear twice"));
+        assert!(store.notify_due("lockdown", 1061, 60).await.expect("due"));
+    }
+
+    pub async fn a_message_summary_has_its_recipients_and_no_body(backend: &Backend) {
+        let store = &backend.store;
+        let id = store
+            .enqueue(message("office", &["a@x", "b@x"]))
+            .await
+            .expect("enqueue");
+        let summary = store
+            .message_summary(&id)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(summary.id, id);
+        assert_eq!(summary.recipients.len(), 2);
+        assert!(
+            store
+                .message_summary(&MessageId("0000000000000000".into()))
+                .await
+                .expect("read")
+                .is_none()
+        );
     }
 }

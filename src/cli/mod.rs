@@ -11,6 +11,7 @@ mod emergency;
 mod keygen;
 mod login;
 mod migrate;
+mod notify;
 mod queue;
 mod sandbox;
 mod send;
@@ -19,6 +20,7 @@ mod serve;
 mod tls;
 mod token;
 mod user;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -132,6 +134,12 @@ pub enum Command {
     /// Stand in for /usr/sbin/sendmail: queue a message read from standard input.
     #[command(after_help = sendmail::USAGE)]
     Sendmail(sendmail::SendmailArgs),
+    /// Notifications ([notify]): the conditions being told; a test notification.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
+    /// Webhook endpoints ([[webhook]]): where each is in the event log; send a test event.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -205,6 +213,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
         Command::Migrate(args) => migrate::run(config, args).await,
+        Command::Webhook(command) => webhook::run(config, command).await,
+        Command::Notify(command) => notify::run(config, command).await,
         Command::Tls(command) => tls::run(command).await,
     }
 }

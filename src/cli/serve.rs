@@ -72,6 +72,9 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     let store = context.store.clone();
     let broker = context.broker.clone();
     let wake = Arc::new(Notify::new());
+    // Webhook secrets are read before anything listens, so that a missing
+    // one stops the start with its name.
+    let endpoints = crate::webhooks::Endpoint::all(&context.config)?;
     let engine_config = EngineConfig {
         workers: args.workers.max(1),
         lease: args.lease,
@@ -146,6 +149,34 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
 
     let (stop, stop_signal) = watch::channel(false);
+    // Webhooks (`[[webhook]]`) and notifications (`[notify]`); the
+    // notifier wakes the dispatcher when it records an event.
+    let events_recorded = Arc::new(Notify::new());
+    let webhooks = if endpoints.is_empty() {
+        None
+    } else {
+        let dispatcher =
+            crate::webhooks::Dispatcher::new(store.clone(), endpoints, events_recorded.clone());
+        dispatcher.open().await;
+        for endpoint in dispatcher.endpoints() {
+            println!(
+                "oxirelay: webhook {} to {}",
+                endpoint.name,
+                endpoint.origin()
+            );
+        }
+        Some(tokio::spawn(dispatcher.run(stop_signal.clone())))
+    };
+    let notifier = (context.config.notify.is_some() || webhooks.is_some()).then(|| {
+        let notifier = crate::notify::Notifier::new(
+            store.clone(),
+            broker.clone(),
+            Arc::new(context.config.clone()),
+            events_recorded.clone(),
+            wake.clone(),
+        );
+        tokio::spawn(notifier.run(stop_signal.clone()))
+    });
     let token_counter = tokio::spawn(count_tokens(broker.subscribe(), stop_signal.clone()));
     let supervisor = tokio::spawn(supervise_delivery(
         context.store.clone(),
@@ -176,7 +207,7 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             context.config.store.keep_events.duration(),
         ),
         args.retention_every,
-        stop_signal,
+        stop_signal.clone(),
         {
             let broker = broker.clone();
             move |detail: String| {
@@ -206,6 +237,12 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     }
     let _ = validation.await;
     let _ = retention.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
+    if let Some(notifier) = notifier {
+        let _ = notifier.await;
+    }
     let _ = credential_watch.await;
     if let Some(pickup) = pickup {
         let _ = pickup.await;

@@ -462,6 +462,95 @@ pub trait Store: Send + Sync {
         Err(StoreError::Unsupported("reporting the store's size"))
     }
 
+    // ---- Webhooks and notifications (issue 12, items 2 and 3:
+    // `src/webhooks`, `src/notify`; SQLite in `sqlite/webhooks.rs`). The
+    // defaults refuse, so a store without them says so plainly.
+
+    /// Takes (or renews) the right to deliver to webhook `endpoint` for
+    /// `holder` until `until`, creating its cursor at the end of the event
+    /// log if it has none (a new endpoint gets what happens from now on,
+    /// not the whole history). Granted as [`Store::acquire_refresh_lease`]
+    /// grants; `take_over_from` names a holder the caller found gone.
+    async fn hold_webhook(
+        &self,
+        endpoint: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<WebhookHold, StoreError> {
+        let _ = (endpoint, holder, now, until, take_over_from);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Gives the hold back (a clean stop), if `holder_id` has it.
+    async fn release_webhook(&self, endpoint: &str, holder_id: &str) -> Result<(), StoreError> {
+        let _ = (endpoint, holder_id);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Moves the endpoint's cursor forward to `cursor` after a 2xx (or
+    /// past events it does not take), clearing its failures; `delivered`
+    /// events are added to its count. False, writing nothing, if
+    /// `holder_id` no longer holds it or the cursor is already further.
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        cursor: i64,
+        delivered: u32,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let _ = (endpoint, holder_id, cursor, delivered, now);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Records a failed POST of the event after the cursor: the attempts
+    /// so far, when to try again, and why it failed.
+    async fn webhook_failed(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let _ = (endpoint, holder_id, attempts, next_attempt_at, error, now);
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// Every endpoint's cursor with its lag, for `webhook list` and the console.
+    async fn webhook_statuses(&self) -> Result<Vec<WebhookStatus>, StoreError> {
+        Err(StoreError::Unsupported("webhooks"))
+    }
+
+    /// A message without its body (webhooks name its sender's API key and
+    /// its recipients' replies); `None` if it is gone.
+    async fn message_summary(&self, id: &MessageId) -> Result<Option<QueuedMessage>, StoreError> {
+        Ok(self.message(id).await?.map(|(message, _)| message))
+    }
+
+    /// Whether the operator should be told of `condition` now: true, and
+    /// recorded as told at `now`, if it was never told or last told at
+    /// least `repeat` seconds ago; false otherwise. One statement, so two
+    /// relays on one store never both tell.
+    async fn notify_due(&self, condition: &str, now: i64, repeat: i64) -> Result<bool, StoreError> {
+        let _ = (condition, now, repeat);
+        Err(StoreError::Unsupported("notifications"))
+    }
+
+    /// The conditions being notified, with when they were last told.
+    async fn notify_marks(&self) -> Result<Vec<NotifyMark>, StoreError> {
+        Err(StoreError::Unsupported("notifications"))
+    }
+
+    /// Forgets a condition that ended (so that its return is told at once).
+    async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
+        let _ = condition;
+        Err(StoreError::Unsupported("notifications"))
+    }
+
     // ---- Several instances on one store (issue 13, the PostgreSQL part).
 
     /// Waits until new work may be due (a message queued, retried or given
@@ -623,6 +712,48 @@ pub struct AuditAnchor {
     pub seq: u64,
     /// SHA-256 (hex) of the line as written, without its newline.
     pub hash: String,
+}
+
+/// Where a webhook endpoint is in the event log (webhooks, issue 12 item 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookCursor {
+    pub endpoint: String,
+    /// The last event id received (or passed over as not the endpoint's).
+    pub cursor: i64,
+    /// Failed POSTs of the event after the cursor.
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub delivered: i64,
+    pub last_delivered_at: Option<i64>,
+}
+
+/// What [`Store::hold_webhook`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookHold {
+    Held(WebhookCursor),
+    HeldBy { holder: Holder, expires_at: i64 },
+}
+
+/// A webhook endpoint as `webhook list` and the console show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookStatus {
+    #[serde(flatten)]
+    pub cursor: WebhookCursor,
+    /// Events in the log after the cursor (all kinds: some may not be the
+    /// endpoint's to receive).
+    pub lag: i64,
+    /// The relay process delivering to it, while its hold lasts.
+    pub holder: Option<String>,
+}
+
+/// A condition being notified (notifications, issue 12 item 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotifyMark {
+    pub condition: String,
+    pub first_at: i64,
+    pub last_notified_at: i64,
+    pub times: i64,
 }
 
 /// Why and since when delivery is stopped.

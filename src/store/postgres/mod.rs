@@ -26,6 +26,7 @@
 mod admin;
 mod queue;
 mod retention;
+mod webhooks;
 
 use super::queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
@@ -48,7 +49,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The schema, in order. A released file is never edited; add a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("0001_schema.sql")),
+    (2, include_str!("0002_webhooks.sql")),
+];
 
 /// Connections per instance when the URL does not say (`pool_size=N`):
 /// the delivery workers' claims and outcomes, submissions, the listener
@@ -1007,6 +1011,84 @@ impl Store for PostgresStore {
 
     async fn usage(&self) -> Result<crate::store::StoreUsage, StoreError> {
         retention::usage(&self.pool).await
+    }
+
+    // ---- Webhooks and notifications (webhooks.rs; issue 12, items 2 and 3).
+
+    async fn hold_webhook(
+        &self,
+        endpoint: &str,
+        holder: &Holder,
+        now: i64,
+        until: i64,
+        take_over_from: Option<&str>,
+    ) -> Result<crate::store::WebhookHold, StoreError> {
+        webhooks::hold(
+            &self.pool,
+            self.channels.events_gate,
+            endpoint,
+            holder,
+            now,
+            until,
+            take_over_from,
+        )
+        .await
+    }
+
+    async fn release_webhook(&self, endpoint: &str, holder_id: &str) -> Result<(), StoreError> {
+        webhooks::release(&self.pool, endpoint, holder_id).await
+    }
+
+    async fn advance_webhook(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        cursor: i64,
+        delivered: u32,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        webhooks::advance(&self.pool, endpoint, holder_id, cursor, delivered, now).await
+    }
+
+    async fn webhook_failed(
+        &self,
+        endpoint: &str,
+        holder_id: &str,
+        attempts: i64,
+        next_attempt_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        webhooks::failed(
+            &self.pool,
+            endpoint,
+            holder_id,
+            attempts,
+            next_attempt_at,
+            error,
+            now,
+        )
+        .await
+    }
+
+    async fn webhook_statuses(&self) -> Result<Vec<crate::store::WebhookStatus>, StoreError> {
+        webhooks::statuses(&self.pool).await
+    }
+
+    async fn message_summary(&self, id: &MessageId) -> Result<Option<QueuedMessage>, StoreError> {
+        webhooks::message_summary(&self.pool, id).await
+    }
+
+    async fn notify_due(&self, condition: &str, now: i64, repeat: i64) -> Result<bool, StoreError> {
+        webhooks::notify_due(&self.pool, condition, now, repeat).await
+    }
+
+    async fn notify_marks(&self) -> Result<Vec<crate::store::NotifyMark>, StoreError> {
+        webhooks::notify_marks(&self.pool).await
+    }
+
+    async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
+        webhooks::notify_clear(&self.pool, condition).await
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
