@@ -173,3 +173,65 @@ async fn two_relays_share_one_queue_and_the_survivor_delivers_what_a_killed_one_
     assert_eq!(delivered + in_flight, 40, "{messages:?}");
     assert!(in_flight <= 2 * 8, "{in_flight} held by the killed relay");
 }
+
+/// An idle `serve` on PostgreSQL looks at the queue only every 30 s; mail
+/// queued by another process (`oxirelay sendmail`) reaches it through
+/// NOTIFY and is delivered within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_queued_by_another_process_wakes_an_idle_relay_at_once() {
+    use std::io::Write;
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    harness.add_relay();
+    let config = std::fs::read_to_string(&harness.config_path).expect("config");
+    let url = with_search_path(&base, &schema);
+    std::fs::write(
+        &harness.config_path,
+        config.replace(
+            "url = \"sqlite://oxirelay.db\"",
+            &format!("url = \"{url}\""),
+        ),
+    )
+    .expect("write config");
+    harness.restart().await;
+    let relay = RelayProcess::start(&harness.config_path, &[]);
+    // The relay's workers have found the queue empty and gone idle.
+    relay.wait_for_line("oxirelay: delivering with ");
+    let config = harness.config_path.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut sendmail = Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+            .arg("-c")
+            .arg(&config)
+            .args(["sendmail", "-t", "-i"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sendmail runs");
+        sendmail
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"From: alice@sandbox.test\nTo: ops@example.net\nSubject: cron output\n\nbackup finished\n")
+            .expect("write");
+        sendmail.wait().expect("sendmail ends")
+    })
+    .await
+    .expect("join");
+    assert!(status.success());
+    let queued = std::time::Instant::now();
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(1, Duration::from_secs(15))
+        .await
+        .expect("delivered well before the 30 s poll");
+    println!("delivered {:?} after sendmail queued it", queued.elapsed());
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .expect("join");
+    assert!(status.success());
+}

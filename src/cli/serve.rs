@@ -30,6 +30,11 @@ const LOCKDOWN_POLL: Duration = Duration::from_secs(2);
 /// (`oxirelay sendmail`) has no way to wake this one, so it is found by
 /// looking, within this long. A claim query is cheap.
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// The same on a store that announces new work from every process
+/// (PostgreSQL's NOTIFY, `Store::announces_work`): looking is only the
+/// fallback should a notification be lost with its connection, and due
+/// retries and lapsed leases are waited for by their time (`next_due`).
+const ANNOUNCED_IDLE_POLL: Duration = Duration::from_secs(30);
 /// On SIGTERM, how long HTTP requests in progress may take to finish.
 const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -82,7 +87,11 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
             max_age: args.max_age,
             ..Default::default()
         },
-        maintenance_interval: IDLE_POLL,
+        maintenance_interval: if store.announces_work() {
+            ANNOUNCED_IDLE_POLL
+        } else {
+            IDLE_POLL
+        },
         dsn: !args.no_dsn,
         ..EngineConfig::default()
     };

@@ -561,6 +561,12 @@ pub trait Store: Send + Sync {
     async fn wait_for_work(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
     }
+
+    /// Whether [`Store::wait_for_work`] wakes for work queued by any
+    /// process (PostgreSQL): then `serve` need not poll the queue often.
+    fn announces_work(&self) -> bool {
+        false
+    }
 }
 
 /// Which messages a listing or a bulk operation is about; every field set

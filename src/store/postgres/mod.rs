@@ -1091,6 +1091,10 @@ impl Store for PostgresStore {
         webhooks::notify_clear(&self.pool, condition).await
     }
 
+    fn announces_work(&self) -> bool {
+        true
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.signals.work.notified()).await;
     }
