@@ -1,10 +1,11 @@
-//! Two real `oxirelay serve` processes on one PostgreSQL schema, the
-//! sandbox as their provider, mail submitted to one of them by Python's
-//! smtplib: both deliver from the one queue, and when the first is killed
-//! with SIGKILL while delivering, the second delivers every acknowledged
-//! message it had claimed. Duplicates are possible only for messages that
-//! were in flight in the killed relay; the test counts and prints them.
-//! Skipped, saying so, when `OXIRELAY_TEST_POSTGRES_URL` is unset.
+//! Real relay processes on one PostgreSQL schema, the sandbox as their
+//! provider: two `oxirelay serve` share one queue, and when the first is
+//! killed with SIGKILL while delivering the second delivers every
+//! acknowledged message (duplicates, possible only for messages in flight
+//! in the killed one, are counted and printed); mail queued by another
+//! process wakes an idle relay through NOTIFY; five processes refreshing
+//! one expired token make one token request. Skipped, saying so, when
+//! `OXIRELAY_TEST_POSTGRES_URL` is unset.
 
 mod common;
 mod store_suite_common;
@@ -234,4 +235,95 @@ async fn mail_queued_by_another_process_wakes_an_idle_relay_at_once() {
         .await
         .expect("join");
     assert!(status.success());
+}
+
+/// Five processes on one PostgreSQL store ask at once for an account's
+/// expired token, while the sandbox rotates refresh tokens and revokes the
+/// whole grant if a rotated one is used twice: one token request reaches
+/// it, every process prints the one new token, and the rotated refresh
+/// token is the one committed (issue 13, item 3, through the store lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_refreshing_one_expired_token_make_one_request() {
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    let mut harness =
+        Harness::start("authorization_code", "oauthbearer", Duration::from_secs(10)).await;
+    let config = std::fs::read_to_string(&harness.config_path).expect("config");
+    let url = with_search_path(&base, &schema);
+    std::fs::write(
+        &harness.config_path,
+        config.replace(
+            "url = \"sqlite://oxirelay.db\"",
+            &format!("url = \"{url}\""),
+        ),
+    )
+    .expect("write config");
+    harness.restart().await;
+    harness.consent().await;
+    let (consented_refresh, _) = harness.stored_tokens().await;
+    harness.wait_until_refresh_due().await;
+    // Slow answers, so that every process asks while the first one waits.
+    harness.sandbox.auth.faults().fail_fraction(
+        1.0,
+        oxirelay::sandbox::authz::TokenFault::Delay(Duration::from_millis(400)),
+    );
+    let before = harness.sandbox.auth.stats();
+    let children: Vec<std::process::Child> = (0..5)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+                .arg("-c")
+                .arg(&harness.config_path)
+                .args(["token", common::ACCOUNT])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("oxirelay token starts")
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().expect("waited"))
+            .collect::<Vec<_>>()
+    });
+    let outputs = tokio::time::timeout(WAIT, outputs)
+        .await
+        .expect("every process finished in time")
+        .expect("join");
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let tokens: Vec<String> = outputs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .collect();
+    assert!(
+        tokens.iter().all(|t| !t.is_empty() && *t == tokens[0]),
+        "every process prints the one new token"
+    );
+    let after = harness.sandbox.auth.stats();
+    assert_eq!(
+        after.token_requests - before.token_requests,
+        1,
+        "one token request for five processes"
+    );
+    assert_eq!(after.refresh_token_reuses, before.refresh_token_reuses);
+    assert_eq!(after.families_revoked, before.families_revoked);
+    let (rotated, stored_access) = harness.stored_tokens().await;
+    assert_ne!(
+        rotated.expect("a refresh token").expose(),
+        consented_refresh.expect("consent's refresh token").expose(),
+        "the rotated refresh token was committed"
+    );
+    assert_eq!(
+        stored_access.expect("an access token").expose(),
+        tokens[0],
+        "the printed token is the committed one"
+    );
 }
