@@ -1187,6 +1187,43 @@ mod tests {
         assert_eq!(kinds, ["first", "second"]);
     }
 
+    /// Contract 1: a connection whose settings say `synchronous_commit =
+    /// off` (here from the URL, as a server or role default would) commits
+    /// with it on; a stronger setting is kept.
+    #[tokio::test]
+    async fn acknowledged_means_durable_even_where_the_server_says_otherwise() {
+        let Ok(base) = std::env::var("OXIRELAY_TEST_POSTGRES_URL") else {
+            println!("SKIPPED: OXIRELAY_TEST_POSTGRES_URL is not set (PostgreSQL tests)");
+            return;
+        };
+        let schema = format!("oxr_test_sync_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("schema");
+        let mut seen = Vec::new();
+        for setting in ["off", "remote_apply"] {
+            let url = format!(
+                "{base}?options[search_path]={schema}&options[synchronous_commit]={setting}&pool_size=2"
+            );
+            let store = PostgresStore::open(&url).await.expect("open");
+            let mut conn = store.pool.acquire().await.expect("connection");
+            let now: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("show");
+            seen.push(now);
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .expect("drop");
+        assert_eq!(seen, ["on", "remote_apply"]);
+    }
+
     #[test]
     fn channel_names_fit_an_identifier() {
         let short = Channels::of("public");
