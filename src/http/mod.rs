@@ -33,7 +33,9 @@ pub struct HttpState {
 
 /// Every route `serve` offers over HTTP.
 pub fn router(state: HttpState) -> Router {
-    Router::new().merge(health::routes(state))
+    Router::new()
+        .merge(health::routes(state.clone()))
+        .merge(crate::api::routes(state))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,11 @@ pub mod queue;
 pub mod retention;
 mod sqlite;
 
+pub use api::{ApiKeyRecord, ApiListQuery, ApiListed, IdempotencyState};
 pub use queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
     Recipient, RecipientState,
 };
-pub use api::{ApiKeyRecord, ApiListQuery, ApiListed, IdempotencyState};
 pub use retention::{RetentionBatch, RetentionCutoffs, StoreUsage};
 pub use sqlite::SqliteStore;
 

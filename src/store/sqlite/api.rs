@@ -165,7 +165,9 @@ fn list_statement(
     after: Option<&ListCursor>,
 ) -> Result<(String, SqliteArguments), StoreError> {
     let mut arguments = SqliteArguments::default();
-    let start = after.map_or((i64::MAX, String::new()), |c| (c.created_at, c.id.0.clone()));
+    let start = after.map_or((i64::MAX, String::new()), |c| {
+        (c.created_at, c.id.0.clone())
+    });
     let since = query.since.unwrap_or(i64::MIN);
     let sql = match &query.tag {
         Some((key_id, tag)) => {
@@ -399,10 +401,13 @@ mod plan_tests {
         };
         let (sql, mut arguments) = list_statement(query, Some(&cursor)).expect("statement");
         arguments.add(50u32).expect("bind");
-        let rows = sqlx::query_with(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")), arguments)
-            .fetch_all(&store.pool)
-            .await
-            .expect("plan");
+        let rows = sqlx::query_with(
+            AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")),
+            arguments,
+        )
+        .fetch_all(&store.pool)
+        .await
+        .expect("plan");
         rows.iter()
             .map(|row| row.try_get::<String, _>("detail").expect("detail"))
             .collect()

@@ -897,8 +897,15 @@ impl Store for SqliteStore {
         status: u16,
         response: &str,
     ) -> Result<(), StoreError> {
-        api::idempotency_finish(&self.pool, &self.writer, key_id, idempotency_key, status, response)
-            .await
+        api::idempotency_finish(
+            &self.pool,
+            &self.writer,
+            key_id,
+            idempotency_key,
+            status,
+            response,
+        )
+        .await
     }
 
     async fn idempotency_forget(
