@@ -372,9 +372,14 @@ impl MessageRequest {
                 bytes,
             );
         }
-        let bytes = builder
+        let mut bytes = builder
             .write_to_vec()
             .map_err(|e| ApiError::Invalid(format!("cannot build the message: {e}")))?;
+        // A single-part body ends where its text ends; the queue takes
+        // messages as DATA does, every line ending in CRLF.
+        if !bytes.ends_with(b"\r\n") {
+            bytes.extend_from_slice(b"\r\n");
+        }
         Ok(Composed {
             mail_from: self.from.email().to_string(),
             recipients,

@@ -3,6 +3,7 @@
 //! here (`anyhow` at the edge).
 
 mod account;
+mod apikey;
 mod audit;
 mod context;
 mod demo;
@@ -117,6 +118,9 @@ pub enum Command {
     /// Submission users (app passwords for devices).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Keys of the HTTP send API (/v1): create (shown once), list, revoke.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
     /// The message queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RotateKey => emergency::rotate_key_and_announce(config).await,
         Command::Audit(command) => audit::run(config, command).await,
         Command::User(command) => user::run(config, command).await,
+        Command::Apikey(command) => apikey::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
         Command::Tls(command) => tls::run(command).await,
