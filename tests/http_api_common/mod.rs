@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[allow(unused_imports)]
 pub use common::{ACCOUNT, Harness, RelayProcess, WAIT};
 pub use oxirelay::sandbox::USER;
 use serde_json::Value;
