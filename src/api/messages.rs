@@ -49,11 +49,22 @@ pub(super) async fn authorize(
     if !allowed {
         return Err(ApiError::MissingScope(scope.as_str()));
     }
-    if let Err(retry_after) = state.limits.check(&key, cells) {
-        let rate = key.rate.map(|r| r.to_string()).unwrap_or_default();
-        return Err(ApiError::RateLimited { rate, retry_after });
-    }
+    charge(state, &key, cells)?;
     Ok(key)
+}
+
+/// Counts `cells` requests against the key's rate; none for 0.
+pub(super) fn charge(state: &ApiState, key: &ApiKey, cells: u32) -> Result<(), ApiError> {
+    if cells == 0 {
+        return Ok(());
+    }
+    state
+        .limits
+        .check(key, cells)
+        .map_err(|retry_after| ApiError::RateLimited {
+            rate: key.rate.map(|r| r.to_string()).unwrap_or_default(),
+            retry_after,
+        })
 }
 
 /// A message this key may see: its own, or any with `admin`.

@@ -147,6 +147,12 @@ pub(super) async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The key first (401/403 before anything about the body); its rate
+    // once the batch's size is known.
+    let key = match messages::authorize(&state, &headers, Scope::Send, 0).await {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
     let bytes = match read_body(body, state.max_batch_body()).await {
         Ok(bytes) => bytes,
         Err(error) => return error.into_response(),
@@ -164,10 +170,9 @@ pub(super) async fn batch(
     }
     let count = request.messages.len();
     // Each message of a batch counts against the key's rate.
-    let key = match messages::authorize(&state, &headers, Scope::Send, count as u32).await {
-        Ok(key) => key,
-        Err(error) => return error.into_response(),
-    };
+    if let Err(error) = messages::charge(&state, &key, count as u32) {
+        return error.into_response();
+    }
     idempotent(&state, &key, &headers, "batch", &bytes, count, |ids, recovering| {
         let state = state.clone();
         let key = key.clone();
