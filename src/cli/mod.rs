@@ -80,7 +80,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Send one message now through an account.
     #[command(
-        after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml"
+        after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml\n  OXIRELAY_API_KEY=$(cat key) oxirelay send --via http://127.0.0.1:8025 --from noreply@contoso.com --to ops@contoso.com --subject Hi --body OK\n  oxirelay send --via https://relay.example.net --api-key-file /etc/app/oxr.key --from noreply@contoso.com --to ops@contoso.com --file report.eml"
     )]
     Send(send::SendArgs),
     /// Print a current access token for an account (for msmtp, mutt, curl).
