@@ -89,7 +89,7 @@ wait_for "$WORK/serve.log" 'delivering with' 30
 wait_for "$WORK/serve.log" "LOCKDOWN" 30
 
 summary() { # label file
-    jq -c --arg label "$1" '{label: $label, n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
+    jq -c --arg name "$1" '{label: $name, n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
 }
 acknowledged=0
 for n in $SESSIONS; do

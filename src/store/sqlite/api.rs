@@ -465,3 +465,77 @@ mod plan_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod idempotency_tests {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{IdempotencyState, MessageId, Store};
+
+    /// The claim's life: started, pending to a duplicate, taken over with
+    /// the same ids once its process is presumed dead, answered, refused
+    /// for another request, and new again once expired.
+    #[tokio::test]
+    async fn a_claim_is_pending_then_taken_over_answered_and_expires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("idem.db").display());
+        let store = SqliteStore::open(&url).await.expect("open");
+        let ids = vec![MessageId("AA".into()), MessageId("BB".into())];
+        let other = vec![MessageId("CC".into())];
+        let begin = |hash: &'static str, reserved: Vec<MessageId>, now: i64, stale: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .idempotency_begin("k1", "order-1", hash, &reserved, now, now + 100, stale)
+                    .await
+                    .expect("begin")
+            }
+        };
+        assert_eq!(
+            begin("h", ids.clone(), 10, 0).await,
+            IdempotencyState::Started
+        );
+        assert_eq!(
+            begin("h", other.clone(), 11, 0).await,
+            IdempotencyState::Pending { created_at: 10 }
+        );
+        assert_eq!(
+            begin("other", other.clone(), 11, 0).await,
+            IdempotencyState::Mismatch
+        );
+        // Its process died: the next one takes the ids it reserved.
+        assert_eq!(
+            begin("h", other.clone(), 80, 70).await,
+            IdempotencyState::TakenOver {
+                reserved: ids.clone()
+            }
+        );
+        store
+            .idempotency_finish("k1", "order-1", 202, "{\"id\":\"AA\"}")
+            .await
+            .expect("finish");
+        assert_eq!(
+            begin("h", other.clone(), 81, 0).await,
+            IdempotencyState::Answered {
+                status: 202,
+                response: "{\"id\":\"AA\"}".into()
+            }
+        );
+        // Another API key's claim of the same name is its own.
+        let theirs = store
+            .idempotency_begin("k2", "order-1", "x", &other, 81, 181, 0)
+            .await
+            .expect("begin");
+        assert_eq!(theirs, IdempotencyState::Started);
+        // Expired (created at 10, kept until 110): new again.
+        assert_eq!(
+            begin("new", other.clone(), 200, 0).await,
+            IdempotencyState::Started
+        );
+        // A forgotten claim (the store failed) starts afresh.
+        store
+            .idempotency_forget("k1", "order-1")
+            .await
+            .expect("forget");
+        assert_eq!(begin("again", ids, 201, 0).await, IdempotencyState::Started);
+    }
+}
