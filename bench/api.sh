@@ -14,6 +14,8 @@
 #
 # Usage: bench/api.sh [MESSAGES]   (default 2000)
 # Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
+#        PERF=1: sample the relay with `perf record` during the API run at
+#        N = 10 (report in $OUT/perf-api.txt)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -88,19 +90,32 @@ wait_for "$WORK/serve.log" 'delivering with' 30
 "$OXIRELAY" -c "$CONFIG" lockdown --reason "api benchmark: acceptance only" >/dev/null 2>&1
 wait_for "$WORK/serve.log" "LOCKDOWN" 30
 
-summary() { # label file
-    jq -c --arg name "$1" '{label: $name, n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
+summary() { # label file relay-cpu-seconds
+    jq -c --arg name "$1" --argjson cpu "$3" '{label: $name, relay_cpu_ms_per_msg: (if .messages_sent > 0 then ($cpu * 1000 / .messages_sent * 100 | round / 100) else null end), n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
 }
 acknowledged=0
 for n in $SESSIONS; do
+    cpu=$(cpu_s "$RELAY_PID")
     "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
         --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout 300s >"$OUT/smtp-n$n.json" || true
-    summary "smtp-n$n" "$OUT/smtp-n$n.json" | tee -a "$RESULTS"
+    summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    cpu=$(cpu_s "$RELAY_PID")
+    PROBE=""
+    if [[ -n "${PERF:-}" && $n == 10 ]]; then
+        perf record -F 999 -g -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        PROBE=$!
+    fi
     "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
         --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout-s 300 >"$OUT/api-n$n.json" || true
-    summary "api-n$n" "$OUT/api-n$n.json" | tee -a "$RESULTS"
+    summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    if [[ -n "$PROBE" ]]; then
+        kill -INT "$PROBE" 2>/dev/null || true
+        wait "$PROBE" 2>/dev/null || true
+        perf report -i "$WORK/perf.data" --no-children --sort sym -g none --percent-limit 0.7 --stdio 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-api.txt" || true
+    fi
     acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/smtp-n$n.json") + $(jq .messages_sent "$OUT/api-n$n.json")))
 done
 
