@@ -3,6 +3,7 @@
 //! The map of modules and the contracts they keep is `DESIGN.md` (shared with
 //! the project); each module's header says what it owns.
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod clock;

@@ -442,6 +442,86 @@ impl Store for FlakyStore {
     async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
         self.inner.notify_clear(condition).await
     }
+
+    // The HTTP send API (issue 12): delegated as they are.
+    async fn create_api_key(
+        &self,
+        key: &oxirelay::store::ApiKeyRecord,
+    ) -> Result<bool, StoreError> {
+        self.inner.create_api_key(key).await
+    }
+    async fn api_key(&self, id: &str) -> Result<Option<oxirelay::store::ApiKeyRecord>, StoreError> {
+        self.inner.api_key(id).await
+    }
+    async fn api_keys(&self) -> Result<Vec<oxirelay::store::ApiKeyRecord>, StoreError> {
+        self.inner.api_keys().await
+    }
+    async fn revoke_api_key(&self, name: &str, at: i64) -> Result<bool, StoreError> {
+        self.inner.revoke_api_key(name, at).await
+    }
+    async fn tag_message(
+        &self,
+        key_id: &str,
+        id: &MessageId,
+        tags: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.tag_message(key_id, id, tags, at).await
+    }
+    async fn untag_message(&self, id: &MessageId) -> Result<(), StoreError> {
+        self.inner.untag_message(id).await
+    }
+    async fn message_tags(&self, id: &MessageId) -> Result<Vec<String>, StoreError> {
+        self.inner.message_tags(id).await
+    }
+    async fn api_list_messages(
+        &self,
+        query: &oxirelay::store::ApiListQuery,
+        after: Option<&oxirelay::store::ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<oxirelay::store::ApiListed>, StoreError> {
+        self.inner.api_list_messages(query, after, limit).await
+    }
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        request_hash: &str,
+        reserved: &[MessageId],
+        now: i64,
+        expires_at: i64,
+        stale_before: i64,
+    ) -> Result<oxirelay::store::IdempotencyState, StoreError> {
+        self.inner
+            .idempotency_begin(
+                key_id,
+                idempotency_key,
+                request_hash,
+                reserved,
+                now,
+                expires_at,
+                stale_before,
+            )
+            .await
+    }
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .idempotency_finish(key_id, idempotency_key, status, response)
+            .await
+    }
+    async fn idempotency_forget(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.idempotency_forget(key_id, idempotency_key).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

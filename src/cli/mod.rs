@@ -3,6 +3,7 @@
 //! here (`anyhow` at the edge).
 
 mod account;
+mod apikey;
 mod audit;
 mod context;
 mod demo;
@@ -82,7 +83,7 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Send one message now through an account.
     #[command(
-        after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml"
+        after_help = "Examples:\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --subject 'Backup done' --body 'OK'\n  oxirelay send --account office --from noreply@contoso.com --to ops@contoso.com --file report.eml\n  OXIRELAY_API_KEY=$(cat key) oxirelay send --via http://127.0.0.1:8025 --from noreply@contoso.com --to ops@contoso.com --subject Hi --body OK\n  oxirelay send --via https://relay.example.net --api-key-file /etc/app/oxr.key --from noreply@contoso.com --to ops@contoso.com --file report.eml"
     )]
     Send(send::SendArgs),
     /// Print a current access token for an account (for msmtp, mutt, curl).
@@ -120,6 +121,9 @@ pub enum Command {
     /// Submission users (app passwords for devices).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Keys of the HTTP send API (/v1): create (shown once), list, revoke.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
     /// The message queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
@@ -210,6 +214,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RotateKey => emergency::rotate_key_and_announce(config).await,
         Command::Audit(command) => audit::run(config, command).await,
         Command::User(command) => user::run(config, command).await,
+        Command::Apikey(command) => apikey::run(config, command).await,
         Command::Queue(command) => queue::run(config, command).await,
         Command::Sendmail(args) => sendmail::run(config, args).await,
         Command::Migrate(args) => migrate::run(config, args).await,

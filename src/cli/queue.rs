@@ -91,7 +91,7 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One message with its recipients (and with --body, its content).
+    /// One message with its recipients and its event history (and with --body, its content).
     Show {
         id: String,
         #[arg(long)]
@@ -404,8 +404,11 @@ async fn show(store: &dyn Store, id: String, json: bool, body: bool) -> anyhow::
         .message(&MessageId(id.clone()))
         .await?
         .ok_or_else(|| anyhow::anyhow!("no message {id} in the queue"))?;
+    // Its history (issue 12, CLI parity with `GET /v1/messages/{id}`).
+    let events = store.message_events(&message.id).await?;
     if json {
         let mut value = serde_json::to_value(&message)?;
+        value["events"] = serde_json::to_value(&events)?;
         if body {
             value["body"] = String::from_utf8_lossy(&content).into_owned().into();
         }
@@ -430,6 +433,16 @@ async fn show(store: &dyn Store, id: String, json: bool, body: bool) -> anyhow::
                 r.address,
                 r.state.as_str(),
                 r.reply.as_deref().unwrap_or("")
+            );
+        }
+        println!("history:");
+        println!("  {}  queued", format_unix(message.created_at));
+        for stored in &events {
+            println!(
+                "  {}  {}  {}",
+                format_unix(stored.event.at),
+                stored.event.kind,
+                stored.event.detail
             );
         }
         if body {

@@ -36,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::routes(state.clone()))
         .merge(crate::metrics::routes(state.clone()))
+        .merge(crate::api::routes(state))
 }
 
 #[derive(Debug, thiserror::Error)]

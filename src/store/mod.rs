@@ -3,11 +3,13 @@
 //! PostgreSQL for several instances sharing one queue ([`open`] picks by
 //! URL), so callers never name a backend.
 
+pub mod api;
 mod postgres;
 pub mod queue;
 pub mod retention;
 mod sqlite;
 
+pub use api::{ApiKeyRecord, ApiListQuery, ApiListed, IdempotencyState};
 pub use postgres::{AppliedMigration, PostgresStore};
 pub use queue::{
     AttemptOutcome, ClaimLease, Claimed, MessageId, MessageState, NewMessage, QueuedMessage,
@@ -549,6 +551,120 @@ pub trait Store: Send + Sync {
     async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
         let _ = condition;
         Err(StoreError::Unsupported("notifications"))
+    }
+
+    // ---- The HTTP send API (issue 12 item 1, `crate::api`): API keys,
+    // message tags and idempotency. Defaults refuse, as above.
+
+    /// Stores a new API key; false, writing nothing, if an active key has
+    /// that name.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported("API keys"))
+    }
+
+    /// The key with this id, revoked or not.
+    async fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("API keys"))
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        Err(StoreError::Unsupported("API keys"))
+    }
+
+    /// Revokes the active key of that name; false if there is none.
+    async fn revoke_api_key(&self, name: &str, at: i64) -> Result<bool, StoreError> {
+        let _ = (name, at);
+        Err(StoreError::Unsupported("API keys"))
+    }
+
+    /// Tags message `id` (queued or about to be) for key `key_id`; committed
+    /// when this returns.
+    async fn tag_message(
+        &self,
+        key_id: &str,
+        id: &MessageId,
+        tags: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let _ = (key_id, id, tags, at);
+        Err(StoreError::Unsupported("message tags"))
+    }
+
+    /// Removes every tag of message `id`.
+    async fn untag_message(&self, id: &MessageId) -> Result<(), StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("message tags"))
+    }
+
+    /// The tags of message `id`, sorted.
+    async fn message_tags(&self, id: &MessageId) -> Result<Vec<String>, StoreError> {
+        let _ = id;
+        Err(StoreError::Unsupported("message tags"))
+    }
+
+    /// Up to `limit` messages matching `query`, newest first, after `after`.
+    async fn api_list_messages(
+        &self,
+        query: &ApiListQuery,
+        after: Option<&ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<ApiListed>, StoreError> {
+        let _ = (query, after, limit);
+        Err(StoreError::Unsupported("listing messages for the API"))
+    }
+
+    /// Claims `idempotency_key` of API key `key_id` for a request whose
+    /// hash is `request_hash` and whose messages will have the ids
+    /// `reserved`, or says who has it. A begun request with no answer that
+    /// began before `stale_before` is taken over. Expired keys (past their
+    /// `expires_at`) count as new.
+    #[allow(clippy::too_many_arguments)]
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        request_hash: &str,
+        reserved: &[MessageId],
+        now: i64,
+        expires_at: i64,
+        stale_before: i64,
+    ) -> Result<IdempotencyState, StoreError> {
+        let _ = (
+            key_id,
+            idempotency_key,
+            request_hash,
+            reserved,
+            now,
+            expires_at,
+            stale_before,
+        );
+        Err(StoreError::Unsupported("idempotency keys"))
+    }
+
+    /// Records the answer to the request that began under the key.
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        let _ = (key_id, idempotency_key, status, response);
+        Err(StoreError::Unsupported("idempotency keys"))
+    }
+
+    /// Forgets a begun request that has no answer worth repeating (the
+    /// store failed): a retry starts afresh.
+    async fn idempotency_forget(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+    ) -> Result<(), StoreError> {
+        let _ = (key_id, idempotency_key);
+        Err(StoreError::Unsupported("idempotency keys"))
     }
 
     // ---- Several instances on one store (issue 13, the PostgreSQL part).

@@ -3,6 +3,7 @@
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
 mod admin;
+mod api;
 mod queue;
 mod retention;
 mod webhooks;
@@ -40,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("0008_scale.sql")),
     (9, include_str!("0009_queue_listing.sql")),
     (10, include_str!("0010_event_messages.sql")),
+    (11, include_str!("0011_api.sql")),
     (12, include_str!("0012_webhooks.sql")),
 ];
 
@@ -908,6 +910,101 @@ impl Store for SqliteStore {
             dry_run,
         )
         .await
+    }
+
+    // ---- The HTTP send API (src/store/sqlite/api.rs).
+
+    async fn create_api_key(&self, key: &crate::store::ApiKeyRecord) -> Result<bool, StoreError> {
+        api::create_key(&self.pool, key).await
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<crate::store::ApiKeyRecord>, StoreError> {
+        api::key(&self.pool, id).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<crate::store::ApiKeyRecord>, StoreError> {
+        api::keys(&self.pool).await
+    }
+
+    async fn revoke_api_key(&self, name: &str, at: i64) -> Result<bool, StoreError> {
+        api::revoke_key(&self.pool, name, at).await
+    }
+
+    async fn tag_message(
+        &self,
+        key_id: &str,
+        id: &MessageId,
+        tags: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        api::tag(&self.pool, &self.writer, key_id, id, tags, at).await
+    }
+
+    async fn untag_message(&self, id: &MessageId) -> Result<(), StoreError> {
+        api::untag(&self.pool, &self.writer, id).await
+    }
+
+    async fn message_tags(&self, id: &MessageId) -> Result<Vec<String>, StoreError> {
+        api::tags(&self.pool, id).await
+    }
+
+    async fn api_list_messages(
+        &self,
+        query: &crate::store::ApiListQuery,
+        after: Option<&ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::ApiListed>, StoreError> {
+        api::list(&self.pool, query, after, limit).await
+    }
+
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        request_hash: &str,
+        reserved: &[MessageId],
+        now: i64,
+        expires_at: i64,
+        stale_before: i64,
+    ) -> Result<crate::store::IdempotencyState, StoreError> {
+        api::idempotency_begin(
+            &self.pool,
+            &self.writer,
+            key_id,
+            idempotency_key,
+            request_hash,
+            reserved,
+            now,
+            expires_at,
+            stale_before,
+        )
+        .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        api::idempotency_finish(
+            &self.pool,
+            &self.writer,
+            key_id,
+            idempotency_key,
+            status,
+            response,
+        )
+        .await
+    }
+
+    async fn idempotency_forget(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+    ) -> Result<(), StoreError> {
+        api::idempotency_forget(&self.pool, &self.writer, key_id, idempotency_key).await
     }
 }
 

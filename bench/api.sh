@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The send API's acceptance rate beside SMTP submission's (issue 12,
+# Benchmark), on loopback, in one invocation on one relay.
+#
+# The relay (`serve`, release build) has the bench's plain listener for a
+# mapped network (no TLS, no AUTH: bench_relay_config) and `[http]` on
+# loopback (plain HTTP, an API key). Delivery is paused (`oxirelay
+# lockdown`), so both measure acceptance alone: the checks and the durable
+# commit before the 250 or the 202. For each N in SESSIONS: M messages of
+# SIZE bytes over N SMTP sessions (oxirelay-loadgen), then M over N HTTP
+# keep-alive clients (oxirelay-apigen), each reporting accepted/s and the
+# p50/p99 of the acknowledgement. At the end the relay is killed with
+# SIGKILL and the queue counted: every acknowledged message must be there.
+#
+# Usage: bench/api.sh [MESSAGES]   (default 2000)
+# Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
+#        PERF=1: sample the relay with `perf record` during the API run at
+#        N = 10 (report in $OUT/perf-api.txt)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+MESSAGES="${1:-2000}"
+SESSIONS="${SESSIONS:-1 10 50}"
+SIZE="${SIZE:-5120}"
+OUT="${OUT:-target/bench/api-$(date -u +%Y%m%dT%H%M%SZ)}"
+RELAY_PORT="${RELAY_PORT:-19957}"
+HTTP_PORT="${HTTP_PORT:-19958}"
+SMTP_PORT="${SMTP_PORT:-19959}"
+API_PORT="${API_PORT:-19960}"
+SENDER="alice@sandbox.test"
+RECIPIENT="sink@example.net"
+
+for tool in jq bc; do
+    command -v "$tool" >/dev/null || { echo "SKIPPED: $tool is missing" >&2; exit 0; }
+done
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    cargo build --release --bin oxirelay --example oxirelay-loadgen --example oxirelay-apigen
+fi
+OXIRELAY="${OXIRELAY:-$PWD/target/release/oxirelay}"
+LOADGEN="$PWD/target/release/examples/oxirelay-loadgen"
+APIGEN="$PWD/target/release/examples/oxirelay-apigen"
+
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(mktemp -d /tmp/oxirelay-api.XXXXXX)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# shellcheck source=bench/common.sh
+source bench/common.sh
+
+{
+    echo "nproc: $(nproc)"
+    grep -m1 'model name' /proc/cpuinfo || true
+    free -h | sed -n 2p
+    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (modified)')"
+    echo "messages per run: $MESSAGES, size: $SIZE"
+} | tee "$OUT/machine.txt"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+SANDBOX_DIR="$WORK/sandbox"
+"$OXIRELAY" sandbox --dir "$SANDBOX_DIR" --token-ttl 1h --max-sessions 256 --count-only \
+    --http "127.0.0.1:$HTTP_PORT" --smtp "127.0.0.1:$SMTP_PORT" >"$WORK/sandbox.out" 2>&1 &
+PIDS+=($!)
+wait_for "$WORK/sandbox.out" '^Then:' 30
+
+export OXIRELAY_MASTER_KEY="$("$OXIRELAY" keygen)"
+CONFIG="$WORK/oxirelay.toml"
+{
+    bench_relay_config
+    echo
+    echo "[http]"
+    echo "addr = \"127.0.0.1:$API_PORT\""
+} >"$CONFIG"
+"$OXIRELAY" -c "$CONFIG" apikey create bench --scope send --allowed-from "$SENDER" \
+    --account sandbox 2>/dev/null >"$WORK/api.key"
+chmod 600 "$WORK/api.key"
+
+OXIRELAY_LOG=warn "$OXIRELAY" -c "$CONFIG" serve --max-sessions-per-address 100 \
+    --retention-every 1h >"$WORK/serve.log" 2>&1 &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+wait_for "$WORK/serve.log" 'delivering with' 30
+"$OXIRELAY" -c "$CONFIG" lockdown --reason "api benchmark: acceptance only" >/dev/null 2>&1
+wait_for "$WORK/serve.log" "LOCKDOWN" 30
+
+summary() { # label file relay-cpu-seconds
+    jq -c --arg name "$1" --argjson cpu "$3" '{label: $name, relay_cpu_ms_per_msg: (if .messages_sent > 0 then ($cpu * 1000 / .messages_sent * 100 | round / 100) else null end), n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
+}
+acknowledged=0
+for n in $SESSIONS; do
+    cpu=$(cpu_s "$RELAY_PID")
+    "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
+        --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
+        --size "$SIZE" --timeout 300s >"$OUT/smtp-n$n.json" || true
+    summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    cpu=$(cpu_s "$RELAY_PID")
+    PROBE=""
+    if [[ -n "${PERF:-}" && $n == 10 ]]; then
+        perf record -F 999 -g -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        PROBE=$!
+    fi
+    "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
+        --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
+        --size "$SIZE" --timeout-s 300 >"$OUT/api-n$n.json" || true
+    summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    if [[ -n "$PROBE" ]]; then
+        kill -INT "$PROBE" 2>/dev/null || true
+        wait "$PROBE" 2>/dev/null || true
+        perf report -i "$WORK/perf.data" --no-children --sort sym -g none --percent-limit 0.7 --stdio 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-api.txt" || true
+    fi
+    acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/smtp-n$n.json") + $(jq .messages_sent "$OUT/api-n$n.json")))
+done
+
+# Durable: after SIGKILL, every acknowledged message is in the queue.
+kill -KILL "$RELAY_PID"
+wait "$RELAY_PID" 2>/dev/null || true
+queued=$("$OXIRELAY" -c "$CONFIG" queue list --state queued --json --all | wc -l)
+echo "{\"acknowledged\":$acknowledged,\"queued_after_sigkill\":$queued}" | tee -a "$RESULTS"
+if ((queued < acknowledged)); then
+    echo "LOST: $((acknowledged - queued)) acknowledged messages are not in the queue" >&2
+    exit 1
+fi
+echo "== results: $RESULTS"

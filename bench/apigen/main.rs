@@ -1,0 +1,193 @@
+//! oxirelay-apigen: the send API's load generator (issue 12, Benchmark).
+//! N concurrent clients, each with its own keep-alive connection, post M
+//! messages in total to `POST /v1/messages` (structured JSON, a text body
+//! padded to about `--size` bytes) and time each 202. It prints one JSON
+//! report in the shape of oxirelay-loadgen's (messages/s, latency
+//! percentiles of the 202, errors), so bench/api.sh can set the two side
+//! by side.
+//!
+//! Bounded: M messages at most, and `--timeout`, after which the workers
+//! stop and the report says `"timed_out": true`. An `[[example]]`, like
+//! the SMTP load generator: compiled and linted with everything else,
+//! never installed.
+
+use clap::Parser;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const MAX_ERROR_KINDS: usize = 20;
+
+#[derive(Parser)]
+#[command(
+    name = "oxirelay-apigen",
+    about = "Post M messages to oxirelay's /v1/messages from N keep-alive clients and report JSON.",
+    after_help = "Example:\n  oxirelay-apigen --url http://127.0.0.1:8025 --key-file bench.key --from alice@sandbox.test --clients 10 --messages 2000"
+)]
+struct Args {
+    /// The relay's HTTP base URL.
+    #[arg(long)]
+    url: String,
+    /// A file holding the API key (kept out of `ps`).
+    #[arg(long)]
+    key_file: PathBuf,
+    #[arg(long)]
+    from: String,
+    #[arg(long, default_value = "sink@example.net")]
+    to: String,
+    /// Concurrent clients (N), each one keep-alive connection.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Messages in total (M).
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// About this many bytes of text body per message.
+    #[arg(long, default_value_t = 5120)]
+    size: usize,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+    #[arg(long, default_value = "api")]
+    label: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: usize,
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, usize>,
+    error_count: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let key = match std::fs::read_to_string(&args.key_file) {
+        Ok(key) => key.trim().to_string(),
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", args.key_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = serde_json::json!({
+        "from": args.from,
+        "to": [args.to],
+        "subject": "oxirelay-apigen",
+        "text": "x".repeat(args.size.saturating_sub(400).max(1)),
+    })
+    .to_string();
+    let url = format!("{}/v1/messages", args.url.trim_end_matches('/'));
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let (url, key, body, next) = (url.clone(), key.clone(), body.clone(), next.clone());
+        let total = args.messages;
+        workers.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            // One client per worker: its own pooled keep-alive connection.
+            let client = match reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30))
+                .build()
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    stats.error_count += 1;
+                    stats.errors.insert(e.to_string(), 1);
+                    return stats;
+                }
+            };
+            while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                let begun = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let outcome = match sent {
+                    Ok(response) if response.status().as_u16() == 202 => {
+                        // Read the answer: the id is part of the 202.
+                        response
+                            .bytes()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match outcome {
+                    Ok(()) => {
+                        stats.sent += 1;
+                        stats.latencies.push(begun.elapsed());
+                    }
+                    Err(kind) => {
+                        stats.error_count += 1;
+                        if stats.errors.len() < MAX_ERROR_KINDS || stats.errors.contains_key(&kind)
+                        {
+                            *stats.errors.entry(kind).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = Stats::default();
+    for worker in workers {
+        if let Ok(stats) = worker.await {
+            total.sent += stats.sent;
+            total.latencies.extend(stats.latencies);
+            total.error_count += stats.error_count;
+            for (kind, n) in stats.errors {
+                *total.errors.entry(kind).or_default() += n;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    total.latencies.sort();
+    let seconds = elapsed.as_secs_f64();
+    let round = |x: Option<f64>| x.map(|v| (v * 100.0).round() / 100.0);
+    let percentile = |p: f64| {
+        let sorted = &total.latencies;
+        (!sorted.is_empty()).then(|| {
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+        })
+    };
+    let report = serde_json::json!({
+        "label": args.label,
+        "target": url,
+        "sessions": args.clients,
+        "message_bytes": args.size,
+        "messages_requested": args.messages,
+        "messages_sent": total.sent,
+        "duration_s": round(Some(seconds)),
+        "messages_per_s": round(Some(if seconds > 0.0 { total.sent as f64 / seconds } else { 0.0 })),
+        "latency_ms": {
+            "p50": round(percentile(50.0)),
+            "p90": round(percentile(90.0)),
+            "p99": round(percentile(99.0)),
+            "max": round(total.latencies.last().map(|d| d.as_secs_f64() * 1000.0)),
+        },
+        "errors": total.error_count,
+        "error_kinds": total.errors,
+        "timed_out": Instant::now() >= deadline,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    if total.error_count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
