@@ -63,6 +63,9 @@ suite!(
     a_new_webhook_endpoint_starts_at_the_end_of_the_log_and_one_holder_moves_it,
     a_notification_condition_is_due_once_per_interval,
     a_message_summary_has_its_recipients_and_no_body,
+    an_idempotency_claim_is_pending_then_taken_over_answered_and_expires,
+    api_keys_are_named_once_while_active_and_revocation_frees_the_name,
+    tagged_messages_are_listed_newest_first_by_tag_submitter_and_state,
 );
 
 mod cases {
@@ -1477,5 +1480,197 @@ mod cases {
                 .expect("read")
                 .is_none()
         );
+    }
+
+    pub async fn an_idempotency_claim_is_pending_then_taken_over_answered_and_expires(
+        backend: &Backend,
+    ) {
+        use oxirelay::store::IdempotencyState;
+        let store = &backend.store;
+        let ids = vec![MessageId("AA".into()), MessageId("BB".into())];
+        let other = vec![MessageId("CC".into())];
+        let begin = |hash: &'static str, reserved: Vec<MessageId>, now: i64, stale: i64| async move {
+            store
+                .idempotency_begin("k1", "order-1", hash, &reserved, now, now + 100, stale)
+                .await
+                .expect("begin")
+        };
+        assert_eq!(
+            begin("h", ids.clone(), 10, 0).await,
+            IdempotencyState::Started
+        );
+        assert_eq!(
+            begin("h", other.clone(), 11, 0).await,
+            IdempotencyState::Pending { created_at: 10 }
+        );
+        assert_eq!(
+            begin("other", other.clone(), 11, 0).await,
+            IdempotencyState::Mismatch
+        );
+        // Its process died: the next one takes the ids it reserved.
+        assert_eq!(
+            begin("h", other.clone(), 80, 70).await,
+            IdempotencyState::TakenOver {
+                reserved: ids.clone()
+            }
+        );
+        store
+            .idempotency_finish("k1", "order-1", 202, "{\"id\":\"AA\"}")
+            .await
+            .expect("finish");
+        assert_eq!(
+            begin("h", other.clone(), 81, 0).await,
+            IdempotencyState::Answered {
+                status: 202,
+                response: "{\"id\":\"AA\"}".into()
+            }
+        );
+        // Another API key's claim of the same name is its own.
+        let theirs = store
+            .idempotency_begin("k2", "order-1", "x", &other, 81, 181, 0)
+            .await
+            .expect("begin");
+        assert_eq!(theirs, IdempotencyState::Started);
+        // Expired (kept until 110): new again.
+        assert_eq!(
+            begin("new", other.clone(), 200, 0).await,
+            IdempotencyState::Started
+        );
+        // A forgotten claim (the store failed) starts afresh.
+        store
+            .idempotency_forget("k1", "order-1")
+            .await
+            .expect("forget");
+        assert_eq!(begin("again", ids, 201, 0).await, IdempotencyState::Started);
+    }
+
+    pub async fn api_keys_are_named_once_while_active_and_revocation_frees_the_name(
+        backend: &Backend,
+    ) {
+        use oxirelay::store::ApiKeyRecord;
+        let store = &backend.store;
+        let key = |id: &str, at: i64| ApiKeyRecord {
+            id: id.into(),
+            name: "billing".into(),
+            secret_hash: "ab".repeat(32),
+            scopes: vec!["send".into(), "read".into()],
+            allowed_from: vec!["@contoso.com".into()],
+            accounts: vec!["office".into()],
+            rate: Some((60, 60)),
+            created_at: at,
+            revoked_at: None,
+        };
+        assert!(store.create_api_key(&key("k1", 10)).await.expect("create"));
+        assert!(
+            !store.create_api_key(&key("k2", 11)).await.expect("create"),
+            "an active key has that name"
+        );
+        assert_eq!(
+            store.api_key("k1").await.expect("read"),
+            Some(key("k1", 10))
+        );
+        assert!(store.api_key("k2").await.expect("read").is_none());
+        assert!(store.revoke_api_key("billing", 20).await.expect("revoke"));
+        assert!(
+            !store
+                .revoke_api_key("billing", 21)
+                .await
+                .expect("revoke twice")
+        );
+        assert!(store.create_api_key(&key("k3", 30)).await.expect("create"));
+        let keys = store.api_keys().await.expect("keys");
+        assert_eq!(
+            keys.iter()
+                .map(|k| (k.id.as_str(), k.revoked_at))
+                .collect::<Vec<_>>(),
+            [("k1", Some(20)), ("k3", None)]
+        );
+    }
+
+    pub async fn tagged_messages_are_listed_newest_first_by_tag_submitter_and_state(
+        backend: &Backend,
+    ) {
+        use oxirelay::store::ApiListQuery;
+        let store = &backend.store;
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let mut m = message("office", &["a@x"]);
+            m.submitted_by = if n % 2 == 0 {
+                "api:billing"
+            } else {
+                "api:other"
+            }
+            .into();
+            let id = MessageId::generate();
+            let tags: Vec<String> = if n < 3 {
+                vec!["invoice".into(), "eu".into()]
+            } else {
+                vec![]
+            };
+            store
+                .tag_message("k1", &id, &tags, 100 + n)
+                .await
+                .expect("tag");
+            store.enqueue_as(id.clone(), m).await.expect("enqueue");
+            ids.push(id);
+        }
+        assert_eq!(
+            store.message_tags(&ids[0]).await.expect("tags"),
+            ["eu", "invoice"]
+        );
+        let by_tag = ApiListQuery {
+            tag: Some(("k1".into(), "invoice".into())),
+            ..Default::default()
+        };
+        let listed = store
+            .api_list_messages(&by_tag, None, 2)
+            .await
+            .expect("list");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|l| l.message.id.clone())
+                .collect::<Vec<_>>(),
+            [ids[2].clone(), ids[1].clone()],
+            "newest tagged first"
+        );
+        let rest = store
+            .api_list_messages(&by_tag, Some(&listed[1].cursor), 10)
+            .await
+            .expect("next page");
+        assert_eq!(
+            rest.iter()
+                .map(|l| l.message.id.clone())
+                .collect::<Vec<_>>(),
+            [ids[0].clone()]
+        );
+        assert_eq!(rest[0].message.recipients.len(), 1);
+        let mine = ApiListQuery {
+            submitted_by: Some("api:billing".into()),
+            state: Some(MessageState::Queued),
+            ..Default::default()
+        };
+        let listed = store
+            .api_list_messages(&mine, None, 10)
+            .await
+            .expect("list");
+        let mut got: Vec<_> = listed.iter().map(|l| l.message.id.clone()).collect();
+        got.sort();
+        let mut want = vec![ids[0].clone(), ids[2].clone(), ids[4].clone()];
+        want.sort();
+        assert_eq!(got, want);
+        let since = ApiListQuery {
+            since: Some(now() + 3600),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .api_list_messages(&since, None, 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        store.untag_message(&ids[0]).await.expect("untag");
+        assert!(store.message_tags(&ids[0]).await.expect("tags").is_empty());
     }
 }

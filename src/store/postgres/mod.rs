@@ -24,6 +24,7 @@
 //! and the runner is the same few lines the SQLite side uses.
 
 mod admin;
+mod api;
 mod queue;
 mod retention;
 mod webhooks;
@@ -52,6 +53,7 @@ use tokio::sync::Notify;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_schema.sql")),
     (2, include_str!("0002_webhooks.sql")),
+    (3, include_str!("0003_api.sql")),
 ];
 
 /// Connections per instance when the URL does not say (`pool_size=N`):
@@ -1089,6 +1091,94 @@ impl Store for PostgresStore {
 
     async fn notify_clear(&self, condition: &str) -> Result<bool, StoreError> {
         webhooks::notify_clear(&self.pool, condition).await
+    }
+
+    // ---- The HTTP send API (api.rs; issue 12, item 1).
+
+    // ---- The HTTP send API (src/store/sqlite/api.rs).
+
+    async fn create_api_key(&self, key: &crate::store::ApiKeyRecord) -> Result<bool, StoreError> {
+        api::create_key(&self.pool, key).await
+    }
+
+    async fn api_key(&self, id: &str) -> Result<Option<crate::store::ApiKeyRecord>, StoreError> {
+        api::key(&self.pool, id).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<crate::store::ApiKeyRecord>, StoreError> {
+        api::keys(&self.pool).await
+    }
+
+    async fn revoke_api_key(&self, name: &str, at: i64) -> Result<bool, StoreError> {
+        api::revoke_key(&self.pool, name, at).await
+    }
+
+    async fn tag_message(
+        &self,
+        key_id: &str,
+        id: &MessageId,
+        tags: &[String],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        api::tag(&self.pool, key_id, id, tags, at).await
+    }
+
+    async fn untag_message(&self, id: &MessageId) -> Result<(), StoreError> {
+        api::untag(&self.pool, id).await
+    }
+
+    async fn message_tags(&self, id: &MessageId) -> Result<Vec<String>, StoreError> {
+        api::tags(&self.pool, id).await
+    }
+
+    async fn api_list_messages(
+        &self,
+        query: &crate::store::ApiListQuery,
+        after: Option<&ListCursor>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::ApiListed>, StoreError> {
+        api::list(&self.pool, query, after, limit).await
+    }
+
+    async fn idempotency_begin(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        request_hash: &str,
+        reserved: &[MessageId],
+        now: i64,
+        expires_at: i64,
+        stale_before: i64,
+    ) -> Result<crate::store::IdempotencyState, StoreError> {
+        api::idempotency_begin(
+            &self.pool,
+            key_id,
+            idempotency_key,
+            request_hash,
+            reserved,
+            now,
+            expires_at,
+            stale_before,
+        )
+        .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+        status: u16,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        api::idempotency_finish(&self.pool, key_id, idempotency_key, status, response).await
+    }
+
+    async fn idempotency_forget(
+        &self,
+        key_id: &str,
+        idempotency_key: &str,
+    ) -> Result<(), StoreError> {
+        api::idempotency_forget(&self.pool, key_id, idempotency_key).await
     }
 
     fn announces_work(&self) -> bool {
