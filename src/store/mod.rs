@@ -778,6 +778,27 @@ impl QueueAction {
             QueueAction::Release => &[Held],
         }
     }
+
+    /// The states the action touches in `selection`: [`Self::applies_to`],
+    /// except that a retry takes bounced and expired mail back only when
+    /// it was asked for, by id or by state. A flush of an account (`queue
+    /// retry --account A`) must not resend what was refused for good.
+    /// Every backend selects with this, so they agree.
+    pub fn states_for(self, selection: &QueueSelection) -> Vec<MessageState> {
+        let named = match selection {
+            QueueSelection::Ids(_) => true,
+            QueueSelection::Matching(filter) => filter.state.is_some(),
+        };
+        self.applies_to()
+            .iter()
+            .copied()
+            .filter(|state| {
+                named
+                    || self != QueueAction::Retry
+                    || matches!(state, MessageState::Queued | MessageState::Deferred)
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for QueueAction {

@@ -197,6 +197,38 @@ pub struct Claimed {
     pub lease: ClaimLease,
 }
 
+impl Claimed {
+    /// One claim's batch, each message with its body (keyed by id) and the
+    /// lease `owner` holds until `lease_until`; what every backend's claim
+    /// returns.
+    pub(crate) fn assemble(
+        messages: Vec<QueuedMessage>,
+        mut bodies: std::collections::HashMap<String, Vec<u8>>,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, super::StoreError> {
+        messages
+            .into_iter()
+            .map(|message| {
+                // Retention removes bodies of final messages only, and a
+                // final message is never claimed: a claimed message without
+                // its body means the store was changed behind the relay's back.
+                let body = bodies.remove(&message.id.0).ok_or_else(|| {
+                    super::StoreError::Corrupt(format!("message {} has no body", message.id))
+                })?;
+                Ok(Claimed {
+                    body,
+                    message,
+                    lease: ClaimLease {
+                        owner: owner.to_string(),
+                        expires_at: lease_until,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimLease {
     pub owner: String,

@@ -155,25 +155,6 @@ fn affected_from_row(row: &PgRow) -> Result<AffectedMessage, StoreError> {
     })
 }
 
-/// The states `action` touches in `selection` (as on SQLite: a flush of an
-/// account does not resend what was refused for good).
-fn applicable(action: QueueAction, selection: &QueueSelection) -> Vec<MessageState> {
-    let named = match selection {
-        QueueSelection::Ids(_) => true,
-        QueueSelection::Matching(filter) => filter.state.is_some(),
-    };
-    action
-        .applies_to()
-        .iter()
-        .copied()
-        .filter(|state| {
-            named
-                || action != QueueAction::Retry
-                || matches!(state, MessageState::Queued | MessageState::Deferred)
-        })
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn batch(
     pool: &PgPool,
@@ -191,7 +172,7 @@ pub(super) async fn batch(
     // seen in its new state. A dry run only reads.
     let mut tx = pool.begin().await?;
     let (selected, missing, next) = select(&mut tx, selection, after, limit, !dry_run).await?;
-    let states = applicable(action, selection);
+    let states = action.states_for(selection);
     let (affected, skipped): (Vec<_>, Vec<_>) = selected
         .into_iter()
         .partition(|m| states.contains(&m.state) && (m.body_kept || action != QueueAction::Retry));

@@ -141,26 +141,9 @@ pub(super) async fn claim(
         .iter()
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut bodies = bodies_of(&mut conn, &messages).await?;
+    let bodies = bodies_of(&mut conn, &messages).await?;
     attach_recipients(&mut conn, &mut messages).await?;
-    messages
-        .into_iter()
-        .map(|message| {
-            // Retention removes bodies of final messages only, and a final
-            // message is never claimed.
-            let body = bodies.remove(&message.id.0).ok_or_else(|| {
-                StoreError::Corrupt(format!("message {} has no body", message.id))
-            })?;
-            Ok(Claimed {
-                body,
-                message,
-                lease: ClaimLease {
-                    owner: owner.to_string(),
-                    expires_at: lease_until,
-                },
-            })
-        })
-        .collect()
+    Claimed::assemble(messages, bodies, owner, lease_until)
 }
 
 async fn bodies_of(

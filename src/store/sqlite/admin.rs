@@ -187,27 +187,6 @@ fn affected_from_row(row: &SqliteRow) -> Result<AffectedMessage, StoreError> {
     })
 }
 
-/// The states `action` touches in `selection`. Retry brings bounced and
-/// expired mail back only when they were asked for, by id or by state: a
-/// flush of an account (`queue retry --account A`) must not resend what
-/// was refused for good.
-fn applicable(action: QueueAction, selection: &QueueSelection) -> Vec<MessageState> {
-    let named = match selection {
-        QueueSelection::Ids(_) => true,
-        QueueSelection::Matching(filter) => filter.state.is_some(),
-    };
-    action
-        .applies_to()
-        .iter()
-        .copied()
-        .filter(|state| {
-            named
-                || action != QueueAction::Retry
-                || matches!(state, MessageState::Queued | MessageState::Deferred)
-        })
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn batch(
     pool: &SqlitePool,
@@ -234,7 +213,7 @@ pub(super) async fn batch(
         pool.begin_with("BEGIN IMMEDIATE").await?
     };
     let (selected, missing, next) = select(&mut tx, selection, after, limit).await?;
-    let states = applicable(action, selection);
+    let states = action.states_for(selection);
     // A retry needs the body, which retention may have removed from a
     // finished message.
     let (affected, skipped): (Vec<_>, Vec<_>) = selected

@@ -223,27 +223,9 @@ pub(super) async fn claim(
         .iter()
         .map(message_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut bodies = bodies_of(&mut conn, &messages).await?;
+    let bodies = bodies_of(&mut conn, &messages).await?;
     attach_recipients(&mut conn, &mut messages).await?;
-    messages
-        .into_iter()
-        .map(|message| {
-            // Retention removes bodies of final messages only, and a final
-            // message is never claimed: a claimed message without its body
-            // means the file was changed behind the relay's back.
-            let body = bodies.remove(&message.id.0).ok_or_else(|| {
-                StoreError::Corrupt(format!("message {} has no body", message.id))
-            })?;
-            Ok(Claimed {
-                body,
-                message,
-                lease: ClaimLease {
-                    owner: owner.to_string(),
-                    expires_at: lease_until,
-                },
-            })
-        })
-        .collect()
+    Claimed::assemble(messages, bodies, owner, lease_until)
 }
 
 /// The bodies of `messages` (one claim's batch, so a few placeholders).
