@@ -120,9 +120,14 @@ async fn metrics(State(scrape): State<Arc<Scrape>>, headers: HeaderMap) -> Respo
         )
             .into_response();
     }
-    let now = scrape.read_now().await;
+    // The counters are encoded before the store is read: the engine counts
+    // an outcome only after its commit, so every outcome a scrape counts is
+    // in the queue depth the same scrape shows (the other order let a
+    // scrape count a deferral while showing the message still in flight).
     let mut text = String::with_capacity(8 * 1024);
-    let encoded = encode_registry(&mut text, global().registry())
+    let counted = encode_registry(&mut text, global().registry());
+    let now = scrape.read_now().await;
+    let encoded = counted
         .and_then(|()| encode_registry(&mut text, &now))
         .and_then(|()| encode_eof(&mut text));
     if let Err(error) = encoded {
