@@ -57,17 +57,25 @@ impl Holder {
     }
 }
 
-/// This machine's host name, as EHLO and holder ids give it.
+/// This machine's host name, as EHLO, `Received:` headers and holder ids
+/// give it. Read once per process, as an MTA reads `myhostname` at start:
+/// every submission writes it, and a file read per message showed in the
+/// send API's profile.
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| {
-            !h.is_empty()
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    static HOST_NAME: OnceLock<String> = OnceLock::new();
+    HOST_NAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| {
+                    !h.is_empty()
+                        && h.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                })
+                .unwrap_or_else(|| "oxirelay.localdomain".to_string())
         })
-        .unwrap_or_else(|| "oxirelay.localdomain".to_string())
+        .clone()
 }
 
 /// Where pids mean what they mean to this process; empty if unknown.

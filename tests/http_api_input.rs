@@ -316,9 +316,25 @@ async fn keys_are_checked_for_scope_senders_accounts_and_rate() {
     let theirs = api.get(&format!("/v1/messages/{id}"), &reader).await;
     assert_eq!((theirs.status, code(&theirs.body)), (404, "not_found"));
 
-    // Revoked: refused at once.
+    // Revoked: refused once the relay's cached row of the key is older
+    // than its TTL (one second), though the key was used just before.
     let revoked = api.cli(&["apikey", "revoke", "sender"]).await;
     assert!(revoked.status.success());
+    let since = std::time::Instant::now();
+    let path = format!("/v1/messages/{id}");
+    loop {
+        let status = api.get(&path, &sender).await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200, "the key works until its revocation applies");
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(3),
+            "the revocation applied within the key cache's second (and slack)"
+        );
+        // A poll's pace, not a synchronisation: the loop ends on the 401.
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert_eq!(
         api.post("/v1/messages", &sender, &message).await.status,
         401

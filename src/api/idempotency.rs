@@ -61,11 +61,7 @@ pub fn request_hash(route: &str, body: &[u8]) -> String {
     hasher.update(route.as_bytes());
     hasher.update(b"\n");
     hasher.update(body);
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 /// The outcome of claiming a key, after waiting out another process.

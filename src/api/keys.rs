@@ -14,6 +14,11 @@
 //!
 //! The key reads `oxr_<id>_<secret>`: the id finds the row, the secret is
 //! checked against its hash.
+//!
+//! The API's routes read rows through a [`KeyCache`]: a row read from the
+//! store is reused for at most [`KEY_CACHE_TTL`], so a revocation (made by
+//! another process, the CLI) applies within that time instead of at the
+//! next request, and a request costs no store read of its own.
 
 use crate::store::{ApiKeyRecord, Store, StoreError};
 use base64::Engine as _;
@@ -23,7 +28,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const PREFIX: &str = "oxr_";
 
@@ -156,10 +161,7 @@ pub struct NewApiKey {
 }
 
 fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// Makes a key (not stored yet): 64 random bits of id, 256 of secret.
@@ -175,7 +177,7 @@ pub fn generate(
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut id);
     rand::rng().fill_bytes(&mut secret);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex::encode(id);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     let record = ApiKeyRecord {
         id: id.clone(),
@@ -203,6 +205,13 @@ pub fn fingerprint(presented: &str) -> String {
 /// Finds and checks the key `presented` (`oxr_<id>_<secret>`). A key that
 /// is unknown, malformed, revoked or wrong gets the same answer.
 pub async fn authenticate(store: &dyn Store, presented: &str) -> Result<ApiKey, ApiKeyError> {
+    let (id, secret) = split(presented)?;
+    let record = store.api_key(id).await?.ok_or(ApiKeyError::Invalid)?;
+    check(&record, secret)
+}
+
+/// The id and the secret of a presented key, if it has the key's form.
+fn split(presented: &str) -> Result<(&str, &str), ApiKeyError> {
     let (id, secret) = presented
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split_once('_'))
@@ -210,7 +219,11 @@ pub async fn authenticate(store: &dyn Store, presented: &str) -> Result<ApiKey, 
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiKeyError::Invalid);
     }
-    let record = store.api_key(id).await?.ok_or(ApiKeyError::Invalid)?;
+    Ok((id, secret))
+}
+
+/// The key of `record` if `secret` is its secret and it is not revoked.
+fn check(record: &ApiKeyRecord, secret: &str) -> Result<ApiKey, ApiKeyError> {
     let presented_hash = hash_secret(secret);
     let matches = aws_lc_rs::constant_time::verify_slices_are_equal(
         presented_hash.as_bytes(),
@@ -220,7 +233,69 @@ pub async fn authenticate(store: &dyn Store, presented: &str) -> Result<ApiKey, 
     if !matches || record.revoked_at.is_some() {
         return Err(ApiKeyError::Invalid);
     }
-    ApiKey::from_record(&record)
+    ApiKey::from_record(record)
+}
+
+/// How long a key's row read from the store is used before it is read
+/// again: the longest a revocation made elsewhere takes to apply.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Rows of keys recently read, by id. Only rows the store has are kept
+/// (an unknown id is read from the store each time), so the map holds at
+/// most one entry per key ever made, whatever ids clients send.
+pub struct KeyCache {
+    ttl: Duration,
+    rows: Mutex<HashMap<String, (Instant, Arc<ApiKeyRecord>)>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::new(KEY_CACHE_TTL)
+    }
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            rows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// As [`authenticate`], reading the store only for a row older than
+    /// the TTL or not read yet.
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        presented: &str,
+    ) -> Result<ApiKey, ApiKeyError> {
+        let (id, secret) = split(presented)?;
+        let record = match self.fresh(id, Instant::now()) {
+            Some(record) => record,
+            None => {
+                let record = Arc::new(store.api_key(id).await?.ok_or(ApiKeyError::Invalid)?);
+                self.lock()
+                    .insert(id.to_string(), (Instant::now(), record.clone()));
+                record
+            }
+        };
+        check(&record, secret)
+    }
+
+    fn fresh(&self, id: &str, now: Instant) -> Option<Arc<ApiKeyRecord>> {
+        self.lock()
+            .get(id)
+            .filter(|(read_at, _)| now.saturating_duration_since(*read_at) < self.ttl)
+            .map(|(_, record)| record.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<ApiKeyRecord>)>> {
+        // A poisoned lock only means another request panicked while
+        // holding it; the map is still whole.
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -275,6 +350,44 @@ fn quota(rate: Rate) -> governor::Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache answers from a row it read within its TTL (a revocation
+    /// made since is not seen yet), from the store once the row is older,
+    /// and checks the secret each time either way.
+    #[tokio::test]
+    async fn the_key_cache_reads_the_store_again_after_its_ttl() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let store = crate::store::SqliteStore::open(&url).await.expect("open");
+        let made = generate("ci", &[Scope::Send], &[], &[], None, 1);
+        assert!(store.create_api_key(&made.record).await.expect("create"));
+        let presented = made.presented.expose().to_string();
+        let cache = KeyCache::new(Duration::from_secs(3600));
+        let key = cache.authenticate(&store, &presented).await.expect("valid");
+        assert_eq!(key.name, "ci");
+        let wrong = format!("{}x", &presented[..presented.len() - 1]);
+        assert!(matches!(
+            cache.authenticate(&store, &wrong).await,
+            Err(ApiKeyError::Invalid)
+        ));
+        assert!(store.revoke_api_key("ci", 2).await.expect("revoke"));
+        assert!(
+            cache.authenticate(&store, &presented).await.is_ok(),
+            "within the TTL the row read before is used"
+        );
+        let id = &presented[PREFIX.len()..PREFIX.len() + 16];
+        let later = Instant::now() + Duration::from_secs(3601);
+        assert!(cache.fresh(id, later).is_none(), "older than the TTL");
+        let uncached = KeyCache::new(Duration::ZERO);
+        assert!(matches!(
+            uncached.authenticate(&store, &presented).await,
+            Err(ApiKeyError::Invalid)
+        ));
+        assert!(matches!(
+            authenticate(&store, &presented).await,
+            Err(ApiKeyError::Invalid)
+        ));
+    }
 
     #[test]
     fn rates_parse_and_print() {

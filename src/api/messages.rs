@@ -34,7 +34,11 @@ pub(super) async fn authorize(
         })
         .map(str::trim)
         .ok_or_else(|| ApiError::Unauthenticated(ApiKeyError::Missing.to_string()))?;
-    let key = match super::keys::authenticate(state.http.store.as_ref(), presented).await {
+    let key = match state
+        .keys
+        .authenticate(state.http.store.as_ref(), presented)
+        .await
+    {
         Ok(key) => key,
         Err(ApiKeyError::Store(error)) => return Err(error.into()),
         Err(error) => {

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub(crate) struct ApiState {
     pub http: HttpState,
     pub acceptance: Acceptance,
+    pub keys: Arc<keys::KeyCache>,
     pub limits: Arc<keys::RateLimits>,
     pub local: Arc<idempotency::LocalLocks>,
     pub max_message_size: usize,
@@ -57,6 +58,7 @@ impl ApiState {
         ApiState {
             acceptance: Acceptance::new(rules, http.store.clone(), http.wake.clone()),
             http,
+            keys: Arc::default(),
             limits: Arc::default(),
             local: Arc::default(),
             max_message_size,

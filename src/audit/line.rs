@@ -44,17 +44,7 @@ const MAC_HEX_LEN: usize = 64;
 const MAC_TAIL_LEN: usize = MAC_FIELD.len() + MAC_HEX_LEN + 2;
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// How a line is sealed.

@@ -41,7 +41,7 @@ pub enum ApiKeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key: requests with it are refused at once.
+    /// Revoke a key: requests with it are refused within a second (a running relay rereads keys a second old).
     #[command(after_help = "Example:\n  oxirelay apikey revoke billing")]
     Revoke { name: String },
 }

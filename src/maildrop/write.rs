@@ -128,7 +128,7 @@ fn drop_name() -> String {
     use rand::Rng;
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let random = hex::encode(bytes);
     format!("{}.{random}", crate::clock::now_unix())
 }
 

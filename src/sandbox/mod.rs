@@ -135,7 +135,7 @@ fn random_secret() -> Secret {
     use rand::Rng;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    Secret::new(hex::encode(bytes))
 }
 
 /// Both servers, running.

@@ -18,7 +18,7 @@ pub const EVENT_ID_HEADER: &str = "Oxirelay-Event-Id";
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let tag = hmac::sign(&key, &signed_bytes(timestamp, body));
-    format!("t={timestamp},v1={}", hex(tag.as_ref()))
+    format!("t={timestamp},v1={}", hex::encode(tag))
 }
 
 fn signed_bytes(timestamp: i64, body: &[u8]) -> Vec<u8> {
@@ -77,24 +77,8 @@ pub fn verify(
     Ok(timestamp)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut text, b| {
-            let _ = write!(text, "{b:02x}");
-            text
-        })
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(text).ok()
 }
 
 #[cfg(test)]

@@ -326,10 +326,7 @@ pub(crate) fn uuid_from(parts: &[&str]) -> String {
 }
 
 fn hex_id(parts: &[&str], bytes: usize) -> String {
-    Sha256::digest(parts.join("\0").as_bytes())[..bytes]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(parts.join("\0").as_bytes())[..bytes])
 }
 
 fn random_text(len: usize) -> String {

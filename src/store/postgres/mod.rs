@@ -108,7 +108,7 @@ impl Channels {
             } else {
                 use sha2::Digest;
                 let digest = sha2::Sha256::digest(schema.as_bytes());
-                let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                let short = hex::encode(&digest[..8]);
                 format!("oxirelay_{kind}_{short}")
             }
         };
