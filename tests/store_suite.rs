@@ -66,6 +66,8 @@ suite!(
     an_idempotency_claim_is_pending_then_taken_over_answered_and_expires,
     api_keys_are_named_once_while_active_and_revocation_frees_the_name,
     tagged_messages_are_listed_newest_first_by_tag_submitter_and_state,
+    two_instances_share_one_accounts_quota_and_back_off,
+    two_instances_racing_on_one_idempotency_key_start_it_once,
 );
 
 mod cases {
@@ -1672,5 +1674,146 @@ mod cases {
         );
         store.untag_message(&ids[0]).await.expect("untag");
         assert!(store.message_tags(&ids[0]).await.expect("tags").is_empty());
+    }
+
+    /// Two handles on one store (two instances) charge one allowance:
+    /// 40 concurrent asks for a 5-per-minute account, half through each,
+    /// let exactly 5 go; a back-off one of them records holds for the
+    /// other; an account without quotas always goes (issue 13, item 4).
+    pub async fn two_instances_share_one_accounts_quota_and_back_off(backend: &Backend) {
+        use oxirelay::delivery::limits::{AccountLimits, Admission};
+        use std::time::Duration;
+        let other = backend.reopen().await;
+        let limits = AccountLimits {
+            messages_per_minute: Some(5),
+            ..AccountLimits::default()
+        };
+        let at = 1_800_000_000.0;
+        let asks = (0..40).map(|i| {
+            let store = if i % 2 == 0 {
+                backend.store.clone()
+            } else {
+                other.clone()
+            };
+            async move {
+                store
+                    .admit_delivery("office", &limits, 1, at)
+                    .await
+                    .expect("admit")
+            }
+        });
+        let verdicts = spawn_all(asks).await;
+        let went = verdicts.iter().filter(|v| **v == Admission::Go).count();
+        assert_eq!(went, 5, "one allowance for both: {verdicts:?}");
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| matches!(v, Admission::Go | Admission::Limited(_)))
+        );
+        // Five per minute: one more 12 s later, through either instance.
+        assert_eq!(
+            other
+                .admit_delivery("office", &limits, 1, at + 12.5)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+        assert!(matches!(
+            backend
+                .store
+                .admit_delivery("office", &limits, 1, at + 13.0)
+                .await
+                .expect("admit"),
+            Admission::Limited(_)
+        ));
+        // A back-off recorded by one holds for the other, quotas or not.
+        let none = AccountLimits::default();
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+        backend
+            .store
+            .back_off_account("lab", Duration::from_secs(60), at)
+            .await
+            .expect("back off");
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at + 20.0)
+                .await
+                .expect("admit"),
+            Admission::BackedOff(Duration::from_secs(40))
+        );
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at + 60.0)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+    }
+
+    /// Two instances answering the same request with the same
+    /// idempotency key at once: one starts it, the other is told it is
+    /// pending, and after the answer both repeat it.
+    pub async fn two_instances_racing_on_one_idempotency_key_start_it_once(backend: &Backend) {
+        use oxirelay::store::IdempotencyState;
+        let other = backend.reopen().await;
+        let stores = [backend.store.clone(), other.clone()];
+        let begins = (0..8).map(|i| {
+            let store = stores[i % 2].clone();
+            async move {
+                let reserved = [MessageId(format!("M{i}"))];
+                store
+                    .idempotency_begin("k1", "order-7", "h", &reserved, 10, 1000, 0)
+                    .await
+                    .expect("begin")
+            }
+        });
+        let states = spawn_all(begins).await;
+        let started = states
+            .iter()
+            .filter(|s| **s == IdempotencyState::Started)
+            .count();
+        assert_eq!(started, 1, "{states:?}");
+        assert!(
+            states.iter().all(|s| matches!(
+                s,
+                IdempotencyState::Started | IdempotencyState::Pending { .. }
+            )),
+            "{states:?}"
+        );
+        other
+            .idempotency_finish("k1", "order-7", 202, "{}")
+            .await
+            .expect("finish");
+        for store in &stores {
+            assert_eq!(
+                store
+                    .idempotency_begin("k1", "order-7", "h", &[], 11, 1000, 0)
+                    .await
+                    .expect("begin"),
+                IdempotencyState::Answered {
+                    status: 202,
+                    response: "{}".into()
+                }
+            );
+        }
+    }
+
+    /// Runs futures concurrently on this task, all results in order
+    /// (without a futures-crate dependency for one helper).
+    async fn spawn_all<T: Send + 'static>(
+        futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+    ) -> Vec<T> {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            out.push(handle.await.expect("join"));
+        }
+        out
     }
 }

@@ -63,6 +63,46 @@ async fn submit(
     .expect("join")
 }
 
+/// Points the harness's config, and its own store, at the schema.
+async fn use_schema(harness: &mut Harness, base: &str, schema: &str) {
+    let config = std::fs::read_to_string(&harness.config_path).expect("config");
+    let url = with_search_path(base, schema);
+    let config = config.replace(
+        "url = \"sqlite://oxirelay.db\"",
+        &format!("url = \"{url}\""),
+    );
+    assert!(config.contains("postgres://"), "the store is PostgreSQL");
+    std::fs::write(&harness.config_path, config).expect("write config");
+    harness.restart().await;
+}
+
+/// Runs `oxirelay -c CONFIG ARGS` to its end, off the runtime's threads;
+/// panics with its error output if it fails.
+async fn run_ok(harness: &Harness, args: &[&str]) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oxirelay"));
+    command.arg("-c").arg(&harness.config_path).args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().expect("runs"))
+        .await
+        .expect("join");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits (off the runtime's threads) until each relay printed `prefix`.
+async fn printed(relays: Vec<RelayProcess>, prefix: &'static str) -> Vec<RelayProcess> {
+    tokio::task::spawn_blocking(move || {
+        for relay in &relays {
+            relay.wait_for_line(prefix);
+        }
+        relays
+    })
+    .await
+    .expect("join")
+}
+
 /// Waits until every subject in `expected` arrived; how often each did.
 async fn arrived(harness: &Harness, expected: &[String]) -> HashMap<String, usize> {
     let inbox = harness.sandbox.smtp.inbox();
@@ -100,15 +140,7 @@ async fn two_relays_share_one_queue_and_the_survivor_delivers_what_a_killed_one_
     let mut harness =
         Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
     let access = harness.add_relay();
-    let config = std::fs::read_to_string(&harness.config_path).expect("config");
-    let url = with_search_path(&base, &schema);
-    let config = config.replace(
-        "url = \"sqlite://oxirelay.db\"",
-        &format!("url = \"{url}\""),
-    );
-    assert!(config.contains("postgres://"), "the store is PostgreSQL");
-    std::fs::write(&harness.config_path, config).expect("write config");
-    harness.restart().await;
+    use_schema(&mut harness, &base, &schema).await;
 
     // A slow upstream keeps deliveries in flight when the kill comes.
     harness.sandbox.smtp.faults().inject(
@@ -188,17 +220,7 @@ async fn mail_queued_by_another_process_wakes_an_idle_relay_at_once() {
     let mut harness =
         Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
     harness.add_relay();
-    let config = std::fs::read_to_string(&harness.config_path).expect("config");
-    let url = with_search_path(&base, &schema);
-    std::fs::write(
-        &harness.config_path,
-        config.replace(
-            "url = \"sqlite://oxirelay.db\"",
-            &format!("url = \"{url}\""),
-        ),
-    )
-    .expect("write config");
-    harness.restart().await;
+    use_schema(&mut harness, &base, &schema).await;
     let relay = RelayProcess::start(&harness.config_path, &[]);
     // The relay's workers have found the queue empty and gone idle.
     relay.wait_for_line("oxirelay: delivering with ");
@@ -250,17 +272,7 @@ async fn five_processes_refreshing_one_expired_token_make_one_request() {
     let _guard = SchemaGuard(base.clone(), schema.clone());
     let mut harness =
         Harness::start("authorization_code", "oauthbearer", Duration::from_secs(10)).await;
-    let config = std::fs::read_to_string(&harness.config_path).expect("config");
-    let url = with_search_path(&base, &schema);
-    std::fs::write(
-        &harness.config_path,
-        config.replace(
-            "url = \"sqlite://oxirelay.db\"",
-            &format!("url = \"{url}\""),
-        ),
-    )
-    .expect("write config");
-    harness.restart().await;
+    use_schema(&mut harness, &base, &schema).await;
     harness.consent().await;
     let (consented_refresh, _) = harness.stored_tokens().await;
     harness.wait_until_refresh_due().await;
@@ -326,4 +338,132 @@ async fn five_processes_refreshing_one_expired_token_make_one_request() {
         tokens[0],
         "the printed token is the committed one"
     );
+}
+
+/// Two `oxirelay serve` on one PostgreSQL schema, an account limited to 5
+/// messages a minute, 10 messages submitted across both: 5 are delivered,
+/// and no sixth before the quota refills one (12 s after the first went),
+/// whichever relay tries (issue 13, item 4: the quota is counted in the
+/// store, not per process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_one_accounts_per_minute_quota() {
+    const PER_MINUTE: usize = 5;
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    if !common::have("python3") {
+        return;
+    }
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    // `[account.limits]` belongs to the one `[[account]]`, written last.
+    let mut config = std::fs::read_to_string(&harness.config_path).expect("config");
+    config.push_str(&format!(
+        "\n[account.limits]\nmessages_per_minute = {PER_MINUTE}\n"
+    ));
+    std::fs::write(&harness.config_path, config).expect("write config");
+    let access = harness.add_relay();
+    use_schema(&mut harness, &base, &schema).await;
+    let first = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
+    let second = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
+    // No message is charged before this, so the quota refills its first
+    // message 12 s after it at the earliest.
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        submit(&first, &access, "a", PER_MINUTE),
+        submit(&second, &access, "b", PER_MINUTE)
+    );
+    assert_eq!(a.len() + b.len(), 2 * PER_MINUTE, "all acknowledged");
+    let inbox = harness.sandbox.smtp.inbox();
+    inbox
+        .wait_for_count(PER_MINUTE, WAIT)
+        .await
+        .expect("the quota's messages delivered");
+    let window = Duration::from_secs(11).saturating_sub(started.elapsed());
+    assert!(window > Duration::from_secs(3), "the submissions took too long to tell");
+    let more = inbox.wait_for_count(PER_MINUTE + 1, window).await;
+    let delivered = inbox.count();
+    println!(
+        "{} submitted across two relays, {delivered} delivered within {:?} under a quota of {PER_MINUTE} a minute",
+        2 * PER_MINUTE,
+        started.elapsed()
+    );
+    assert!(
+        more.is_err(),
+        "a sixth message went before the quota refilled: {delivered} delivered"
+    );
+    let subjects: Vec<String> = inbox
+        .list()
+        .expect("inbox")
+        .into_iter()
+        .filter_map(|e| e.subject)
+        .collect();
+    for relay in [first, second] {
+        let status = tokio::task::spawn_blocking(move || relay.terminate())
+            .await
+            .expect("join");
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    }
+    // The rest wait in the queue, untried: a quota is not an attempt.
+    let messages = harness
+        .context
+        .store
+        .messages(None, 100)
+        .await
+        .expect("messages");
+    let waiting: Vec<_> = messages
+        .iter()
+        .filter(|m| m.state == oxirelay::store::MessageState::Queued)
+        .collect();
+    assert!(
+        waiting.len() + subjects.len() >= 2 * PER_MINUTE && waiting.iter().all(|m| m.attempts == 0),
+        "{messages:?}"
+    );
+}
+
+/// Two `oxirelay serve` on one PostgreSQL schema: `account revoke` and
+/// `lockdown`, run by a third process, reach both within seconds (the
+/// credential epoch and the lockdown flag are rows in the store; NOTIFY
+/// wakes the watchers), and `unlock` resumes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
+    let Some((base, schema)) = fresh_schema().await else {
+        return;
+    };
+    let _guard = SchemaGuard(base.clone(), schema.clone());
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    use_schema(&mut harness, &base, &schema).await;
+    let relays = printed(
+        vec![
+            RelayProcess::start(&harness.config_path, &[]),
+            RelayProcess::start(&harness.config_path, &[]),
+        ],
+        "oxirelay: delivering with ",
+    )
+    .await;
+
+    run_ok(&harness, &["account", "revoke", common::ACCOUNT]).await;
+    let revoked = std::time::Instant::now();
+    let relays = printed(relays, "oxirelay: account acct: credentials changed (revoked").await;
+    let noticed = revoked.elapsed();
+    println!("both relays dropped the revoked account's token within {noticed:?}");
+    assert!(noticed < Duration::from_secs(5), "{noticed:?}");
+
+    run_ok(&harness, &["lockdown", "--reason", "drill"]).await;
+    let locked = std::time::Instant::now();
+    let relays = printed(relays, "oxirelay: LOCKDOWN (drill)").await;
+    let noticed = locked.elapsed();
+    println!("both relays paused delivery within {noticed:?} of the lockdown");
+    assert!(noticed < Duration::from_secs(5), "{noticed:?}");
+
+    run_ok(&harness, &["unlock"]).await;
+    let relays = printed(relays, "oxirelay: lockdown lifted").await;
+    for relay in relays {
+        let status = tokio::task::spawn_blocking(move || relay.terminate())
+            .await
+            .expect("join");
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    }
 }

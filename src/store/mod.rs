@@ -18,6 +18,7 @@ pub use queue::{
 pub use retention::{RetentionBatch, RetentionCutoffs, StoreUsage};
 pub use sqlite::SqliteStore;
 
+use crate::delivery::limits::{AccountLimits, Admission};
 use crate::instance::Holder;
 use crate::secret::SealedValue;
 use async_trait::async_trait;
@@ -682,6 +683,35 @@ pub trait Store: Send + Sync {
     /// process (PostgreSQL): then `serve` need not poll the queue often.
     fn announces_work(&self) -> bool {
         false
+    }
+
+    /// Asks to send one message of `account` to `recipients` recipients at
+    /// `now` (Unix seconds) under `limits`, counted for every process on
+    /// this store: reads the account's
+    /// [`crate::delivery::limits::QuotaState`], decides with
+    /// [`crate::delivery::limits::admit`] and writes the charge back in
+    /// one transaction, so two instances never spend one allowance twice.
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<Admission, StoreError> {
+        let _ = (account, limits, recipients, now);
+        Err(StoreError::Unsupported("sending quotas"))
+    }
+
+    /// The provider throttled `account`: no process sends for it for
+    /// `period` from `now` (a longer back-off in force is kept).
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        let _ = (account, period, now);
+        Err(StoreError::Unsupported("sending quotas"))
     }
 }
 

@@ -26,6 +26,7 @@
 mod admin;
 mod api;
 mod queue;
+mod quotas;
 mod retention;
 mod webhooks;
 
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_schema.sql")),
     (2, include_str!("0002_webhooks.sql")),
     (3, include_str!("0003_api.sql")),
+    (4, include_str!("0004_quotas.sql")),
 ];
 
 /// Connections per instance when the URL does not say (`pool_size=N`):
@@ -1187,6 +1189,25 @@ impl Store for PostgresStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.signals.work.notified()).await;
+    }
+
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &crate::delivery::limits::AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<crate::delivery::limits::Admission, StoreError> {
+        quotas::admit(&self.pool, account, limits, recipients, now).await
+    }
+
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        quotas::back_off(&self.pool, account, period, now).await
     }
 }
 

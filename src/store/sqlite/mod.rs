@@ -5,6 +5,7 @@
 mod admin;
 mod api;
 mod queue;
+mod quotas;
 mod retention;
 mod webhooks;
 
@@ -43,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("0010_event_messages.sql")),
     (11, include_str!("0011_api.sql")),
     (12, include_str!("0012_webhooks.sql")),
+    (13, include_str!("0013_quotas.sql")),
 ];
 
 #[derive(Clone)]
@@ -1005,6 +1007,25 @@ impl Store for SqliteStore {
         idempotency_key: &str,
     ) -> Result<(), StoreError> {
         api::idempotency_forget(&self.pool, &self.writer, key_id, idempotency_key).await
+    }
+
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &crate::delivery::limits::AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<crate::delivery::limits::Admission, StoreError> {
+        quotas::admit(&self.bookkeeping, &self.writer, account, limits, recipients, now).await
+    }
+
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        quotas::back_off(&self.bookkeeping, &self.writer, account, period, now).await
     }
 }
 
