@@ -434,6 +434,7 @@ async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
     let _guard = SchemaGuard(base.clone(), schema.clone());
     let mut harness =
         Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    harness.add_relay();
     use_schema(&mut harness, &base, &schema).await;
     let relays = printed(
         vec![
@@ -444,15 +445,16 @@ async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
     )
     .await;
 
-    run_ok(&harness, &["account", "revoke", common::ACCOUNT]).await;
+    // From before the command, which announces the change before it exits.
     let revoked = std::time::Instant::now();
+    run_ok(&harness, &["account", "revoke", common::ACCOUNT]).await;
     let relays = printed(relays, "oxirelay: account acct: credentials changed (revoked").await;
     let noticed = revoked.elapsed();
     println!("both relays dropped the revoked account's token within {noticed:?}");
     assert!(noticed < Duration::from_secs(5), "{noticed:?}");
 
-    run_ok(&harness, &["lockdown", "--reason", "drill"]).await;
     let locked = std::time::Instant::now();
+    run_ok(&harness, &["lockdown", "--reason", "drill"]).await;
     let relays = printed(relays, "oxirelay: LOCKDOWN (drill)").await;
     let noticed = locked.elapsed();
     println!("both relays paused delivery within {noticed:?} of the lockdown");

@@ -122,7 +122,7 @@ pub(super) const CLAIM_SQL: &str = "WITH lapsed AS ( \
          GROUP BY id ORDER BY MIN(arm), MIN(rank) LIMIT $4) \
      UPDATE messages SET state = 'in_flight', lease_owner = $1, lease_expires_at = $2, updated_at = $3, lease_instance = $5 \
      FROM picked WHERE messages.id = picked.id \
-     RETURNING messages.id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+     RETURNING messages.id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error, lease_owner, lease_expires_at";
 
 pub(super) async fn claim(
     pool: &PgPool,
