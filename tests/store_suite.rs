@@ -59,6 +59,7 @@ suite!(
     users_are_added_once_and_removed,
     sealed_secrets_are_replaced_and_named,
     audit_anchor_moves_only_from_what_was_expected,
+    the_anchor_of_before_is_taken_over_by_the_first_log,
     lockdown_on_and_off,
     a_new_webhook_endpoint_starts_at_the_end_of_the_log_and_one_holder_moves_it,
     a_notification_condition_is_due_once_per_interval,
@@ -1290,7 +1291,8 @@ mod cases {
 
     pub async fn audit_anchor_moves_only_from_what_was_expected(backend: &Backend) {
         let store = &backend.store;
-        assert!(store.audit_anchor().await.expect("read").is_none());
+        const CHAIN: &str = "mail1:/var/log/oxirelay/audit.jsonl";
+        assert!(store.audit_anchor(CHAIN).await.expect("read").is_none());
         let first = AuditAnchor {
             seq: 1,
             hash: "aa".into(),
@@ -1299,31 +1301,70 @@ mod cases {
             seq: 2,
             hash: "bb".into(),
         };
+        let advance = |expected: Option<&AuditAnchor>, next: &AuditAnchor| {
+            let (expected, next) = (expected.cloned(), next.clone());
+            async move {
+                store
+                    .advance_audit_anchor(CHAIN, expected.as_ref(), &next)
+                    .await
+                    .expect("advance")
+            }
+        };
+        assert!(advance(None, &first).await, "first");
+        assert!(!advance(None, &second).await, "there is one already");
+        assert!(!advance(Some(&second), &first).await, "not from the wrong one");
+        assert!(advance(Some(&first), &second).await, "forward");
+        assert_eq!(store.audit_anchor(CHAIN).await.expect("read"), Some(second.clone()));
+        // Another instance's log has its own anchor, apart from this one.
+        const OTHER: &str = "mail2:/var/log/oxirelay/audit.jsonl";
+        assert!(store.audit_anchor(OTHER).await.expect("read").is_none());
         assert!(
             store
-                .advance_audit_anchor(None, &first)
+                .advance_audit_anchor(OTHER, None, &first)
                 .await
-                .expect("first")
+                .expect("other")
         );
-        assert!(
-            !store
-                .advance_audit_anchor(None, &second)
-                .await
-                .expect("there is one already")
+        assert_eq!(
+            store.audit_anchors().await.expect("list"),
+            vec![(CHAIN.to_string(), second), (OTHER.to_string(), first)]
         );
-        assert!(
-            !store
-                .advance_audit_anchor(Some(&second), &first)
-                .await
-                .expect("not from the wrong one")
-        );
+    }
+
+    /// The one anchor of a store from before logs were told apart (chain
+    /// "") is what a log sees while no log has its own, and the first to
+    /// move it on takes it over.
+    pub async fn the_anchor_of_before_is_taken_over_by_the_first_log(backend: &Backend) {
+        let store = &backend.store;
+        let old = AuditAnchor {
+            seq: 7,
+            hash: "77".into(),
+        };
+        assert!(store.advance_audit_anchor("", None, &old).await.expect("old"));
+        const CHAIN: &str = "mail1:/var/log/oxirelay/audit.jsonl";
+        assert_eq!(store.audit_anchor(CHAIN).await.expect("read"), Some(old.clone()));
+        let next = AuditAnchor {
+            seq: 8,
+            hash: "88".into(),
+        };
         assert!(
             store
-                .advance_audit_anchor(Some(&first), &second)
+                .advance_audit_anchor(CHAIN, Some(&old), &next)
                 .await
-                .expect("forward")
+                .expect("taken over")
         );
-        assert_eq!(store.audit_anchor().await.expect("read"), Some(second));
+        assert_eq!(
+            store.audit_anchors().await.expect("list"),
+            vec![(CHAIN.to_string(), next)],
+            "the anchor of before is gone"
+        );
+        // A log on another host starts its own chain: it never saw the old one.
+        assert_eq!(
+            store
+                .audit_anchor("mail2:/var/log/oxirelay/audit.jsonl")
+                .await
+                .expect("read"),
+            None
+        );
     }
 
     pub async fn lockdown_on_and_off(backend: &Backend) {

@@ -359,17 +359,28 @@ pub trait Store: Send + Sync {
     /// Every sealed secret's (account, kind), for `rotate-key`.
     async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError>;
 
-    /// The audit log's anchor: its newest line known to be on disk.
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
+    /// The anchor of the audit log `chain` (`crate::audit::chain_id`: its
+    /// host and path; each instance writes its own log): its newest line
+    /// known to be on disk. While no log has an anchor of its own, the one
+    /// anchor kept before logs were told apart is returned.
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError>;
 
-    /// Moves the anchor from `expected` (`None`: there is none yet) to
-    /// `next`. Returns false, writing nothing, if the stored anchor is not
-    /// `expected` (another process moved it first).
+    /// Moves the chain's anchor from `expected` (`None`: there is none
+    /// yet) to `next`. Returns false, writing nothing, if the stored anchor
+    /// is not `expected` (another process moved it first). An `expected`
+    /// that is the anchor of before is taken over by this chain.
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError>;
+
+    /// Every chain's anchor, by chain (`""`: the anchor of before, not yet
+    /// taken over), for `audit verify`.
+    async fn audit_anchors(&self) -> Result<Vec<(String, AuditAnchor)>, StoreError> {
+        Err(StoreError::Unsupported("listing audit anchors"))
+    }
 
     /// The emergency stop, if it is on: delivery pauses, mail stays queued.
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError>;

@@ -3,6 +3,7 @@
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
 mod admin;
+mod anchors;
 mod api;
 mod queue;
 mod quotas;
@@ -44,7 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("0010_event_messages.sql")),
     (11, include_str!("0011_api.sql")),
     (12, include_str!("0012_webhooks.sql")),
-    (13, include_str!("0013_quotas.sql")),
+    (13, include_str!("0013_scale_out.sql")),
 ];
 
 #[derive(Clone)]
@@ -665,58 +666,21 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            let seq: i64 = row.try_get("seq")?;
-            Ok(AuditAnchor {
-                seq: u64::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
-                hash: row.try_get("hash")?,
-            })
-        })
-        .transpose()
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        anchors::read(&self.pool, chain).await
     }
 
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError> {
-        let seq = |anchor: &AuditAnchor| {
-            i64::try_from(anchor.seq)
-                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
-        };
-        let result = match expected {
-            // A row that appeared meanwhile means another process won.
-            None => {
-                sqlx::query(
-                    "INSERT INTO audit_anchor (id, seq, hash, updated_at) VALUES (1, ?, ?, ?) \
-                 ON CONFLICT(id) DO NOTHING",
-                )
-                .bind(seq(next)?)
-                .bind(&next.hash)
-                .bind(crate::clock::now_unix())
-                .execute(&self.pool)
-                .await?
-            }
-            Some(expected) => {
-                sqlx::query(
-                    "UPDATE audit_anchor SET seq = ?, hash = ?, updated_at = ? \
-                 WHERE id = 1 AND seq = ? AND hash = ?",
-                )
-                .bind(seq(next)?)
-                .bind(&next.hash)
-                .bind(crate::clock::now_unix())
-                .bind(seq(expected)?)
-                .bind(&expected.hash)
-                .execute(&self.pool)
-                .await?
-            }
-        };
-        Ok(result.rows_affected() == 1)
+        anchors::advance(&self.pool, chain, expected, next).await
+    }
+
+    async fn audit_anchors(&self) -> Result<Vec<(String, AuditAnchor)>, StoreError> {
+        anchors::all(&self.pool).await
     }
 
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {

@@ -11,3 +11,17 @@ CREATE TABLE account_quotas (
     day_recipients DOUBLE PRECISION,
     backed_off_until DOUBLE PRECISION
 );
+
+-- Each audit log's anchor (`crate::audit`): every instance writes its own
+-- chained log, named by its host and path (`audit::chain_id`), and keeps
+-- its own anchor here. The one anchor of before is kept under the chain ''
+-- until the first log to find its line adopts it (`Store::advance_audit_anchor`).
+CREATE TABLE audit_anchors (
+    chain TEXT PRIMARY KEY NOT NULL,
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+INSERT INTO audit_anchors (chain, seq, hash, updated_at)
+    SELECT '', seq, hash, updated_at FROM audit_anchor;
+DROP TABLE audit_anchor;
