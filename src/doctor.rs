@@ -218,7 +218,10 @@ fn check_store_tls(url: &str) -> Option<Finding> {
                 CHECK,
                 Status::Warn,
                 format!("cannot read the store URL {shown}: {e}"),
-                Some("write [store] url as postgres://user@host:5432/database?sslmode=verify-full".into()),
+                Some(
+                    "write [store] url as postgres://user@host:5432/database?sslmode=verify-full"
+                        .into(),
+                ),
             ));
         }
     };
@@ -232,22 +235,36 @@ fn check_store_tls(url: &str) -> Option<Finding> {
     // there (or no host at all) is a Unix socket: on this machine.
     let host = query("host").unwrap_or_else(|| parsed.host_str().unwrap_or_default().to_string());
     if host.is_empty() || host.starts_with('/') {
-        return Some(pass(CHECK, "the store is reached through a local Unix socket"));
+        return Some(pass(
+            CHECK,
+            "the store is reached through a local Unix socket",
+        ));
     }
     if crate::config::is_loopback_host(&host) {
-        return Some(pass(CHECK, format!("the store is on this machine ({host})")));
+        return Some(pass(
+            CHECK,
+            format!("the store is on this machine ({host})"),
+        ));
     }
     let mode = query("sslmode").unwrap_or_else(|| "prefer".to_string());
     if mode == "verify-full" {
         return Some(pass(
             CHECK,
-            format!("the store at {host} is reached over TLS with its certificate and name verified (sslmode=verify-full)"),
+            format!(
+                "the store at {host} is reached over TLS with its certificate and name verified (sslmode=verify-full)"
+            ),
         ));
     }
     let risk = match mode.as_str() {
-        "verify-ca" => "TLS, but any server with a certificate from the CA is accepted, whatever its name",
-        "require" => "TLS, but any certificate is accepted: whoever sits on the path can pose as the server",
-        _ => "possibly in plaintext: the server may refuse TLS and the connection goes on without it",
+        "verify-ca" => {
+            "TLS, but any server with a certificate from the CA is accepted, whatever its name"
+        }
+        "require" => {
+            "TLS, but any certificate is accepted: whoever sits on the path can pose as the server"
+        }
+        _ => {
+            "possibly in plaintext: the server may refuse TLS and the connection goes on without it"
+        }
     };
     Some(finding(
         CHECK,
@@ -742,11 +759,23 @@ mod tests {
         let verified = "postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-full";
         assert_eq!(status(verified).map(|s| s.0), Some(Status::Pass));
         for (url, says) in [
-            ("postgres://oxirelay@db.example.net/oxirelay", "sslmode=prefer"),
-            ("postgres://oxirelay:hunter2@10.0.0.5/oxirelay?sslmode=require", "sslmode=require"),
-            ("postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-ca", "whatever its name"),
+            (
+                "postgres://oxirelay@db.example.net/oxirelay",
+                "sslmode=prefer",
+            ),
+            (
+                "postgres://oxirelay:hunter2@10.0.0.5/oxirelay?sslmode=require",
+                "sslmode=require",
+            ),
+            (
+                "postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-ca",
+                "whatever its name",
+            ),
             // `host=` names the server even when the URL's host is local.
-            ("postgres://oxirelay@localhost/oxirelay?host=db.example.net", "db.example.net"),
+            (
+                "postgres://oxirelay@localhost/oxirelay?host=db.example.net",
+                "db.example.net",
+            ),
         ] {
             let finding = check_store_tls(url).expect("a finding");
             assert_eq!(finding.status, Status::Warn, "{url}");

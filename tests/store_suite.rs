@@ -1312,9 +1312,15 @@ mod cases {
         };
         assert!(advance(None, &first).await, "first");
         assert!(!advance(None, &second).await, "there is one already");
-        assert!(!advance(Some(&second), &first).await, "not from the wrong one");
+        assert!(
+            !advance(Some(&second), &first).await,
+            "not from the wrong one"
+        );
         assert!(advance(Some(&first), &second).await, "forward");
-        assert_eq!(store.audit_anchor(CHAIN).await.expect("read"), Some(second.clone()));
+        assert_eq!(
+            store.audit_anchor(CHAIN).await.expect("read"),
+            Some(second.clone())
+        );
         // Another instance's log has its own anchor, apart from this one.
         const OTHER: &str = "mail2:/var/log/oxirelay/audit.jsonl";
         assert!(store.audit_anchor(OTHER).await.expect("read").is_none());
@@ -1339,9 +1345,17 @@ mod cases {
             seq: 7,
             hash: "77".into(),
         };
-        assert!(store.advance_audit_anchor("", None, &old).await.expect("old"));
+        assert!(
+            store
+                .advance_audit_anchor("", None, &old)
+                .await
+                .expect("old")
+        );
         const CHAIN: &str = "mail1:/var/log/oxirelay/audit.jsonl";
-        assert_eq!(store.audit_anchor(CHAIN).await.expect("read"), Some(old.clone()));
+        assert_eq!(
+            store.audit_anchor(CHAIN).await.expect("read"),
+            Some(old.clone())
+        );
         let next = AuditAnchor {
             seq: 8,
             hash: "88".into(),

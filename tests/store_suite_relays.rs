@@ -386,7 +386,10 @@ async fn two_relays_share_one_accounts_per_minute_quota() {
         .await
         .expect("the quota's messages delivered");
     let window = Duration::from_secs(11).saturating_sub(started.elapsed());
-    assert!(window > Duration::from_secs(3), "the submissions took too long to tell");
+    assert!(
+        window > Duration::from_secs(3),
+        "the submissions took too long to tell"
+    );
     let more = inbox.wait_for_count(PER_MINUTE + 1, window).await;
     let delivered = inbox.count();
     println!(
@@ -453,7 +456,11 @@ async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
     // From before the command, which announces the change before it exits.
     let revoked = std::time::Instant::now();
     run_ok(&harness, &["account", "revoke", common::ACCOUNT]).await;
-    let relays = printed(relays, "oxirelay: account acct: credentials changed (revoked").await;
+    let relays = printed(
+        relays,
+        "oxirelay: account acct: credentials changed (revoked",
+    )
+    .await;
     let noticed = revoked.elapsed();
     println!("both relays dropped the revoked account's token within {noticed:?}");
     assert!(noticed < Duration::from_secs(5), "{noticed:?}");

@@ -841,11 +841,7 @@ impl Shared {
             tracing::warn!(account = %account.name, ?backoff, reason, "backing off the account");
             if let Err(error) = self
                 .store
-                .back_off_account(
-                    &account.name,
-                    backoff,
-                    crate::delivery::limits::now_secs(),
-                )
+                .back_off_account(&account.name, backoff, crate::delivery::limits::now_secs())
                 .await
             {
                 tracing::error!(account = %account.name, %error, "cannot record the account's back-off in the store; other messages may meet the provider's refusal meanwhile");

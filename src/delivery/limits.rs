@@ -156,7 +156,12 @@ pub fn admit(
     let quotas = [
         (limits.messages_per_minute, MINUTE, state.minute_messages, 1),
         (limits.messages_per_day, DAY, state.day_messages, 1),
-        (limits.recipients_per_day, DAY, state.day_recipients, recipients),
+        (
+            limits.recipients_per_day,
+            DAY,
+            state.day_recipients,
+            recipients,
+        ),
     ];
     let mut wait = Duration::ZERO;
     let mut levels = [None; 3];
@@ -270,10 +275,7 @@ mod tests {
         let Admission::Limited(_) = account.admit(50, START) else {
             panic!("expected a limit");
         };
-        assert_eq!(
-            account.admit(50, START + DAY.as_secs_f64()),
-            Admission::Go
-        );
+        assert_eq!(account.admit(50, START + DAY.as_secs_f64()), Admission::Go);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The audit logs' anchors on PostgreSQL, one per chain (`Store::audit_anchor`).
 
 use crate::store::{AuditAnchor, StoreError};
-use sqlx::postgres::PgPool;
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 
 /// The chain's own row first; the anchor of before (chain '') only while
 /// no other chain has one, so a log on another host never takes it.
@@ -24,13 +24,19 @@ pub(super) async fn all(pool: &PgPool) -> Result<Vec<(String, AuditAnchor)>, Sto
         .fetch_all(pool)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("chain")?, anchor(row.try_get("seq")?, row.try_get("hash")?)?)))
+        .map(|row| {
+            Ok((
+                row.try_get("chain")?,
+                anchor(row.try_get("seq")?, row.try_get("hash")?)?,
+            ))
+        })
         .collect()
 }
 
 fn anchor(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
     Ok(AuditAnchor {
-        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
+        seq: u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
         hash,
     })
 }
@@ -79,28 +85,29 @@ pub(super) async fn advance(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            updated == 1 || {
-                let adopted = sqlx::query(
-                    "DELETE FROM audit_anchors WHERE chain = '' AND seq = $1 AND hash = $2 \
+            updated == 1
+                || {
+                    let adopted = sqlx::query(
+                        "DELETE FROM audit_anchors WHERE chain = '' AND seq = $1 AND hash = $2 \
                      AND NOT EXISTS (SELECT 1 FROM audit_anchors WHERE chain = $3)",
-                )
-                .bind(seq(expected)?)
-                .bind(&expected.hash)
-                .bind(chain)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if adopted == 1 {
-                    sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4)")
+                    )
+                    .bind(seq(expected)?)
+                    .bind(&expected.hash)
+                    .bind(chain)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if adopted == 1 {
+                        sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4)")
                         .bind(chain)
                         .bind(seq(next)?)
                         .bind(&next.hash)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    adopted == 1
                 }
-                adopted == 1
-            }
         }
     };
     tx.commit().await?;

@@ -39,7 +39,10 @@ pub(super) fn message_from_row(row: &PgRow) -> Result<QueuedMessage, StoreError>
         lease_instance: None,
         lease_expires_at: None,
     }
-    .with_lease(row.try_get("lease_owner")?, row.try_get("lease_expires_at")?))
+    .with_lease(
+        row.try_get("lease_owner")?,
+        row.try_get("lease_expires_at")?,
+    ))
 }
 
 /// Announces due work to every instance listening on `channel`; delivered

@@ -41,9 +41,9 @@ async fn read(
     sql: &'static str,
 ) -> Result<QuotaState, StoreError> {
     let row = sqlx::query(sql)
-    .bind(account)
-    .fetch_optional(&mut *conn)
-    .await?;
+        .bind(account)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else {
         return Ok(QuotaState::default());
     };

@@ -1,12 +1,15 @@
 //! The audit logs' anchors on SQLite, one per chain (`Store::audit_anchor`).
 
 use crate::store::{AuditAnchor, StoreError};
-use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
 
 /// The chain's own row first; the anchor of before (chain '') only while
 /// no other chain has one, so a log on another host never takes it.
-pub(super) async fn read(pool: &SqlitePool, chain: &str) -> Result<Option<AuditAnchor>, StoreError> {
+pub(super) async fn read(
+    pool: &SqlitePool,
+    chain: &str,
+) -> Result<Option<AuditAnchor>, StoreError> {
     let row = sqlx::query(
         "SELECT seq, hash FROM audit_anchors WHERE chain = ?1 \
          OR (chain = '' AND NOT EXISTS (SELECT 1 FROM audit_anchors WHERE chain NOT IN ('', ?1))) \
@@ -24,13 +27,19 @@ pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<(String, AuditAnchor)>,
         .fetch_all(pool)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("chain")?, anchor(row.try_get("seq")?, row.try_get("hash")?)?)))
+        .map(|row| {
+            Ok((
+                row.try_get("chain")?,
+                anchor(row.try_get("seq")?, row.try_get("hash")?)?,
+            ))
+        })
         .collect()
 }
 
 fn anchor(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
     Ok(AuditAnchor {
-        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
+        seq: u64::try_from(seq)
+            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
         hash,
     })
 }
@@ -79,28 +88,29 @@ pub(super) async fn advance(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            updated == 1 || {
-                let adopted = sqlx::query(
-                    "DELETE FROM audit_anchors WHERE chain = '' AND seq = ? AND hash = ? \
+            updated == 1
+                || {
+                    let adopted = sqlx::query(
+                        "DELETE FROM audit_anchors WHERE chain = '' AND seq = ? AND hash = ? \
                      AND NOT EXISTS (SELECT 1 FROM audit_anchors WHERE chain = ?)",
-                )
-                .bind(seq(expected)?)
-                .bind(&expected.hash)
-                .bind(chain)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if adopted == 1 {
-                    sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES (?, ?, ?, ?)")
+                    )
+                    .bind(seq(expected)?)
+                    .bind(&expected.hash)
+                    .bind(chain)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if adopted == 1 {
+                        sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES (?, ?, ?, ?)")
                         .bind(chain)
                         .bind(seq(next)?)
                         .bind(&next.hash)
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    adopted == 1
                 }
-                adopted == 1
-            }
         }
     };
     tx.commit().await?;

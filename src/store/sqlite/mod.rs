@@ -980,7 +980,15 @@ impl Store for SqliteStore {
         recipients: u32,
         now: f64,
     ) -> Result<crate::delivery::limits::Admission, StoreError> {
-        quotas::admit(&self.bookkeeping, &self.writer, account, limits, recipients, now).await
+        quotas::admit(
+            &self.bookkeeping,
+            &self.writer,
+            account,
+            limits,
+            recipients,
+            now,
+        )
+        .await
     }
 
     async fn back_off_account(

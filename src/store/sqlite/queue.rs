@@ -168,7 +168,10 @@ pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreEr
         lease_instance: None,
         lease_expires_at: None,
     }
-    .with_lease(row.try_get("lease_owner")?, row.try_get("lease_expires_at")?))
+    .with_lease(
+        row.try_get("lease_owner")?,
+        row.try_get("lease_expires_at")?,
+    ))
 }
 
 /// The claim: one statement, so two claimers can never take the same

@@ -3,8 +3,8 @@
 //! back under the file's write lock, so processes sharing the file share
 //! the allowance.
 
-use crate::delivery::limits::{self, AccountLimits, Admission, QuotaState};
 use super::queue::WriteGate;
+use crate::delivery::limits::{self, AccountLimits, Admission, QuotaState};
 use crate::store::StoreError;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, SqliteConnection};
