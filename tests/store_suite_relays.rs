@@ -64,6 +64,24 @@ async fn submit(
     .expect("join")
 }
 
+/// A harness (client credentials, XOAUTH2) with a submission listener, on
+/// a fresh schema dropped when the guard goes; `edit` changes the config
+/// text first. `None`, after saying so, without PostgreSQL.
+async fn relay_harness(
+    edit: impl FnOnce(&mut String),
+) -> Option<(Harness, RelayAccess, SchemaGuard)> {
+    let (base, schema) = fresh_schema().await?;
+    let guard = SchemaGuard(base.clone(), schema.clone());
+    let mut harness =
+        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
+    let mut config = std::fs::read_to_string(&harness.config_path).expect("config");
+    edit(&mut config);
+    std::fs::write(&harness.config_path, config).expect("write config");
+    let access = harness.add_relay();
+    use_schema(&mut harness, &base, &schema).await;
+    Some((harness, access, guard))
+}
+
 /// Points the harness's config, and its own store, at the schema.
 async fn use_schema(harness: &mut Harness, base: &str, schema: &str) {
     let config = std::fs::read_to_string(&harness.config_path).expect("config");
@@ -90,6 +108,16 @@ async fn run_ok(harness: &Harness, args: &[&str]) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Stops each relay with SIGTERM; each must exit cleanly.
+async fn stop(relays: Vec<RelayProcess>) {
+    for relay in relays {
+        let status = tokio::task::spawn_blocking(move || relay.terminate())
+            .await
+            .expect("join");
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    }
 }
 
 /// Waits (off the runtime's threads) until each relay printed `prefix`.
@@ -135,17 +163,12 @@ async fn arrived(harness: &Harness, expected: &[String]) -> HashMap<String, usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_one_queue_and_the_survivor_delivers_what_a_killed_one_held() {
-    let Some((base, schema)) = fresh_schema().await else {
+    let Some((harness, access, _guard)) = relay_harness(|_| {}).await else {
         return;
     };
-    let _guard = SchemaGuard(base.clone(), schema.clone());
     if !common::have("python3") {
         return;
     }
-    let mut harness =
-        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
-    let access = harness.add_relay();
-    use_schema(&mut harness, &base, &schema).await;
 
     // A slow upstream keeps deliveries in flight when the kill comes.
     harness.sandbox.smtp.faults().inject(
@@ -185,10 +208,7 @@ async fn two_relays_share_one_queue_and_the_survivor_delivers_what_a_killed_one_
         "duplicates only for messages in flight at the kill: {duplicates}"
     );
     // After a clean stop every attempt the survivor made is recorded.
-    let status = tokio::task::spawn_blocking(move || second.terminate())
-        .await
-        .expect("join");
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    stop(vec![second]).await;
     // Every message is delivered, or still held by the killed relay:
     // delivered upstream by it, whose outcome died with it (the survivor
     // would send those again once their lease ends: at least once).
@@ -218,14 +238,9 @@ async fn two_relays_share_one_queue_and_the_survivor_delivers_what_a_killed_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_queued_by_another_process_wakes_an_idle_relay_at_once() {
     use std::io::Write;
-    let Some((base, schema)) = fresh_schema().await else {
+    let Some((harness, _access, _guard)) = relay_harness(|_| {}).await else {
         return;
     };
-    let _guard = SchemaGuard(base.clone(), schema.clone());
-    let mut harness =
-        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
-    harness.add_relay();
-    use_schema(&mut harness, &base, &schema).await;
     let relay = RelayProcess::start(&harness.config_path, &[]);
     // The relay's workers have found the queue empty and gone idle.
     relay.wait_for_line("oxirelay: delivering with ");
@@ -258,10 +273,7 @@ async fn mail_queued_by_another_process_wakes_an_idle_relay_at_once() {
         .await
         .expect("delivered well before the 30 s poll");
     println!("delivered {:?} after sendmail queued it", queued.elapsed());
-    let status = tokio::task::spawn_blocking(move || relay.terminate())
-        .await
-        .expect("join");
-    assert!(status.success());
+    stop(vec![relay]).await;
 }
 
 /// Five processes on one PostgreSQL store ask at once for an account's
@@ -353,23 +365,18 @@ async fn five_processes_refreshing_one_expired_token_make_one_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_one_accounts_per_minute_quota() {
     const PER_MINUTE: usize = 5;
-    let Some((base, schema)) = fresh_schema().await else {
+    // `[account.limits]` belongs to the one `[[account]]`, written last.
+    let limit = |config: &mut String| {
+        config.push_str(&format!(
+            "\n[account.limits]\nmessages_per_minute = {PER_MINUTE}\n"
+        ))
+    };
+    let Some((harness, access, _guard)) = relay_harness(limit).await else {
         return;
     };
-    let _guard = SchemaGuard(base.clone(), schema.clone());
     if !common::have("python3") {
         return;
     }
-    let mut harness =
-        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
-    // `[account.limits]` belongs to the one `[[account]]`, written last.
-    let mut config = std::fs::read_to_string(&harness.config_path).expect("config");
-    config.push_str(&format!(
-        "\n[account.limits]\nmessages_per_minute = {PER_MINUTE}\n"
-    ));
-    std::fs::write(&harness.config_path, config).expect("write config");
-    let access = harness.add_relay();
-    use_schema(&mut harness, &base, &schema).await;
     let first = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
     let second = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
     // No message is charged before this, so the quota refills its first
@@ -407,12 +414,7 @@ async fn two_relays_share_one_accounts_per_minute_quota() {
         .into_iter()
         .filter_map(|e| e.subject)
         .collect();
-    for relay in [first, second] {
-        let status = tokio::task::spawn_blocking(move || relay.terminate())
-            .await
-            .expect("join");
-        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    }
+    stop(vec![first, second]).await;
     // The rest wait in the queue, untried: a quota is not an attempt.
     let messages = harness
         .context
@@ -436,14 +438,9 @@ async fn two_relays_share_one_accounts_per_minute_quota() {
 /// wakes the watchers), and `unlock` resumes both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
-    let Some((base, schema)) = fresh_schema().await else {
+    let Some((harness, _access, _guard)) = relay_harness(|_| {}).await else {
         return;
     };
-    let _guard = SchemaGuard(base.clone(), schema.clone());
-    let mut harness =
-        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
-    harness.add_relay();
-    use_schema(&mut harness, &base, &schema).await;
     let relays = printed(
         vec![
             RelayProcess::start(&harness.config_path, &[]),
@@ -474,12 +471,7 @@ async fn a_revocation_and_a_lockdown_reach_every_relay_within_seconds() {
 
     run_ok(&harness, &["unlock"]).await;
     let relays = printed(relays, "oxirelay: lockdown lifted").await;
-    for relay in relays {
-        let status = tokio::task::spawn_blocking(move || relay.terminate())
-            .await
-            .expect("join");
-        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    }
+    stop(relays).await;
 }
 
 /// Issue 13's test: three `oxirelay serve` on one PostgreSQL schema, 5,000
@@ -495,18 +487,13 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
     const WORKERS: usize = 4;
     /// `EngineConfig::claim_batch`: what one worker holds at once.
     const CLAIM_BATCH: usize = 8;
-    let Some((base, schema)) = fresh_schema().await else {
+    let started = std::time::Instant::now();
+    let Some((harness, access, _guard)) = relay_harness(|_| {}).await else {
         return;
     };
-    let _guard = SchemaGuard(base.clone(), schema.clone());
     if !common::have("python3") {
         return;
     }
-    let started = std::time::Instant::now();
-    let mut harness =
-        Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
-    let access = harness.add_relay();
-    use_schema(&mut harness, &base, &schema).await;
     // A lease of 10 s: the killed relay's messages return within it.
     let workers = WORKERS.to_string();
     let args = ["--lease", "10s", "--workers", workers.as_str()];
@@ -554,10 +541,5 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
         duplicates <= WORKERS * CLAIM_BATCH,
         "duplicates only for messages in flight in the killed relay: {duplicates}"
     );
-    for relay in [first, third] {
-        let status = tokio::task::spawn_blocking(move || relay.terminate())
-            .await
-            .expect("join");
-        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    }
+    stop(vec![first, third]).await;
 }

@@ -898,6 +898,23 @@ pub struct AuditAnchor {
     pub hash: String,
 }
 
+impl AuditAnchor {
+    /// From a row's columns (every backend stores `seq` as a signed integer).
+    pub(crate) fn from_stored(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
+        Ok(AuditAnchor {
+            seq: u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
+            hash,
+        })
+    }
+
+    /// `seq` as the backends store it.
+    pub(crate) fn stored_seq(&self) -> Result<i64, StoreError> {
+        i64::try_from(self.seq)
+            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", self.seq)))
+    }
+}
+
 /// Where a webhook endpoint is in the event log (webhooks, issue 12 item 2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WebhookCursor {

@@ -15,7 +15,7 @@ pub(super) async fn read(pool: &PgPool, chain: &str) -> Result<Option<AuditAncho
     .bind(chain)
     .fetch_optional(pool)
     .await?;
-    row.map(|row| anchor(row.try_get("seq")?, row.try_get("hash")?))
+    row.map(|row| AuditAnchor::from_stored(row.try_get("seq")?, row.try_get("hash")?))
         .transpose()
 }
 
@@ -27,23 +27,10 @@ pub(super) async fn all(pool: &PgPool) -> Result<Vec<(String, AuditAnchor)>, Sto
         .map(|row| {
             Ok((
                 row.try_get("chain")?,
-                anchor(row.try_get("seq")?, row.try_get("hash")?)?,
+                AuditAnchor::from_stored(row.try_get("seq")?, row.try_get("hash")?)?,
             ))
         })
         .collect()
-}
-
-fn anchor(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
-    Ok(AuditAnchor {
-        seq: u64::try_from(seq)
-            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
-        hash,
-    })
-}
-
-fn seq(anchor: &AuditAnchor) -> Result<i64, StoreError> {
-    i64::try_from(anchor.seq)
-        .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
 }
 
 /// Moves the chain's anchor from `expected` to `next` in one transaction;
@@ -64,7 +51,7 @@ pub(super) async fn advance(
                  ON CONFLICT(chain) DO NOTHING",
             )
             .bind(chain)
-            .bind(seq(next)?)
+            .bind(next.stored_seq()?)
             .bind(&next.hash)
             .bind(now)
             .execute(&mut *tx)
@@ -76,11 +63,11 @@ pub(super) async fn advance(
             let updated = sqlx::query(
                 "UPDATE audit_anchors SET seq = $1, hash = $2, updated_at = $3 WHERE chain = $4 AND seq = $5 AND hash = $6",
             )
-            .bind(seq(next)?)
+            .bind(next.stored_seq()?)
             .bind(&next.hash)
             .bind(now)
             .bind(chain)
-            .bind(seq(expected)?)
+            .bind(expected.stored_seq()?)
             .bind(&expected.hash)
             .execute(&mut *tx)
             .await?
@@ -91,7 +78,7 @@ pub(super) async fn advance(
                         "DELETE FROM audit_anchors WHERE chain = '' AND seq = $1 AND hash = $2 \
                      AND NOT EXISTS (SELECT 1 FROM audit_anchors WHERE chain = $3)",
                     )
-                    .bind(seq(expected)?)
+                    .bind(expected.stored_seq()?)
                     .bind(&expected.hash)
                     .bind(chain)
                     .execute(&mut *tx)
@@ -100,7 +87,7 @@ pub(super) async fn advance(
                     if adopted == 1 {
                         sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES ($1, $2, $3, $4)")
                         .bind(chain)
-                        .bind(seq(next)?)
+                        .bind(next.stored_seq()?)
                         .bind(&next.hash)
                         .bind(now)
                         .execute(&mut *tx)

@@ -18,7 +18,7 @@ pub(super) async fn read(
     .bind(chain)
     .fetch_optional(pool)
     .await?;
-    row.map(|row| anchor(row.try_get("seq")?, row.try_get("hash")?))
+    row.map(|row| AuditAnchor::from_stored(row.try_get("seq")?, row.try_get("hash")?))
         .transpose()
 }
 
@@ -30,23 +30,10 @@ pub(super) async fn all(pool: &SqlitePool) -> Result<Vec<(String, AuditAnchor)>,
         .map(|row| {
             Ok((
                 row.try_get("chain")?,
-                anchor(row.try_get("seq")?, row.try_get("hash")?)?,
+                AuditAnchor::from_stored(row.try_get("seq")?, row.try_get("hash")?)?,
             ))
         })
         .collect()
-}
-
-fn anchor(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
-    Ok(AuditAnchor {
-        seq: u64::try_from(seq)
-            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
-        hash,
-    })
-}
-
-fn seq(anchor: &AuditAnchor) -> Result<i64, StoreError> {
-    i64::try_from(anchor.seq)
-        .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
 }
 
 /// Moves the chain's anchor from `expected` to `next` in one transaction;
@@ -67,7 +54,7 @@ pub(super) async fn advance(
                  ON CONFLICT(chain) DO NOTHING",
             )
             .bind(chain)
-            .bind(seq(next)?)
+            .bind(next.stored_seq()?)
             .bind(&next.hash)
             .bind(now)
             .execute(&mut *tx)
@@ -79,11 +66,11 @@ pub(super) async fn advance(
             let updated = sqlx::query(
                 "UPDATE audit_anchors SET seq = ?, hash = ?, updated_at = ? WHERE chain = ? AND seq = ? AND hash = ?",
             )
-            .bind(seq(next)?)
+            .bind(next.stored_seq()?)
             .bind(&next.hash)
             .bind(now)
             .bind(chain)
-            .bind(seq(expected)?)
+            .bind(expected.stored_seq()?)
             .bind(&expected.hash)
             .execute(&mut *tx)
             .await?
@@ -94,7 +81,7 @@ pub(super) async fn advance(
                         "DELETE FROM audit_anchors WHERE chain = '' AND seq = ? AND hash = ? \
                      AND NOT EXISTS (SELECT 1 FROM audit_anchors WHERE chain = ?)",
                     )
-                    .bind(seq(expected)?)
+                    .bind(expected.stored_seq()?)
                     .bind(&expected.hash)
                     .bind(chain)
                     .execute(&mut *tx)
@@ -103,7 +90,7 @@ pub(super) async fn advance(
                     if adopted == 1 {
                         sqlx::query("INSERT INTO audit_anchors (chain, seq, hash, updated_at) VALUES (?, ?, ?, ?)")
                         .bind(chain)
-                        .bind(seq(next)?)
+                        .bind(next.stored_seq()?)
                         .bind(&next.hash)
                         .bind(now)
                         .execute(&mut *tx)
