@@ -68,6 +68,7 @@ suite!(
     api_keys_are_named_once_while_active_and_revocation_frees_the_name,
     tagged_messages_are_listed_newest_first_by_tag_submitter_and_state,
     two_instances_share_one_accounts_quota_and_back_off,
+    a_listing_names_the_instance_that_holds_a_lease,
     two_instances_racing_on_one_idempotency_key_start_it_once,
 );
 
@@ -1729,6 +1730,64 @@ mod cases {
         );
         store.untag_message(&ids[0]).await.expect("untag");
         assert!(store.message_tags(&ids[0]).await.expect("tags").is_empty());
+    }
+
+    /// `queue list` says which instance is delivering a message: the
+    /// instance part of its lease's owner, and until when, only while it
+    /// is in flight.
+    pub async fn a_listing_names_the_instance_that_holds_a_lease(backend: &Backend) {
+        let store = &backend.store;
+        let id = store
+            .enqueue(message("office", &["a@example.net"]))
+            .await
+            .expect("enqueue");
+        let listed = |store: std::sync::Arc<dyn oxirelay::store::Store>| async move {
+            store
+                .list_messages(&QueueFilter::default(), None, 10)
+                .await
+                .expect("list")
+                .remove(0)
+        };
+        let queued = listed(store.clone()).await;
+        assert_eq!(
+            (queued.lease_instance, queued.lease_expires_at),
+            (None, None)
+        );
+        let t = now();
+        let claimed = store
+            .claim("mail1:4242:0badcafe/w3", t, t + 300, 1)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        // Seen from another instance, as `queue list` run anywhere sees it.
+        let in_flight = listed(backend.reopen().await).await;
+        assert_eq!(
+            in_flight.lease_instance.as_deref(),
+            Some("mail1:4242:0badcafe")
+        );
+        assert_eq!(in_flight.lease_expires_at, Some(t + 300));
+        let json = serde_json::to_value(&in_flight).expect("json");
+        assert_eq!(json["lease_instance"], "mail1:4242:0badcafe");
+        store
+            .complete_attempt(
+                &id,
+                &claimed[0].lease,
+                &AttemptOutcome {
+                    recipients: vec![(0, RecipientState::Delivered, None)],
+                    next_attempt_at: None,
+                    error: None,
+                },
+            )
+            .await
+            .expect("delivered");
+        let done = listed(store.clone()).await;
+        assert_eq!(done.lease_instance, None, "no lease once delivered");
+        assert!(
+            serde_json::to_value(&done)
+                .expect("json")
+                .get("lease_instance")
+                .is_none()
+        );
     }
 
     /// Two handles on one store (two instances) charge one allowance:
