@@ -379,6 +379,19 @@ async fn two_relays_share_one_accounts_per_minute_quota() {
     }
     let first = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
     let second = RelayProcess::start(&harness.config_path, &["--workers", "2"]);
+    // Each says which instance it is: the name its leases carry.
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let ids = [&first, &second].map(|relay| relay.wait_for_line("oxirelay: instance "));
+        assert_ne!(ids[0], ids[1], "two instances, two ids");
+        assert!(
+            ids[0].contains(&format!(":{}:", first.child.id())),
+            "{}",
+            ids[0]
+        );
+        (first, second)
+    })
+    .await
+    .expect("join");
     // No message is charged before this, so the quota refills its first
     // message 12 s after it at the earliest.
     let started = std::time::Instant::now();
