@@ -58,7 +58,7 @@ DB_URL="${PG_URL%/*}/$DATABASE"
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ -n "$SCHEMA" ]]; then psql -q "$DB_URL" -c "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" || true; fi
+    if [[ -n "$SCHEMA" ]]; then psql -q "$DB_URL" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $SCHEMA CASCADE" || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,6 +90,18 @@ SANDBOX_DIR="$WORK/sandbox"
 PIDS+=($!)
 wait_for "$WORK/sandbox.out" '^Then:' 30
 sandbox_count() { cat "$SANDBOX_DIR/inbox/count" 2>/dev/null || echo 0; }
+SANDBOX_PID=${PIDS[-1]}
+# CPU seconds of the PostgreSQL server: the postmaster and its reaped
+# backends (a backend's time counts once it exits, as the relays' pooled
+# connections do when they stop). Other clients of the same server count
+# too: run on a quiet database.
+pg_cpu() {
+    local postmaster
+    postmaster=$(ps -C postgres -o pid=,ppid= | awk '$2 == 1 {print $1; exit}')
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15 + $16 + $17) / hz}' "/proc/$postmaster/stat" 2>/dev/null || echo 0
+}
+# CPU seconds the whole machine spent busy (every process, other users' too).
+machine_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz}' /proc/stat; }
 USER_MAILBOX="alice@sandbox.test"
 
 export OXIRELAY_MASTER_KEY="$("$OXIRELAY" keygen)"
@@ -137,6 +149,9 @@ for k in $INSTANCES; do
     done
     for ((i = 0; i < k; i++)); do wait_for "$WORK/serve-k$k-$i.log" 'delivering with' 30; done
     before=$(sandbox_count)
+    pg_before=$(pg_cpu)
+    machine_before=$(machine_cpu)
+    sandbox_before=$(cpu_s "$SANDBOX_PID")
     start=$(now)
     loads=()
     for ((i = 0; i < k; i++)); do
@@ -155,8 +170,13 @@ for k in $INSTANCES; do
     done
     end=$(now)
     delivered=$(($(sandbox_count) - before))
+    relays_cpu=0
+    for pid in "${serves[@]}"; do relays_cpu=$(echo "$relays_cpu + $(cpu_s "$pid")" | bc); done
+    sandbox_cpu=$(echo "$(cpu_s "$SANDBOX_PID") - $sandbox_before" | bc)
+    machine_busy=$(echo "$(machine_cpu) - $machine_before" | bc)
     for pid in "${serves[@]}"; do kill -TERM "$pid"; done
     for pid in "${serves[@]}"; do wait "$pid" || true; done
+    pg_busy=$(echo "$(pg_cpu) - $pg_before" | bc)
     tokens=0
     for ((i = 0; i < k; i++)); do
         cp "$WORK/serve-k$k-$i.log" "$OUT/"
@@ -166,8 +186,8 @@ for k in $INSTANCES; do
     p50=$(jq -s 'map(.latency_ms.p50) | max' "$OUT"/k"$k"-*.json)
     p99=$(jq -s 'map(.latency_ms.p99) | max' "$OUT"/k"$k"-*.json)
     errors=$(jq -s -c 'map(.errors)' "$OUT"/k"$k"-*.json)
-    echo "{\"instances\": $k, \"accepted\": $accepted, \"delivered\": $delivered, \"accepted_per_s\": $(rate "$accepted" "$slowest"), \"delivered_per_s\": $(rate "$delivered" "$end - $start"), \"p50_ms\": $p50, \"p99_ms\": $p99, \"token_requests\": $tokens, \"errors\": $errors}" |
+    echo "{\"instances\": $k, \"accepted\": $accepted, \"delivered\": $delivered, \"accepted_per_s\": $(rate "$accepted" "$slowest"), \"delivered_per_s\": $(rate "$delivered" "$end - $start"), \"p50_ms\": $p50, \"p99_ms\": $p99, \"token_requests\": $tokens, \"errors\": $errors, \"wall_s\": $(echo "$end - $start" | bc | cut -c1-6), \"cpu_s\": {\"relays\": $relays_cpu, \"postgres\": $pg_busy, \"sandbox\": $sandbox_cpu, \"machine\": $machine_busy}}" |
         tee -a "$RESULTS"
-    psql -q "$DB_URL" -c "DROP SCHEMA $SCHEMA CASCADE"
+    psql -q "$DB_URL" -c "SET client_min_messages = warning; DROP SCHEMA $SCHEMA CASCADE"
     SCHEMA=""
 done
