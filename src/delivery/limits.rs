@@ -11,6 +11,11 @@
 //! on one SQLite file) share one allowance, and a back-off one of them
 //! met holds for all (issue 13, item 4). The arithmetic is here, once, for
 //! both backends: a pure function of the state, the limits and the time.
+//! The time is the wall clock of whichever instance charges (they are
+//! expected to keep NTP time); a clock behind the others never refills a
+//! bucket twice, since `updated_at` only moves forward. An account without
+//! quotas costs one primary-key read per message (for a back-off another
+//! instance may have recorded) and no write.
 //!
 //! Written as a small token bucket rather than with `governor`: the engine
 //! needs "how long until this message (of N recipients) may go", to release
