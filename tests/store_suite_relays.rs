@@ -3,10 +3,12 @@
 //! killed with SIGKILL while delivering the second delivers every
 //! acknowledged message (duplicates, possible only for messages in flight
 //! in the killed one, are counted and printed), and three share 5,000
-//! messages while one of them is killed; mail queued by another
-//! process wakes an idle relay through NOTIFY; five processes refreshing
-//! one expired token make one token request. Skipped, saying so, when
-//! `OXIRELAY_TEST_POSTGRES_URL` is unset.
+//! messages while one of them is killed; two share one account's
+//! per-minute quota, one API idempotency key and one lockdown, and a
+//! revocation reaches both; mail queued by another process wakes an idle
+//! relay through NOTIFY; five processes refreshing one expired token make
+//! one token request. Skipped, saying so, when `OXIRELAY_TEST_POSTGRES_URL`
+//! is unset.
 
 mod common;
 mod store_suite_common;
@@ -96,8 +98,8 @@ async fn use_schema(harness: &mut Harness, base: &str, schema: &str) {
 }
 
 /// Runs `oxirelay -c CONFIG ARGS` to its end, off the runtime's threads;
-/// panics with its error output if it fails.
-async fn run_ok(harness: &Harness, args: &[&str]) {
+/// panics with its error output if it fails. Returns its output.
+async fn run_ok(harness: &Harness, args: &[&str]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_oxirelay"));
     command.arg("-c").arg(&harness.config_path).args(args);
     let output = tokio::task::spawn_blocking(move || command.output().expect("runs"))
@@ -108,6 +110,7 @@ async fn run_ok(harness: &Harness, args: &[&str]) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8(output.stdout).expect("utf-8")
 }
 
 /// Stops each relay with SIGTERM; each must exit cleanly.
@@ -567,4 +570,108 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
         "duplicates only for messages in flight in the killed relay: {duplicates}"
     );
     stop(vec![first, third]).await;
+}
+
+/// The send API's `Idempotency-Key` across two `oxirelay serve` on one
+/// PostgreSQL schema: one request sent to both at once, twice each (a
+/// client retrying through a balancer that picks another instance), makes
+/// one message, and every answer names it (issue 13, item 4: the keys are
+/// rows in the store, claimed in one statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_through_two_relays_makes_one_message() {
+    let http = |config: &mut String| config.push_str("\n[http]\naddr = \"127.0.0.1:0\"\n");
+    let Some((harness, _access, _guard)) = relay_harness(http).await else {
+        return;
+    };
+    let created = run_ok(
+        &harness,
+        &[
+            "apikey",
+            "create",
+            "shop",
+            "--json",
+            "--scope",
+            "send,read",
+            "--allowed-from",
+            oxirelay::sandbox::USER,
+            "--account",
+            common::ACCOUNT,
+        ],
+    )
+    .await;
+    let key: serde_json::Value = serde_json::from_str(&created).expect("JSON");
+    let key = key["key"].as_str().expect("a key").to_string();
+    let relays = vec![
+        RelayProcess::start(&harness.config_path, &[]),
+        RelayProcess::start(&harness.config_path, &[]),
+    ];
+    let (relays, bases) = tokio::task::spawn_blocking(move || {
+        let bases: Vec<String> = relays
+            .iter()
+            .map(|relay| {
+                let line = relay.wait_for_line("oxirelay: HTTP on ");
+                line["oxirelay: HTTP on ".len()..].trim().to_string()
+            })
+            .collect();
+        (relays, bases)
+    })
+    .await
+    .expect("join");
+    assert_ne!(bases[0], bases[1], "two instances, two HTTP ports");
+    let body = serde_json::json!({
+        "from": oxirelay::sandbox::USER,
+        "to": ["orders@example.net"],
+        "subject": "order 1001 confirmed",
+        "text": "hello",
+    });
+    let client = reqwest::Client::new();
+    let send = |base: String| {
+        let request = client
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth(&key)
+            .header("idempotency-key", "order-1001")
+            .json(&body);
+        async move {
+            let answer = request.send().await.expect("the relay answers");
+            let status = answer.status().as_u16();
+            let body: serde_json::Value = answer.json().await.expect("JSON");
+            (status, body)
+        }
+    };
+    let (a, b, c, d) = tokio::join!(
+        send(bases[0].clone()),
+        send(bases[1].clone()),
+        send(bases[1].clone()),
+        send(bases[0].clone())
+    );
+    let answers = [a, b, c, d];
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+    let ids: Vec<&serde_json::Value> = answers.iter().map(|(_, body)| &body["id"]).collect();
+    assert!(
+        ids[0].is_string() && ids.iter().all(|id| *id == ids[0]),
+        "{ids:?}"
+    );
+    let messages = harness
+        .context
+        .store
+        .messages(None, 10)
+        .await
+        .expect("messages");
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message for four requests: {messages:?}"
+    );
+    harness
+        .sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(1, WAIT)
+        .await
+        .expect("delivered");
+    stop(relays).await;
+    assert_eq!(harness.sandbox.smtp.inbox().count(), 1, "sent once");
 }
