@@ -5,7 +5,7 @@
 //! in the killed one, are counted and printed), and three share 5,000
 //! messages while one of them is killed; two share one account's
 //! per-minute quota, one API idempotency key and one lockdown, and a
-//! revocation reaches both; mail queued by another process wakes an idle
+//! revocation reaches both; each anchors its own audit log; mail queued by another process wakes an idle
 //! relay through NOTIFY; five processes refreshing one expired token make
 //! one token request. Skipped, saying so, when `OXIRELAY_TEST_POSTGRES_URL`
 //! is unset.
@@ -674,4 +674,86 @@ async fn one_idempotency_key_through_two_relays_makes_one_message() {
         .expect("delivered");
     stop(relays).await;
     assert_eq!(harness.sandbox.smtp.inbox().count(), 1, "sent once");
+}
+
+/// Two instances on one PostgreSQL schema, each with its own audit log
+/// (`[audit] path`), each anchored under its own chain: neither mistakes
+/// the other's anchor for lines deleted from its own log, and `audit
+/// verify` checks both (issue 13, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_anchors_its_own_audit_log_and_verify_checks_both() {
+    let Some((harness, _access, _guard)) = relay_harness(|_| {}).await else {
+        return;
+    };
+    // The second instance: the same config with a log of its own.
+    let second = harness.dir.path().join("second.toml");
+    let config = std::fs::read_to_string(&harness.config_path).expect("config");
+    std::fs::write(
+        &second,
+        format!("[audit]\npath = \"second-audit.jsonl\"\n\n{config}"),
+    )
+    .expect("write config");
+    let run = |config: std::path::PathBuf, args: &'static [&'static str]| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_oxirelay"))
+                .arg("-c")
+                .arg(&config)
+                .args(args)
+                .output()
+                .expect("runs")
+        })
+        .await
+        .expect("join")
+    };
+    // Audited actions through each, interleaved, each moving its anchor.
+    for (config, args) in [
+        (
+            harness.config_path.clone(),
+            &["lockdown", "--reason", "drill"][..],
+        ),
+        (second.clone(), &["unlock"][..]),
+        (
+            harness.config_path.clone(),
+            &["lockdown", "--reason", "again"][..],
+        ),
+        (second.clone(), &["unlock"][..]),
+    ] {
+        let output = run(config, args).await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let dir = harness.dir.path();
+    for log in ["oxirelay-audit.jsonl", "second-audit.jsonl"] {
+        let text = std::fs::read_to_string(dir.join(log)).expect("log");
+        assert!(
+            !text.contains("audit.anchor_mismatch"),
+            "{log} took another log's anchor for lost lines:\n{text}"
+        );
+    }
+    let anchors = harness
+        .context
+        .store
+        .audit_anchors()
+        .await
+        .expect("anchors");
+    assert_eq!(anchors.len(), 2, "one anchor per log: {anchors:?}");
+    let output = run(harness.config_path.clone(), &["audit", "verify"]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for log in ["oxirelay-audit.jsonl", "second-audit.jsonl"] {
+        assert!(
+            text.lines().any(|line| line.contains(log)
+                && line.contains(": intact")
+                && line.contains("anchored at line")),
+            "{log} verified against its own anchor:\n{text}"
+        );
+    }
+    println!("{text}");
 }
