@@ -1769,15 +1769,7 @@ mod cases {
         let json = serde_json::to_value(&in_flight).expect("json");
         assert_eq!(json["lease_instance"], "mail1:4242:0badcafe");
         store
-            .complete_attempt(
-                &id,
-                &claimed[0].lease,
-                &AttemptOutcome {
-                    recipients: vec![(0, RecipientState::Delivered, None)],
-                    next_attempt_at: None,
-                    error: None,
-                },
-            )
+            .complete_attempt(&id, &claimed[0].lease, &delivered(&[0]))
             .await
             .expect("delivered");
         let done = listed(store.clone()).await;

@@ -100,8 +100,13 @@ async fn use_schema(harness: &mut Harness, base: &str, schema: &str) {
 /// Runs `oxirelay -c CONFIG ARGS` to its end, off the runtime's threads;
 /// panics with its error output if it fails. Returns its output.
 async fn run_ok(harness: &Harness, args: &[&str]) -> String {
+    run_ok_with(&harness.config_path, args).await
+}
+
+/// [`run_ok`] with another config.
+async fn run_ok_with(config: &std::path::Path, args: &[&str]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_oxirelay"));
-    command.arg("-c").arg(&harness.config_path).args(args);
+    command.arg("-c").arg(config).args(args);
     let output = tokio::task::spawn_blocking(move || command.output().expect("runs"))
         .await
         .expect("join");
@@ -693,18 +698,6 @@ async fn each_instance_anchors_its_own_audit_log_and_verify_checks_both() {
         format!("[audit]\npath = \"second-audit.jsonl\"\n\n{config}"),
     )
     .expect("write config");
-    let run = |config: std::path::PathBuf, args: &'static [&'static str]| async move {
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_oxirelay"))
-                .arg("-c")
-                .arg(&config)
-                .args(args)
-                .output()
-                .expect("runs")
-        })
-        .await
-        .expect("join")
-    };
     // Audited actions through each, interleaved, each moving its anchor.
     for (config, args) in [
         (
@@ -718,12 +711,7 @@ async fn each_instance_anchors_its_own_audit_log_and_verify_checks_both() {
         ),
         (second.clone(), &["unlock"][..]),
     ] {
-        let output = run(config, args).await;
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_ok_with(&config, args).await;
     }
     let dir = harness.dir.path();
     for log in ["oxirelay-audit.jsonl", "second-audit.jsonl"] {
@@ -740,13 +728,7 @@ async fn each_instance_anchors_its_own_audit_log_and_verify_checks_both() {
         .await
         .expect("anchors");
     assert_eq!(anchors.len(), 2, "one anchor per log: {anchors:?}");
-    let output = run(harness.config_path.clone(), &["audit", "verify"]).await;
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = run_ok(&harness, &["audit", "verify"]).await;
     for log in ["oxirelay-audit.jsonl", "second-audit.jsonl"] {
         assert!(
             text.lines().any(|line| line.contains(log)
