@@ -535,14 +535,20 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
         assert!(killed.success());
         inbox.count()
     };
-    let (a, b, c, delivered_at_kill) = tokio::join!(
-        submit(&first, &access, "r0", per_relay),
-        submit(&victim, &access, "r1", per_relay),
-        submit(&third, &access, "r2", per_relay),
+    // Two client connections per relay: a submission waits for its
+    // commit, so one connection alone would take most of the test.
+    let half = per_relay / 2;
+    let (a, b, c, d, e, f, delivered_at_kill) = tokio::join!(
+        submit(&first, &access, "r0a", half),
+        submit(&first, &access, "r0b", per_relay - half),
+        submit(&victim, &access, "r1a", half),
+        submit(&victim, &access, "r1b", per_relay - half),
+        submit(&third, &access, "r2a", half),
+        submit(&third, &access, "r2b", per_relay - half),
         killer
     );
     drop(victim);
-    let mut acknowledged: Vec<String> = [a, b, c].concat();
+    let mut acknowledged: Vec<String> = [a, b, c, d, e, f].concat();
     // The killed relay's client lost its connection: what it had
     // acknowledged before counts, the rest was never promised; its
     // client submits the rest to the survivors, as it would retry.
@@ -557,6 +563,7 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
         submit(&third, &access, "r1-retried-b", rest - rest / 2)
     );
     acknowledged.extend(to_first.into_iter().chain(to_third));
+    let submitted_after = started.elapsed();
     assert!(
         acknowledged.len() >= TOTAL,
         "{} acknowledged",
@@ -565,7 +572,7 @@ async fn three_relays_deliver_5000_messages_when_one_is_killed_midway() {
     let counts = arrived(&harness, &acknowledged).await;
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     println!(
-        "{} acknowledged across {RELAYS} relays, {delivered_at_kill} delivered when the second was killed; \
+        "{} acknowledged across {RELAYS} relays in {submitted_after:?}, {delivered_at_kill} delivered when the second was killed; \
          all delivered in {:?} with {duplicates} duplicates",
         acknowledged.len(),
         started.elapsed()
