@@ -414,6 +414,25 @@ pub struct AccountConfig {
     /// Messages over the HTTP API's size limit: `bounce` (default) or `smtp`.
     #[serde(default)]
     pub large_messages: LargeMessages,
+    /// Sending quotas replacing the preset's (`[account.limits]`).
+    #[serde(default)]
+    pub limits: AccountLimitsConfig,
+}
+
+/// `[account.limits]`: each key set replaces the provider preset's limit
+/// (DESIGN.md, provider presets); unset keys keep the preset's. Counted
+/// per account across every relay sharing the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLimitsConfig {
+    #[serde(default)]
+    pub messages_per_minute: Option<u32>,
+    #[serde(default)]
+    pub messages_per_day: Option<u32>,
+    #[serde(default)]
+    pub recipients_per_day: Option<u32>,
+    #[serde(default)]
+    pub recipients_per_message: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -63,6 +63,9 @@ pub async fn run(config: &Config, store: Option<&dyn Store>) -> Vec<Finding> {
     check_master_key(config, &mut findings);
     check_config_file(&config.path, &mut findings);
     check_store_file(config, &mut findings);
+    if let Some(finding) = check_store_tls(&config.store.url) {
+        findings.push(finding);
+    }
     for account in &config.accounts {
         check_account_config(account, &mut findings);
     }
@@ -195,6 +198,80 @@ fn check_store_file(config: &Config, findings: &mut Vec<Finding>) {
             Some(format!("chmod 600 {}", path.display())),
         ));
     }
+}
+
+/// A PostgreSQL store off this machine carries sealed tokens and every
+/// queued message over the network: only `sslmode=verify-full` both
+/// encrypts and checks that the server is the one named (`require` and
+/// `verify-ca` accept any server with a certificate from the CA, and the
+/// default `prefer` falls back to plaintext). `None` for other stores.
+fn check_store_tls(url: &str) -> Option<Finding> {
+    const CHECK: &str = "store tls";
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return None;
+    }
+    let shown = crate::store::redact_url(url);
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return Some(finding(
+                CHECK,
+                Status::Warn,
+                format!("cannot read the store URL {shown}: {e}"),
+                Some(
+                    "write [store] url as postgres://user@host:5432/database?sslmode=verify-full"
+                        .into(),
+                ),
+            ));
+        }
+    };
+    let query = |name: &str| {
+        parsed
+            .query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    // `host=` in the query wins over the URL's host, as in libpq; a path
+    // there (or no host at all) is a Unix socket: on this machine.
+    let host = query("host").unwrap_or_else(|| parsed.host_str().unwrap_or_default().to_string());
+    if host.is_empty() || host.starts_with('/') {
+        return Some(pass(
+            CHECK,
+            "the store is reached through a local Unix socket",
+        ));
+    }
+    if crate::config::is_loopback_host(&host) {
+        return Some(pass(
+            CHECK,
+            format!("the store is on this machine ({host})"),
+        ));
+    }
+    let mode = query("sslmode").unwrap_or_else(|| "prefer".to_string());
+    if mode == "verify-full" {
+        return Some(pass(
+            CHECK,
+            format!(
+                "the store at {host} is reached over TLS with its certificate and name verified (sslmode=verify-full)"
+            ),
+        ));
+    }
+    let risk = match mode.as_str() {
+        "verify-ca" => {
+            "TLS, but any server with a certificate from the CA is accepted, whatever its name"
+        }
+        "require" => {
+            "TLS, but any certificate is accepted: whoever sits on the path can pose as the server"
+        }
+        _ => {
+            "possibly in plaintext: the server may refuse TLS and the connection goes on without it"
+        }
+    };
+    Some(finding(
+        CHECK,
+        Status::Warn,
+        format!("the store at {host} is reached over the network with sslmode={mode}: {risk}; sealed tokens and queued mail cross that connection"),
+        Some("add sslmode=verify-full to [store] url (and sslrootcert=/path/to/ca.pem for a private CA), e.g. postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-full".into()),
+    ))
 }
 
 /// Retention runs in `serve` every few minutes; an item this much past its
@@ -665,6 +742,47 @@ mod tests {
         let mut findings = Vec::new();
         recommend_graph(&config, None, &[event], &mut findings);
         assert_eq!(findings.len(), 1);
+    }
+
+    #[test]
+    fn a_postgres_store_off_loopback_without_verify_full_is_warned_about() {
+        let status = |url: &str| check_store_tls(url).map(|f| (f.status, f.message));
+        assert_eq!(status("sqlite:///var/lib/oxirelay/oxirelay.db"), None);
+        for local in [
+            "postgres://oxirelay@127.0.0.1/oxirelay",
+            "postgres://oxirelay@localhost:5432/oxirelay",
+            "postgresql://oxirelay@[::1]/oxirelay",
+            "postgres:///oxirelay?host=/run/postgresql",
+        ] {
+            assert_eq!(status(local).map(|s| s.0), Some(Status::Pass), "{local}");
+        }
+        let verified = "postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-full";
+        assert_eq!(status(verified).map(|s| s.0), Some(Status::Pass));
+        for (url, says) in [
+            (
+                "postgres://oxirelay@db.example.net/oxirelay",
+                "sslmode=prefer",
+            ),
+            (
+                "postgres://oxirelay:hunter2@10.0.0.5/oxirelay?sslmode=require",
+                "sslmode=require",
+            ),
+            (
+                "postgres://oxirelay@db.example.net/oxirelay?sslmode=verify-ca",
+                "whatever its name",
+            ),
+            // `host=` names the server even when the URL's host is local.
+            (
+                "postgres://oxirelay@localhost/oxirelay?host=db.example.net",
+                "db.example.net",
+            ),
+        ] {
+            let finding = check_store_tls(url).expect("a finding");
+            assert_eq!(finding.status, Status::Warn, "{url}");
+            assert!(finding.message.contains(says), "{}", finding.message);
+            assert!(!finding.message.contains("hunter2"), "no password shown");
+            assert!(finding.fix.expect("a fix").contains("sslmode=verify-full"));
+        }
     }
 
     use crate::store::SqliteStore;

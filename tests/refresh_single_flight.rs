@@ -373,15 +373,16 @@ impl Store for FlakyStore {
     async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.sealed_secret_names().await
     }
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
-        self.inner.audit_anchor().await
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        self.inner.audit_anchor(chain).await
     }
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError> {
-        self.inner.advance_audit_anchor(expected, next).await
+        self.inner.advance_audit_anchor(chain, expected, next).await
     }
     // Webhooks and notifications (issue 12, items 2 and 3).
     async fn hold_webhook(

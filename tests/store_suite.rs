@@ -59,6 +59,7 @@ suite!(
     users_are_added_once_and_removed,
     sealed_secrets_are_replaced_and_named,
     audit_anchor_moves_only_from_what_was_expected,
+    the_anchor_of_before_is_taken_over_by_the_first_log,
     lockdown_on_and_off,
     a_new_webhook_endpoint_starts_at_the_end_of_the_log_and_one_holder_moves_it,
     a_notification_condition_is_due_once_per_interval,
@@ -66,6 +67,9 @@ suite!(
     an_idempotency_claim_is_pending_then_taken_over_answered_and_expires,
     api_keys_are_named_once_while_active_and_revocation_frees_the_name,
     tagged_messages_are_listed_newest_first_by_tag_submitter_and_state,
+    two_instances_share_one_accounts_quota_and_back_off,
+    a_listing_names_the_instance_that_holds_a_lease,
+    two_instances_racing_on_one_idempotency_key_start_it_once,
 );
 
 mod cases {
@@ -1288,7 +1292,8 @@ mod cases {
 
     pub async fn audit_anchor_moves_only_from_what_was_expected(backend: &Backend) {
         let store = &backend.store;
-        assert!(store.audit_anchor().await.expect("read").is_none());
+        const CHAIN: &str = "mail1:/var/log/oxirelay/audit.jsonl";
+        assert!(store.audit_anchor(CHAIN).await.expect("read").is_none());
         let first = AuditAnchor {
             seq: 1,
             hash: "aa".into(),
@@ -1297,31 +1302,84 @@ mod cases {
             seq: 2,
             hash: "bb".into(),
         };
+        let advance = |expected: Option<&AuditAnchor>, next: &AuditAnchor| {
+            let (expected, next) = (expected.cloned(), next.clone());
+            async move {
+                store
+                    .advance_audit_anchor(CHAIN, expected.as_ref(), &next)
+                    .await
+                    .expect("advance")
+            }
+        };
+        assert!(advance(None, &first).await, "first");
+        assert!(!advance(None, &second).await, "there is one already");
+        assert!(
+            !advance(Some(&second), &first).await,
+            "not from the wrong one"
+        );
+        assert!(advance(Some(&first), &second).await, "forward");
+        assert_eq!(
+            store.audit_anchor(CHAIN).await.expect("read"),
+            Some(second.clone())
+        );
+        // Another instance's log has its own anchor, apart from this one.
+        const OTHER: &str = "mail2:/var/log/oxirelay/audit.jsonl";
+        assert!(store.audit_anchor(OTHER).await.expect("read").is_none());
         assert!(
             store
-                .advance_audit_anchor(None, &first)
+                .advance_audit_anchor(OTHER, None, &first)
                 .await
-                .expect("first")
+                .expect("other")
         );
-        assert!(
-            !store
-                .advance_audit_anchor(None, &second)
-                .await
-                .expect("there is one already")
+        assert_eq!(
+            store.audit_anchors().await.expect("list"),
+            vec![(CHAIN.to_string(), second), (OTHER.to_string(), first)]
         );
-        assert!(
-            !store
-                .advance_audit_anchor(Some(&second), &first)
-                .await
-                .expect("not from the wrong one")
-        );
+    }
+
+    /// The one anchor of a store from before logs were told apart (chain
+    /// "") is what a log sees while no log has its own, and the first to
+    /// move it on takes it over.
+    pub async fn the_anchor_of_before_is_taken_over_by_the_first_log(backend: &Backend) {
+        let store = &backend.store;
+        let old = AuditAnchor {
+            seq: 7,
+            hash: "77".into(),
+        };
         assert!(
             store
-                .advance_audit_anchor(Some(&first), &second)
+                .advance_audit_anchor("", None, &old)
                 .await
-                .expect("forward")
+                .expect("old")
         );
-        assert_eq!(store.audit_anchor().await.expect("read"), Some(second));
+        const CHAIN: &str = "mail1:/var/log/oxirelay/audit.jsonl";
+        assert_eq!(
+            store.audit_anchor(CHAIN).await.expect("read"),
+            Some(old.clone())
+        );
+        let next = AuditAnchor {
+            seq: 8,
+            hash: "88".into(),
+        };
+        assert!(
+            store
+                .advance_audit_anchor(CHAIN, Some(&old), &next)
+                .await
+                .expect("taken over")
+        );
+        assert_eq!(
+            store.audit_anchors().await.expect("list"),
+            vec![(CHAIN.to_string(), next)],
+            "the anchor of before is gone"
+        );
+        // A log on another host starts its own chain: it never saw the old one.
+        assert_eq!(
+            store
+                .audit_anchor("mail2:/var/log/oxirelay/audit.jsonl")
+                .await
+                .expect("read"),
+            None
+        );
     }
 
     pub async fn lockdown_on_and_off(backend: &Backend) {
@@ -1672,5 +1730,196 @@ mod cases {
         );
         store.untag_message(&ids[0]).await.expect("untag");
         assert!(store.message_tags(&ids[0]).await.expect("tags").is_empty());
+    }
+
+    /// `queue list` says which instance is delivering a message: the
+    /// instance part of its lease's owner, and until when, only while it
+    /// is in flight.
+    pub async fn a_listing_names_the_instance_that_holds_a_lease(backend: &Backend) {
+        let store = &backend.store;
+        let id = store
+            .enqueue(message("office", &["a@example.net"]))
+            .await
+            .expect("enqueue");
+        let listed = |store: std::sync::Arc<dyn oxirelay::store::Store>| async move {
+            store
+                .list_messages(&QueueFilter::default(), None, 10)
+                .await
+                .expect("list")
+                .remove(0)
+        };
+        let queued = listed(store.clone()).await;
+        assert_eq!(
+            (queued.lease_instance, queued.lease_expires_at),
+            (None, None)
+        );
+        let t = now();
+        let claimed = store
+            .claim("mail1:4242:0badcafe/w3", t, t + 300, 1)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        // Seen from another instance, as `queue list` run anywhere sees it.
+        let in_flight = listed(backend.reopen().await).await;
+        assert_eq!(
+            in_flight.lease_instance.as_deref(),
+            Some("mail1:4242:0badcafe")
+        );
+        assert_eq!(in_flight.lease_expires_at, Some(t + 300));
+        let json = serde_json::to_value(&in_flight).expect("json");
+        assert_eq!(json["lease_instance"], "mail1:4242:0badcafe");
+        store
+            .complete_attempt(&id, &claimed[0].lease, &delivered(&[0]))
+            .await
+            .expect("delivered");
+        let done = listed(store.clone()).await;
+        assert_eq!(done.lease_instance, None, "no lease once delivered");
+        assert!(
+            serde_json::to_value(&done)
+                .expect("json")
+                .get("lease_instance")
+                .is_none()
+        );
+    }
+
+    /// Two handles on one store (two instances) charge one allowance:
+    /// 40 concurrent asks for a 5-per-minute account, half through each,
+    /// let exactly 5 go; a back-off one of them records holds for the
+    /// other; an account without quotas always goes (issue 13, item 4).
+    pub async fn two_instances_share_one_accounts_quota_and_back_off(backend: &Backend) {
+        use oxirelay::delivery::limits::{AccountLimits, Admission};
+        use std::time::Duration;
+        let other = backend.reopen().await;
+        let limits = AccountLimits {
+            messages_per_minute: Some(5),
+            ..AccountLimits::default()
+        };
+        let at = 1_800_000_000.0;
+        let asks = (0..40).map(|i| {
+            let store = if i % 2 == 0 {
+                backend.store.clone()
+            } else {
+                other.clone()
+            };
+            async move {
+                store
+                    .admit_delivery("office", &limits, 1, at)
+                    .await
+                    .expect("admit")
+            }
+        });
+        let verdicts = spawn_all(asks).await;
+        let went = verdicts.iter().filter(|v| **v == Admission::Go).count();
+        assert_eq!(went, 5, "one allowance for both: {verdicts:?}");
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| matches!(v, Admission::Go | Admission::Limited(_)))
+        );
+        // Five per minute: one more 12 s later, through either instance.
+        assert_eq!(
+            other
+                .admit_delivery("office", &limits, 1, at + 12.5)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+        assert!(matches!(
+            backend
+                .store
+                .admit_delivery("office", &limits, 1, at + 13.0)
+                .await
+                .expect("admit"),
+            Admission::Limited(_)
+        ));
+        // A back-off recorded by one holds for the other, quotas or not.
+        let none = AccountLimits::default();
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+        backend
+            .store
+            .back_off_account("lab", Duration::from_secs(60), at)
+            .await
+            .expect("back off");
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at + 20.0)
+                .await
+                .expect("admit"),
+            Admission::BackedOff(Duration::from_secs(40))
+        );
+        assert_eq!(
+            other
+                .admit_delivery("lab", &none, 3, at + 60.0)
+                .await
+                .expect("admit"),
+            Admission::Go
+        );
+    }
+
+    /// Two instances answering the same request with the same
+    /// idempotency key at once: one starts it, the other is told it is
+    /// pending, and after the answer both repeat it.
+    pub async fn two_instances_racing_on_one_idempotency_key_start_it_once(backend: &Backend) {
+        use oxirelay::store::IdempotencyState;
+        let other = backend.reopen().await;
+        let stores = [backend.store.clone(), other.clone()];
+        let begins = (0..8).map(|i| {
+            let store = stores[i % 2].clone();
+            async move {
+                let reserved = [MessageId(format!("M{i}"))];
+                store
+                    .idempotency_begin("k1", "order-7", "h", &reserved, 10, 1000, 0)
+                    .await
+                    .expect("begin")
+            }
+        });
+        let states = spawn_all(begins).await;
+        let started = states
+            .iter()
+            .filter(|s| **s == IdempotencyState::Started)
+            .count();
+        assert_eq!(started, 1, "{states:?}");
+        assert!(
+            states.iter().all(|s| matches!(
+                s,
+                IdempotencyState::Started | IdempotencyState::Pending { .. }
+            )),
+            "{states:?}"
+        );
+        other
+            .idempotency_finish("k1", "order-7", 202, "{}")
+            .await
+            .expect("finish");
+        for store in &stores {
+            assert_eq!(
+                store
+                    .idempotency_begin("k1", "order-7", "h", &[], 11, 1000, 0)
+                    .await
+                    .expect("begin"),
+                IdempotencyState::Answered {
+                    status: 202,
+                    response: "{}".into()
+                }
+            );
+        }
+    }
+
+    /// Runs futures concurrently on this task, all results in order
+    /// (without a futures-crate dependency for one helper).
+    async fn spawn_all<T: Send + 'static>(
+        futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+    ) -> Vec<T> {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            out.push(handle.await.expect("join"));
+        }
+        out
     }
 }

@@ -229,12 +229,12 @@ async fn instances_starting_together_apply_the_schema_once() {
     while let Some(result) = starting.join_next().await {
         let report = result.expect("task").expect("migrate");
         assert_eq!(report.backend, "postgres");
-        assert_eq!(report.version, 3);
+        assert_eq!(report.version, 4);
         applied.extend(report.applied);
     }
     let mut versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
     versions.sort();
-    assert_eq!(versions, [1, 2, 3], "each applied once: {applied:?}");
+    assert_eq!(versions, [1, 2, 3, 4], "each applied once: {applied:?}");
     let again = oxirelay::store::migrate(&url).await.expect("migrate");
     assert!(again.applied.is_empty(), "{again:?}");
     // The stores of this test hold no connection any more; the guard
@@ -406,12 +406,12 @@ async fn the_migrate_command_applies_the_schema_and_reports_it() {
     };
     let first = run(false);
     assert!(
-        first.contains("(postgres): applied migrations 1, 2, 3; now at schema version 3"),
+        first.contains("(postgres): applied migrations 1, 2, 3, 4; now at schema version 4"),
         "{first}"
     );
     let again: serde_json::Value = serde_json::from_str(&run(true)).expect("json");
     assert_eq!(
         again,
-        serde_json::json!({"backend": "postgres", "applied": [], "version": 3})
+        serde_json::json!({"backend": "postgres", "applied": [], "version": 4})
     );
 }

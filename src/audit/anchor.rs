@@ -1,6 +1,8 @@
 //! The anchor: the newest line's sequence number and hash, kept in the
 //! store as well, so that deleting lines from the end of the log (which
-//! leaves a perfectly valid, shorter chain) is evident.
+//! leaves a perfectly valid, shorter chain) is evident. Each log has its
+//! own, under its chain id ([`super::chain_id`]): instances sharing a
+//! store (PostgreSQL, several hosts) each write their own log.
 //!
 //! An append must never wait for the store (a busy SQLite file can take
 //! seconds, and mail waits behind the audit line), so the anchor is moved by
@@ -69,7 +71,11 @@ pub(crate) struct AnchorWriter {
 }
 
 impl AnchorWriter {
-    pub fn start(store: Arc<dyn Store>, log: PathBuf) -> std::io::Result<AnchorWriter> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        log: PathBuf,
+        chain: String,
+    ) -> std::io::Result<AnchorWriter> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
@@ -82,7 +88,7 @@ impl AnchorWriter {
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("oxirelay-audit-anchor".into())
-            .spawn(move || runtime.block_on(run(thread_shared, store, log)))?;
+            .spawn(move || runtime.block_on(run(thread_shared, store, log, chain)))?;
         Ok(AnchorWriter { shared })
     }
 
@@ -133,7 +139,7 @@ impl Drop for AnchorWriter {
     }
 }
 
-async fn run(shared: Arc<Shared>, store: Arc<dyn Store>, log: PathBuf) {
+async fn run(shared: Arc<Shared>, store: Arc<dyn Store>, log: PathBuf, chain: String) {
     loop {
         let (next, reported) = {
             let state = shared.lock();
@@ -149,7 +155,7 @@ async fn run(shared: Arc<Shared>, store: Arc<dyn Store>, log: PathBuf) {
             shared.wake.notified().await;
             continue;
         };
-        let outcome = advance(&*store, &log, &wanted, reported.as_ref()).await;
+        let outcome = advance(&*store, &log, &chain, &wanted, reported.as_ref()).await;
         settle(&shared, &wanted, outcome);
         tokio::select! {
             () = tokio::time::sleep(MIN_INTERVAL) => {}
@@ -189,11 +195,12 @@ enum Advance {
 async fn advance(
     store: &dyn Store,
     log: &std::path::Path,
+    chain: &str,
     wanted: &AuditAnchor,
     reported: Option<&AuditAnchor>,
 ) -> Result<Advance, String> {
     for _ in 0..MAX_RACES {
-        let stored = store.audit_anchor().await.map_err(|e| e.to_string())?;
+        let stored = store.audit_anchor(chain).await.map_err(|e| e.to_string())?;
         if let Some(stored) = &stored
             && reported != Some(stored)
         {
@@ -241,7 +248,7 @@ async fn advance(
         // An anchor already reported as lost is replaced whatever its
         // number: the chain on record goes on from the log's real end.
         if store
-            .advance_audit_anchor(stored.as_ref(), wanted)
+            .advance_audit_anchor(chain, stored.as_ref(), wanted)
             .await
             .map_err(|e| e.to_string())?
         {

@@ -269,6 +269,18 @@ fn same_file(_file: &std::fs::File, _path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// The name of the chain whose log is at `path`, under which the store
+/// keeps its anchor: this host's name and the log's absolute path
+/// (`mail1:/var/log/oxirelay/audit.jsonl`). Processes on one host appending
+/// to one file share a chain; instances on other hosts, or with another
+/// `[audit] path`, each have their own.
+pub fn chain_id(path: &Path) -> String {
+    let absolute = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    format!("{}:{}", crate::instance::host_name(), absolute.display())
+}
+
 impl AuditLog {
     /// Opens (or creates, mode 0600) the log. Fails only if the file cannot
     /// be opened at all; a damaged end is set aside and recorded, and
@@ -303,7 +315,7 @@ impl AuditLog {
 
     /// Keeps the chain's anchor in `store` as well (see [`anchor`]).
     pub fn with_anchor(mut self, store: Arc<dyn Store>) -> Self {
-        match anchor::AnchorWriter::start(store, self.path.clone()) {
+        match anchor::AnchorWriter::start(store, self.path.clone(), chain_id(&self.path)) {
             Ok(writer) => {
                 // Lines written by `open` (retention's records, a repair
                 // note) came before the writer: hand it the end now, so a

@@ -164,7 +164,11 @@ async fn truncation_is_detected_by_the_anchor_and_recorded_by_the_next_writer() 
         }
         assert!(log.sync_anchor(Duration::from_secs(20)), "anchored in time");
     }
-    let anchor = store.audit_anchor().await.expect("store").expect("anchor");
+    let anchor = store
+        .audit_anchor(&super::chain_id(&path))
+        .await
+        .expect("store")
+        .expect("anchor");
     assert_eq!(anchor.seq, 5);
     assert_eq!(anchor.hash, line::sha256_hex(lines(&path)[4].as_bytes()));
     let check = || {
@@ -210,7 +214,11 @@ async fn truncation_is_detected_by_the_anchor_and_recorded_by_the_next_writer() 
         log.append(entry("after")).expect("append");
         assert!(log.sync_anchor(Duration::from_secs(20)));
     }
-    let anchor = store.audit_anchor().await.expect("store").expect("anchor");
+    let anchor = store
+        .audit_anchor(&super::chain_id(&path))
+        .await
+        .expect("store")
+        .expect("anchor");
     let report_err = verify(&path, Some(&master(1)), AnchorCheck::Stored(Some(anchor)))
         .expect_err("the loss is on record");
     match &report_err {
@@ -603,7 +611,11 @@ async fn the_anchor_follows_several_writers() {
         log.append(entry("interleaved")).expect("append");
     }
     assert!(a.sync_anchor(Duration::from_secs(20)) && b.sync_anchor(Duration::from_secs(20)));
-    let anchor = store.audit_anchor().await.expect("store").expect("anchor");
+    let anchor = store
+        .audit_anchor(&super::chain_id(&path))
+        .await
+        .expect("store")
+        .expect("anchor");
     assert_eq!(anchor.seq, 10);
     let report =
         verify(&path, Some(&master(1)), AnchorCheck::Stored(Some(anchor))).expect("intact");
@@ -1017,7 +1029,10 @@ async fn a_relay_idle_past_retention_removes_even_the_newest_rotated_file_and_st
             .contains("audit.anchor_mismatch"),
         "retention is not mistaken for deletion by the anchor"
     );
-    let anchor = store.audit_anchor().await.expect("store");
+    let anchor = store
+        .audit_anchor(&super::chain_id(&path))
+        .await
+        .expect("store");
     let report = verify(&path, Some(&master(1)), AnchorCheck::Stored(anchor)).expect("verifies");
     assert_eq!(report.first_seq, Some(5));
     assert_eq!(report.anchored_at, Some(8));

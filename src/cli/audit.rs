@@ -1,5 +1,6 @@
 //! `oxirelay audit verify`: check the audit log's keyed chain, across its
-//! rotated files, against the store's anchor.
+//! rotated files, against the store's anchor; and the other logs the
+//! store anchors (each instance writes its own) that are on this host.
 
 use crate::audit::{AnchorCheck, AuditError, VerifyReport, verify};
 use crate::config::Config;
@@ -36,13 +37,13 @@ pub async fn run(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Resu
             json,
             without_key,
         } => {
-            let (path, outcome) = if without_key {
+            if without_key {
                 let path = match path {
                     Some(path) => path,
                     None => load_config(config)?.audit.path,
                 };
                 let outcome = verify(&path, None, AnchorCheck::NotChecked);
-                (path, outcome)
+                print_outcome(&path, outcome, json)
             } else {
                 let config = load_config(config)?;
                 let key = config.master_key().context(
@@ -51,18 +52,50 @@ pub async fn run(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Resu
                 let store = crate::store::open(&config.store.url)
                     .await
                     .context("audit verify reads the chain's anchor from the store")?;
+                let path = path.unwrap_or_else(|| config.audit.path.clone());
+                let chain = crate::audit::chain_id(&path);
                 // The anchor first, the log after: a line appended between
                 // the two reads then only makes the log longer than the
                 // anchor, never shorter.
                 let anchor = store
-                    .audit_anchor()
+                    .audit_anchor(&chain)
                     .await
                     .context("cannot read the audit anchor from the store")?;
-                let path = path.unwrap_or_else(|| config.audit.path.clone());
                 let outcome = verify(&path, Some(&key), AnchorCheck::Stored(anchor));
-                (path, outcome)
-            };
-            print_outcome(&path, outcome, json)
+                let mut code = print_outcome(&path, outcome, json)?;
+                // Every instance on the store writes its own log: check the
+                // others this host has, name those of other hosts.
+                for (other, anchor) in store.audit_anchors().await.unwrap_or_default() {
+                    if other == chain || other.is_empty() {
+                        continue;
+                    }
+                    let Some(local) = other
+                        .strip_prefix(&format!("{}:", crate::instance::host_name()))
+                        .map(PathBuf::from)
+                    else {
+                        if !json {
+                            println!(
+                                "another instance's log: {other} (anchored at line {}); run `oxirelay audit verify PATH` on that host",
+                                anchor.seq
+                            );
+                        }
+                        continue;
+                    };
+                    let outcome = if local.exists() {
+                        verify(&local, Some(&key), AnchorCheck::Stored(Some(anchor)))
+                    } else {
+                        Err(AuditError::Unverifiable(format!(
+                            "the store anchors a log at {} on this host (line {}), and it is gone; if that instance's [audit] path moved, verify the new path",
+                            local.display(),
+                            anchor.seq
+                        )))
+                    };
+                    if print_outcome(&local, outcome, json)? == ExitCode::FAILURE {
+                        code = ExitCode::FAILURE;
+                    }
+                }
+                Ok(code)
+            }
         }
     }
 }

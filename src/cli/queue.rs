@@ -303,8 +303,8 @@ async fn list(
             }
             if !json && printed == 0 {
                 out.line(&format!(
-                    "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} FROM → TO",
-                    "ID", "STATE", "ACCOUNT", "CREATED", "SIZE", "TRY", "NEXT"
+                    "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} {:<24} FROM → TO",
+                    "ID", "STATE", "ACCOUNT", "CREATED", "SIZE", "TRY", "NEXT", "LEASED BY"
                 ))?;
             }
             let shown = if json {
@@ -378,8 +378,10 @@ fn print_row(out: &mut Output, m: &QueuedMessage) -> anyhow::Result<bool> {
     } else {
         format_unix(m.next_attempt_at)
     };
+    // Which relay instance is delivering it, with several on one store.
+    let leased_by = m.lease_instance.as_deref().unwrap_or("-");
     let mut shown = out.line(&format!(
-        "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} {} → {}",
+        "{:<25} {:<10} {:<12} {:<20} {:>8} {:>4} {:<20} {:<24} {} → {}",
         m.id,
         m.state,
         m.account,
@@ -387,6 +389,7 @@ fn print_row(out: &mut Output, m: &QueuedMessage) -> anyhow::Result<bool> {
         m.size,
         m.attempts,
         next,
+        leased_by,
         m.mail_from,
         to.join(", ")
     ))?;
@@ -424,6 +427,9 @@ async fn show(store: &dyn Store, id: String, json: bool, body: bool) -> anyhow::
             message.submitted_by
         );
         println!("attempts:   {}", message.attempts);
+        if let (Some(instance), Some(until)) = (&message.lease_instance, message.lease_expires_at) {
+            println!("leased by:  {instance} until {}", format_unix(until));
+        }
         if let Some(error) = &message.last_error {
             println!("last error: {error}");
         }

@@ -337,13 +337,17 @@ async fn supervise_delivery(
                 paused = true;
             }
             (None, false) => {
-                engine = Some(Engine::start(
+                let running = Engine::start(
                     store.clone(),
                     broker.clone(),
                     config.clone(),
                     wake.clone(),
                     stop.clone(),
-                ));
+                );
+                // The name its leases carry (`queue list`, LEASED BY): with
+                // several relays on one store, which one holds a message.
+                println!("oxirelay: instance {}", running.instance());
+                engine = Some(running);
                 if paused {
                     println!("oxirelay: lockdown lifted: delivery resumes");
                 }

@@ -272,6 +272,8 @@ mod tests {
             created_at: 1_700_000_000,
             next_attempt_at: 1_700_000_000,
             last_error: None,
+            lease_instance: None,
+            lease_expires_at: None,
         }
     }
 

@@ -28,8 +28,10 @@
 //!   over SMTP as `large_messages` says. Limits, retries, events and DSNs
 //!   are the same code for every transport.
 //! - Before a message goes, the account's quotas and throttling back-off
-//!   are checked (`limits`); a message that may not go now is `release`d
-//!   until it may, which is not an attempt.
+//!   are checked (`limits`) in the store (`Store::admit_delivery`), so
+//!   every instance sharing it counts against one allowance and honours
+//!   one back-off; a message that may not go now is `release`d until it
+//!   may, which is not an attempt.
 //! - Every reply is classified by `classify::classify`: per recipient,
 //!   2xx delivered, 4xx deferred, 5xx bounced; network errors defer the
 //!   whole attempt; throttling replies also back off the whole account.
@@ -48,7 +50,7 @@ use crate::config::LargeMessages;
 use crate::delivery::classify::{AdminStep, ReplyClass, ReplyFacts, classify};
 use crate::delivery::dsn::{DsnOrigin, FailedRecipient, build_dsn};
 use crate::delivery::http::{ApiOutcome, ApiVerdict, HttpTransports};
-use crate::delivery::limits::{AccountLimiter, AccountLimits, Admission};
+use crate::delivery::limits::{AccountLimits, Admission};
 use crate::delivery::pool::{PoolConfig, PoolStats, SessionPool};
 use crate::delivery::route::domain_of;
 use crate::delivery::schedule::RetrySchedule;
@@ -193,7 +195,6 @@ struct Shared {
     /// Accounts whose stored state this process has checked for an
     /// administrator's step an API send clears (see `api_sent`).
     api_admin_checked: Mutex<std::collections::HashSet<String>>,
-    limiters: Mutex<HashMap<String, AccountLimiter>>,
     wake: Arc<Notify>,
     stats: watch::Sender<EngineStats>,
     instance: Holder,
@@ -230,7 +231,6 @@ impl Engine {
             api_admin_checked: Mutex::new(std::collections::HashSet::new()),
             store,
             broker,
-            limiters: Mutex::new(HashMap::new()),
             wake,
             stats,
             instance: Holder::new_in_this_process(),
@@ -698,18 +698,14 @@ impl Shared {
         }
     }
 
-    fn limiter<T>(&self, account: &Account, with: impl FnOnce(&mut AccountLimiter) -> T) -> T {
-        let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        let limiter = limiters.entry(account.name.clone()).or_insert_with(|| {
-            let limits = self
-                .config
-                .limits
-                .get(&account.name)
-                .copied()
-                .unwrap_or_else(|| account.preset.limits.into());
-            AccountLimiter::new(limits, Instant::now())
-        });
-        with(limiter)
+    /// The account's limits: the engine's override, else the account's
+    /// (its preset with `[account.limits]`).
+    fn limits(&self, account: &Account) -> AccountLimits {
+        self.config
+            .limits
+            .get(&account.name)
+            .copied()
+            .unwrap_or_else(|| account.limits.into())
     }
 
     async fn release(&self, id: &MessageId, lease: &ClaimLease, at: i64) {
@@ -758,19 +754,39 @@ impl Shared {
             return;
         }
         let recipients = u32::try_from(open.len()).unwrap_or(u32::MAX);
-        match self.limiter(account, |l| l.admit(recipients, Instant::now())) {
-            Admission::Go => {}
-            Admission::Limited(wait) => {
+        // Counted in the store, for every instance sharing it (issue 13).
+        let admission = self
+            .store
+            .admit_delivery(
+                &account.name,
+                &self.limits(account),
+                recipients,
+                crate::delivery::limits::now_secs(),
+            )
+            .await;
+        match admission {
+            Ok(Admission::Go) => {}
+            Ok(Admission::Limited(wait)) => {
                 tracing::debug!(id = %message.id, account = %account.name, ?wait, "account quota used up; message released until it refills");
                 self.release(&message.id, &lease, now_unix() + secs_ceil(wait))
                     .await;
                 self.count(|s| s.released_by_limit += 1);
                 return;
             }
-            Admission::BackedOff(wait) => {
+            Ok(Admission::BackedOff(wait)) => {
                 self.release(&message.id, &lease, now_unix() + secs_ceil(wait))
                     .await;
                 self.count(|s| s.released_by_backoff += 1);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(id = %message.id, account = %account.name, %error, "cannot check the account's sending quotas in the store; message released for a moment");
+                self.release(
+                    &message.id,
+                    &lease,
+                    now_unix() + secs_ceil(STORE_ERROR_PAUSE),
+                )
+                .await;
                 return;
             }
         }
@@ -823,7 +839,13 @@ impl Shared {
                 "the provider refused a fresh token"
             };
             tracing::warn!(account = %account.name, ?backoff, reason, "backing off the account");
-            self.limiter(account, |l| l.back_off(backoff, Instant::now()));
+            if let Err(error) = self
+                .store
+                .back_off_account(&account.name, backoff, crate::delivery::limits::now_secs())
+                .await
+            {
+                tracing::error!(account = %account.name, %error, "cannot record the account's back-off in the store; other messages may meet the provider's refusal meanwhile");
+            }
         }
         if result.throttled {
             self.count(|s| s.throttled += 1);
@@ -893,7 +915,8 @@ impl Shared {
             }
         };
         let per_transaction = self
-            .limiter(account, |l| l.limits().recipients_per_message)
+            .limits(account)
+            .recipients_per_message
             .map_or(usize::MAX, |n| n.max(1) as usize);
         let mut broken: Option<String> = None;
         for group in open.chunks(per_transaction) {
@@ -953,7 +976,8 @@ impl Shared {
     ) -> AttemptResult {
         let mut result = AttemptResult::default();
         let per_transaction = self
-            .limiter(account, |l| l.limits().recipients_per_message)
+            .limits(account)
+            .recipients_per_message
             .map_or(usize::MAX, |n| n.max(1) as usize);
         let mut oversize: Vec<usize> = Vec::new();
         let mut oversize_reason = String::new();

@@ -1,7 +1,21 @@
 //! Per-account sending limits: the provider's quotas (messages per minute,
 //! messages and recipients per day, recipients per message; defaults from
-//! the preset table in `oauth::preset`) and the back-off a provider imposes
-//! when it throttles an account (421, 4.7.x, "too many connections").
+//! the preset table in `oauth::preset`, replaced by `[account.limits]`)
+//! and the back-off a provider imposes when it throttles an account (421,
+//! 4.7.x, "too many connections").
+//!
+//! The quotas are the provider's, counted per account however many relays
+//! send for it, so their state lives in the store (one row per account,
+//! [`QuotaState`]), charged by [`Store::admit_delivery`] in one
+//! transaction: two instances on one PostgreSQL database (or two processes
+//! on one SQLite file) share one allowance, and a back-off one of them
+//! met holds for all (issue 13, item 4). The arithmetic is here, once, for
+//! both backends: a pure function of the state, the limits and the time.
+//! The time is the wall clock of whichever instance charges (they are
+//! expected to keep NTP time); a clock behind the others never refills a
+//! bucket twice, since `updated_at` only moves forward. An account without
+//! quotas costs one primary-key read per message (for a back-off another
+//! instance may have recorded) and no write.
 //!
 //! Written as a small token bucket rather than with `governor`: the engine
 //! needs "how long until this message (of N recipients) may go", to release
@@ -13,9 +27,11 @@
 //! evenly over 24 hours: a burst up to the quota is allowed, after which the
 //! account sends at the quota's average rate. That is stricter than a
 //! calendar day (which providers count on a rolling window anyway).
+//!
+//! [`Store::admit_delivery`]: crate::store::Store::admit_delivery
 
 use crate::oauth::preset::ProviderLimits;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -41,50 +57,68 @@ impl From<ProviderLimits> for AccountLimits {
     }
 }
 
-/// A token bucket: `capacity` tokens, refilled at `capacity` per `period`.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
-    tokens: f64,
-    updated: Instant,
+impl AccountLimits {
+    /// Whether any quota counts messages or recipients over time (the
+    /// recipients-per-message limit shapes transactions, it counts nothing).
+    pub fn has_quotas(&self) -> bool {
+        self.messages_per_minute.is_some()
+            || self.messages_per_day.is_some()
+            || self.recipients_per_day.is_some()
+    }
 }
 
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(capacity: u32, period: Duration, now: Instant) -> Self {
+/// One account's quotas as the store keeps them: each bucket's level as of
+/// `updated_at`, and the back-off in force. Times are Unix seconds with a
+/// fraction: a per-minute quota of 30 refills one message every 2 s.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QuotaState {
+    pub updated_at: f64,
+    /// Tokens left as of `updated_at`; `None`: never charged, so full (a
+    /// new quota, or one raised in the config, starts with its allowance).
+    pub minute_messages: Option<f64>,
+    pub day_messages: Option<f64>,
+    pub day_recipients: Option<f64>,
+    /// Nothing goes before this: the provider is throttling the account.
+    pub backed_off_until: Option<f64>,
+}
+
+/// A token bucket: `capacity` tokens, refilled at `capacity` per `period`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    capacity: f64,
+    per_second: f64,
+}
+
+impl Bucket {
+    fn new(capacity: u32, period: Duration) -> Self {
         let capacity = f64::from(capacity.max(1));
-        TokenBucket {
+        Bucket {
             capacity,
             per_second: capacity / period.as_secs_f64().max(1e-9),
-            tokens: capacity,
-            updated: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        self.updated = self.updated.max(now);
+    /// The level `elapsed` seconds after it was `stored`.
+    fn level(&self, stored: Option<f64>, elapsed: f64) -> f64 {
+        stored.map_or(self.capacity, |tokens| {
+            (tokens + elapsed.max(0.0) * self.per_second).min(self.capacity)
+        })
     }
 
-    /// How long until `cost` tokens are there (zero if they are now). A
-    /// cost above the capacity is treated as the capacity, so a message
+    /// A cost above the capacity is treated as the capacity, so a message
     /// larger than a whole quota still goes once the bucket is full.
-    pub fn wait_for(&mut self, cost: u32, now: Instant) -> Duration {
-        self.refill(now);
-        let cost = f64::from(cost).min(self.capacity);
-        if self.tokens >= cost {
+    fn cost(&self, cost: u32) -> f64 {
+        f64::from(cost).min(self.capacity)
+    }
+
+    /// How long until `cost` tokens are there at `level` (zero if they are).
+    fn wait_for(&self, level: f64, cost: u32) -> Duration {
+        let cost = self.cost(cost);
+        if level >= cost {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((cost - self.tokens) / self.per_second)
+            Duration::from_secs_f64((cost - level) / self.per_second)
         }
-    }
-
-    /// Takes `cost` tokens; call after `wait_for` returned zero.
-    pub fn take(&mut self, cost: u32, now: Instant) {
-        self.refill(now);
-        self.tokens -= f64::from(cost).min(self.capacity);
     }
 }
 
@@ -99,161 +133,197 @@ pub enum Admission {
     BackedOff(Duration),
 }
 
-/// One account's quotas and throttling back-off.
-#[derive(Debug, Clone)]
-pub struct AccountLimiter {
-    limits: AccountLimits,
-    messages_per_minute: Option<TokenBucket>,
-    messages_per_day: Option<TokenBucket>,
-    recipients_per_day: Option<TokenBucket>,
-    backed_off_until: Option<Instant>,
+/// Asks to send one message to `recipients` recipients at `now` (Unix
+/// seconds) under `limits`, from the account's stored `state`. Charges
+/// every quota only when all of them allow it, so a refused message costs
+/// nothing; returns the verdict and the state to store, if it changed (an
+/// account without quotas and without a back-off costs no write).
+pub fn admit(
+    limits: &AccountLimits,
+    state: &QuotaState,
+    recipients: u32,
+    now: f64,
+) -> (Admission, Option<QuotaState>) {
+    if let Some(until) = state.backed_off_until
+        && now < until
+    {
+        let wait = Duration::from_secs_f64(until - now);
+        return (Admission::BackedOff(wait), None);
+    }
+    if !limits.has_quotas() {
+        let ended = state.backed_off_until.map(|_| QuotaState {
+            backed_off_until: None,
+            ..*state
+        });
+        return (Admission::Go, ended);
+    }
+    let elapsed = now - state.updated_at;
+    let quotas = [
+        (limits.messages_per_minute, MINUTE, state.minute_messages, 1),
+        (limits.messages_per_day, DAY, state.day_messages, 1),
+        (
+            limits.recipients_per_day,
+            DAY,
+            state.day_recipients,
+            recipients,
+        ),
+    ];
+    let mut wait = Duration::ZERO;
+    let mut levels = [None; 3];
+    for (slot, (limit, period, stored, cost)) in levels.iter_mut().zip(quotas) {
+        if let Some(limit) = limit {
+            let bucket = Bucket::new(limit, period);
+            let level = bucket.level(stored, elapsed);
+            wait = wait.max(bucket.wait_for(level, cost));
+            *slot = Some(level - bucket.cost(cost));
+        }
+    }
+    if !wait.is_zero() {
+        return (Admission::Limited(wait), None);
+    }
+    let [minute_messages, day_messages, day_recipients] = levels;
+    let charged = QuotaState {
+        // A clock stepped back must not refill a bucket twice.
+        updated_at: now.max(state.updated_at),
+        minute_messages,
+        day_messages,
+        day_recipients,
+        backed_off_until: None,
+    };
+    (Admission::Go, Some(charged))
 }
 
-impl AccountLimiter {
-    pub fn new(limits: AccountLimits, now: Instant) -> Self {
-        let bucket = |limit: Option<u32>, period| limit.map(|n| TokenBucket::new(n, period, now));
-        AccountLimiter {
-            limits,
-            messages_per_minute: bucket(limits.messages_per_minute, MINUTE),
-            messages_per_day: bucket(limits.messages_per_day, DAY),
-            recipients_per_day: bucket(limits.recipients_per_day, DAY),
-            backed_off_until: None,
-        }
+/// The provider throttled the account at `now`: nothing goes for `period`.
+/// A longer back-off already in force is kept.
+pub fn back_off(state: &QuotaState, period: Duration, now: f64) -> QuotaState {
+    let until = now + period.as_secs_f64();
+    QuotaState {
+        backed_off_until: Some(state.backed_off_until.map_or(until, |u| u.max(until))),
+        ..*state
     }
+}
 
-    pub fn limits(&self) -> AccountLimits {
-        self.limits
-    }
-
-    /// Asks to send one message to `recipients` recipients now. Charges
-    /// every quota only when all of them allow it, so a refused message
-    /// costs nothing.
-    pub fn admit(&mut self, recipients: u32, now: Instant) -> Admission {
-        if let Some(until) = self.backed_off_until {
-            if now < until {
-                return Admission::BackedOff(until - now);
-            }
-            self.backed_off_until = None;
-        }
-        let mut wait = Duration::ZERO;
-        for (bucket, cost) in [
-            (&mut self.messages_per_minute, 1),
-            (&mut self.messages_per_day, 1),
-            (&mut self.recipients_per_day, recipients),
-        ] {
-            if let Some(bucket) = bucket {
-                wait = wait.max(bucket.wait_for(cost, now));
-            }
-        }
-        if !wait.is_zero() {
-            return Admission::Limited(wait);
-        }
-        for (bucket, cost) in [
-            (&mut self.messages_per_minute, 1),
-            (&mut self.messages_per_day, 1),
-            (&mut self.recipients_per_day, recipients),
-        ] {
-            if let Some(bucket) = bucket {
-                bucket.take(cost, now);
-            }
-        }
-        Admission::Go
-    }
-
-    /// The provider throttled the account: nothing goes for `period`. A
-    /// longer back-off already in force is kept.
-    pub fn back_off(&mut self, period: Duration, now: Instant) {
-        let until = now + period;
-        self.backed_off_until = Some(self.backed_off_until.map_or(until, |u| u.max(until)));
-    }
-
-    /// When the current back-off ends, if there is one.
-    pub fn backed_off_until(&self) -> Option<Instant> {
-        self.backed_off_until
-    }
+/// The time now as [`QuotaState`] counts it.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn secs(n: f64) -> Duration {
-        Duration::from_secs_f64(n)
+    const START: f64 = 1_800_000_000.0;
+
+    /// Admits as the store does: the state written back after each call.
+    struct Account {
+        limits: AccountLimits,
+        state: QuotaState,
+    }
+
+    impl Account {
+        fn new(limits: AccountLimits) -> Self {
+            Account {
+                limits,
+                state: QuotaState::default(),
+            }
+        }
+
+        fn admit(&mut self, recipients: u32, now: f64) -> Admission {
+            let (admission, next) = admit(&self.limits, &self.state, recipients, now);
+            if let Some(next) = next {
+                self.state = next;
+            }
+            admission
+        }
     }
 
     #[test]
     fn per_minute_quota_refills_evenly() {
-        let start = Instant::now();
-        let mut limiter = AccountLimiter::new(
-            AccountLimits {
-                messages_per_minute: Some(30),
-                ..AccountLimits::default()
-            },
-            start,
-        );
+        let mut account = Account::new(AccountLimits {
+            messages_per_minute: Some(30),
+            ..AccountLimits::default()
+        });
         for _ in 0..30 {
-            assert_eq!(limiter.admit(1, start), Admission::Go);
+            assert_eq!(account.admit(1, START), Admission::Go);
         }
         // 30 per minute: one more every two seconds.
-        match limiter.admit(1, start) {
+        match account.admit(1, START) {
             Admission::Limited(wait) => assert!((wait.as_secs_f64() - 2.0).abs() < 1e-6),
             other => panic!("expected a limit, got {other:?}"),
         }
-        assert_eq!(limiter.admit(1, start + secs(2.0)), Admission::Go);
+        assert_eq!(account.admit(1, START + 2.0), Admission::Go);
         assert!(matches!(
-            limiter.admit(1, start + secs(2.5)),
+            account.admit(1, START + 2.5),
             Admission::Limited(_)
         ));
     }
 
     #[test]
     fn recipients_per_day_is_charged_by_recipient_and_refusal_costs_nothing() {
-        let start = Instant::now();
-        let mut limiter = AccountLimiter::new(
-            AccountLimits {
-                messages_per_minute: Some(100),
-                recipients_per_day: Some(10),
-                ..AccountLimits::default()
-            },
-            start,
-        );
-        assert_eq!(limiter.admit(8, start), Admission::Go);
+        let mut account = Account::new(AccountLimits {
+            messages_per_minute: Some(100),
+            recipients_per_day: Some(10),
+            ..AccountLimits::default()
+        });
+        assert_eq!(account.admit(8, START), Admission::Go);
         // 3 more recipients would exceed the day: refused, and the minute
         // quota is not charged for it.
-        let Admission::Limited(wait) = limiter.admit(3, start) else {
+        let Admission::Limited(wait) = account.admit(3, START) else {
             panic!("expected a limit");
         };
         // One recipient back takes a tenth of a day.
         assert!((wait.as_secs_f64() - 8640.0).abs() < 1.0, "{wait:?}");
-        assert_eq!(limiter.admit(2, start), Admission::Go);
+        assert_eq!(account.admit(2, START), Admission::Go);
         // A message larger than the whole quota goes once the bucket is full.
-        let Admission::Limited(_) = limiter.admit(50, start) else {
+        let Admission::Limited(_) = account.admit(50, START) else {
             panic!("expected a limit");
         };
-        assert_eq!(limiter.admit(50, start + DAY), Admission::Go);
+        assert_eq!(account.admit(50, START + DAY.as_secs_f64()), Admission::Go);
     }
 
     #[test]
     fn back_off_blocks_until_it_ends_and_keeps_the_longest() {
-        let start = Instant::now();
-        let mut limiter = AccountLimiter::new(AccountLimits::default(), start);
-        assert_eq!(limiter.admit(1, start), Admission::Go);
-        limiter.back_off(secs(60.0), start);
-        limiter.back_off(secs(10.0), start);
+        let mut account = Account::new(AccountLimits::default());
+        assert_eq!(account.admit(1, START), Admission::Go);
+        account.state = back_off(&account.state, Duration::from_secs(60), START);
+        account.state = back_off(&account.state, Duration::from_secs(10), START);
         assert_eq!(
-            limiter.admit(1, start + secs(30.0)),
-            Admission::BackedOff(secs(30.0))
+            account.admit(1, START + 30.0),
+            Admission::BackedOff(Duration::from_secs(30))
         );
-        assert_eq!(limiter.admit(1, start + secs(60.0)), Admission::Go);
-        assert_eq!(limiter.backed_off_until(), None);
+        assert_eq!(account.admit(1, START + 60.0), Admission::Go);
+        assert_eq!(account.state.backed_off_until, None, "the back-off ended");
     }
 
     #[test]
-    fn no_limits_means_always_go() {
-        let start = Instant::now();
-        let mut limiter = AccountLimiter::new(AccountLimits::default(), start);
+    fn no_limits_means_always_go_and_nothing_to_write() {
+        let limits = AccountLimits {
+            recipients_per_message: Some(100),
+            ..AccountLimits::default()
+        };
         for _ in 0..10_000 {
-            assert_eq!(limiter.admit(500, start), Admission::Go);
+            assert_eq!(
+                admit(&limits, &QuotaState::default(), 500, START),
+                (Admission::Go, None)
+            );
         }
+    }
+
+    #[test]
+    fn a_clock_stepped_back_refills_nothing() {
+        let mut account = Account::new(AccountLimits {
+            messages_per_minute: Some(1),
+            ..AccountLimits::default()
+        });
+        assert_eq!(account.admit(1, START + 60.0), Admission::Go);
+        // Another instance whose clock is a minute behind.
+        assert!(matches!(account.admit(1, START), Admission::Limited(_)));
+        assert!(matches!(
+            account.admit(1, START + 90.0),
+            Admission::Limited(_)
+        ));
+        assert_eq!(account.admit(1, START + 120.0), Admission::Go);
     }
 }

@@ -96,6 +96,8 @@ pub struct Account {
     /// The HTTP API, for `graph` and `gmail_api`.
     pub api: Option<ApiTarget>,
     pub large_messages: LargeMessages,
+    /// The preset's sending limits with `[account.limits]` applied.
+    pub limits: crate::oauth::preset::ProviderLimits,
 }
 
 impl Account {
@@ -155,6 +157,24 @@ impl Account {
             transport: config.transport,
             api,
             large_messages: config.large_messages,
+            limits: crate::oauth::preset::ProviderLimits {
+                messages_per_minute: config
+                    .limits
+                    .messages_per_minute
+                    .or(preset.limits.messages_per_minute),
+                messages_per_day: config
+                    .limits
+                    .messages_per_day
+                    .or(preset.limits.messages_per_day),
+                recipients_per_day: config
+                    .limits
+                    .recipients_per_day
+                    .or(preset.limits.recipients_per_day),
+                recipients_per_message: config
+                    .limits
+                    .recipients_per_message
+                    .or(preset.limits.recipients_per_message),
+            },
             smtp: SmtpTarget {
                 host,
                 port,

@@ -18,6 +18,7 @@ pub use queue::{
 pub use retention::{RetentionBatch, RetentionCutoffs, StoreUsage};
 pub use sqlite::SqliteStore;
 
+use crate::delivery::limits::{AccountLimits, Admission};
 use crate::instance::Holder;
 use crate::secret::SealedValue;
 use async_trait::async_trait;
@@ -358,17 +359,28 @@ pub trait Store: Send + Sync {
     /// Every sealed secret's (account, kind), for `rotate-key`.
     async fn sealed_secret_names(&self) -> Result<Vec<(String, String)>, StoreError>;
 
-    /// The audit log's anchor: its newest line known to be on disk.
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
+    /// The anchor of the audit log `chain` (`crate::audit::chain_id`: its
+    /// host and path; each instance writes its own log): its newest line
+    /// known to be on disk. While no log has an anchor of its own, the one
+    /// anchor kept before logs were told apart is returned.
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError>;
 
-    /// Moves the anchor from `expected` (`None`: there is none yet) to
-    /// `next`. Returns false, writing nothing, if the stored anchor is not
-    /// `expected` (another process moved it first).
+    /// Moves the chain's anchor from `expected` (`None`: there is none
+    /// yet) to `next`. Returns false, writing nothing, if the stored anchor
+    /// is not `expected` (another process moved it first). An `expected`
+    /// that is the anchor of before is taken over by this chain.
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError>;
+
+    /// Every chain's anchor, by chain (`""`: the anchor of before, not yet
+    /// taken over), for `audit verify`.
+    async fn audit_anchors(&self) -> Result<Vec<(String, AuditAnchor)>, StoreError> {
+        Err(StoreError::Unsupported("listing audit anchors"))
+    }
 
     /// The emergency stop, if it is on: delivery pauses, mail stays queued.
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError>;
@@ -683,6 +695,35 @@ pub trait Store: Send + Sync {
     fn announces_work(&self) -> bool {
         false
     }
+
+    /// Asks to send one message of `account` to `recipients` recipients at
+    /// `now` (Unix seconds) under `limits`, counted for every process on
+    /// this store: reads the account's
+    /// [`crate::delivery::limits::QuotaState`], decides with
+    /// [`crate::delivery::limits::admit`] and writes the charge back in
+    /// one transaction, so two instances never spend one allowance twice.
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<Admission, StoreError> {
+        let _ = (account, limits, recipients, now);
+        Err(StoreError::Unsupported("sending quotas"))
+    }
+
+    /// The provider throttled `account`: no process sends for it for
+    /// `period` from `now` (a longer back-off in force is kept).
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        let _ = (account, period, now);
+        Err(StoreError::Unsupported("sending quotas"))
+    }
 }
 
 /// Which messages a listing or a bulk operation is about; every field set
@@ -855,6 +896,23 @@ pub struct AuditAnchor {
     pub seq: u64,
     /// SHA-256 (hex) of the line as written, without its newline.
     pub hash: String,
+}
+
+impl AuditAnchor {
+    /// From a row's columns (every backend stores `seq` as a signed integer).
+    pub(crate) fn from_stored(seq: i64, hash: String) -> Result<AuditAnchor, StoreError> {
+        Ok(AuditAnchor {
+            seq: u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
+            hash,
+        })
+    }
+
+    /// `seq` as the backends store it.
+    pub(crate) fn stored_seq(&self) -> Result<i64, StoreError> {
+        i64::try_from(self.seq)
+            .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", self.seq)))
+    }
 }
 
 /// Where a webhook endpoint is in the event log (webhooks, issue 12 item 2).

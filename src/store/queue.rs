@@ -187,6 +187,33 @@ pub struct QueuedMessage {
     pub created_at: i64,
     pub next_attempt_at: i64,
     pub last_error: Option<String>,
+    /// While the message is in flight: the instance whose worker holds its
+    /// lease (`host:pid:random`, as `oxirelay serve` prints it at start),
+    /// and until when (Unix seconds). With several relays on one store
+    /// this says which one is delivering it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+}
+
+impl QueuedMessage {
+    /// The lease columns as a listing shows them: the instance part of the
+    /// owner (`INSTANCE/worker`), only while the message is in flight.
+    pub(crate) fn with_lease(
+        mut self,
+        owner: Option<String>,
+        expires_at: Option<i64>,
+    ) -> QueuedMessage {
+        if self.state == MessageState::InFlight {
+            self.lease_instance = owner.map(|owner| match owner.split_once('/') {
+                Some((instance, _worker)) => instance.to_string(),
+                None => owner,
+            });
+            self.lease_expires_at = expires_at;
+        }
+        self
+    }
 }
 
 /// A message claimed by a worker: its lease must be named to record an outcome.

@@ -175,6 +175,8 @@ mod tests {
             created_at: 1,
             next_attempt_at: 1,
             last_error: None,
+            lease_instance: None,
+            lease_expires_at: None,
         }
     }
 

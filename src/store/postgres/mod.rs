@@ -24,8 +24,10 @@
 //! and the runner is the same few lines the SQLite side uses.
 
 mod admin;
+mod anchors;
 mod api;
 mod queue;
+mod quotas;
 mod retention;
 mod webhooks;
 
@@ -54,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_schema.sql")),
     (2, include_str!("0002_webhooks.sql")),
     (3, include_str!("0003_api.sql")),
+    (4, include_str!("0004_scale_out.sql")),
 ];
 
 /// Connections per instance when the URL does not say (`pool_size=N`):
@@ -869,57 +872,21 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            let seq: i64 = row.try_get("seq")?;
-            Ok(AuditAnchor {
-                seq: u64::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
-                hash: row.try_get("hash")?,
-            })
-        })
-        .transpose()
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        anchors::read(&self.pool, chain).await
     }
 
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError> {
-        let seq = |anchor: &AuditAnchor| {
-            i64::try_from(anchor.seq)
-                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
-        };
-        let result =
-            match expected {
-                // A row that appeared meanwhile means another process won.
-                None => sqlx::query(
-                    "INSERT INTO audit_anchor (id, seq, hash, updated_at) VALUES (1, $1, $2, $3) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(seq(next)?)
-                .bind(&next.hash)
-                .bind(crate::clock::now_unix())
-                .execute(&self.pool)
-                .await?,
-                Some(expected) => {
-                    sqlx::query(
-                        "UPDATE audit_anchor SET seq = $1, hash = $2, updated_at = $3 \
-                     WHERE id = 1 AND seq = $4 AND hash = $5",
-                    )
-                    .bind(seq(next)?)
-                    .bind(&next.hash)
-                    .bind(crate::clock::now_unix())
-                    .bind(seq(expected)?)
-                    .bind(&expected.hash)
-                    .execute(&self.pool)
-                    .await?
-                }
-            };
-        Ok(result.rows_affected() == 1)
+        anchors::advance(&self.pool, chain, expected, next).await
+    }
+
+    async fn audit_anchors(&self) -> Result<Vec<(String, AuditAnchor)>, StoreError> {
+        anchors::all(&self.pool).await
     }
 
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {
@@ -1187,6 +1154,25 @@ impl Store for PostgresStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.signals.work.notified()).await;
+    }
+
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &crate::delivery::limits::AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<crate::delivery::limits::Admission, StoreError> {
+        quotas::admit(&self.pool, account, limits, recipients, now).await
+    }
+
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        quotas::back_off(&self.pool, account, period, now).await
     }
 }
 

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::HashMap;
 
-pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error, lease_owner, lease_expires_at";
 
 pub(super) fn message_from_row(row: &PgRow) -> Result<QueuedMessage, StoreError> {
     let state: String = row.try_get("state")?;
@@ -36,7 +36,13 @@ pub(super) fn message_from_row(row: &PgRow) -> Result<QueuedMessage, StoreError>
         created_at: row.try_get("created_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         last_error: row.try_get("last_error")?,
-    })
+        lease_instance: None,
+        lease_expires_at: None,
+    }
+    .with_lease(
+        row.try_get("lease_owner")?,
+        row.try_get("lease_expires_at")?,
+    ))
 }
 
 /// Announces due work to every instance listening on `channel`; delivered
@@ -119,7 +125,7 @@ pub(super) const CLAIM_SQL: &str = "WITH lapsed AS ( \
          GROUP BY id ORDER BY MIN(arm), MIN(rank) LIMIT $4) \
      UPDATE messages SET state = 'in_flight', lease_owner = $1, lease_expires_at = $2, updated_at = $3, lease_instance = $5 \
      FROM picked WHERE messages.id = picked.id \
-     RETURNING messages.id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+     RETURNING messages.id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error, lease_owner, lease_expires_at";
 
 pub(super) async fn claim(
     pool: &PgPool,

@@ -3,8 +3,10 @@
 //! 0600. Schema changes are numbered SQL files applied once each, in order.
 
 mod admin;
+mod anchors;
 mod api;
 mod queue;
+mod quotas;
 mod retention;
 mod webhooks;
 
@@ -43,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("0010_event_messages.sql")),
     (11, include_str!("0011_api.sql")),
     (12, include_str!("0012_webhooks.sql")),
+    (13, include_str!("0013_scale_out.sql")),
 ];
 
 #[derive(Clone)]
@@ -663,58 +666,21 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_anchor WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            let seq: i64 = row.try_get("seq")?;
-            Ok(AuditAnchor {
-                seq: u64::try_from(seq)
-                    .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {seq}")))?,
-                hash: row.try_get("hash")?,
-            })
-        })
-        .transpose()
+    async fn audit_anchor(&self, chain: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        anchors::read(&self.pool, chain).await
     }
 
     async fn advance_audit_anchor(
         &self,
+        chain: &str,
         expected: Option<&AuditAnchor>,
         next: &AuditAnchor,
     ) -> Result<bool, StoreError> {
-        let seq = |anchor: &AuditAnchor| {
-            i64::try_from(anchor.seq)
-                .map_err(|_| StoreError::Corrupt(format!("audit anchor seq {}", anchor.seq)))
-        };
-        let result = match expected {
-            // A row that appeared meanwhile means another process won.
-            None => {
-                sqlx::query(
-                    "INSERT INTO audit_anchor (id, seq, hash, updated_at) VALUES (1, ?, ?, ?) \
-                 ON CONFLICT(id) DO NOTHING",
-                )
-                .bind(seq(next)?)
-                .bind(&next.hash)
-                .bind(crate::clock::now_unix())
-                .execute(&self.pool)
-                .await?
-            }
-            Some(expected) => {
-                sqlx::query(
-                    "UPDATE audit_anchor SET seq = ?, hash = ?, updated_at = ? \
-                 WHERE id = 1 AND seq = ? AND hash = ?",
-                )
-                .bind(seq(next)?)
-                .bind(&next.hash)
-                .bind(crate::clock::now_unix())
-                .bind(seq(expected)?)
-                .bind(&expected.hash)
-                .execute(&self.pool)
-                .await?
-            }
-        };
-        Ok(result.rows_affected() == 1)
+        anchors::advance(&self.pool, chain, expected, next).await
+    }
+
+    async fn audit_anchors(&self) -> Result<Vec<(String, AuditAnchor)>, StoreError> {
+        anchors::all(&self.pool).await
     }
 
     async fn lockdown(&self) -> Result<Option<Lockdown>, StoreError> {
@@ -1005,6 +971,33 @@ impl Store for SqliteStore {
         idempotency_key: &str,
     ) -> Result<(), StoreError> {
         api::idempotency_forget(&self.pool, &self.writer, key_id, idempotency_key).await
+    }
+
+    async fn admit_delivery(
+        &self,
+        account: &str,
+        limits: &crate::delivery::limits::AccountLimits,
+        recipients: u32,
+        now: f64,
+    ) -> Result<crate::delivery::limits::Admission, StoreError> {
+        quotas::admit(
+            &self.bookkeeping,
+            &self.writer,
+            account,
+            limits,
+            recipients,
+            now,
+        )
+        .await
+    }
+
+    async fn back_off_account(
+        &self,
+        account: &str,
+        period: Duration,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        quotas::back_off(&self.bookkeeping, &self.writer, account, period, now).await
     }
 }
 

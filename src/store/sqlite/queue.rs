@@ -148,7 +148,7 @@ async fn insert_message(
     Ok(())
 }
 
-pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error";
+pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error, lease_owner, lease_expires_at";
 
 pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreError> {
     let state: String = row.try_get("state")?;
@@ -165,7 +165,13 @@ pub(super) fn message_from_row(row: &SqliteRow) -> Result<QueuedMessage, StoreEr
         created_at: row.try_get("created_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         last_error: row.try_get("last_error")?,
-    })
+        lease_instance: None,
+        lease_expires_at: None,
+    }
+    .with_lease(
+        row.try_get("lease_owner")?,
+        row.try_get("lease_expires_at")?,
+    ))
 }
 
 /// The claim: one statement, so two claimers can never take the same
