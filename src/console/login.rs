@@ -67,8 +67,8 @@ impl AdminPassword {
 }
 
 /// Login attempts from one address per minute: a person who mistypes
-/// gets a few tries; a guesser gets 5 a minute.
-const PER_ADDRESS_PER_MINUTE: u32 = 5;
+/// gets a few tries; a guesser gets 10 a minute.
+const PER_ADDRESS_PER_MINUTE: u32 = 10;
 /// Login attempts per minute from everywhere together, against guessing
 /// spread over many addresses.
 const ALL_PER_MINUTE: u32 = 30;
