@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[allow(unused_imports)]
 pub use common::{ACCOUNT, Harness, RelayProcess, WAIT};
 pub use oxirelay::sandbox::USER;
 use std::time::Duration;
