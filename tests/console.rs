@@ -363,17 +363,7 @@ async fn connect_binds_the_callback_to_the_session() {
         "{}",
         forged.body
     );
-    let record = console
-        .harness
-        .context
-        .store
-        .token_record(ACCOUNT)
-        .await
-        .expect("store");
-    assert!(
-        record.is_none_or(|r| r.refresh_token.is_none()),
-        "no consent stored"
-    );
+    assert!(!console.consent_stored().await, "no consent stored");
 
     // The sandbox approves (auto-approve) and sends the browser back.
     let approved = visitor
@@ -417,15 +407,7 @@ async fn connect_binds_the_callback_to_the_session() {
     let accounts = visitor.get("/console/accounts").await;
     assert!(accounts.body.contains("is connected"), "{}", accounts.body);
     assert!(accounts.body.contains("state valid"), "{}", accounts.body);
-    let record = console
-        .harness
-        .context
-        .store
-        .token_record(ACCOUNT)
-        .await
-        .expect("store")
-        .expect("a record");
-    assert!(record.refresh_token.is_some(), "consent stored");
+    assert!(console.consent_stored().await, "consent stored");
     assert!(console.audit_text().contains("\"console.connected\""));
     // The state was good once.
     let again = visitor.get(path).await;

@@ -54,7 +54,7 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
     response
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -217,19 +217,15 @@ fn store_failure(
     )
 }
 
-/// The operator of a GET page, or the way to the login page.
-fn operator(state: &ConsoleState, headers: &HeaderMap) -> Result<Operator, Response> {
-    let id = state.session_id(headers);
-    match id
-        .as_deref()
-        .map(|id| state.sessions.view(id, Instant::now()))
-    {
-        Some(Ok(view)) if view.is_admin() => Ok(Operator {
-            id: id.unwrap_or_default(),
-            view,
-        }),
-        _ => Err(see_other("/console/login")),
-    }
+/// The operator of a GET page (`None`: send the browser to [`to_login`]).
+fn operator(state: &ConsoleState, headers: &HeaderMap) -> Option<Operator> {
+    let id = state.session_id(headers)?;
+    let view = state.sessions.view(&id, Instant::now()).ok()?;
+    view.is_admin().then_some(Operator { id, view })
+}
+
+fn to_login() -> Response {
+    see_other("/console/login")
 }
 
 /// The fields of a form (`application/x-www-form-urlencoded`).
@@ -332,8 +328,8 @@ async fn guard_operator(
 
 pub(super) async fn home(State(state): S, headers: HeaderMap) -> Response {
     match operator(&state, &headers) {
-        Ok(_) => see_other("/console/accounts"),
-        Err(login) => login,
+        Some(_) => see_other("/console/accounts"),
+        None => to_login(),
     }
 }
 
@@ -488,9 +484,8 @@ pub(super) async fn logout(
 }
 
 pub(super) async fn accounts(State(state): S, headers: HeaderMap) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let store = &state.http.store;
     let records = match store.token_records().await {
@@ -594,14 +589,14 @@ pub(super) async fn callback(
 ) -> Response {
     let query = query.unwrap_or_default();
     let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
+        Some(operator) => operator,
         // SameSite=Strict keeps the cookie off the provider's redirect (a
         // navigation another site began): go round once on this site.
-        Err(_) if !query.split('&').any(|pair| pair == RETURNED) => {
+        None if !query.split('&').any(|pair| pair == RETURNED) => {
             let target = format!("/console/oauth/callback?{query}&{RETURNED}");
             return page(StatusCode::OK, pages::bounce(&target));
         }
-        Err(_) => {
+        None => {
             return page(
                 StatusCode::UNAUTHORIZED,
                 pages::notice(
@@ -697,9 +692,8 @@ pub(super) async fn queue(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let param = |key: &str| params.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
     let filter = QueueFilter {
@@ -829,14 +823,19 @@ async fn queue_action(
     })
 }
 
-async fn queue_post(
-    state: ConsoleState,
-    peer: PeerAddr,
+/// `POST /console/queue/{id}/retry` and `.../cancel`.
+pub(super) async fn queue_post(
+    State(state): S,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path((id, verb)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-    action: QueueAction,
-    id: String,
 ) -> Response {
+    let action = match verb.as_str() {
+        "retry" => QueueAction::Retry,
+        "cancel" => QueueAction::Delete,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
     let (operator, form) = match guard_operator(&state, &headers, &body, peer).await {
         Ok(checked) => checked,
         Err(refused) => return refused,
@@ -848,34 +847,13 @@ async fn queue_post(
     see_other(&form.back("/console/queue"))
 }
 
-pub(super) async fn retry(
-    State(state): S,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    queue_post(state, peer, headers, body, QueueAction::Retry, id).await
-}
-
-pub(super) async fn cancel(
-    State(state): S,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    queue_post(state, peer, headers, body, QueueAction::Delete, id).await
-}
-
 pub(super) async fn message(
     State(state): S,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let store = &state.http.store;
     let id = MessageId(id);
@@ -917,9 +895,8 @@ pub(super) async fn audit(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let query = params.get("q").cloned().unwrap_or_default();
     let path = state.http.config.audit.path.clone();
@@ -953,9 +930,8 @@ pub(super) async fn audit(
 }
 
 pub(super) async fn webhooks(State(state): S, headers: HeaderMap) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let statuses = match state.http.store.webhook_statuses().await {
         Ok(statuses) => statuses,
@@ -979,9 +955,8 @@ pub(super) async fn webhooks(State(state): S, headers: HeaderMap) -> Response {
 }
 
 pub(super) async fn inbox(State(state): S, headers: HeaderMap) -> Response {
-    let operator = match operator(&state, &headers) {
-        Ok(operator) => operator,
-        Err(login) => return login,
+    let Some(operator) = operator(&state, &headers) else {
+        return to_login();
     };
     let Some(configured) = state
         .http

@@ -1,29 +1,27 @@
 //! The web console's test setup: the sandbox as provider, an account with
 //! the authorization code grant and no consent yet, `serve` (the real
 //! binary) with `[http]` on loopback and `[console]` with an admin
-//! password in a 0600 file, API keys made with the real `oxirelay apikey
-//! create`, and messages submitted through the real send API.
+//! password in a 0600 file, as the send API's tests run it (their `Api`,
+//! for API keys made with the real `oxirelay apikey create` and messages
+//! submitted through the real send API).
 
 #![allow(dead_code)]
 
-#[path = "../common/mod.rs"]
-mod common;
+#[path = "../http_api_common/mod.rs"]
+mod http_api_common;
 
 #[allow(unused_imports)]
-pub use common::{ACCOUNT, Harness, RelayProcess, WAIT};
-pub use oxirelay::sandbox::USER;
+pub use http_api_common::{ACCOUNT, Api, Harness, RelayProcess, USER, WAIT};
 use std::time::Duration;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Console {
-    pub harness: Harness,
-    pub relay: RelayProcess,
+    pub api: Api,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// A key that sends as the sandbox mailbox.
     pub sender_key: String,
-    pub client: reqwest::Client,
 }
 
 impl Console {
@@ -39,7 +37,14 @@ impl Console {
         .await;
         // `RelayProcess` waits for a listener's line.
         harness.add_relay();
-        common::write_private(&harness.dir.path().join("console.password"), PASSWORD);
+        let password = harness.dir.path().join("console.password");
+        std::fs::write(&password, PASSWORD).expect("write the password");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
         let mut text = std::fs::read_to_string(&harness.config_path).expect("config");
         text.push_str(
             "\n[http]\naddr = \"127.0.0.1:0\"\n\n[console]\nadmin_password = \"file:console.password\"\nsandbox_inbox = \"sandbox\"\n",
@@ -52,89 +57,44 @@ impl Console {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
-        let mut console = Console {
+        let api = Api {
             harness,
             relay,
-            base,
-            sender_key: String::new(),
+            base: base.clone(),
             client,
         };
-        console.sender_key = console
-            .create_key(
-                "app",
-                &[
-                    "--scope",
-                    "send,read",
-                    "--allowed-from",
-                    USER,
-                    "--account",
-                    ACCOUNT,
-                ],
-            )
-            .await;
-        console
+        let sender_key = api.sender_key("app").await;
+        Console {
+            api,
+            base,
+            sender_key,
+        }
     }
 
-    /// Runs the real CLI against this relay's config.
-    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
-        let config = self.harness.config_path.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_oxirelay"))
-                .arg("-c")
-                .arg(config)
-                .args(args)
-                .output()
-                .expect("oxirelay runs")
-        })
-        .await
-        .expect("join")
-    }
-
-    /// `apikey create NAME ARGS... --json`; returns the key.
     pub async fn create_key(&self, name: &str, args: &[&str]) -> String {
-        let mut all = vec!["apikey", "create", name, "--json"];
-        all.extend_from_slice(args);
-        let output = self.cli(&all).await;
-        assert!(
-            output.status.success(),
-            "apikey create: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-        value["key"].as_str().expect("a key").to_string()
+        self.api.create_key(name, args).await
     }
 
     /// Submits a message through the send API; returns its id.
     pub async fn submit(&self, subject: &str) -> String {
-        let body = serde_json::json!({
-            "from": USER,
-            "to": ["rcpt@example.net"],
-            "subject": subject,
-            "text": "hello",
-        });
-        let response = self
-            .client
-            .post(format!("{}/v1/messages", self.base))
-            .bearer_auth(&self.sender_key)
-            .json(&body)
-            .send()
-            .await
-            .expect("POST /v1/messages");
-        assert_eq!(response.status().as_u16(), 202, "submission accepted");
-        let value: serde_json::Value = response.json().await.expect("JSON");
-        value["id"].as_str().expect("an id").to_string()
+        let message = http_api_common::simple_message("rcpt@example.net", subject);
+        let answer = self
+            .api
+            .post("/v1/messages", &self.sender_key, &message)
+            .await;
+        assert_eq!(answer.status, 202, "submission accepted: {}", answer.body);
+        answer.body["id"].as_str().expect("an id").to_string()
     }
 
     /// Waits until the relay recorded a delivery attempt of `id`.
     pub fn wait_for_attempt(&self, id: &str) {
-        self.relay
-            .wait_for_all(&[&format!("delivery attempt recorded id={id}")]);
+        self.api.wait_for_attempts(&[id]);
     }
 
     /// The message's state in the store, if it is there.
     pub async fn state_of(&self, id: &str) -> Option<oxirelay::store::MessageState> {
-        self.harness
+        self.api
+            .harness
             .context
             .store
             .message(&oxirelay::store::MessageId(id.to_string()))
@@ -143,9 +103,21 @@ impl Console {
             .map(|(message, _)| message.state)
     }
 
+    /// Whether the account's consent (a refresh token) is stored.
+    pub async fn consent_stored(&self) -> bool {
+        self.api
+            .harness
+            .context
+            .store
+            .token_record(ACCOUNT)
+            .await
+            .expect("store")
+            .is_some_and(|record| record.refresh_token.is_some())
+    }
+
     /// The audit log's text.
     pub fn audit_text(&self) -> String {
-        std::fs::read_to_string(self.harness.context.audit.path()).unwrap_or_default()
+        std::fs::read_to_string(self.api.harness.context.audit.path()).unwrap_or_default()
     }
 }
 
