@@ -116,25 +116,22 @@ async fn hostile_site(target: String) -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-async fn text_of(client: &fantoccini::Client, css: &str) -> String {
+async fn element(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
     client
         .wait()
         .at_most(WAIT)
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-        .text()
-        .await
-        .expect("text")
+}
+
+async fn text_of(client: &fantoccini::Client, css: &str) -> String {
+    element(client, css).await.text().await.expect("text")
 }
 
 async fn click(client: &fantoccini::Client, css: &str) {
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(css))
+    element(client, css)
         .await
-        .unwrap_or_else(|e| panic!("no {css} to click: {e}"))
         .click()
         .await
         .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));

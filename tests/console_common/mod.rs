@@ -45,24 +45,12 @@ impl Console {
             std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
                 .expect("chmod");
         }
-        let mut text = std::fs::read_to_string(&harness.config_path).expect("config");
-        text.push_str(
-            "\n[http]\naddr = \"127.0.0.1:0\"\n\n[console]\nadmin_password = \"file:console.password\"\nsandbox_inbox = \"sandbox\"\n",
-        );
-        std::fs::write(&harness.config_path, text).expect("write config");
-        let relay = RelayProcess::start_logged(&harness.config_path, &[], "oxirelay=info");
-        let line = relay.wait_for_line("oxirelay: HTTP on ");
-        let base = line["oxirelay: HTTP on ".len()..].to_string();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        let api = Api {
+        let api = Api::serve(
             harness,
-            relay,
-            base: base.clone(),
-            client,
-        };
+            "\n[console]\nadmin_password = \"file:console.password\"\nsandbox_inbox = \"sandbox\"\n",
+        )
+        .await;
+        let base = api.base.clone();
         let sender_key = api.sender_key("app").await;
         Console {
             api,
