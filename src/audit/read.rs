@@ -101,3 +101,65 @@ pub fn search(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, AuditOptions};
+    use crate::secret::MasterKey;
+
+    fn entry(action: &str, detail: &str) -> AuditEntry {
+        AuditEntry {
+            actor: "relay".into(),
+            action: action.into(),
+            account: Some("office".into()),
+            token_fingerprint: None,
+            message_id: None,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn newest_first_across_rotated_files_with_a_search_and_bounds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.jsonl");
+        let options = AuditOptions {
+            rotate_bytes: Some(1),
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&path, &MasterKey::from_bytes([7; 32]), options).expect("open");
+        for n in 0..6 {
+            let action = if n % 2 == 0 {
+                "token.issued"
+            } else {
+                "console.login"
+            };
+            log.append(entry(action, &format!("line {n}")))
+                .expect("append");
+        }
+        drop(log);
+        // Every append after the first rotated: the lines are in several files.
+        assert!(std::fs::read_dir(dir.path()).expect("list").count() > 2);
+        let all = search(&path, "", 100, 1000).expect("search");
+        let details: Vec<&str> = all
+            .records
+            .iter()
+            .map(|r| r.entry.detail.as_str())
+            .collect();
+        assert_eq!(
+            details,
+            ["line 5", "line 4", "line 3", "line 2", "line 1", "line 0"]
+        );
+        assert!(!all.truncated);
+        let logins = search(&path, "CONSOLE.LOGIN", 100, 1000).expect("search");
+        assert_eq!(logins.records.len(), 3, "case is ignored");
+        let newest = search(&path, "", 2, 1000).expect("search");
+        assert_eq!(newest.records.len(), 2);
+        assert!(newest.truncated);
+        let scanned = search(&path, "", 100, 3).expect("search");
+        assert_eq!(scanned.records.len(), 3);
+        assert!(scanned.truncated);
+        let missing = search(&dir.path().join("none.jsonl"), "", 10, 10).expect("no log yet");
+        assert!(missing.records.is_empty());
+    }
+}
