@@ -235,6 +235,9 @@ pub struct Config {
     /// person (`src/notify`).
     #[serde(default)]
     pub notify: Option<NotifyConfig>,
+    /// The web console on the `[http]` listener (`src/console`).
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// The file this was read from, for messages and relative paths.
     #[serde(skip)]
     pub path: PathBuf,
@@ -848,6 +851,29 @@ impl NotifyConfig {
     }
 }
 
+/// The web console (`[console]`; `src/console`), served under `/console`
+/// on the `[http]` listener. Operators log in with the admin password or
+/// with an API key of scope `admin`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the admin password is (`env:NAME` or `file:PATH`): the
+    /// password itself, or its Argon2 hash (a PHC string, `$argon2id$...`).
+    /// Without it only admin API keys log in.
+    #[serde(default)]
+    pub admin_password: Option<SecretRef>,
+    /// A session unused this long ends (default 30 minutes).
+    #[serde(default, deserialize_with = "positive_period")]
+    pub session_idle: Option<Duration>,
+    /// A session ends this long after its login, however busy (default 12 hours).
+    #[serde(default, deserialize_with = "positive_period")]
+    pub session_max: Option<Duration>,
+    /// The sandbox's inbox to show (the `--dir` of `oxirelay sandbox`, or
+    /// its `inbox` directory), when a sandbox runs beside the relay.
+    #[serde(default)]
+    pub sandbox_inbox: Option<PathBuf>,
+}
+
 /// A period (`clock::parse_period`) that must not be zero: a zero
 /// interval or timeout is a typo, not a policy.
 fn positive_period<'de, D: serde::Deserializer<'de>>(
@@ -948,6 +974,14 @@ impl Config {
             }
             if let Some(token) = &mut http.metrics_token {
                 token.rebase(base);
+            }
+        }
+        if let Some(console) = &mut self.console {
+            if let Some(password) = &mut console.admin_password {
+                password.rebase(base);
+            }
+            if let Some(inbox) = &mut console.sandbox_inbox {
+                rebase(inbox);
             }
         }
         for listener in &mut self.listeners {
@@ -1104,6 +1138,9 @@ impl Config {
             notify
                 .validate(&seen)
                 .map_err(|e| format!("[notify]: {e}"))?;
+        }
+        if self.console.is_some() && self.http.is_none() {
+            return Err("[console] needs [http]: the console is served on the HTTP listener; add [http] addr = \"127.0.0.1:8025\" (and cert, key off loopback)".to_string());
         }
         Ok(())
     }

@@ -650,13 +650,7 @@ fn check_last_validation(
     findings: &mut Vec<Finding>,
 ) {
     let check = format!("account {}: validation", account.name);
-    let last = events
-        .iter()
-        .filter(|e| {
-            e.account.as_deref() == Some(account.name.as_str())
-                && e.kind.starts_with("account.validat")
-        })
-        .max_by_key(|e| e.at);
+    let last = crate::oauth::status::last_validation(events, &account.name);
     match last {
         None => findings.push(finding(
             check,

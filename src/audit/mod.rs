@@ -46,11 +46,13 @@ mod anchor;
 mod files;
 mod key;
 mod line;
+mod read;
 mod retention;
 mod verify;
 
 pub use key::AuditKey;
 pub use line::MAX_LINE_BYTES;
+pub use read::{AuditRecord, AuditSearch, search};
 pub use retention::RemovedFile;
 pub use verify::{AnchorCheck, CheckedFile, RetentionStart, VerifyReport, verify};
 

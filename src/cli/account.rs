@@ -2,9 +2,8 @@
 
 use super::Context;
 use crate::clock::{describe_from_now, format_unix};
-use crate::store::{AccountState, TokenRecord};
+use crate::store::AccountState;
 use anyhow::Context as _;
-use serde::Serialize;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,22 +54,6 @@ pub enum AccountCommand {
         /// The account name from the config.
         account: String,
     },
-}
-
-#[derive(Serialize)]
-struct AccountStatus {
-    name: String,
-    provider: String,
-    grant: String,
-    user: String,
-    state: AccountState,
-    reason: Option<String>,
-    token_expires_at: Option<String>,
-    has_refresh_token: bool,
-    granted_scope: Option<String>,
-    last_success_at: Option<String>,
-    last_failure_at: Option<String>,
-    consecutive_failures: i64,
 }
 
 pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Result<ExitCode> {
@@ -163,28 +146,7 @@ pub async fn run(config: Option<PathBuf>, command: AccountCommand) -> anyhow::Re
 
 async fn list(context: &Context, json: bool) -> anyhow::Result<ExitCode> {
     let records = context.store.token_records().await?;
-    let mut statuses = Vec::new();
-    for account in &context.config.accounts {
-        let record = records
-            .iter()
-            .find(|r| r.account == account.name)
-            .cloned()
-            .unwrap_or_else(|| TokenRecord::new(&account.name));
-        statuses.push(AccountStatus {
-            name: account.name.clone(),
-            provider: account.provider.to_string(),
-            grant: account.grant.to_string(),
-            user: account.user.clone(),
-            state: record.state,
-            reason: record.state_reason.clone(),
-            token_expires_at: record.access_expires_at.map(format_unix),
-            has_refresh_token: record.refresh_token.is_some(),
-            granted_scope: record.granted_scope.clone(),
-            last_success_at: record.last_success_at.map(format_unix),
-            last_failure_at: record.last_failure_at.map(format_unix),
-            consecutive_failures: record.consecutive_failures,
-        });
-    }
+    let statuses = crate::oauth::status::account_statuses(&context.config, &records);
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
         return Ok(ExitCode::SUCCESS);
@@ -197,14 +159,8 @@ async fn list(context: &Context, json: bool) -> anyhow::Result<ExitCode> {
         "{:<16} {:<10} {:<19} {:<14} {:<30} TOKEN",
         "ACCOUNT", "PROVIDER", "GRANT", "STATE", "USER"
     );
-    for (status, record) in statuses.iter().zip(
-        context
-            .config
-            .accounts
-            .iter()
-            .map(|a| records.iter().find(|r| r.account == a.name)),
-    ) {
-        let token = match record.and_then(|r| r.access_expires_at) {
+    for status in &statuses {
+        let token = match status.access_expires_at {
             Some(at) if at > crate::clock::now_unix() => {
                 format!("expires {}", describe_from_now(at))
             }

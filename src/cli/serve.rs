@@ -129,6 +129,8 @@ pub async fn run(config_path: Option<PathBuf>, args: ServeArgs) -> anyhow::Resul
     // An unreadable `[http] metrics_token` stops the start, before any
     // listener, rather than leaving /metrics refusing every scrape.
     crate::metrics::check_token(&context.config)?;
+    // An unreadable `[console] admin_password` stops the start the same way.
+    crate::console::check_config(&context.config)?;
     let (listeners_stop, listeners_signal) = shutdown_channel();
     let listeners = Listeners::start(&context.config, &policy, listeners_signal).await?;
     for addr in listeners.addrs() {

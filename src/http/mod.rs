@@ -36,7 +36,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(health::routes(state.clone()))
         .merge(crate::metrics::routes(state.clone()))
-        .merge(crate::api::routes(state))
+        .merge(crate::api::routes(state.clone()))
+        .merge(crate::console::routes(state))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,4 +16,5 @@ pub mod jwt_bearer;
 pub mod loopback;
 pub mod preset;
 pub mod revoke;
+pub mod status;
 pub mod validate;

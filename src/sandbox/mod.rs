@@ -314,6 +314,9 @@ impl Sandbox {
                     redirect_uris: vec![
                         "http://127.0.0.1/callback".into(),
                         "http://127.0.0.1/".into(),
+                        // The web console's Connect (any port, as loopback
+                        // redirects are matched).
+                        "http://127.0.0.1/console/oauth/callback".into(),
                     ],
                     app_subject: Some(USER.into()),
                     ..SandboxClient::confidential(CLIENT_ID, options.client_secret.clone())

@@ -33,8 +33,15 @@ impl Api {
             Harness::start("client_credentials", "xoauth2", Duration::from_secs(3600)).await;
         // `RelayProcess` waits for a listener's line; the API needs none.
         harness.add_relay();
+        Api::serve(harness, "").await
+    }
+
+    /// `serve` on `harness`'s config with `[http]` on loopback and the
+    /// sections in `extra` added.
+    pub async fn serve(harness: Harness, extra: &str) -> Api {
         let mut text = std::fs::read_to_string(&harness.config_path).expect("config");
         text.push_str("\n[http]\naddr = \"127.0.0.1:0\"\n");
+        text.push_str(extra);
         std::fs::write(&harness.config_path, text).expect("write config");
         let relay = RelayProcess::start_logged(&harness.config_path, &[], "oxirelay=info");
         let line = relay.wait_for_line("oxirelay: HTTP on ");
