@@ -1,6 +1,7 @@
 //! The failed-login throttle over the real listener: guesses sent in
-//! parallel all count, and guesses from elsewhere cannot lock a device out
-//! of its usual address.
+//! parallel all count, a burst of correct logins from one address all go
+//! through, and guesses from elsewhere cannot lock a device out of its
+//! usual address.
 
 mod submit_common;
 
@@ -43,6 +44,34 @@ async fn parallel_guesses_are_all_counted() {
         (judged, throttled),
         (5, 5),
         "five checked, the rest throttled"
+    );
+    relay.shutdown().await;
+}
+
+/// Ten sessions of one device pool log in with the right password at the
+/// same moment: every one gets 235. (The throttle once counted each
+/// attempt as a failure until it succeeded, so the sixth of a burst met a
+/// lockout the first five "earned" and got 454.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_correct_logins_from_one_address_all_succeed() {
+    let relay = Relay::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut client = Client::connect(relay.addr(STARTTLS)).await;
+        client.greet_with_starttls(&relay.ca_file).await;
+        clients.push(client);
+    }
+    let mut logins = tokio::task::JoinSet::new();
+    for mut client in clients {
+        logins.spawn(async move { client.auth_plain(SCANNER, SCANNER_PASSWORD).await });
+    }
+    let mut replies = Vec::new();
+    while let Some(reply) = logins.join_next().await {
+        replies.push(reply.expect("task"));
+    }
+    assert!(
+        replies.iter().all(|r| r.starts_with("235 ")),
+        "every correct login accepted: {replies:?}"
     );
     relay.shutdown().await;
 }

@@ -17,7 +17,7 @@ use super::directory::UserDirectory;
 use super::issuers::{TokenError, TrustedIssuers};
 use super::networks::Network;
 use super::received::received_header;
-use super::throttle::{AuthThrottle, ThrottleRules};
+use super::throttle::{AttemptRefused, AuthThrottle, ThrottleRules};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::smtp::sasl::{Mechanism, OAuthErrorStatus};
@@ -137,6 +137,8 @@ struct Shared {
     /// The checks and the queue that every way in shares.
     acceptance: Acceptance,
     throttle: Mutex<AuthThrottle>,
+    /// Told whenever an attempt ends, for those waiting to begin one.
+    throttle_changed: tokio::sync::Notify,
     /// Argon2 runs on the blocking pool; this bounds how many at once so a
     /// burst of logins cannot take every core.
     hashing_slots: Semaphore,
@@ -183,6 +185,7 @@ impl SubmissionPolicy {
                     work_arrived,
                 ),
                 throttle: Mutex::new(AuthThrottle::new(options.throttle.clone())),
+                throttle_changed: tokio::sync::Notify::new(),
                 hashing_slots: Semaphore::new(cores),
                 // Ten minutes: a device reconnecting for every message costs
                 // one Argon2 check per ten minutes.
@@ -236,8 +239,12 @@ impl SubmissionPolicy {
     }
 
     /// Runs one AUTH check under the failed-login throttle: the attempt is
-    /// counted before `check` starts (so parallel guesses all count), taken
-    /// back if it succeeds, and forgotten if it could not be judged.
+    /// counted as pending before `check` starts (so parallel guesses all
+    /// count), as a failure if it fails, and forgotten if it could not be
+    /// judged. While as many attempts are pending as failures are left
+    /// before a lockout, it waits (at most [`THROTTLE_WAIT`]) for one of
+    /// them to end instead of being refused: a pool of correct logins
+    /// arriving together goes through; guesses meet the lockout.
     async fn throttled_attempt(
         &self,
         context: &SessionContext,
@@ -245,18 +252,43 @@ impl SubmissionPolicy {
         check: impl std::future::Future<Output = Result<Identity, AuthRefusal>>,
     ) -> Result<Identity, AuthRefusal> {
         let peer = context.peer.ip();
-        if let Err(lockout) = lock(&self.shared.throttle).begin_attempt(peer, user, Instant::now())
-        {
-            tracing::warn!(peer = %context.peer, ?user, ?lockout, "AUTH refused: too many failures");
-            return Err(AuthRefusal::Temporary);
+        let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
+        loop {
+            // Registered before the throttle is read, so an attempt ending
+            // in between still wakes this one.
+            let ended = self.shared.throttle_changed.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            match lock(&self.shared.throttle).begin_attempt(peer, user, Instant::now()) {
+                Ok(()) => break,
+                Err(AttemptRefused::Locked(lockout)) => {
+                    tracing::warn!(peer = %context.peer, ?user, ?lockout, "AUTH refused: too many failures");
+                    return Err(AuthRefusal::Temporary);
+                }
+                Err(AttemptRefused::Busy) => {}
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                tracing::warn!(peer = %context.peer, ?user, wait = ?THROTTLE_WAIT, "AUTH refused: other attempts for this address or user were still being checked");
+                return Err(AuthRefusal::Temporary);
+            }
         }
+        let mut pending = PendingAttempt {
+            shared: &self.shared,
+            peer,
+            user,
+            judged: false,
+        };
         let outcome = check.await;
-        let mut throttle = lock(&self.shared.throttle);
-        match &outcome {
-            Ok(_) => throttle.attempt_succeeded(peer, user, Instant::now()),
-            Err(AuthRefusal::Temporary) => throttle.attempt_abandoned(peer, user),
-            Err(_) => {}
+        pending.judged = true;
+        {
+            let mut throttle = lock(&self.shared.throttle);
+            match &outcome {
+                Ok(_) => throttle.attempt_succeeded(peer, user, Instant::now()),
+                Err(AuthRefusal::Temporary) => throttle.attempt_abandoned(peer, user),
+                Err(_) => throttle.attempt_failed(peer, user, Instant::now()),
+            }
         }
+        self.shared.throttle_changed.notify_waiters();
         outcome
     }
 
@@ -495,6 +527,31 @@ fn store_unavailable() -> Reply {
         451,
         "4.3.0 The message could not be queued and was not accepted; try again later",
     )
+}
+
+/// How long an AUTH waits for other attempts of its address or user to be
+/// judged before it is told to try again (454).
+const THROTTLE_WAIT: Duration = Duration::from_secs(10);
+
+/// An attempt begun in the throttle. If the session goes away before the
+/// check ends (the client hung up, the relay stops), it counts as a
+/// failure, as a guess whose answer was not waited for: otherwise
+/// hanging up mid-check would be a way to make the relay hash passwords
+/// without ever counting.
+struct PendingAttempt<'a> {
+    shared: &'a Shared,
+    peer: std::net::IpAddr,
+    user: &'a str,
+    judged: bool,
+}
+
+impl Drop for PendingAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.judged {
+            lock(&self.shared.throttle).attempt_failed(self.peer, self.user, Instant::now());
+            self.shared.throttle_changed.notify_waiters();
+        }
+    }
 }
 
 fn lock(throttle: &Mutex<AuthThrottle>) -> std::sync::MutexGuard<'_, AuthThrottle> {

@@ -5,9 +5,12 @@
 //! guesser can neither guess fast nor burn the relay's CPU.
 //!
 //! - An attempt is counted when it begins ([`AuthThrottle::begin_attempt`]),
-//!   as a failure until it succeeds: a hundred guesses sent in parallel
-//!   count as a hundred, not as the five that were checked before the
-//!   first result came back.
+//!   as pending until it is judged: no more attempts may be pending than
+//!   failures are left before the lockout, so a hundred guesses sent in
+//!   parallel get five checked and the rest wait ([`AttemptRefused::Busy`]) and
+//!   then meet the lockout those five earned. A burst of correct logins
+//!   (fifty sessions of one device pool at once) is not refused for being
+//!   many: a pending attempt is not a failure, only a wait.
 //! - A user's lockout does not apply at the addresses that user logged in
 //!   from recently: wrong guesses from elsewhere cannot stop a device that
 //!   keeps using its correct password from its usual address, while a
@@ -63,10 +66,22 @@ pub enum Lockout {
     User { remaining: Duration },
 }
 
+/// Why an attempt may not begin now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptRefused {
+    /// Locked out: refuse.
+    Locked(Lockout),
+    /// As many attempts are being judged as failures are left before a
+    /// lockout: wait for one of them to end, then ask again.
+    Busy,
+}
+
 #[derive(Debug, Clone)]
 struct FailureRecord {
     window_start: Instant,
     failures: u32,
+    /// Attempts begun and not judged yet.
+    pending: u32,
     /// Lockouts so far: the next lasts `first_lockout * 2^lockouts`.
     lockouts: u32,
     locked_until: Option<Instant>,
@@ -78,6 +93,7 @@ impl FailureRecord {
         FailureRecord {
             window_start: now,
             failures: 0,
+            pending: 0,
             lockouts: 0,
             locked_until: None,
             last_seen: now,
@@ -110,15 +126,29 @@ impl FailureRecord {
         }
     }
 
-    /// Takes back one failure counted for an attempt that did not fail. A
-    /// lockout the count already set stays: it was earned by the others.
-    fn undo(&mut self) {
-        self.failures = self.failures.saturating_sub(1);
+    /// Failures counted in the window as of `now`.
+    fn failures_now(&self, rules: &ThrottleRules, now: Instant) -> u32 {
+        if now.duration_since(self.window_start) > rules.window {
+            0
+        } else {
+            self.failures
+        }
+    }
+
+    /// Whether one more pending attempt could, by failing with the others,
+    /// go past the lockout's threshold.
+    fn is_full(&self, rules: &ThrottleRules, now: Instant) -> bool {
+        self.failures_now(rules, now) + self.pending >= rules.max_failures
+    }
+
+    fn end_pending(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
     }
 
     /// Nothing left to remember: not locked and the window passed.
     fn is_idle(&self, rules: &ThrottleRules, now: Instant) -> bool {
         self.remaining(now).is_none()
+            && self.pending == 0
             && now.duration_since(self.last_seen) > rules.window.max(rules.max_lockout)
     }
 }
@@ -158,27 +188,72 @@ impl AuthThrottle {
         Ok(())
     }
 
-    /// Checks, then counts the attempt as a failure until
-    /// [`AuthThrottle::attempt_succeeded`] or [`AuthThrottle::attempt_abandoned`]
-    /// says otherwise.
-    pub fn begin_attempt(&mut self, peer: IpAddr, user: &str, now: Instant) -> Result<(), Lockout> {
-        self.check(peer, user, now)?;
-        self.record_failure(peer, user, now);
+    /// Checks, then counts the attempt as pending until
+    /// [`AuthThrottle::attempt_succeeded`], [`AuthThrottle::attempt_failed`]
+    /// or [`AuthThrottle::attempt_abandoned`] ends it.
+    pub fn begin_attempt(
+        &mut self,
+        peer: IpAddr,
+        user: &str,
+        now: Instant,
+    ) -> Result<(), AttemptRefused> {
+        self.check(peer, user, now)
+            .map_err(AttemptRefused::Locked)?;
+        let rules = &self.rules;
+        let address_full = self
+            .addresses
+            .get(&address_key(peer))
+            .is_some_and(|r| r.is_full(rules, now));
+        let user_full = user_key(user)
+            .and_then(|key| self.users.get(&key))
+            .is_some_and(|r| r.is_full(rules, now));
+        if address_full || user_full {
+            return Err(AttemptRefused::Busy);
+        }
+        self.make_room(now);
+        self.addresses
+            .entry(address_key(peer))
+            .or_insert_with(|| FailureRecord::new(now))
+            .pending += 1;
+        if let Some(key) = user_key(user) {
+            self.users
+                .entry(key)
+                .or_insert_with(|| FailureRecord::new(now))
+                .pending += 1;
+        }
         Ok(())
     }
 
-    /// The attempt begun for `user` from `peer` succeeded: its failure is
-    /// taken back, the user's count cleared, and the address becomes one
-    /// of the user's usual ones. The address keeps its other failures: one
-    /// valid account must not reset a guesser's address.
-    pub fn attempt_succeeded(&mut self, peer: IpAddr, user: &str, now: Instant) {
+    /// The attempt begun was judged wrong: it counts as a failure.
+    pub fn attempt_failed(&mut self, peer: IpAddr, user: &str, now: Instant) {
+        self.end_pending(peer, user);
+        self.record_failure(peer, user, now);
+    }
+
+    fn end_pending(&mut self, peer: IpAddr, user: &str) {
         if let Some(record) = self.addresses.get_mut(&address_key(peer)) {
-            record.undo();
+            record.end_pending();
         }
+        if let Some(record) = user_key(user).and_then(|key| self.users.get_mut(&key)) {
+            record.end_pending();
+        }
+    }
+
+    /// The attempt begun for `user` from `peer` succeeded: it ends, the
+    /// user's failures are cleared, and the address becomes one of the
+    /// user's usual ones. The address keeps its failures: one valid account
+    /// must not reset a guesser's address.
+    pub fn attempt_succeeded(&mut self, peer: IpAddr, user: &str, now: Instant) {
+        self.end_pending(peer, user);
         let Some(key) = user_key(user) else {
             return;
         };
-        self.users.remove(&key);
+        if let Some(record) = self.users.get_mut(&key) {
+            // Its other attempts still pending stay counted as pending.
+            record.failures = 0;
+            record.locked_until = None;
+            record.lockouts = 0;
+        }
         let trusted_for = self.rules.trusted_for;
         let addresses = self.trusted.entry(key).or_default();
         addresses
@@ -192,12 +267,7 @@ impl AuthThrottle {
     /// The attempt begun could not be judged (the store or an issuer was
     /// unreachable): neither a failure nor a success.
     pub fn attempt_abandoned(&mut self, peer: IpAddr, user: &str) {
-        if let Some(record) = self.addresses.get_mut(&address_key(peer)) {
-            record.undo();
-        }
-        if let Some(record) = user_key(user).and_then(|key| self.users.get_mut(&key)) {
-            record.undo();
-        }
+        self.end_pending(peer, user);
     }
 
     fn is_trusted(&self, user_key: &str, peer: IpAddr, now: Instant) -> bool {
@@ -367,11 +437,51 @@ mod tests {
         let mut throttle = AuthThrottle::new(ThrottleRules::default());
         let now = Instant::now();
         let peer = ip("192.0.2.7");
-        // A hundred guesses arrive before any check has finished.
+        // A hundred guesses arrive before any check has finished: five are
+        // checked, the others wait.
         let admitted = (0..100)
             .filter(|_| throttle.begin_attempt(peer, "scanner", now).is_ok())
             .count();
         assert_eq!(admitted, 5);
+        assert_eq!(
+            throttle.begin_attempt(peer, "scanner", now),
+            Err(AttemptRefused::Busy)
+        );
+        // The five fail: the waiting ones then meet the lockout.
+        for _ in 0..5 {
+            throttle.attempt_failed(peer, "scanner", now);
+        }
+        assert!(matches!(
+            throttle.begin_attempt(peer, "scanner", now),
+            Err(AttemptRefused::Locked(Lockout::Address { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_burst_of_correct_logins_waits_its_turn_and_is_never_locked_out() {
+        let mut throttle = AuthThrottle::new(ThrottleRules::default());
+        let now = Instant::now();
+        let pool = ip("192.0.2.8");
+        // Fifty sessions of one device pool log in at once; each that may
+        // not begin yet retries after another one ends, as the policy does.
+        let mut waiting = 50;
+        let mut in_flight = 0;
+        let mut rounds = 0;
+        while waiting > 0 {
+            rounds += 1;
+            assert!(rounds < 1000, "bounded");
+            while waiting > 0 && throttle.begin_attempt(pool, "printer", now).is_ok() {
+                waiting -= 1;
+                in_flight += 1;
+            }
+            assert!(in_flight > 0, "someone is always let in");
+            throttle.attempt_succeeded(pool, "printer", now);
+            in_flight -= 1;
+        }
+        for _ in 0..in_flight {
+            throttle.attempt_succeeded(pool, "printer", now);
+        }
+        assert!(throttle.check(pool, "printer", now).is_ok());
     }
 
     #[test]
@@ -385,7 +495,10 @@ mod tests {
         throttle.attempt_succeeded(device, "scanner", start);
         // Someone else, from many addresses, guesses the device's password.
         for n in 0..20u8 {
-            let _ = throttle.begin_attempt(IpAddr::from([203, 0, 113, n]), "scanner", start);
+            let guesser = IpAddr::from([203, 0, 113, n]);
+            if throttle.begin_attempt(guesser, "scanner", start).is_ok() {
+                throttle.attempt_failed(guesser, "scanner", start);
+            }
         }
         let later = start + Duration::from_secs(5);
         // The guessers meet the user's lockout...
@@ -401,7 +514,11 @@ mod tests {
         // After its trust ran out, the device is like any other address.
         let much_later = start + Duration::from_secs(31 * 24 * 3600);
         for n in 0..5u8 {
-            let _ = throttle.begin_attempt(IpAddr::from([203, 0, 114, n]), "scanner", much_later);
+            let guesser = IpAddr::from([203, 0, 114, n]);
+            throttle
+                .begin_attempt(guesser, "scanner", much_later)
+                .expect("not locked yet");
+            throttle.attempt_failed(guesser, "scanner", much_later);
         }
         assert!(matches!(
             throttle.check(device, "scanner", much_later),
