@@ -14,24 +14,34 @@ async fn login_from(relay: &Relay, source: [u8; 4], password: &str) -> String {
     client.auth_plain(SCANNER, password).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_guesses_are_all_counted() {
-    let relay = Relay::start().await;
-    // Ten sessions (the per-address cap) guess at the same moment.
+/// Ten sessions (the per-address cap) from 127.0.0.1, past STARTTLS, each
+/// sending AUTH PLAIN as `SCANNER` with `password` at the same moment; the
+/// replies in the order they came.
+async fn logins_at_once(relay: &Relay, password: &'static str) -> Vec<String> {
     let mut clients = Vec::new();
     for _ in 0..10 {
         let mut client = Client::connect(relay.addr(STARTTLS)).await;
         client.greet_with_starttls(&relay.ca_file).await;
         clients.push(client);
     }
-    let mut guesses = tokio::task::JoinSet::new();
+    let mut logins = tokio::task::JoinSet::new();
     for mut client in clients {
-        guesses.spawn(async move { client.auth_plain(SCANNER, "wrong-guess").await });
+        logins.spawn(async move { client.auth_plain(SCANNER, password).await });
     }
+    let mut replies = Vec::new();
+    while let Some(reply) = logins.join_next().await {
+        replies.push(reply.expect("task"));
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_are_all_counted() {
+    let relay = Relay::start().await;
+    // Ten sessions (the per-address cap) guess at the same moment.
     let mut judged = 0;
     let mut throttled = 0;
-    while let Some(reply) = guesses.join_next().await {
-        let reply = reply.expect("task");
+    for reply in logins_at_once(&relay, "wrong-guess").await {
         if reply.starts_with("535 ") {
             judged += 1;
         } else if reply.starts_with("454 ") {
@@ -55,20 +65,7 @@ async fn parallel_guesses_are_all_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_correct_logins_from_one_address_all_succeed() {
     let relay = Relay::start().await;
-    let mut clients = Vec::new();
-    for _ in 0..10 {
-        let mut client = Client::connect(relay.addr(STARTTLS)).await;
-        client.greet_with_starttls(&relay.ca_file).await;
-        clients.push(client);
-    }
-    let mut logins = tokio::task::JoinSet::new();
-    for mut client in clients {
-        logins.spawn(async move { client.auth_plain(SCANNER, SCANNER_PASSWORD).await });
-    }
-    let mut replies = Vec::new();
-    while let Some(reply) = logins.join_next().await {
-        replies.push(reply.expect("task"));
-    }
+    let replies = logins_at_once(&relay, SCANNER_PASSWORD).await;
     assert!(
         replies.iter().all(|r| r.starts_with("235 ")),
         "every correct login accepted: {replies:?}"
