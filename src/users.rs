@@ -76,12 +76,21 @@ pub fn hash_password(password: &Secret) -> Result<String, UserError> {
 
 /// Checks `password` against the user's hash in constant time.
 pub fn verify_password(user: &SubmissionUser, password: &Secret) -> Result<bool, UserError> {
-    let parsed = PasswordHash::new(&user.password_hash).map_err(|_| UserError::BadHash {
+    verify_hash(&user.password_hash, password.expose()).ok_or_else(|| UserError::BadHash {
         user: user.name.clone(),
-    })?;
-    Ok(Argon2::default()
-        .verify_password(password.expose().as_bytes(), &parsed)
-        .is_ok())
+    })
+}
+
+/// Whether `password` matches the Argon2 PHC string `hash`; `None` if
+/// `hash` is not one. The one Argon2 check of the relay: submission users
+/// and the console's admin password both come here.
+pub fn verify_hash(hash: &str, password: &str) -> Option<bool> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    Some(
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+    )
 }
 
 #[cfg(test)]
