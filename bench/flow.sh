@@ -7,12 +7,14 @@
 # account) has counted them all. Repeated RUNS times on fresh stores, so a
 # before/after comparison on this noisy machine can be made from runs of
 # one invocation each. With PERF=1 the relay is sampled by `perf record`
-# during the first drain (report in $OUT/perf.txt); with STRACE=1 its
-# system calls are counted (`strace -c -f`, $OUT/strace.txt).
+# during the first drain (report in $OUT/perf.txt), with PERF=fill during
+# the first fill instead (acceptance alone); with STRACE=1 its system
+# calls are counted (`strace -c -f`, $OUT/strace.txt). ONE_PER_SESSION=1
+# fills with a new connection per message, as smtp-source does.
 #
 # Usage: bench/flow.sh [MESSAGES]   (default 20000)
 # Env:   RUNS=3  WORKERS=8  SESSIONS=10  SIZE=5120  DRAIN_LIMIT=300 (s)
-#        OUT=dir  SKIP_BUILD=1  PERF=1  STRACE=1
+#        OUT=dir  SKIP_BUILD=1  PERF=1|fill  STRACE=1  ONE_PER_SESSION=1
 #        OXIRELAY=path (another build of oxirelay, for before/after)
 set -euo pipefail
 
@@ -77,20 +79,28 @@ for ((run = 1; run <= RUNS; run++)); do
     rm -f "$WORK"/relay.db* "$WORK"/audit.jsonl*
     "$OXIRELAY" -c "$CONFIG" token sandbox >/dev/null
     OXIRELAY_LOG=warn "$OXIRELAY" -c "$CONFIG" serve --workers "$WORKERS" --retention-every 1h \
+        --max-sessions-per-address 100 \
         >"$WORK/serve.log" 2>&1 &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
     wait_for "$WORK/serve.log" 'delivering with' 30
     "$OXIRELAY" -c "$CONFIG" lockdown --reason "flow benchmark" >/dev/null 2>&1
     wait_for "$WORK/serve.log" "LOCKDOWN" 30
+    PROBE=()
+    if [[ $run == 1 && ${PERF:-} == fill ]]; then
+        perf record -F 499 -g -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        PROBE+=($!)
+    fi
     "$LOADGEN" --label "fill-$run" --target "127.0.0.1:$RELAY_PORT" --auth none \
         --from "$SENDER" --to "$RECIPIENT" --sessions "$SESSIONS" --messages "$MESSAGES" \
-        --size "$SIZE" --timeout 600s >"$OUT/fill-$run.json" || true
+        ${ONE_PER_SESSION:+--one-per-session} --size "$SIZE" --timeout 600s >"$OUT/fill-$run.json" || true
+    for pid in "${PROBE[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    fill=$(jq -c '{per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, errors}' "$OUT/fill-$run.json")
     before=$(sandbox_count)
     relay_cpu=$(cpu_s "$RELAY_PID")
     sandbox_cpu=$(cpu_s "$SANDBOX_PID")
     PROBE=()
-    if [[ $run == 1 && -n "${PERF:-}" ]]; then
+    if [[ $run == 1 && -n "${PERF:-}" && $PERF != fill ]]; then
         perf record -F 499 -g -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
         PROBE+=($!)
     fi
@@ -114,7 +124,7 @@ for ((run = 1; run <= RUNS; run++)); do
     wait "$RELAY_PID" || true
     summary=$(grep -o 'upstream: .*per AUTH)' "$WORK/serve.log" | head -1 || true)
     cp "$WORK/serve.log" "$OUT/serve-$run.log"
-    echo "{\"run\":$run,\"delivered\":$delivered,\"seconds\":$(echo "$end - $start" | bc -l | cut -c1-6),\"delivered_per_s\":$(rate "$delivered" "$end - $start"),\"relay_cpu_s\":$relay_cpu,\"sandbox_cpu_s\":$sandbox_cpu,\"upstream\":$(echo "$summary" | jq -R .)}" | tee -a "$RESULTS"
+    echo "{\"run\":$run,\"fill\":$fill,\"delivered\":$delivered,\"seconds\":$(echo "$end - $start" | bc -l | cut -c1-6),\"delivered_per_s\":$(rate "$delivered" "$end - $start"),\"relay_cpu_s\":$relay_cpu,\"sandbox_cpu_s\":$sandbox_cpu,\"upstream\":$(echo "$summary" | jq -R .)}" | tee -a "$RESULTS"
 done
 if [[ -f "$WORK/perf.data" ]]; then
     perf report -i "$WORK/perf.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null | grep -v '^$' | head -150 >"$OUT/perf.txt" || true

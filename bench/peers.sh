@@ -67,7 +67,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --bin oxirelay --example oxirelay-loadgen
 fi
 PROFILE="${PROFILE:-release}"
-OXIRELAY="$PWD/target/$PROFILE/oxirelay"
+OXIRELAY="${OXIRELAY:-$PWD/target/$PROFILE/oxirelay}"
 LOADGEN="$PWD/target/$PROFILE/examples/oxirelay-loadgen"
 # 1,000 idle sessions and their peers need more descriptors than a shell's
 # default 1,024.
