@@ -109,37 +109,60 @@ async fn write_batch(pool: &SqlitePool, batch: &[EnqueueRequest]) -> Result<(), 
     tx.commit().await
 }
 
+/// A message's rows, inserted by one batch of statements (the message, its
+/// body, one row per recipient): one hand-off to the connection's thread
+/// instead of one per row (see [`outcome_sql`]). The text depends only on
+/// the number of recipients, so sqlx's statement cache keeps the common
+/// shapes prepared.
+fn insert_message_sql(recipients: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?);\n\
+         INSERT INTO message_bodies (message_id, body) VALUES (?, ?);\n",
+    );
+    for _ in 0..recipients {
+        sql.push_str(
+            "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?);\n",
+        );
+    }
+    sql
+}
+
+/// At most this many recipients' rows go in one batch of statements, so a
+/// message with thousands of recipients does not prepare thousands of
+/// statements at once (nor leave one such text in the statement cache).
+const RECIPIENTS_PER_BATCH: usize = 64;
+
 async fn insert_message(
     conn: &mut SqliteConnection,
     id: &MessageId,
     message: &NewMessage,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
-    )
-    .bind(&id.0)
-    .bind(&message.account)
-    .bind(&message.mail_from)
-    .bind(message.body.len() as i64)
-    .bind(&message.submitted_by)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO message_bodies (message_id, body) VALUES (?, ?)")
+    let (first, rest) = message
+        .recipients
+        .split_at(message.recipients.len().min(RECIPIENTS_PER_BATCH));
+    let mut query = sqlx::query(AssertSqlSafe(insert_message_sql(first.len())))
         .bind(&id.0)
-        .bind(&message.body)
-        .execute(&mut *conn)
-        .await?;
-    for (index, address) in message.recipients.iter().enumerate() {
+        .bind(&message.account)
+        .bind(&message.mail_from)
+        .bind(message.body.len() as i64)
+        .bind(&message.submitted_by)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(&id.0)
+        .bind(&message.body);
+    for (index, address) in first.iter().enumerate() {
+        query = query.bind(&id.0).bind(index as i64).bind(address).bind(now);
+    }
+    query.execute(&mut *conn).await?;
+    for (index, address) in rest.iter().enumerate() {
         sqlx::query(
             "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?)",
         )
         .bind(&id.0)
-        .bind(index as i64)
+        .bind((first.len() + index) as i64)
         .bind(address)
         .bind(now)
         .execute(&mut *conn)
