@@ -94,13 +94,20 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename().to_path_buf();
         create_private(&path).map_err(|e| open_error(e.to_string()))?;
+        // No ping before each use: a connection to a file does not go stale
+        // as one over a network does, and each ping is a hand-off to the
+        // connection's thread and back (sqlx runs each SQLite connection on
+        // its own thread), on every acquire, in front of every query. An
+        // I/O error shows in the query itself.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let bookkeeping = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| open_error(e.to_string()))?;
