@@ -58,7 +58,9 @@ pub struct SqliteStore {
     /// (at-least-once, contract 2), while the fsync each would cost is what
     /// limits a relay's throughput: the file has one writer at a time.
     bookkeeping: SqlitePool,
-    committer: queue::GroupCommitter,
+    committer: queue::Committer<queue::Enqueue>,
+    /// Delivery outcomes, written together (bookkeeping pool).
+    outcomes: queue::Committer<queue::Outcome>,
     /// Taken around the hot write transactions (group commits, claims,
     /// outcomes, releases, events): SQLite has one writer at a time, and
     /// connections that meet a held lock wait in its busy handler, which
@@ -94,19 +96,27 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename().to_path_buf();
         create_private(&path).map_err(|e| open_error(e.to_string()))?;
+        // No ping before each use: a connection to a file does not go stale
+        // as one over a network does, and each ping is a hand-off to the
+        // connection's thread and back (sqlx runs each SQLite connection on
+        // its own thread), on every acquire, in front of every query. An
+        // I/O error shows in the query itself.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let bookkeeping = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let writer = queue::WriteGate::default();
         let store = SqliteStore {
-            committer: queue::GroupCommitter::start(pool.clone(), writer.clone()),
+            committer: queue::Committer::start(pool.clone(), writer.clone()),
+            outcomes: queue::Committer::start(bookkeeping.clone(), writer.clone()),
             pool,
             bookkeeping,
             writer,
@@ -526,8 +536,8 @@ impl Store for SqliteStore {
         lease: &ClaimLease,
         outcome: &AttemptOutcome,
     ) -> Result<MessageState, StoreError> {
-        let _writer = self.writer.lock().await;
-        queue::complete_attempt(&self.bookkeeping, id, lease, outcome, &[]).await
+        self.complete_attempt_with_events(id, lease, outcome, &[])
+            .await
     }
 
     async fn complete_attempt_with_events(
@@ -537,8 +547,14 @@ impl Store for SqliteStore {
         outcome: &AttemptOutcome,
         events: &[Event],
     ) -> Result<MessageState, StoreError> {
-        let _writer = self.writer.lock().await;
-        queue::complete_attempt(&self.bookkeeping, id, lease, outcome, events).await
+        self.outcomes
+            .submit(queue::Outcome {
+                id: id.clone(),
+                lease: lease.clone(),
+                outcome: outcome.clone(),
+                events: events.to_vec(),
+            })
+            .await
     }
 
     async fn release(

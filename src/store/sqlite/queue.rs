@@ -16,14 +16,8 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
-/// At most this many messages share one commit, to bound its latency.
+/// At most this many requests share one commit, to bound its latency.
 const MAX_BATCH: usize = 512;
-
-pub(super) struct EnqueueRequest {
-    id: MessageId,
-    message: NewMessage,
-    done: oneshot::Sender<Result<(), StoreError>>,
-}
 
 /// This process's writers, one at a time (see `SqliteStore::writer`).
 #[derive(Clone, Default)]
@@ -35,42 +29,61 @@ impl WriteGate {
     }
 }
 
-#[derive(Clone)]
-pub(super) struct GroupCommitter {
-    requests: mpsc::Sender<EnqueueRequest>,
+/// Requests that are written together: one transaction for all that are
+/// waiting when the writer is free, each answered on its own.
+pub(super) trait Batch: Sized + Send + 'static {
+    type Reply: Send + 'static;
+    /// Writes `batch` in one transaction and commits it; `Err` when the
+    /// transaction as a whole failed (nothing of it is written).
+    fn write(
+        pool: &SqlitePool,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<Result<Self::Reply, StoreError>>, sqlx::Error>>
+    + Send;
 }
 
-impl GroupCommitter {
+struct Request<B: Batch> {
+    item: B,
+    done: oneshot::Sender<Result<B::Reply, StoreError>>,
+}
+
+/// One writer task per kind of batch: it takes all the requests waiting at
+/// that moment, writes them in one transaction (one commit, one fsync with
+/// `synchronous=FULL`), then answers each. Under load many requests share
+/// a commit; alone, one waits for nothing.
+pub(super) struct Committer<B: Batch> {
+    requests: mpsc::Sender<Request<B>>,
+}
+
+impl<B: Batch> Clone for Committer<B> {
+    fn clone(&self) -> Self {
+        Committer {
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+impl<B: Batch> Committer<B> {
     pub(super) fn start(pool: SqlitePool, writer: WriteGate) -> Self {
         let (requests, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(pool, writer, receiver));
-        GroupCommitter { requests }
+        tokio::spawn(commit_batches(pool, writer, receiver));
+        Committer { requests }
     }
 
-    pub(super) async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
-        let id = MessageId::generate();
-        self.enqueue_as(id.clone(), message).await?;
-        Ok(id)
-    }
-
-    pub(super) async fn enqueue_as(
-        &self,
-        id: MessageId,
-        message: NewMessage,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn submit(&self, item: B) -> Result<B::Reply, StoreError> {
         let (done, wait) = oneshot::channel();
         self.requests
-            .send(EnqueueRequest { id, message, done })
+            .send(Request { item, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-async fn write_batches(
+async fn commit_batches<B: Batch>(
     pool: SqlitePool,
     writer: WriteGate,
-    mut receiver: mpsc::Receiver<EnqueueRequest>,
+    mut receiver: mpsc::Receiver<Request<B>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -83,31 +96,114 @@ async fn write_batches(
                     Err(_) => break,
                 }
             }
-            write_batch(&pool, &batch).await
+            let (items, dones): (Vec<B>, Vec<_>) =
+                batch.drain(..).map(|r| (r.item, r.done)).unzip();
+            (B::write(&pool, &items).await, dones)
         };
-        for request in batch.drain(..) {
-            let reply = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Open {
-                    url: "queue".into(),
-                    reason: format!("the commit failed: {e}"),
-                }),
-            };
-            // The submitter may have gone (client disconnected); the
-            // message is committed either way and will be delivered.
-            let _ = request.done.send(reply);
+        let (written, dones) = result;
+        match written {
+            Ok(replies) => {
+                for (done, reply) in dones.into_iter().zip(replies) {
+                    // The requester may have gone (a client disconnected);
+                    // what it asked for is committed either way.
+                    let _ = done.send(reply);
+                }
+            }
+            Err(e) => {
+                for done in dones {
+                    let _ = done.send(Err(StoreError::Open {
+                        url: "queue".into(),
+                        reason: format!("the commit failed: {e}"),
+                    }));
+                }
+            }
         }
     }
 }
 
-async fn write_batch(pool: &SqlitePool, batch: &[EnqueueRequest]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let now = crate::clock::now_unix();
-    for request in batch {
-        insert_message(&mut tx, &request.id, &request.message, now).await?;
-    }
-    tx.commit().await
+/// A message to queue under an id chosen by the caller.
+pub(super) struct Enqueue {
+    id: MessageId,
+    message: NewMessage,
 }
+
+impl Batch for Enqueue {
+    type Reply = ();
+
+    async fn write(
+        pool: &SqlitePool,
+        batch: &[Self],
+    ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let now = crate::clock::now_unix();
+        for request in batch {
+            insert_message(&mut tx, &request.id, &request.message, now).await?;
+        }
+        tx.commit().await?;
+        Ok(batch.iter().map(|_| Ok(())).collect())
+    }
+}
+
+impl Committer<Enqueue> {
+    pub(super) async fn enqueue(&self, message: NewMessage) -> Result<MessageId, StoreError> {
+        let id = MessageId::generate();
+        self.enqueue_as(id.clone(), message).await?;
+        Ok(id)
+    }
+
+    pub(super) async fn enqueue_as(
+        &self,
+        id: MessageId,
+        message: NewMessage,
+    ) -> Result<(), StoreError> {
+        self.submit(Enqueue { id, message }).await
+    }
+}
+
+/// One delivery attempt's outcome and its events, to be written with the
+/// outcomes of the other workers that finished meanwhile (see
+/// [`complete_attempts`]).
+pub(super) struct Outcome {
+    pub(super) id: MessageId,
+    pub(super) lease: ClaimLease,
+    pub(super) outcome: AttemptOutcome,
+    pub(super) events: Vec<Event>,
+}
+
+impl Batch for Outcome {
+    type Reply = MessageState;
+
+    async fn write(
+        pool: &SqlitePool,
+        batch: &[Self],
+    ) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
+        complete_attempts(pool, batch).await
+    }
+}
+
+/// A message's rows, inserted by one batch of statements (the message, its
+/// body, one row per recipient): one hand-off to the connection's thread
+/// instead of one per row (see [`outcome_sql`]). The text depends only on
+/// the number of recipients, so sqlx's statement cache keeps the common
+/// shapes prepared.
+fn insert_message_sql(recipients: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?);\n\
+         INSERT INTO message_bodies (message_id, body) VALUES (?, ?);\n",
+    );
+    for _ in 0..recipients {
+        sql.push_str(
+            "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?);\n",
+        );
+    }
+    sql
+}
+
+/// At most this many recipients' rows go in one batch of statements, so a
+/// message with thousands of recipients does not prepare thousands of
+/// statements at once (nor leave one such text in the statement cache).
+const RECIPIENTS_PER_BATCH: usize = 64;
 
 async fn insert_message(
     conn: &mut SqliteConnection,
@@ -115,31 +211,30 @@ async fn insert_message(
     message: &NewMessage,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
-    )
-    .bind(&id.0)
-    .bind(&message.account)
-    .bind(&message.mail_from)
-    .bind(message.body.len() as i64)
-    .bind(&message.submitted_by)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO message_bodies (message_id, body) VALUES (?, ?)")
+    let (first, rest) = message
+        .recipients
+        .split_at(message.recipients.len().min(RECIPIENTS_PER_BATCH));
+    let mut query = sqlx::query(AssertSqlSafe(insert_message_sql(first.len())))
         .bind(&id.0)
-        .bind(&message.body)
-        .execute(&mut *conn)
-        .await?;
-    for (index, address) in message.recipients.iter().enumerate() {
+        .bind(&message.account)
+        .bind(&message.mail_from)
+        .bind(message.body.len() as i64)
+        .bind(&message.submitted_by)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(&id.0)
+        .bind(&message.body);
+    for (index, address) in first.iter().enumerate() {
+        query = query.bind(&id.0).bind(index as i64).bind(address).bind(now);
+    }
+    query.execute(&mut *conn).await?;
+    for (index, address) in rest.iter().enumerate() {
         sqlx::query(
             "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?)",
         )
         .bind(&id.0)
-        .bind(index as i64)
+        .bind((first.len() + index) as i64)
         .bind(address)
         .bind(now)
         .execute(&mut *conn)
@@ -289,103 +384,145 @@ pub(super) async fn release_instance(
     Ok(released)
 }
 
-async fn check_lease(
-    conn: &mut SqliteConnection,
-    id: &MessageId,
-    lease: &ClaimLease,
-) -> Result<(), StoreError> {
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM messages WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND lease_expires_at = ?",
-    )
-    .bind(&id.0)
-    .bind(&lease.owner)
-    .bind(lease.expires_at)
-    .fetch_optional(&mut *conn)
-    .await?;
-    held.map(|_| ())
-        .ok_or_else(|| StoreError::LeaseLost(id.clone()))
+/// The statements of one outcome, sent to SQLite as one batch: each
+/// statement of a transaction is a hand-off to the connection's thread and
+/// back (sqlx runs each SQLite connection on a thread of its own), and
+/// under the single writer those hand-offs, not SQLite's work, were what
+/// limited delivered messages/s (issue 10, item 5). So the lease check is
+/// the `WHERE` of the last `UPDATE`, the message's new state is computed
+/// there from its recipients, and the caller rolls back to the savepoint
+/// in front when that `UPDATE` matched nothing (a lost lease writes
+/// nothing).
+///
+/// Binds, in order: per recipient (state, reply, now, id, index); per
+/// event (at, kind, account, message id, detail); then next attempt, last
+/// error, now, id, lease owner, lease expiry.
+fn outcome_sql(recipients: usize, events: usize) -> String {
+    let mut sql = format!("{OUTCOME_SAVEPOINT_SQL};\n");
+    for _ in 0..recipients {
+        sql.push_str(
+            "UPDATE recipients SET state = ?, reply = ?, updated_at = ? WHERE message_id = ? AND idx = ?;\n",
+        );
+    }
+    for _ in 0..events {
+        sql.push_str(INSERT_EVENT_SQL);
+        sql.push_str(";\n");
+    }
+    let (pending, deferred) = (
+        RecipientState::Pending.as_str(),
+        RecipientState::Deferred.as_str(),
+    );
+    let delivered = RecipientState::Delivered.as_str();
+    sql.push_str(&format!(
+        "UPDATE messages SET state = CASE \
+             WHEN EXISTS (SELECT 1 FROM recipients WHERE message_id = messages.id AND state IN ('{pending}', '{deferred}')) THEN '{}' \
+             WHEN EXISTS (SELECT 1 FROM recipients WHERE message_id = messages.id AND state = '{delivered}') THEN '{}' \
+             ELSE '{}' END, \
+         attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
+         lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ? \
+         WHERE id = ? AND state = 'in_flight' AND lease_owner = ? AND lease_expires_at = ? RETURNING state",
+        MessageState::Deferred.as_str(),
+        MessageState::Delivered.as_str(),
+        MessageState::Bounced.as_str(),
+    ));
+    sql
 }
 
-/// One delivery attempt's outcome and the events that describe it, in one
-/// transaction: the lease check first, so a worker whose lease was lost
-/// writes nothing at all (neither the outcome nor its events). One commit
-/// per delivered message instead of two (issue 10, item 5); the events then
-/// share the outcome's durability (bookkeeping, `synchronous=NORMAL`), as
-/// `record_event` gave them on their own.
-pub(super) async fn complete_attempt(
+/// Delivery attempts' outcomes and the events that describe them, written
+/// for several workers in one transaction (one commit, one turn of the
+/// writer: issue 10, item 5), each outcome behind a savepoint so a worker
+/// whose lease was lost writes nothing at all (neither the outcome nor its
+/// events) while the others' are kept. The events share the outcome's
+/// durability (bookkeeping, `synchronous=NORMAL`). Per outcome one
+/// hand-off to the connection's thread (the batch of [`outcome_sql`]);
+/// BEGIN and COMMIT once for all.
+pub(super) async fn complete_attempts(
     pool: &SqlitePool,
-    id: &MessageId,
-    lease: &ClaimLease,
-    outcome: &AttemptOutcome,
-    events: &[Event],
-) -> Result<MessageState, StoreError> {
-    // IMMEDIATE: this transaction reads (the lease) before it writes, and a
-    // deferred one would then fail at once with "database is locked" when
-    // another worker commits in between, instead of waiting its turn.
+    batch: &[Outcome],
+) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
+    // IMMEDIATE: this transaction reads (the recipients' states) before it
+    // writes the message, and a deferred one would then fail at once with
+    // "database is locked" when another process commits in between,
+    // instead of waiting its turn.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    check_lease(&mut tx, id, lease).await?;
     let now = crate::clock::now_unix();
-    for (index, state, reply) in &outcome.recipients {
-        sqlx::query("UPDATE recipients SET state = ?, reply = ?, updated_at = ? WHERE message_id = ? AND idx = ?")
-            .bind(state.as_str())
-            .bind(reply)
+    let mut states = Vec::with_capacity(batch.len());
+    for Outcome {
+        id,
+        lease,
+        outcome,
+        events,
+    } in batch
+    {
+        let sql = outcome_sql(outcome.recipients.len(), events.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (index, state, reply) in &outcome.recipients {
+            query = query
+                .bind(state.as_str())
+                .bind(reply)
+                .bind(now)
+                .bind(&id.0)
+                .bind(*index as i64);
+        }
+        for event in events {
+            query = bind_event(query, event);
+        }
+        let returned = query
+            .bind(outcome.next_attempt_at.unwrap_or(now))
+            .bind(&outcome.error)
             .bind(now)
             .bind(&id.0)
-            .bind(*index as i64)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM recipients WHERE message_id = ?")
-            .bind(&id.0)
+            .bind(&lease.owner)
+            .bind(lease.expires_at)
             .fetch_all(&mut *tx)
             .await?;
-    let states: Vec<RecipientState> = states
-        .iter()
-        .map(|s| {
-            RecipientState::parse(s)
-                .ok_or_else(|| StoreError::Corrupt(format!("recipient state {s:?}")))
-        })
-        .collect::<Result<_, _>>()?;
-    let next_state = if states.iter().any(|s| s.is_open()) {
-        MessageState::Deferred
-    } else if states.contains(&RecipientState::Delivered) {
-        MessageState::Delivered
-    } else {
-        MessageState::Bounced
-    };
-    sqlx::query(
-        "UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?, \
-         lease_owner = NULL, lease_expires_at = NULL, lease_instance = NULL, updated_at = ? WHERE id = ?",
-    )
-    .bind(next_state.as_str())
-    .bind(outcome.next_attempt_at.unwrap_or(now))
-    .bind(&outcome.error)
-    .bind(now)
-    .bind(&id.0)
-    .execute(&mut *tx)
-    .await?;
-    for event in events {
-        insert_event(&mut tx, event).await?;
+        // Only the last statement returns a row: the message's new state,
+        // if the lease was still this worker's.
+        let state = match returned.first() {
+            Some(row) => {
+                let state: String = row.try_get("state")?;
+                MessageState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("message state {state:?}")))
+            }
+            None => Err(StoreError::LeaseLost(id.clone())),
+        };
+        if state.is_err() {
+            // Undo this outcome's statements, and only this outcome's.
+            sqlx::query(ROLLBACK_OUTCOME_SQL).execute(&mut *tx).await?;
+        }
+        states.push(state);
     }
     tx.commit().await?;
-    Ok(next_state)
+    Ok(states)
+}
+
+/// Each outcome's statements follow this savepoint (see [`outcome_sql`]);
+/// rolling back to it undoes the latest outcome's and keeps the earlier.
+const OUTCOME_SAVEPOINT_SQL: &str = "SAVEPOINT outcome";
+const ROLLBACK_OUTCOME_SQL: &str = "ROLLBACK TO outcome";
+
+const INSERT_EVENT_SQL: &str =
+    "INSERT INTO events (at, kind, account, message_id, detail) VALUES (?, ?, ?, ?, ?)";
+
+fn bind_event<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    event: &'q Event,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(event.at)
+        .bind(&event.kind)
+        .bind(&event.account)
+        .bind(event.message_id.as_ref().map(|id| id.0.as_str()))
+        .bind(&event.detail)
 }
 
 pub(super) async fn insert_event(
     conn: &mut SqliteConnection,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (at, kind, account, message_id, detail) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(event.at)
-    .bind(&event.kind)
-    .bind(&event.account)
-    .bind(event.message_id.as_ref().map(|id| id.0.as_str()))
-    .bind(&event.detail)
-    .execute(&mut *conn)
-    .await?;
+    bind_event(sqlx::query(INSERT_EVENT_SQL), event)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -762,6 +899,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn outcomes_written_together_keep_each_other_apart() {
+        let (_dir, store, _) = store().await;
+        let lost = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let kept = store
+            .enqueue(message(&["b@x", "c@x"]))
+            .await
+            .expect("enqueue");
+        let now = crate::clock::now_unix();
+        let first = store
+            .claim("crashed", now, now + 5, 10)
+            .await
+            .expect("claim");
+        assert_eq!(first.len(), 2);
+        // Both leases lapse; the second worker takes both, then the first
+        // worker's outcome for `lost` arrives in the same batch as the
+        // second worker's for `kept`.
+        let second = store
+            .claim("w2", now + 6, now + 60, 10)
+            .await
+            .expect("claim");
+        let lease_of = |claims: &[Claimed], id: &MessageId| {
+            claims
+                .iter()
+                .find(|c| &c.message.id == id)
+                .expect("claimed")
+                .lease
+                .clone()
+        };
+        let outcome = |recipients: Vec<(usize, RecipientState, Option<String>)>| AttemptOutcome {
+            recipients,
+            next_attempt_at: Some(now + 600),
+            error: None,
+        };
+        let batch = [
+            super::Outcome {
+                id: lost.clone(),
+                lease: lease_of(&first, &lost),
+                outcome: outcome(vec![(0, RecipientState::Bounced, Some("550 no".into()))]),
+                events: vec![delivered_event(&lost)],
+            },
+            super::Outcome {
+                id: kept.clone(),
+                lease: lease_of(&second, &kept),
+                outcome: outcome(vec![
+                    (0, RecipientState::Delivered, Some("250 ok".into())),
+                    (1, RecipientState::Deferred, Some("451 later".into())),
+                ]),
+                events: vec![delivered_event(&kept)],
+            },
+        ];
+        let states = super::complete_attempts(&store.bookkeeping, &batch)
+            .await
+            .expect("the batch commits");
+        assert!(matches!(
+            states[0],
+            Err(crate::store::StoreError::LeaseLost(_))
+        ));
+        assert_eq!(states[1].as_ref().ok(), Some(&MessageState::Deferred));
+        let (shown, _) = store.message(&lost).await.expect("read").expect("exists");
+        assert_eq!((shown.state, shown.attempts), (MessageState::InFlight, 0));
+        assert_eq!(shown.recipients[0].state, RecipientState::Pending);
+        let (shown, _) = store.message(&kept).await.expect("read").expect("exists");
+        assert_eq!((shown.state, shown.attempts), (MessageState::Deferred, 1));
+        assert_eq!(shown.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(shown.recipients[1].state, RecipientState::Deferred);
+        let events = store.events(10).await.expect("events");
+        assert_eq!(
+            events,
+            vec![delivered_event(&kept)],
+            "only the kept outcome's event"
+        );
+    }
+
+    #[tokio::test]
     async fn a_lost_lease_writes_neither_the_outcome_nor_its_events() {
         let (_dir, store, _) = store().await;
         let id = store.enqueue(message(&["a@x"])).await.expect("enqueue");
@@ -946,6 +1157,9 @@ mod plan_tests {
                 &["messages_waiting", "messages_lease_expiry"],
             ),
             ("release", super::RELEASE_SQL.into(), 5, &[]),
+            // The outcome's last statement (its new state from the
+            // recipients' states); the recipients' updates are by key.
+            ("outcome", super::outcome_sql(0, 0), 6, &[]),
             (
                 "release_instance",
                 super::RELEASE_INSTANCE_SQL.into(),
