@@ -363,16 +363,39 @@ impl AuditLog {
     /// next line written says how many were lost: callers may go on with
     /// their work whatever this returns.
     pub fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
+        self.append_all(vec![entry])
+    }
+
+    /// [`AuditLog::append`] for several entries, in order, written in one
+    /// batch (they join the same write and flush); returns once all are on
+    /// disk, with the first error if any could not be written.
+    pub fn append_all(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut pending = self.lock_pending();
-        let ticket = pending.next_ticket;
-        pending.next_ticket += 1;
-        pending.queue.push((ticket, entry));
+        let first = pending.next_ticket;
+        for entry in entries {
+            let ticket = pending.next_ticket;
+            pending.next_ticket += 1;
+            pending.queue.push((ticket, entry));
+        }
+        let mine = first..pending.next_ticket;
         loop {
-            if let Some(outcome) = pending.outcomes.remove(&ticket) {
-                return outcome.map_err(|(kind, message)| AuditError::Write {
-                    path: self.path.clone(),
-                    source: std::io::Error::new(kind, message),
-                });
+            // All were queued under one lock, so one write takes them all.
+            if mine.clone().all(|t| pending.outcomes.contains_key(&t)) {
+                let mut first_error = Ok(());
+                for ticket in mine {
+                    if let Some(Err((kind, message))) = pending.outcomes.remove(&ticket)
+                        && first_error.is_ok()
+                    {
+                        first_error = Err(AuditError::Write {
+                            path: self.path.clone(),
+                            source: std::io::Error::new(kind, message),
+                        });
+                    }
+                }
+                return first_error;
             }
             if pending.writing {
                 pending = self
@@ -440,8 +463,16 @@ impl AuditLog {
     /// [`AuditLog::append`] on tokio's blocking pool, for async callers,
     /// whose runtime threads must not wait for the disk.
     pub async fn append_async(self: &Arc<Self>, entry: AuditEntry) -> Result<(), AuditError> {
+        self.append_all_async(vec![entry]).await
+    }
+
+    /// [`AuditLog::append_all`] on tokio's blocking pool.
+    pub async fn append_all_async(
+        self: &Arc<Self>,
+        entries: Vec<AuditEntry>,
+    ) -> Result<(), AuditError> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.append(entry))
+        tokio::task::spawn_blocking(move || log.append_all(entries))
             .await
             .map_err(|e| AuditError::Write {
                 path: self.path.clone(),

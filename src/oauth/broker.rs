@@ -198,6 +198,14 @@ impl BrokerError {
     }
 }
 
+/// One line for [`Broker::audit_all`]: what was done, to which account.
+#[derive(Debug, Clone)]
+pub struct AuditLine {
+    pub action: String,
+    pub account: Option<String>,
+    pub detail: String,
+}
+
 /// What the broker tells listeners (the demo, the audit log, metrics).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BrokerEvent {
@@ -503,16 +511,29 @@ impl Broker {
     /// Records an event that is not the broker's own (a message outcome) in
     /// the audit log, if there is one, under this broker's actor.
     pub async fn audit(&self, action: &str, account: Option<&str>, detail: &str) {
-        let Some(audit) = &self.audit else { return };
-        let entry = crate::audit::AuditEntry {
-            actor: self.actor.clone(),
+        self.audit_all(vec![AuditLine {
             action: action.to_string(),
             account: account.map(str::to_string),
-            token_fingerprint: None,
-            message_id: None,
             detail: detail.to_string(),
-        };
-        if let Err(e) = audit.append_async(entry).await {
+        }])
+        .await;
+    }
+
+    /// Several lines, in order, in one write of the audit log.
+    pub async fn audit_all(&self, lines: Vec<AuditLine>) {
+        let Some(audit) = &self.audit else { return };
+        let entries = lines
+            .into_iter()
+            .map(|line| crate::audit::AuditEntry {
+                actor: self.actor.clone(),
+                action: line.action,
+                account: line.account,
+                token_fingerprint: None,
+                message_id: None,
+                detail: line.detail,
+            })
+            .collect();
+        if let Err(e) = audit.append_all_async(entries).await {
             tracing::error!(error = %e, "cannot write the audit log");
         }
     }
