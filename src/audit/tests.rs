@@ -96,6 +96,40 @@ fn two_writers_on_one_file_keep_one_chain() {
 }
 
 #[test]
+fn entries_appended_together_keep_their_order_among_other_writers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let log = open(&path);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..20 {
+                log.append(entry("single")).expect("append");
+            }
+        });
+        scope.spawn(|| {
+            for _ in 0..10 {
+                log.append_all(THREE.iter().map(|action| entry(action)).collect())
+                    .expect("append all");
+            }
+        });
+    });
+    assert!(
+        log.append_all(Vec::new()).is_ok(),
+        "nothing to write is no error"
+    );
+    assert_eq!(keyed(&path).expect("one intact chain").lines, 50);
+    // Each group of three is whole and in order, whatever came between groups.
+    let actions: Vec<String> = lines(&path)
+        .iter()
+        .map(|line| field(line, "action"))
+        .filter(|action| action != "single")
+        .collect();
+    for group in actions.chunks(3) {
+        assert_eq!(group, THREE, "{actions:?}");
+    }
+}
+
+#[test]
 fn edited_line_is_detected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_log(dir.path(), &THREE);
