@@ -15,7 +15,10 @@
 # Usage: bench/api.sh [MESSAGES]   (default 2000)
 # Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
 #        PERF=1: sample the relay with `perf record` during the API run at
-#        N = 10 (report in $OUT/perf-api.txt)
+#        N = 10 (report in $OUT/perf-api.txt); PERF=dwarf for call graphs
+#        through DWARF (the release build has no frame pointers)
+#        STAT=1: count the relay's context switches and CPU time during
+#        each run (`perf stat`, $OUT/stat-LABEL.txt)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -90,31 +93,52 @@ wait_for "$WORK/serve.log" 'delivering with' 30
 "$OXIRELAY" -c "$CONFIG" lockdown --reason "api benchmark: acceptance only" >/dev/null 2>&1
 wait_for "$WORK/serve.log" "LOCKDOWN" 30
 
-summary() { # label file relay-cpu-seconds
-    jq -c --arg name "$1" --argjson cpu "$3" '{label: $name, relay_cpu_ms_per_msg: (if .messages_sent > 0 then ($cpu * 1000 / .messages_sent * 100 | round / 100) else null end), n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
+# The load generator's own CPU (user + system seconds) from /usr/bin/time:
+# both clients share the two cores with the relay, so a heavier client
+# costs the side it drives.
+client_cpu() { awk '{printf "%.3f", $1 + $2}' "$1" 2>/dev/null || echo 0; }
+summary() { # label file relay-cpu-seconds client-cpu-seconds
+    jq -c --arg name "$1" --argjson cpu "$3" --argjson client "$4" '{label: $name, relay_cpu_ms_per_msg: (if .messages_sent > 0 then ($cpu * 1000 / .messages_sent * 100 | round / 100) else null end), client_cpu_ms_per_msg: (if .messages_sent > 0 then ($client * 1000 / .messages_sent * 100 | round / 100) else null end), n: .sessions, accepted: .messages_sent, errors: .errors, s: .duration_s, per_s: .messages_per_s, p50_ms: .latency_ms.p50, p99_ms: .latency_ms.p99, timed_out: .timed_out}' "$2"
 }
+stat_start() { # label
+    STAT_PID=""
+    if [[ -n "${STAT:-}" ]]; then
+        perf stat -e context-switches,cpu-migrations,task-clock -p "$RELAY_PID" -o "$OUT/stat-$1.txt" >/dev/null 2>&1 &
+        STAT_PID=$!
+    fi
+}
+stat_stop() { if [[ -n "$STAT_PID" ]]; then kill -INT "$STAT_PID" 2>/dev/null || true; wait "$STAT_PID" 2>/dev/null || true; fi; }
 acknowledged=0
 for n in $SESSIONS; do
     cpu=$(cpu_s "$RELAY_PID")
-    "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
+    stat_start "smtp-n$n"
+    /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
         --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout 300s >"$OUT/smtp-n$n.json" || true
-    summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    stat_stop
+    summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
+        "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
     cpu=$(cpu_s "$RELAY_PID")
     PROBE=""
     if [[ -n "${PERF:-}" && $n == 10 ]]; then
-        perf record -F 999 -g -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        perf record -F 999 $([[ $PERF == dwarf ]] && echo --call-graph=dwarf,16384 || echo -g) -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
         PROBE=$!
     fi
-    "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
+    stat_start "api-n$n"
+    /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
         --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout-s 300 >"$OUT/api-n$n.json" || true
-    summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" | tee -a "$RESULTS"
+    stat_stop
+    summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
+        "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
     if [[ -n "$PROBE" ]]; then
         kill -INT "$PROBE" 2>/dev/null || true
         wait "$PROBE" 2>/dev/null || true
         perf report -i "$WORK/perf.data" --no-children --sort sym -g none --percent-limit 0.7 --stdio 2>/dev/null \
             | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-api.txt" || true
+        # Inclusive cost of the relay's own functions (the request's parts).
+        perf report -i "$WORK/perf.data" --children --sort sym -g none --percent-limit 2 --stdio 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | grep -E 'oxirelay|axum|hyper|serde|mail_builder' | head -60 >"$OUT/perf-api-inclusive.txt" || true
     fi
     acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/smtp-n$n.json") + $(jq .messages_sent "$OUT/api-n$n.json")))
 done
