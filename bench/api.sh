@@ -14,9 +14,10 @@
 #
 # Usage: bench/api.sh [MESSAGES]   (default 2000)
 # Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
-#        PERF=1: sample the relay with `perf record` during the API run at
-#        N = 10 (report in $OUT/perf-api.txt); PERF=dwarf for call graphs
-#        through DWARF (the release build has no frame pointers)
+#        PERF=1: sample the relay with `perf record` during both runs at
+#        N = PERF_N (10; reports in $OUT/perf-smtp.txt, perf-api.txt and
+#        their -inclusive.txt); PERF=dwarf for call graphs through DWARF
+#        (the release build has no frame pointers)
 #        STAT=1: count the relay's context switches and CPU time during
 #        each run (`perf stat`, $OUT/stat-LABEL.txt)
 set -euo pipefail
@@ -108,38 +109,45 @@ stat_start() { # label
     fi
 }
 stat_stop() { if [[ -n "$STAT_PID" ]]; then kill -INT "$STAT_PID" 2>/dev/null || true; wait "$STAT_PID" 2>/dev/null || true; fi; }
+probe_start() { # n
+    PROBE=""
+    if [[ -n "${PERF:-}" && $1 == "${PERF_N:-10}" ]]; then
+        perf record -F 999 $([[ $PERF == dwarf ]] && echo --call-graph=dwarf,16384 || echo -g) -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
+        PROBE=$!
+    fi
+}
+probe_stop() { # side
+    if [[ -z "$PROBE" ]]; then return; fi
+    kill -INT "$PROBE" 2>/dev/null || true
+    wait "$PROBE" 2>/dev/null || true
+    perf report -i "$WORK/perf.data" --no-children --sort sym -g none --percent-limit 0.7 --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-$1.txt" || true
+    # Inclusive cost of the relay's own functions (the request's parts).
+    perf report -i "$WORK/perf.data" --children --sort sym -g none --percent-limit 2 --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | grep -E 'oxirelay|axum|hyper|serde|mail_builder' | head -60 >"$OUT/perf-$1-inclusive.txt" || true
+}
 acknowledged=0
 for n in $SESSIONS; do
     cpu=$(cpu_s "$RELAY_PID")
     stat_start "smtp-n$n"
+    probe_start "$n"
     /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
         --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout 300s >"$OUT/smtp-n$n.json" || true
     stat_stop
+    probe_stop smtp
     summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
         "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
     cpu=$(cpu_s "$RELAY_PID")
-    PROBE=""
-    if [[ -n "${PERF:-}" && $n == 10 ]]; then
-        perf record -F 999 $([[ $PERF == dwarf ]] && echo --call-graph=dwarf,16384 || echo -g) -p "$RELAY_PID" -o "$WORK/perf.data" >/dev/null 2>&1 &
-        PROBE=$!
-    fi
     stat_start "api-n$n"
+    probe_start "$n"
     /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
         --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
         --size "$SIZE" --timeout-s 300 >"$OUT/api-n$n.json" || true
     stat_stop
+    probe_stop api
     summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
         "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
-    if [[ -n "$PROBE" ]]; then
-        kill -INT "$PROBE" 2>/dev/null || true
-        wait "$PROBE" 2>/dev/null || true
-        perf report -i "$WORK/perf.data" --no-children --sort sym -g none --percent-limit 0.7 --stdio 2>/dev/null \
-            | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-api.txt" || true
-        # Inclusive cost of the relay's own functions (the request's parts).
-        perf report -i "$WORK/perf.data" --children --sort sym -g none --percent-limit 2 --stdio 2>/dev/null \
-            | grep -v '^#' | grep -v '^$' | grep -E 'oxirelay|axum|hyper|serde|mail_builder' | head -60 >"$OUT/perf-api-inclusive.txt" || true
-    fi
     acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/smtp-n$n.json") + $(jq .messages_sent "$OUT/api-n$n.json")))
 done
 
