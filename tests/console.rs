@@ -153,6 +153,11 @@ async fn logins_forms_and_pages_are_guarded() {
     assert_eq!(css.status, 200);
     assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
     assert_security_headers(&css, "the stylesheet");
+    // A page that does not exist is the console's own 404, guarded alike.
+    let missing = visitor.get("/console/no-such-page").await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert_security_headers(&missing, "a page that does not exist");
+    assert!(missing.body.contains("no such page"), "{}", missing.body);
 
     // A wrong password is refused; a right one without the form's token too.
     let csrf = csrf_of(&form.body);

@@ -22,8 +22,8 @@ pub mod session;
 
 use crate::http::HttpState;
 use axum::Router;
-use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
 
@@ -102,11 +102,25 @@ pub fn routes(state: HttpState) -> Router {
         .route("/console/audit", get(handlers::audit))
         .route("/console/webhooks", get(handlers::webhooks))
         .route("/console/inbox", get(handlers::inbox))
+        // Anything else under /console is the console's own 404, with the
+        // same security headers as its pages (not the bare 404 of a route
+        // that does not exist).
+        .route("/console/{*rest}", axum::routing::any(not_found))
         .layer(axum::middleware::map_response_with_state(
             state.https,
             security_headers,
         ))
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::response::Html(
+            pages::notice("Not found", "There is no such page in the console.", None).into_string(),
+        ),
+    )
+        .into_response()
 }
 
 async fn stylesheet() -> Response {
