@@ -246,16 +246,23 @@ impl AttemptCount {
 const TAILS_WAITING: usize = 1024;
 
 /// Writes recorded attempts' audit lines, as many as are waiting in one
-/// append, then counts them; ends when every sender is gone.
-async fn write_attempt_tails(shared: Arc<Shared>, mut tails: mpsc::Receiver<AttemptTail>) {
+/// append, then counts them; ends when every sender is gone. It holds the
+/// broker and the stats, not `Shared`: `Shared` holds the sender, and an
+/// engine dropped without `shutdown` must not leave this task waiting on
+/// itself.
+async fn write_attempt_tails(
+    broker: Arc<Broker>,
+    stats: watch::Sender<EngineStats>,
+    mut tails: mpsc::Receiver<AttemptTail>,
+) {
     let mut batch = Vec::with_capacity(TAILS_WAITING);
     while tails.recv_many(&mut batch, TAILS_WAITING).await > 0 {
         let lines = batch
             .iter_mut()
             .flat_map(|tail| std::mem::take(&mut tail.lines))
             .collect();
-        shared.broker.audit_all(lines).await;
-        shared.count(|stats| {
+        broker.audit_all(lines).await;
+        stats.send_modify(|stats| {
             for tail in &batch {
                 tail.count.add_to(stats);
             }
@@ -315,7 +322,11 @@ impl Engine {
         background.spawn(maintain(shared.clone(), stop_signal.clone()));
         background.spawn(beat(shared.clone(), stop_signal.clone()));
         background.spawn(close_retired_sessions(shared.clone(), stop_signal.clone()));
-        let tail_writer = tokio::spawn(write_attempt_tails(shared.clone(), tails_waiting));
+        let tail_writer = tokio::spawn(write_attempt_tails(
+            shared.broker.clone(),
+            shared.stats.clone(),
+            tails_waiting,
+        ));
         let mut workers = JoinSet::new();
         for index in 0..shared.config.workers.max(1) {
             workers.spawn(work(shared.clone(), index, stop_signal.clone()));

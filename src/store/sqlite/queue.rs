@@ -181,30 +181,43 @@ impl Batch for Outcome {
     }
 }
 
-/// A message's rows, inserted by one batch of statements (the message, its
-/// body, one row per recipient): one hand-off to the connection's thread
-/// instead of one per row (see [`outcome_sql`]). The text depends only on
-/// the number of recipients, so sqlx's statement cache keeps the common
-/// shapes prepared.
-fn insert_message_sql(recipients: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?);\n\
-         INSERT INTO message_bodies (message_id, body) VALUES (?, ?);\n",
-    );
-    for _ in 0..recipients {
-        sql.push_str(
-            "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?);\n",
-        );
-    }
-    sql
-}
+const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
+     VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?);\n\
+     INSERT INTO message_bodies (message_id, body) VALUES (?, ?);\n";
+
+const INSERT_RECIPIENT_SQL: &str = "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?);\n";
 
 /// At most this many recipients' rows go in one batch of statements, so a
 /// message with thousands of recipients does not prepare thousands of
 /// statements at once (nor leave one such text in the statement cache).
 const RECIPIENTS_PER_BATCH: usize = 64;
 
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds one [`INSERT_RECIPIENT_SQL`] per address, the first at `first_index`.
+fn bind_recipients<'q>(
+    mut query: SqliteQuery<'q>,
+    id: &'q MessageId,
+    first_index: usize,
+    addresses: &'q [String],
+    now: i64,
+) -> SqliteQuery<'q> {
+    for (n, address) in addresses.iter().enumerate() {
+        query = query
+            .bind(&id.0)
+            .bind((first_index + n) as i64)
+            .bind(address)
+            .bind(now);
+    }
+    query
+}
+
+/// A message's rows, inserted by batches of statements (the message, its
+/// body and its first recipients, then the others by
+/// [`RECIPIENTS_PER_BATCH`]): a hand-off to the connection's thread per
+/// batch instead of one per row (see [`outcome_sql`]). The texts depend
+/// only on the number of recipients in a batch, so sqlx's statement cache
+/// keeps the common shapes prepared.
 async fn insert_message(
     conn: &mut SqliteConnection,
     id: &MessageId,
@@ -214,7 +227,11 @@ async fn insert_message(
     let (first, rest) = message
         .recipients
         .split_at(message.recipients.len().min(RECIPIENTS_PER_BATCH));
-    let mut query = sqlx::query(AssertSqlSafe(insert_message_sql(first.len())))
+    let sql = format!(
+        "{INSERT_MESSAGE_SQL}{}",
+        INSERT_RECIPIENT_SQL.repeat(first.len())
+    );
+    let query = sqlx::query(AssertSqlSafe(sql))
         .bind(&id.0)
         .bind(&message.account)
         .bind(&message.mail_from)
@@ -225,18 +242,18 @@ async fn insert_message(
         .bind(now)
         .bind(&id.0)
         .bind(&message.body);
-    for (index, address) in first.iter().enumerate() {
-        query = query.bind(&id.0).bind(index as i64).bind(address).bind(now);
-    }
-    query.execute(&mut *conn).await?;
-    for (index, address) in rest.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?)",
+    bind_recipients(query, id, 0, first, now)
+        .execute(&mut *conn)
+        .await?;
+    for (n, chunk) in rest.chunks(RECIPIENTS_PER_BATCH).enumerate() {
+        let query = sqlx::query(AssertSqlSafe(INSERT_RECIPIENT_SQL.repeat(chunk.len())));
+        bind_recipients(
+            query,
+            id,
+            first.len() + n * RECIPIENTS_PER_BATCH,
+            chunk,
+            now,
         )
-        .bind(&id.0)
-        .bind((first.len() + index) as i64)
-        .bind(address)
-        .bind(now)
         .execute(&mut *conn)
         .await?;
     }
@@ -504,10 +521,7 @@ const ROLLBACK_OUTCOME_SQL: &str = "ROLLBACK TO outcome";
 const INSERT_EVENT_SQL: &str =
     "INSERT INTO events (at, kind, account, message_id, detail) VALUES (?, ?, ?, ?, ?)";
 
-fn bind_event<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    event: &'q Event,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+fn bind_event<'q>(query: SqliteQuery<'q>, event: &'q Event) -> SqliteQuery<'q> {
     query
         .bind(event.at)
         .bind(&event.kind)
@@ -1003,6 +1017,29 @@ mod tests {
             "still the second worker's"
         );
         assert_eq!(shown.recipients[0].state, RecipientState::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_message_with_more_recipients_than_a_batch_keeps_them_all_in_order() {
+        let (_dir, store, _) = store().await;
+        let addresses: Vec<String> = (0..2 * super::RECIPIENTS_PER_BATCH + 5)
+            .map(|i| format!("r{i}@example.net"))
+            .collect();
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let id = store.enqueue(message(&refs)).await.expect("enqueue");
+        let (shown, _) = store.message(&id).await.expect("read").expect("exists");
+        let stored: Vec<&str> = shown
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(stored, refs);
+        assert!(
+            shown
+                .recipients
+                .iter()
+                .all(|r| r.state == RecipientState::Pending)
+        );
     }
 
     #[tokio::test]
