@@ -14,6 +14,8 @@
 #
 # Usage: bench/api.sh [MESSAGES]   (default 2000)
 # Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
+#        ROUNDS=1: SMTP and API runs per N, alternating which goes first;
+#        each round's API ÷ SMTP and their median go to $OUT/ratios.jsonl
 #        PERF=1: sample the relay with `perf record` during both runs at
 #        N = PERF_N (10; reports in $OUT/perf-smtp.txt, perf-api.txt and
 #        their -inclusive.txt); PERF=dwarf for call graphs through DWARF
@@ -25,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES="${1:-2000}"
 SESSIONS="${SESSIONS:-1 10 50}"
+ROUNDS="${ROUNDS:-1}"
 SIZE="${SIZE:-5120}"
 OUT="${OUT:-target/bench/api-$(date -u +%Y%m%dT%H%M%SZ)}"
 RELAY_PORT="${RELAY_PORT:-19957}"
@@ -125,31 +128,61 @@ probe_stop() { # side
     # Inclusive cost of the relay's own functions (the request's parts).
     perf report -i "$WORK/perf.data" --children --sort sym -g none --percent-limit 2 --stdio 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | grep -E 'oxirelay|axum|hyper|serde|mail_builder' | head -60 >"$OUT/perf-$1-inclusive.txt" || true
+    # Kept for `perf report -i` beyond the top lines above.
+    mv "$WORK/perf.data" "$OUT/perf-$1.data" 2>/dev/null || true
 }
+# One load run of one side (smtp or api) at N, recorded under its label.
+run_side() { # side n label
+    local side=$1 n=$2 label=$3 cpu
+    cpu=$(cpu_s "$RELAY_PID")
+    stat_start "$label"
+    probe_start "$n"
+    if [[ $side == smtp ]]; then
+        /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$LOADGEN" --label "$label" --target "127.0.0.1:$RELAY_PORT" --auth none \
+            --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
+            --size "$SIZE" --timeout 300s >"$OUT/$label.json" || true
+    else
+        /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$APIGEN" --label "$label" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
+            --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
+            --size "$SIZE" --timeout-s 300 >"$OUT/$label.json" || true
+    fi
+    stat_stop
+    probe_stop "$side"
+    summary "$label" "$OUT/$label.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
+        "$(client_cpu "$WORK/client.cpu")" | jq -c --arg side "$side" --argjson round "${4:-1}" '. + {side: $side, round: $round}' | tee -a "$RESULTS"
+    acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/$label.json")))
+}
+
 acknowledged=0
 for n in $SESSIONS; do
-    cpu=$(cpu_s "$RELAY_PID")
-    stat_start "smtp-n$n"
-    probe_start "$n"
-    /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$LOADGEN" --label "smtp-n$n" --target "127.0.0.1:$RELAY_PORT" --auth none \
-        --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
-        --size "$SIZE" --timeout 300s >"$OUT/smtp-n$n.json" || true
-    stat_stop
-    probe_stop smtp
-    summary "smtp-n$n" "$OUT/smtp-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
-        "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
-    cpu=$(cpu_s "$RELAY_PID")
-    stat_start "api-n$n"
-    probe_start "$n"
-    /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$APIGEN" --label "api-n$n" --url "http://127.0.0.1:$API_PORT" --key-file "$WORK/api.key" \
-        --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
-        --size "$SIZE" --timeout-s 300 >"$OUT/api-n$n.json" || true
-    stat_stop
-    probe_stop api
-    summary "api-n$n" "$OUT/api-n$n.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
-        "$(client_cpu "$WORK/client.cpu")" | tee -a "$RESULTS"
-    acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/smtp-n$n.json") + $(jq .messages_sent "$OUT/api-n$n.json")))
+    for ((round = 1; round <= ROUNDS; round++)); do
+        suffix=""
+        ((ROUNDS > 1)) && suffix="-r$round"
+        # Rounds alternate which side goes first, so that a machine that
+        # slows down or speeds up during the rounds favours neither.
+        if ((round % 2 == 1)); then order="smtp api"; else order="api smtp"; fi
+        for side in $order; do
+            run_side "$side" "$n" "$side-n$n$suffix" "$round"
+        done
+    done
 done
+
+# Per N: each round's API ÷ SMTP (the two ran back to back), and the median
+# over the rounds (the figure to read on a machine shared with others).
+jq -s -c --argjson sessions "[$(echo "$SESSIONS" | tr ' ' ',')]" '
+    def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    map(select(.side != null)) as $runs
+    | $sessions[] as $n
+    | ($runs | map(select(.n == $n))) as $at
+    | ($at | map(.round) | unique) as $rounds
+    | [$rounds[] as $r | ($at | map(select(.round == $r))) as $pair
+        | (($pair | map(select(.side == "api"))[0].per_s) / ($pair | map(select(.side == "smtp"))[0].per_s))] as $ratios
+    | {n: $n, rounds: ($rounds | length),
+       smtp_per_s_median: ($at | map(select(.side == "smtp").per_s) | median),
+       api_per_s_median: ($at | map(select(.side == "api").per_s) | median),
+       api_over_smtp: ($ratios | map(. * 100 | round / 100)),
+       api_over_smtp_median: ($ratios | median | . * 100 | round / 100)}
+' "$RESULTS" | tee -a "$OUT/ratios.jsonl"
 
 # Durable: after SIGKILL, every acknowledged message is in the queue.
 kill -KILL "$RELAY_PID"
