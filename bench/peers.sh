@@ -31,7 +31,7 @@
 #
 # Usage: bench/peers.sh [MESSAGES_PER_RUN]   (default 5000)
 # Env:   SESSIONS="10 50"  SIZE=5120  TIMEOUT=120  OUT=dir  RUNS=1
-#        WORKERS=8 (oxirelay serve --workers, its default)  IDLE=1000
+#        WORKERS=8 (oxirelay serve --workers, its default)  IDLE=1000 (0: no E)
 #        SKIP_BUILD=1 PROFILE=debug (a quick check of the script itself)
 set -euo pipefail
 
@@ -309,25 +309,29 @@ for run in $(seq "$RUNS"); do
     done
 done
 
-echo "== idle: $IDLE sessions from 127.0.0.1-8, the relay's RSS"
-rm -f "$WORK"/relay.db*
-start_relay idle --max-sessions-per-listener $((IDLE + 100)) \
-    --max-sessions-per-address $((IDLE / 8 + 10))
-rss_before=$(rss_kb "$RELAY_PID")
-"$LOADGEN" --label idle --target "127.0.0.1:$RELAY_PORT" --auth none --sessions "$IDLE" \
-    --source 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8 \
-    --idle 10s --timeout 60s >"$OUT/idle.json" 2>"$WORK/idle.err" &
-IDLE_PID=$!
-PIDS+=("$IDLE_PID")
-if wait_for "$WORK/idle.err" 'idle sessions are open' 50; then
-    sleep 1
-    rss_open=$(rss_kb "$RELAY_PID")
-else
-    rss_open=null
+# IDLE=0 leaves E out (a quicker run of A to D).
+if ((IDLE > 0)); then
+    echo "== idle: $IDLE sessions from 127.0.0.1-8, the relay's RSS"
+    rm -f "$WORK"/relay.db*
+    start_relay idle --max-sessions-per-listener $((IDLE + 100)) \
+        --max-sessions-per-address $((IDLE / 8 + 10))
+    rss_before=$(rss_kb "$RELAY_PID")
+    "$LOADGEN" --label idle --target "127.0.0.1:$RELAY_PORT" --auth none --sessions "$IDLE" \
+        --source 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8 \
+        --idle 10s --timeout 60s >"$OUT/idle.json" 2>"$WORK/idle.err" &
+    IDLE_PID=$!
+    PIDS+=("$IDLE_PID")
+    if wait_for "$WORK/idle.err" 'idle sessions are open' 50; then
+        sleep 1
+        rss_open=$(rss_kb "$RELAY_PID")
+    else
+        rss_open=null
+    fi
+    wait "$IDLE_PID" || true
+    opened=$(jq .sessions_opened "$OUT/idle.json" 2>/dev/null || true)
+    opened=${opened:-null}
+    record "{\"path\":\"idle sessions\",\"requested\":$IDLE,\"opened\":$opened,\"relay_rss_kb_before\":$rss_before,\"relay_rss_kb_open\":$rss_open,\"relay_peak_rss_kb\":$(peak_rss_kb "$RELAY_PID")}"
+    stop_relay idle
 fi
-wait "$IDLE_PID" || true
-opened=$(jq .sessions_opened "$OUT/idle.json" 2>/dev/null || echo null)
-record "{\"path\":\"idle sessions\",\"requested\":$IDLE,\"opened\":$opened,\"relay_rss_kb_before\":$rss_before,\"relay_rss_kb_open\":$rss_open,\"relay_peak_rss_kb\":$(peak_rss_kb "$RELAY_PID")}"
-stop_relay idle
 
 echo "== results: $RESULTS"
