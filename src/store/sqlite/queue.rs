@@ -492,7 +492,28 @@ pub(super) async fn complete_attempts(
             .bind(&lease.owner)
             .bind(lease.expires_at)
             .fetch_all(&mut *tx)
-            .await?;
+            .await;
+        let returned = match returned {
+            Ok(rows) => rows,
+            Err(error) => {
+                // This outcome's statement failed (a constraint, a
+                // trigger): undo its statements and keep the others', so
+                // one bad outcome does not send every message of the batch
+                // out again. When the transaction itself is gone (SQLite
+                // rolls it back on a full disk or an I/O error), there is
+                // no savepoint to return to and the batch fails, as a
+                // failed commit does.
+                if sqlx::query(ROLLBACK_OUTCOME_SQL)
+                    .execute(&mut *tx)
+                    .await
+                    .is_err()
+                {
+                    return Err(error);
+                }
+                states.push(Err(error.into()));
+                continue;
+            }
+        };
         // Only the last statement returns a row: the message's new state,
         // if the lease was still this worker's.
         let state = match returned.first() {
@@ -909,6 +930,69 @@ mod tests {
         assert_eq!(
             store.events_after(log[0].id, 10).await.expect("log").len(),
             1
+        );
+    }
+
+    /// One outcome whose statement fails (here a trigger in the real file
+    /// refuses it) is undone alone: the outcome written with it is
+    /// committed, and the failed one's message keeps its lease, to be
+    /// delivered again when the lease ends.
+    #[tokio::test]
+    async fn an_outcome_whose_statement_fails_is_undone_alone() {
+        let (_dir, store, _) = store().await;
+        let refused = store.enqueue(message(&["a@x"])).await.expect("enqueue");
+        let kept = store.enqueue(message(&["b@x"])).await.expect("enqueue");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER refuse_one BEFORE UPDATE OF attempts ON messages \
+             WHEN NEW.id = '{}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            refused.0
+        )))
+        .execute(&store.bookkeeping)
+        .await
+        .expect("trigger");
+        let now = crate::clock::now_unix();
+        let claims = store.claim("w1", now, now + 60, 10).await.expect("claim");
+        assert_eq!(claims.len(), 2);
+        let delivered = |id: &MessageId| {
+            let claim = claims
+                .iter()
+                .find(|c| &c.message.id == id)
+                .expect("claimed");
+            super::Outcome {
+                id: id.clone(),
+                lease: claim.lease.clone(),
+                outcome: AttemptOutcome {
+                    recipients: vec![(0, RecipientState::Delivered, Some("250 ok".into()))],
+                    next_attempt_at: None,
+                    error: None,
+                },
+                events: vec![delivered_event(id)],
+            }
+        };
+        let batch = [delivered(&refused), delivered(&kept)];
+        let states = super::complete_attempts(&store.bookkeeping, &batch)
+            .await
+            .expect("the batch commits");
+        let error = states[0].as_ref().expect_err("the refused outcome fails");
+        assert!(error.to_string().contains("refused by the test"), "{error}");
+        assert_eq!(states[1].as_ref().ok(), Some(&MessageState::Delivered));
+        let (shown, _) = store
+            .message(&refused)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!((shown.state, shown.attempts), (MessageState::InFlight, 0));
+        assert_eq!(
+            shown.recipients[0].state,
+            RecipientState::Pending,
+            "its recipient update undone"
+        );
+        let (shown, _) = store.message(&kept).await.expect("read").expect("exists");
+        assert_eq!((shown.state, shown.attempts), (MessageState::Delivered, 1));
+        assert_eq!(
+            store.events(10).await.expect("events"),
+            vec![delivered_event(&kept)],
+            "only the kept outcome's event"
         );
     }
 
