@@ -8,6 +8,7 @@
 use super::error::ApiError;
 use crate::message::{MessageError, check_address, normalize_line_endings};
 use crate::store::MessageId;
+use crate::submit::HeaderFrom;
 use base64::Engine as _;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -124,6 +125,7 @@ pub struct Composed {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub bytes: Vec<u8>,
+    pub header_from: HeaderFrom,
     pub tags: Vec<String>,
     pub account: Option<String>,
 }
@@ -395,6 +397,8 @@ impl MessageRequest {
             mail_from: self.from.email().to_string(),
             recipients,
             bytes,
+            // `from` is the only From (a custom From or Sender is refused).
+            header_from: HeaderFrom::IsSender,
             tags: self.tags.clone(),
             account: self.account.clone(),
         })
@@ -502,6 +506,7 @@ impl RawRequest {
             mail_from: self.mail_from.clone(),
             recipients: self.rcpt_to.clone(),
             bytes,
+            header_from: HeaderFrom::InMessage,
             tags: self.tags.clone(),
             account: self.account.clone(),
         })

@@ -44,7 +44,9 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub http: HttpState,
-    pub acceptance: Acceptance,
+    /// Shared, not cloned with the state for each request: it holds
+    /// the rules' maps.
+    pub acceptance: Arc<Acceptance>,
     pub keys: Arc<keys::KeyCache>,
     pub limits: Arc<keys::RateLimits>,
     pub local: Arc<idempotency::LocalLocks>,
@@ -56,7 +58,11 @@ impl ApiState {
         let max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
         let rules = AcceptRules::from_config(&http.config, max_message_size);
         ApiState {
-            acceptance: Acceptance::new(rules, http.store.clone(), http.wake.clone()),
+            acceptance: Arc::new(Acceptance::new(
+                rules,
+                http.store.clone(),
+                http.wake.clone(),
+            )),
             http,
             keys: Arc::default(),
             limits: Arc::default(),

@@ -425,6 +425,7 @@ async fn submit_checked(
             recipients: &composed.recipients,
             trace: &trace,
             message: &composed.bytes,
+            header_from: composed.header_from,
             id: Some(id.clone()),
         })
         .await;

@@ -336,6 +336,7 @@ impl Inner {
                 recipients: &drop.recipients,
                 trace: &trace,
                 message: drop.message,
+                header_from: crate::submit::HeaderFrom::InMessage,
                 id: Some(id.clone()),
             })
             .await;

@@ -136,9 +136,7 @@ impl Batch for Enqueue {
     ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
         let mut tx = pool.begin().await?;
         let now = crate::clock::now_unix();
-        for request in batch {
-            insert_message(&mut tx, &request.id, &request.message, now).await?;
-        }
+        insert_messages(&mut tx, batch, now).await?;
         tx.commit().await?;
         Ok(batch.iter().map(|_| Ok(())).collect())
     }
@@ -181,81 +179,130 @@ impl Batch for Outcome {
     }
 }
 
-const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
-     VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?);\n\
-     INSERT INTO message_bodies (message_id, body) VALUES (?, ?);\n";
-
-const INSERT_RECIPIENT_SQL: &str = "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES (?, ?, ?, 'pending', ?);\n";
-
-/// At most this many recipients' rows go in one batch of statements, so a
-/// message with thousands of recipients does not prepare thousands of
-/// statements at once (nor leave one such text in the statement cache).
+/// At most this many messages, and this many recipients of theirs, go in
+/// one batch of statements (a message with more recipients goes alone,
+/// the rest of its recipients in further batches of this size): bounded
+/// texts and binds, whatever a group commit holds.
+const MESSAGES_PER_BATCH: usize = 16;
 const RECIPIENTS_PER_BATCH: usize = 64;
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
-/// Binds one [`INSERT_RECIPIENT_SQL`] per address, the first at `first_index`.
+/// One recipient's row: its message, its index there, its address.
+type RecipientRow<'q> = (&'q MessageId, usize, &'q str);
+
+/// `rows` copies of `values`, comma-separated: a multi-row `VALUES` list.
+fn values_list(values: &str, rows: usize) -> String {
+    vec![values; rows].join(", ")
+}
+
+/// The statements of one batch: its messages' rows, their bodies and up to
+/// [`RECIPIENTS_PER_BATCH`] recipients, each table in one multi-row
+/// `INSERT`. The text depends only on the two counts, so sqlx's statement
+/// cache keeps the common shapes prepared.
+fn messages_sql(messages: usize, recipients: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) VALUES {};\n\
+         INSERT INTO message_bodies (message_id, body) VALUES {};\n",
+        values_list("(?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)", messages),
+        values_list("(?, ?)", messages),
+    );
+    if recipients > 0 {
+        sql.push_str(&recipients_sql(recipients));
+    }
+    sql
+}
+
+fn recipients_sql(recipients: usize) -> String {
+    format!(
+        "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES {};\n",
+        values_list("(?, ?, ?, 'pending', ?)", recipients)
+    )
+}
+
 fn bind_recipients<'q>(
     mut query: SqliteQuery<'q>,
-    id: &'q MessageId,
-    first_index: usize,
-    addresses: &'q [String],
+    rows: &[RecipientRow<'q>],
     now: i64,
 ) -> SqliteQuery<'q> {
-    for (n, address) in addresses.iter().enumerate() {
+    for (id, index, address) in rows {
         query = query
             .bind(&id.0)
-            .bind((first_index + n) as i64)
-            .bind(address)
+            .bind(*index as i64)
+            .bind(*address)
             .bind(now);
     }
     query
 }
 
-/// A message's rows, inserted by batches of statements (the message, its
-/// body and its first recipients, then the others by
-/// [`RECIPIENTS_PER_BATCH`]): a hand-off to the connection's thread per
-/// batch instead of one per row (see [`outcome_sql`]). The texts depend
-/// only on the number of recipients in a batch, so sqlx's statement cache
-/// keeps the common shapes prepared.
-async fn insert_message(
+/// How many of the messages at the front of `rest` go in the next batch:
+/// at least one, at most [`MESSAGES_PER_BATCH`], and no more recipients
+/// than [`RECIPIENTS_PER_BATCH`] unless the first alone has more.
+fn next_batch_len(rest: &[Enqueue]) -> usize {
+    let mut recipients = 0;
+    let mut messages = 0;
+    for request in rest.iter().take(MESSAGES_PER_BATCH) {
+        let count = request.message.recipients.len();
+        if messages > 0 && recipients + count > RECIPIENTS_PER_BATCH {
+            break;
+        }
+        recipients += count;
+        messages += 1;
+    }
+    messages.max(1)
+}
+
+/// The rows of a group commit's messages, several messages per batch of
+/// statements: one hand-off to the connection's thread per batch (sqlx
+/// runs each SQLite connection on its own thread) instead of one per
+/// message, or per row as at first (see [`outcome_sql`]).
+async fn insert_messages(
     conn: &mut SqliteConnection,
-    id: &MessageId,
-    message: &NewMessage,
+    batch: &[Enqueue],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let (first, rest) = message
-        .recipients
-        .split_at(message.recipients.len().min(RECIPIENTS_PER_BATCH));
-    let sql = format!(
-        "{INSERT_MESSAGE_SQL}{}",
-        INSERT_RECIPIENT_SQL.repeat(first.len())
-    );
-    let query = sqlx::query(AssertSqlSafe(sql))
-        .bind(&id.0)
-        .bind(&message.account)
-        .bind(&message.mail_from)
-        .bind(message.body.len() as i64)
-        .bind(&message.submitted_by)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .bind(&id.0)
-        .bind(&message.body);
-    bind_recipients(query, id, 0, first, now)
-        .execute(&mut *conn)
-        .await?;
-    for (n, chunk) in rest.chunks(RECIPIENTS_PER_BATCH).enumerate() {
-        let query = sqlx::query(AssertSqlSafe(INSERT_RECIPIENT_SQL.repeat(chunk.len())));
-        bind_recipients(
-            query,
-            id,
-            first.len() + n * RECIPIENTS_PER_BATCH,
-            chunk,
-            now,
-        )
-        .execute(&mut *conn)
-        .await?;
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let (group, after) = rest.split_at(next_batch_len(rest));
+        rest = after;
+        let recipients: Vec<RecipientRow<'_>> = group
+            .iter()
+            .flat_map(|request| {
+                let id = &request.id;
+                request
+                    .message
+                    .recipients
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, address)| (id, index, address.as_str()))
+            })
+            .collect();
+        let (first, more) = recipients.split_at(recipients.len().min(RECIPIENTS_PER_BATCH));
+        let sql = messages_sql(group.len(), first.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for Enqueue { id, message } in group {
+            query = query
+                .bind(&id.0)
+                .bind(&message.account)
+                .bind(&message.mail_from)
+                .bind(message.body.len() as i64)
+                .bind(&message.submitted_by)
+                .bind(now)
+                .bind(now)
+                .bind(now);
+        }
+        for Enqueue { id, message } in group {
+            query = query.bind(&id.0).bind(&message.body);
+        }
+        bind_recipients(query, first, now)
+            .execute(&mut *conn)
+            .await?;
+        for chunk in more.chunks(RECIPIENTS_PER_BATCH) {
+            let query = sqlx::query(AssertSqlSafe(recipients_sql(chunk.len())));
+            bind_recipients(query, chunk, now)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(())
 }
@@ -1124,6 +1171,57 @@ mod tests {
                 .iter()
                 .all(|r| r.state == RecipientState::Pending)
         );
+    }
+
+    /// One group commit of messages of every shape (one recipient, a few,
+    /// more than a batch holds, as many as fill a batch exactly), more of
+    /// them than one batch of statements takes: every message is stored
+    /// whole, its own body and its recipients in order.
+    #[tokio::test]
+    async fn a_group_commit_of_many_shapes_stores_each_message_whole() {
+        let (_dir, store, _) = store().await;
+        let shapes = [
+            1,
+            3,
+            1,
+            2 * super::RECIPIENTS_PER_BATCH + 1,
+            1,
+            super::RECIPIENTS_PER_BATCH,
+            2,
+        ];
+        let batch: Vec<super::Enqueue> = (0..3 * super::MESSAGES_PER_BATCH + 1)
+            .map(|n| {
+                let addresses: Vec<String> = (0..shapes[n % shapes.len()])
+                    .map(|i| format!("m{n}r{i}@example.net"))
+                    .collect();
+                let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+                let mut new = message(&refs);
+                new.body = format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes();
+                super::Enqueue {
+                    id: MessageId::generate(),
+                    message: new,
+                }
+            })
+            .collect();
+        let replies = <super::Enqueue as super::Batch>::write(&store.pool, &batch)
+            .await
+            .expect("the group commits");
+        assert!(replies.iter().all(Result::is_ok));
+        for request in &batch {
+            let (shown, body) = store
+                .message(&request.id)
+                .await
+                .expect("read")
+                .expect("stored");
+            assert_eq!(body, request.message.body);
+            assert_eq!(shown.size, request.message.body.len() as i64);
+            let stored: Vec<&str> = shown
+                .recipients
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect();
+            assert_eq!(stored, request.message.recipients);
+        }
     }
 
     #[tokio::test]
