@@ -15,6 +15,7 @@ pub mod doctor;
 mod fuzzing;
 pub mod http;
 pub mod instance;
+pub mod listen;
 pub mod maildrop;
 pub mod message;
 pub mod metrics;

@@ -89,7 +89,7 @@ pub struct RunningHttpServer {
 impl RunningHttpServer {
     pub async fn start(config: &HttpConfig, router: Router) -> Result<Self, HttpError> {
         let addr = config.socket_addr().map_err(HttpError::Config)?;
-        let listener = TcpListener::bind(addr)
+        let listener = crate::listen::bind(addr)
             .await
             .map_err(|source| HttpError::Bind { addr, source })?;
         let addr = listener

@@ -44,7 +44,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -301,7 +300,7 @@ impl RunningHttpApi {
         inbox: Inbox,
         ca: &SandboxCa,
     ) -> Result<RunningHttpApi, HttpApiError> {
-        let listener = TcpListener::bind(addr)
+        let listener = crate::listen::bind(addr)
             .await
             .map_err(|source| HttpApiError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(HttpApiError::LocalAddr)?;

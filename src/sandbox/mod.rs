@@ -350,7 +350,7 @@ impl Sandbox {
             .unwrap_or_else(|| options.profile.smtp());
         smtp_config.ca_file = Some(options.dir.join("sandbox-ca.pem"));
         smtp_config.count_only = options.count_only;
-        let listener = tokio::net::TcpListener::bind(options.smtp_addr)
+        let listener = crate::listen::bind(options.smtp_addr)
             .await
             .map_err(|source| SandboxError::Bind {
                 addr: options.smtp_addr,

@@ -174,7 +174,7 @@ async fn prepare(
     let access = access
         .with_networks(listener_networks(listener, networks)?)
         .ok_or_else(|| ListenerError::OpenNetworks { addr: addr.clone() })?;
-    let socket = TcpListener::bind(&addr)
+    let socket = crate::listen::bind(&addr)
         .await
         .map_err(|source| ListenerError::Bind {
             addr: addr.clone(),

@@ -131,7 +131,7 @@ impl AuthServer {
         addr: SocketAddr,
         config: AuthServerConfig,
     ) -> Result<RunningAuthServer, AuthServerError> {
-        let listener = TcpListener::bind(addr)
+        let listener = crate::listen::bind(addr)
             .await
             .map_err(|source| AuthServerError::Bind { addr, source })?;
         Self::start(listener, config).await
