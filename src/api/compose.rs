@@ -8,7 +8,6 @@
 use super::error::ApiError;
 use crate::message::{MessageError, check_address, normalize_line_endings};
 use crate::store::MessageId;
-use crate::submit::HeaderFrom;
 use base64::Engine as _;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -125,7 +124,9 @@ pub struct Composed {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub bytes: Vec<u8>,
-    pub header_from: HeaderFrom,
+    /// The header From is `mail_from`, written by [`MessageRequest::compose`]
+    /// (a custom From or Sender is refused); a raw message's is its own.
+    pub from_is_sender: bool,
     pub tags: Vec<String>,
     pub account: Option<String>,
 }
@@ -397,8 +398,7 @@ impl MessageRequest {
             mail_from: self.from.email().to_string(),
             recipients,
             bytes,
-            // `from` is the only From (a custom From or Sender is refused).
-            header_from: HeaderFrom::IsSender,
+            from_is_sender: true,
             tags: self.tags.clone(),
             account: self.account.clone(),
         })
@@ -506,7 +506,7 @@ impl RawRequest {
             mail_from: self.mail_from.clone(),
             recipients: self.rcpt_to.clone(),
             bytes,
-            header_from: HeaderFrom::InMessage,
+            from_is_sender: false,
             tags: self.tags.clone(),
             account: self.account.clone(),
         })

@@ -149,13 +149,7 @@ async fn submit(config: Option<PathBuf>, args: &[String]) -> Result<String, Fail
             let drop =
                 format::parse(&bytes).map_err(|e| Failure::new(EX_DATAERR, e.to_string()))?;
             AcceptRules::from_config(&config, MAX_MESSAGE_BYTES)
-                .check(
-                    &submitter,
-                    &drop.mail_from,
-                    &drop.recipients,
-                    drop.message,
-                    crate::submit::HeaderFrom::InMessage,
-                )
+                .check(&submitter, &drop.mail_from, &drop.recipients, drop.message)
                 .map_err(|refused| Failure::new(refused_code(&refused), refused.to_string()))?;
             let spool = Spool::new(&sendmail.spool);
             let maildrop = spool.maildrop();
@@ -225,7 +219,6 @@ async fn queue_directly(
             recipients: &message.envelope.rcpt_to,
             trace: &trace,
             message: &message.bytes,
-            header_from: crate::submit::HeaderFrom::InMessage,
             id: None,
         })
         .await

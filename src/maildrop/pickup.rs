@@ -336,7 +336,6 @@ impl Inner {
                 recipients: &drop.recipients,
                 trace: &trace,
                 message: drop.message,
-                header_from: crate::submit::HeaderFrom::InMessage,
                 id: Some(id.clone()),
             })
             .await;

@@ -154,7 +154,6 @@ impl AcceptRules {
         mail_from: &str,
         recipients: &[String],
         message: &[u8],
-        header_from: HeaderFrom,
     ) -> Result<(), Refused> {
         if !submitter.may_send_as(mail_from) {
             return Err(Refused::Sender {
@@ -178,7 +177,7 @@ impl AcceptRules {
             });
         }
         check_content(message, self.max_message_size)?;
-        if submitter.header_from_checked && header_from == HeaderFrom::InMessage {
+        if submitter.header_from_checked {
             // The envelope sender is checked above; the From a reader sees
             // must be one this identity may use as well.
             if let Some(from) = crate::message::header_from_addresses(message)
@@ -248,17 +247,6 @@ pub fn check_content(message: &[u8], max: usize) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Where the header From of a submission is to be found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderFrom {
-    /// In the message, to be read there (SMTP, sendmail, raw API messages).
-    InMessage,
-    /// Written by the front end as the envelope sender (the structured
-    /// API): the sender's check is its check, and parsing the headers back
-    /// was a visible part of the API's CPU per message.
-    IsSender,
-}
-
 /// One message handed in by a front end.
 pub struct Submission<'a> {
     pub submitter: &'a SubmissionUser,
@@ -267,7 +255,6 @@ pub struct Submission<'a> {
     /// The front end's `Received:` header, ending in CRLF, put in front.
     pub trace: &'a str,
     pub message: &'a [u8],
-    pub header_from: HeaderFrom,
     /// The queue id to use (see [`Store::enqueue_as`]); `None` for a new one.
     pub id: Option<MessageId>,
 }
@@ -306,7 +293,6 @@ impl Acceptance {
             recipients,
             trace,
             message,
-            header_from,
             id,
         } = submission;
         // Every front end calls this right after it has the whole message
@@ -314,10 +300,7 @@ impl Acceptance {
         // is the submission latency `/metrics` shows.
         let started = std::time::Instant::now();
         let metrics = crate::metrics::global();
-        if let Err(refused) =
-            self.rules
-                .check(submitter, mail_from, recipients, message, header_from)
-        {
+        if let Err(refused) = self.rules.check(submitter, mail_from, recipients, message) {
             tracing::info!(user = %submitter.name, ?mail_from, %refused, "message refused");
             metrics.submission(SubmissionResult::Refused, started.elapsed());
             return Err(refused.into());
@@ -407,32 +390,25 @@ mod tests {
     }
 
     #[test]
-    fn the_header_from_is_read_unless_the_front_end_wrote_it_as_the_sender() {
+    fn the_header_from_is_read_for_an_identity_that_asks_for_it() {
         let rules = rules();
         let one = ["a@example.net".to_string()];
         let message = b"From: ceo@example.com\r\nSubject: x\r\n\r\nx\r\n";
-        let read = rules.check(
-            &user(),
-            "cron@example.com",
-            &one,
-            message,
-            HeaderFrom::InMessage,
-        );
+        let read = rules.check(&user(), "cron@example.com", &one, message);
         assert!(
             matches!(&read, Err(Refused::HeaderFrom { from, .. }) if from == "ceo@example.com"),
             "{read:?}"
         );
-        // The structured API writes From itself from the sender it checked;
-        // the message's own headers are not read back.
+        // The structured API writes From itself from the sender it checked
+        // and so does not ask for the message's headers to be read back.
+        let unread = SubmissionUser {
+            header_from_checked: false,
+            ..user()
+        };
         let own = b"From: cron@example.com\r\nSubject: x\r\n\r\nx\r\n";
-        assert_eq!(
-            rules.check(&user(), "cron@example.com", &one, own, HeaderFrom::IsSender),
-            Ok(())
-        );
+        assert_eq!(rules.check(&unread, "cron@example.com", &one, own), Ok(()));
         assert!(
-            rules
-                .check(&user(), "ceo@example.com", &one, own, HeaderFrom::IsSender)
-                .is_err(),
+            rules.check(&unread, "ceo@example.com", &one, own).is_err(),
             "the sender is still checked"
         );
     }
@@ -442,23 +418,11 @@ mod tests {
         let rules = rules();
         let one = ["a@example.net".to_string()];
         assert_eq!(
-            rules.check(
-                &user(),
-                "cron@example.com",
-                &one,
-                b"x\r\n",
-                HeaderFrom::InMessage
-            ),
+            rules.check(&user(), "cron@example.com", &one, b"x\r\n"),
             Ok(())
         );
         let refused = rules
-            .check(
-                &user(),
-                "ceo@example.com",
-                &one,
-                b"x\r\n",
-                HeaderFrom::InMessage,
-            )
+            .check(&user(), "ceo@example.com", &one, b"x\r\n")
             .expect_err("sender");
         assert!(
             refused
@@ -467,24 +431,12 @@ mod tests {
         );
         assert_eq!(refused.reply().code(), 550);
         assert_eq!(
-            rules.check(
-                &user(),
-                "cron@example.com",
-                &[],
-                b"x\r\n",
-                HeaderFrom::InMessage
-            ),
+            rules.check(&user(), "cron@example.com", &[], b"x\r\n"),
             Err(Refused::NoRecipients)
         );
         let three = ["a@x.net", "b@x.net", "c@x.net"].map(String::from);
         assert!(matches!(
-            rules.check(
-                &user(),
-                "cron@example.com",
-                &three,
-                b"x\r\n",
-                HeaderFrom::InMessage
-            ),
+            rules.check(&user(), "cron@example.com", &three, b"x\r\n"),
             Err(Refused::TooManyRecipients { limit: 2, .. })
         ));
     }

@@ -26,7 +26,7 @@ pub mod policy;
 pub mod received;
 pub mod throttle;
 
-pub use accept::{AcceptError, AcceptRules, Acceptance, HeaderFrom, Refused, Submission};
+pub use accept::{AcceptError, AcceptRules, Acceptance, Refused, Submission};
 pub use listeners::{ListenerError, Listeners, RunningListeners};
 pub use policy::{
     DEFAULT_MAX_MESSAGE_SIZE, ListenerAccess, MIN_RECIPIENTS, SubmissionOptions, SubmissionPolicy,

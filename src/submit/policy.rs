@@ -498,7 +498,6 @@ impl SubmissionPolicy {
                 recipients: &envelope.rcpt_to,
                 trace: &header,
                 message,
-                header_from: crate::submit::HeaderFrom::InMessage,
                 id: None,
             })
             .await
