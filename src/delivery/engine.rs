@@ -245,6 +245,15 @@ impl AttemptCount {
 /// that finds it full waits for room (the log's flush sets the pace).
 const TAILS_WAITING: usize = 1024;
 
+/// How long the audit writer lets recorded attempts gather after the first
+/// before it appends them: each append is an open, a lock, a read of the
+/// log's tail and an fdatasync, and under load they came 2 or 3 attempts
+/// at a time (a tenth of the relay's CPU while delivering, BENCHMARKS.md).
+/// The lines are written after their outcomes' commit in any case, so a
+/// crash within this window loses no mail, only the last lines, as a crash
+/// between the commit and the append always could.
+const TAILS_GATHER: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Writes recorded attempts' audit lines, as many as are waiting in one
 /// append, then counts them; ends when every sender is gone. It holds the
 /// broker and the stats, not `Shared`: `Shared` holds the sender, and an
@@ -257,6 +266,15 @@ async fn write_attempt_tails(
 ) {
     let mut batch = Vec::with_capacity(TAILS_WAITING);
     while tails.recv_many(&mut batch, TAILS_WAITING).await > 0 {
+        let until = tokio::time::Instant::now() + TAILS_GATHER;
+        // Bounded: by the window, the batch's room, or the channel closing.
+        while batch.len() < TAILS_WAITING {
+            let room = TAILS_WAITING - batch.len();
+            match tokio::time::timeout_at(until, tails.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let lines = batch
             .iter_mut()
             .flat_map(|tail| std::mem::take(&mut tail.lines))

@@ -11,8 +11,9 @@ use crate::store::queue::{
     RecipientState,
 };
 use crate::store::{Event, StoreError};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,10 +34,10 @@ impl WriteGate {
 /// waiting when the writer is free, each answered on its own.
 pub(super) trait Batch: Sized + Send + 'static {
     type Reply: Send + 'static;
-    /// Writes `batch` in one transaction and commits it; `Err` when the
-    /// transaction as a whole failed (nothing of it is written).
+    /// Writes `batch` in one transaction on `conn` and commits it; `Err`
+    /// when the transaction as a whole failed (nothing of it is written).
     fn write(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         batch: &[Self],
     ) -> impl std::future::Future<Output = Result<Vec<Result<Self::Reply, StoreError>>, sqlx::Error>>
     + Send;
@@ -86,6 +87,11 @@ async fn commit_batches<B: Batch>(
     mut receiver: mpsc::Receiver<Request<B>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The writer keeps its connection between commits: sqlx pings a
+    // connection given back to its pool, one more hand-off to the
+    // connection's thread and back per commit. After a failed commit the
+    // connection is closed (its state is not known) and a new one taken.
+    let mut held: Option<PoolConnection<Sqlite>> = None;
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let result = {
             let _writer = writer.lock().await;
@@ -98,7 +104,23 @@ async fn commit_batches<B: Batch>(
             }
             let (items, dones): (Vec<B>, Vec<_>) =
                 batch.drain(..).map(|r| (r.item, r.done)).unzip();
-            (B::write(&pool, &items).await, dones)
+            let conn = match held.take() {
+                Some(conn) => Ok(conn),
+                None => pool.acquire().await,
+            };
+            let written = match conn {
+                Ok(mut conn) => {
+                    let written = B::write(&mut conn, &items).await;
+                    if written.is_ok() {
+                        held = Some(conn);
+                    } else {
+                        conn.close_on_drop();
+                    }
+                    written
+                }
+                Err(error) => Err(error),
+            };
+            (written, dones)
         };
         let (written, dones) = result;
         match written {
@@ -131,13 +153,17 @@ impl Batch for Enqueue {
     type Reply = ();
 
     async fn write(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         batch: &[Self],
     ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
         let now = crate::clock::now_unix();
-        insert_messages(&mut tx, batch, now).await?;
-        tx.commit().await?;
+        if fits_one_statement_batch(batch) {
+            insert_in_one_hand_off(conn, batch, now).await?;
+        } else {
+            let mut tx = conn.begin().await?;
+            insert_messages(&mut tx, batch, now).await?;
+            tx.commit().await?;
+        }
         Ok(batch.iter().map(|_| Ok(())).collect())
     }
 }
@@ -172,10 +198,10 @@ impl Batch for Outcome {
     type Reply = MessageState;
 
     async fn write(
-        pool: &SqlitePool,
+        conn: &mut SqliteConnection,
         batch: &[Self],
     ) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
-        complete_attempts(pool, batch).await
+        complete_attempts(conn, batch).await
     }
 }
 
@@ -265,36 +291,9 @@ async fn insert_messages(
     while !rest.is_empty() {
         let (group, after) = rest.split_at(next_batch_len(rest));
         rest = after;
-        let recipients: Vec<RecipientRow<'_>> = group
-            .iter()
-            .flat_map(|request| {
-                let id = &request.id;
-                request
-                    .message
-                    .recipients
-                    .iter()
-                    .enumerate()
-                    .map(move |(index, address)| (id, index, address.as_str()))
-            })
-            .collect();
+        let recipients = recipient_rows(group);
         let (first, more) = recipients.split_at(recipients.len().min(RECIPIENTS_PER_BATCH));
-        let sql = messages_sql(group.len(), first.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for Enqueue { id, message } in group {
-            query = query
-                .bind(&id.0)
-                .bind(&message.account)
-                .bind(&message.mail_from)
-                .bind(message.body.len() as i64)
-                .bind(&message.submitted_by)
-                .bind(now)
-                .bind(now)
-                .bind(now);
-        }
-        for Enqueue { id, message } in group {
-            query = query.bind(&id.0).bind(&message.body);
-        }
-        bind_recipients(query, first, now)
+        group_query(messages_sql(group.len(), first.len()), group, first, now)
             .execute(&mut *conn)
             .await?;
         for chunk in more.chunks(RECIPIENTS_PER_BATCH) {
@@ -303,6 +302,89 @@ async fn insert_messages(
                 .execute(&mut *conn)
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// The recipient rows of `group`'s messages, in order.
+fn recipient_rows(group: &[Enqueue]) -> Vec<RecipientRow<'_>> {
+    group
+        .iter()
+        .flat_map(|request| {
+            let id = &request.id;
+            request
+                .message
+                .recipients
+                .iter()
+                .enumerate()
+                .map(move |(index, address)| (id, index, address.as_str()))
+        })
+        .collect()
+}
+
+/// `sql` (a [`messages_sql`] text, perhaps inside a transaction's BEGIN
+/// and COMMIT) with the binds of `group`'s messages, bodies and the
+/// recipient rows `recipients`.
+fn group_query<'q>(
+    sql: String,
+    group: &'q [Enqueue],
+    recipients: &[RecipientRow<'q>],
+    now: i64,
+) -> SqliteQuery<'q> {
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for Enqueue { id, message } in group {
+        query = query
+            .bind(&id.0)
+            .bind(&message.account)
+            .bind(&message.mail_from)
+            .bind(message.body.len() as i64)
+            .bind(&message.submitted_by)
+            .bind(now)
+            .bind(now)
+            .bind(now);
+    }
+    for Enqueue { id, message } in group {
+        query = query.bind(&id.0).bind(&message.body);
+    }
+    bind_recipients(query, recipients, now)
+}
+
+/// Whether `batch` is one batch of statements (see [`next_batch_len`]),
+/// all of its recipients included.
+fn fits_one_statement_batch(batch: &[Enqueue]) -> bool {
+    next_batch_len(batch) == batch.len()
+        && batch
+            .iter()
+            .map(|request| request.message.recipients.len())
+            .sum::<usize>()
+            <= RECIPIENTS_PER_BATCH
+}
+
+/// A group commit that is one batch of statements (the common case: a
+/// message, or a few, with their recipients), its BEGIN and COMMIT in the
+/// same text: one hand-off to the connection's thread and back for the
+/// whole transaction instead of three, which at one client at a time is a
+/// good part of a submission's latency (BENCHMARKS.md). A failure anywhere
+/// is rolled back before the error is returned (and [`commit_batches`]
+/// then closes the connection in any case).
+async fn insert_in_one_hand_off(
+    conn: &mut SqliteConnection,
+    batch: &[Enqueue],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let recipients = recipient_rows(batch);
+    let sql = format!(
+        "BEGIN;\n{}COMMIT;\n",
+        messages_sql(batch.len(), recipients.len())
+    );
+    let written = group_query(sql, batch, &recipients, now)
+        .execute(&mut *conn)
+        .await;
+    if let Err(error) = written {
+        // SQLite may have rolled back already (a failed COMMIT on a full
+        // disk), when this one fails with "no transaction is active".
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        return Err(error);
     }
     Ok(())
 }
@@ -498,27 +580,47 @@ fn outcome_sql(recipients: usize, events: usize) -> String {
 /// whose lease was lost writes nothing at all (neither the outcome nor its
 /// events) while the others' are kept. The events share the outcome's
 /// durability (bookkeeping, `synchronous=NORMAL`). Per outcome one
-/// hand-off to the connection's thread (the batch of [`outcome_sql`]);
-/// BEGIN and COMMIT once for all.
+/// hand-off to the connection's thread (the batch of [`outcome_sql`], the
+/// first with the BEGIN in front), and one for the COMMIT.
 pub(super) async fn complete_attempts(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     batch: &[Outcome],
 ) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
-    // IMMEDIATE: this transaction reads (the recipients' states) before it
-    // writes the message, and a deferred one would then fail at once with
-    // "database is locked" when another process commits in between,
-    // instead of waiting its turn.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let written = write_outcomes(conn, batch).await;
+    if written.is_err() {
+        // Whatever failed, no transaction stays open on the connection
+        // (none may be: "no transaction is active" is then the answer).
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    }
+    written
+}
+
+async fn write_outcomes(
+    conn: &mut SqliteConnection,
+    batch: &[Outcome],
+) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
     let now = crate::clock::now_unix();
     let mut states = Vec::with_capacity(batch.len());
-    for Outcome {
-        id,
-        lease,
-        outcome,
-        events,
-    } in batch
+    for (
+        n,
+        Outcome {
+            id,
+            lease,
+            outcome,
+            events,
+        },
+    ) in batch.iter().enumerate()
     {
-        let sql = outcome_sql(outcome.recipients.len(), events.len());
+        let mut sql = outcome_sql(outcome.recipients.len(), events.len());
+        if n == 0 {
+            // IMMEDIATE: this transaction reads (the recipients' states)
+            // before it writes the message, and a deferred one would then
+            // fail at once with "database is locked" when another process
+            // commits in between, instead of waiting its turn. If the BEGIN
+            // itself fails there is no savepoint either, and the rollback
+            // to it below fails the batch.
+            sql.insert_str(0, "BEGIN IMMEDIATE;\n");
+        }
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (index, state, reply) in &outcome.recipients {
             query = query
@@ -538,7 +640,7 @@ pub(super) async fn complete_attempts(
             .bind(&id.0)
             .bind(&lease.owner)
             .bind(lease.expires_at)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await;
         let returned = match returned {
             Ok(rows) => rows,
@@ -551,7 +653,7 @@ pub(super) async fn complete_attempts(
                 // no savepoint to return to and the batch fails, as a
                 // failed commit does.
                 if sqlx::query(ROLLBACK_OUTCOME_SQL)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .is_err()
                 {
@@ -573,11 +675,13 @@ pub(super) async fn complete_attempts(
         };
         if state.is_err() {
             // Undo this outcome's statements, and only this outcome's.
-            sqlx::query(ROLLBACK_OUTCOME_SQL).execute(&mut *tx).await?;
+            sqlx::query(ROLLBACK_OUTCOME_SQL)
+                .execute(&mut *conn)
+                .await?;
         }
         states.push(state);
     }
-    tx.commit().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
     Ok(states)
 }
 
@@ -769,6 +873,7 @@ pub(super) async fn next_due(pool: &SqlitePool) -> Result<Option<i64>, StoreErro
 mod tests {
     use crate::store::queue::*;
     use crate::store::{Event, SqliteStore, Store};
+    use sqlx::AssertSqlSafe;
     use std::sync::Arc;
 
     async fn store() -> (tempfile::TempDir, SqliteStore, String) {
@@ -1017,9 +1122,12 @@ mod tests {
             }
         };
         let batch = [delivered(&refused), delivered(&kept)];
-        let states = super::complete_attempts(&store.bookkeeping, &batch)
-            .await
-            .expect("the batch commits");
+        let states = super::complete_attempts(
+            &mut store.bookkeeping.acquire().await.expect("acquire"),
+            &batch,
+        )
+        .await
+        .expect("the batch commits");
         let error = states[0].as_ref().expect_err("the refused outcome fails");
         assert!(error.to_string().contains("refused by the test"), "{error}");
         assert_eq!(states[1].as_ref().ok(), Some(&MessageState::Delivered));
@@ -1094,9 +1202,12 @@ mod tests {
                 events: vec![delivered_event(&kept)],
             },
         ];
-        let states = super::complete_attempts(&store.bookkeeping, &batch)
-            .await
-            .expect("the batch commits");
+        let states = super::complete_attempts(
+            &mut store.bookkeeping.acquire().await.expect("acquire"),
+            &batch,
+        )
+        .await
+        .expect("the batch commits");
         assert!(matches!(
             states[0],
             Err(crate::store::StoreError::LeaseLost(_))
@@ -1203,7 +1314,8 @@ mod tests {
                 }
             })
             .collect();
-        let replies = <super::Enqueue as super::Batch>::write(&store.pool, &batch)
+        let mut conn = store.pool.acquire().await.expect("acquire");
+        let replies = <super::Enqueue as super::Batch>::write(&mut conn, &batch)
             .await
             .expect("the group commits");
         assert!(replies.iter().all(Result::is_ok));
@@ -1222,6 +1334,58 @@ mod tests {
                 .collect();
             assert_eq!(stored, request.message.recipients);
         }
+    }
+
+    /// The one-hand-off transaction (BEGIN, the rows, COMMIT in one text):
+    /// a statement that fails half-way (here the recipients' INSERT, after
+    /// the message and its body) leaves nothing of the batch written and no
+    /// transaction open on the connection; the next enqueue is stored.
+    #[tokio::test]
+    async fn a_group_commit_that_fails_half_way_leaves_nothing_and_no_transaction() {
+        let (_dir, store, _) = store().await;
+        sqlx::raw_sql(
+            "CREATE TRIGGER poison BEFORE INSERT ON recipients WHEN NEW.address = 'poison@example.net' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned recipient'); END;",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("trigger");
+        let batch: Vec<super::Enqueue> = [["ok@example.net"], ["poison@example.net"]]
+            .iter()
+            .map(|to| super::Enqueue {
+                id: MessageId::generate(),
+                message: message(to),
+            })
+            .collect();
+        assert!(super::fits_one_statement_batch(&batch));
+        let mut conn = store.pool.acquire().await.expect("acquire");
+        let error = super::insert_in_one_hand_off(&mut conn, &batch, crate::clock::now_unix())
+            .await
+            .expect_err("the trigger refuses the batch");
+        assert!(error.to_string().contains("poisoned recipient"), "{error}");
+        // No transaction is left open: a new one can begin on it.
+        sqlx::raw_sql("BEGIN; ROLLBACK;")
+            .execute(&mut *conn)
+            .await
+            .expect("no transaction open");
+        drop(conn);
+        for table in ["messages", "message_bodies", "recipients"] {
+            let rows: i64 =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&store.pool)
+                    .await
+                    .expect("count");
+            assert_eq!(rows, 0, "{table}");
+        }
+        // Through the committer: the refusal is the caller's error, and
+        // the writer goes on with a fresh connection.
+        let refused = store.enqueue(message(&["poison@example.net"])).await;
+        assert!(refused.is_err());
+        let id = store
+            .enqueue(message(&["ok@example.net"]))
+            .await
+            .expect("the next enqueue is stored");
+        assert!(store.message(&id).await.expect("read").is_some());
     }
 
     #[tokio::test]
