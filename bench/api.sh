@@ -47,25 +47,12 @@ OXIRELAY="${OXIRELAY:-$PWD/target/release/oxirelay}"
 LOADGEN="$PWD/target/release/examples/oxirelay-loadgen"
 APIGEN="$PWD/target/release/examples/oxirelay-apigen"
 
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d /tmp/oxirelay-api.XXXXXX)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_start api
 
 {
-    echo "nproc: $(nproc)"
-    grep -m1 'model name' /proc/cpuinfo || true
-    free -h | sed -n 2p
-    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (modified)')"
+    bench_machine
     echo "messages per run: $MESSAGES, size: $SIZE"
 } | tee "$OUT/machine.txt"
 RESULTS="$OUT/results.jsonl"

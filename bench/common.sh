@@ -52,3 +52,38 @@ account = "sandbox"
 allowed_from = ["$SENDER"]
 EOF
 }
+
+# wait_count COMMAND TARGET SECONDS: until COMMAND prints >= TARGET, bounded.
+wait_count() {
+    local tries=$(($3 * 20)) got
+    for ((i = 0; i < tries; i++)); do
+        got=$($1)
+        if ((${got:-0} >= $2)); then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# bench_start NAME: the run's directories and clean-up, as every script
+# begins: OUT (made, then absolute), WORK (a fresh /tmp/oxirelay-NAME.*),
+# PIDS (background processes to stop at exit; append with PIDS+=($!)).
+# The trap stops them and removes WORK however the script ends.
+bench_start() {
+    mkdir -p "$OUT"
+    OUT="$(cd "$OUT" && pwd)"
+    WORK="$(mktemp -d "/tmp/oxirelay-$1.XXXXXX")"
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+# bench_machine: what the figures were measured on, for machine.txt.
+bench_machine() {
+    echo "nproc: $(nproc)"
+    grep -m1 'model name' /proc/cpuinfo || true
+    free -h | sed -n 2p
+    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (modified)')"
+}

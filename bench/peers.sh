@@ -96,16 +96,6 @@ source bench/common.sh
 postfix_cpu_s() { ps -u postfix -o cputimes= 2>/dev/null | awk '{s += $1} END {printf "%.2f", s}'; }
 # The messages an smtp-sink counted so far (its -c counter line).
 sink_count() { tr '\r' '\n' <"$1" 2>/dev/null | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1; }
-# wait_count COMMAND TARGET SECONDS: until COMMAND prints >= TARGET, bounded.
-wait_count() {
-    local tries=$(($3 * 20)) got
-    for ((i = 0; i < tries; i++)); do
-        got=$($1)
-        if ((${got:-0} >= $2)); then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
 wait_port() {
     for ((i = 0; i < 300; i++)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi

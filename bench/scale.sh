@@ -71,7 +71,7 @@ store_bytes() { du -cb "$WORK"/relay.db* 2>/dev/null | tail -1 | cut -f1; }
 # With the relay stopped: the WAL copied back and cut (sqlite3 CLI), so the
 # size is the database's own, as it would be after any checkpoint.
 settle_store() { if command -v sqlite3 >/dev/null; then sqlite3 "$WORK/relay.db" "PRAGMA wal_checkpoint(TRUNCATE);" >/dev/null; fi; }
-wait_count() { # TARGET SECONDS: until the sandbox counted TARGET, bounded
+wait_sandbox_count() { # TARGET SECONDS: until the sandbox counted TARGET, bounded
     local tries=$(($2 * 20))
     for ((i = 0; i < tries; i++)); do
         if (($(sandbox_count) >= $1)); then return 0; fi
@@ -137,7 +137,7 @@ echo "== A. empty queue: $EMPTY messages, delivered as they come"
 start_relay empty
 start=$(now)
 summary=$(load empty "$EMPTY")
-wait_count "$EMPTY" "$TIMEOUT" || true
+wait_sandbox_count "$EMPTY" "$TIMEOUT" || true
 end=$(now)
 got=$(sandbox_count)
 record "{\"phase\":\"empty\",\"load\":$summary,\"delivered\":$got,\"delivered_per_s\":$(rate "$got" "$end - $start")}"
@@ -189,7 +189,7 @@ wait_for "$WORK/serve-retention.log" "retention removed" 600 || true
 end=$(now)
 removed=$(grep "retention removed" "$WORK/serve-retention.log" | head -1 || true)
 "$OXIRELAY" -c "$CONFIG" doctor --json >"$OUT/doctor-after.json" 2>/dev/null || true
-wait_count "$((before + MESSAGES + CHUNK))" "$TIMEOUT" || true
+wait_sandbox_count "$((before + MESSAGES + CHUNK))" "$TIMEOUT" || true
 stop_relay retention
 settle_store
 bytes_after=$(store_bytes)
