@@ -41,19 +41,9 @@ fi
 OXIRELAY="${OXIRELAY:-$PWD/target/release/oxirelay}"
 LOADGEN="$PWD/target/release/examples/oxirelay-loadgen"
 
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d /tmp/oxirelay-flow.XXXXXX)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_start flow
 
 {
     echo "nproc: $(nproc)"

@@ -38,19 +38,9 @@ PROFILE="${PROFILE:-release}"
 OXIRELAY="$PWD/target/$PROFILE/oxirelay"
 LOADGEN="$PWD/target/$PROFILE/examples/oxirelay-loadgen"
 
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_start run
 
 echo "== machine"
 {

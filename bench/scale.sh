@@ -53,19 +53,9 @@ PROFILE="${PROFILE:-release}"
 OXIRELAY="$PWD/target/$PROFILE/oxirelay"
 LOADGEN="$PWD/target/$PROFILE/examples/oxirelay-loadgen"
 
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
-WORK="$(mktemp -d /tmp/oxirelay-scale.XXXXXX)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_start scale
 # The store's files (database + WAL), in bytes.
 store_bytes() { du -cb "$WORK"/relay.db* 2>/dev/null | tail -1 | cut -f1; }
 # With the relay stopped: the WAL copied back and cut (sqlite3 CLI), so the
