@@ -27,6 +27,7 @@ use oxirelay::oauth::account::Account;
 use oxirelay::oauth::broker::Broker;
 use oxirelay::sandbox::certs::SandboxCa;
 use oxirelay::sandbox::http_api::{Api, ApiFault};
+use oxirelay::sandbox::inbox::InboxEntry;
 use oxirelay::sandbox::smtp::FaultTimes;
 use oxirelay::sandbox::{ProfileName, Sandbox, SandboxOptions, USER};
 use oxirelay::secret::{MasterKey, Secret};
@@ -179,6 +180,17 @@ impl Relay {
             .wait_until(condition, WAIT)
             .await
             .unwrap_or_else(|| panic!("{what}: {:?}", self.engine().stats()))
+    }
+
+    /// The sandbox's inbox once it holds `count` messages (`what` names
+    /// them in the failure).
+    async fn arrived(&self, count: usize, what: &str) -> Vec<InboxEntry> {
+        self.sandbox
+            .smtp
+            .inbox()
+            .wait_for_count(count, WAIT)
+            .await
+            .expect(what)
     }
 
     /// Submits `message` over SMTP (STARTTLS, AUTH PLAIN) to `rcpt`;
@@ -360,13 +372,7 @@ async fn header_recipient_outside_the_envelope_is_not_sent_to(transport: Transpo
     relay
         .wait_stats("delivered", |s| s.messages_delivered == 1)
         .await;
-    let entries = relay
-        .sandbox
-        .smtp
-        .inbox()
-        .wait_for_count(1, WAIT)
-        .await
-        .expect("arrived");
+    let entries = relay.arrived(1, "arrived").await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].rcpt_to, ["bob@example.net"]);
     let stored = String::from_utf8(
@@ -425,13 +431,7 @@ async fn retry_after_is_honoured(transport: Transport) {
         waited >= Duration::from_secs(3),
         "the next request came after {waited:?}, before Retry-After: 3"
     );
-    let entries = relay
-        .sandbox
-        .smtp
-        .inbox()
-        .wait_for_count(1, WAIT)
-        .await
-        .expect("nothing lost");
+    let entries = relay.arrived(1, "nothing lost").await;
     assert_eq!(entries.len(), 1);
     let message = relay
         .store
@@ -647,13 +647,7 @@ async fn over_the_graph_limit_bounces_with_the_reason_by_default() {
     // The DSN to the sender goes through the same account (Graph), at its
     // own pace: wait for it, then the one request Graph saw is the DSN
     // and the large message itself never left.
-    let entries = relay
-        .sandbox
-        .smtp
-        .inbox()
-        .wait_for_count(1, WAIT)
-        .await
-        .expect("the DSN arrived");
+    let entries = relay.arrived(1, "the DSN arrived").await;
     assert_eq!(entries.len(), 1, "only the DSN: {entries:?}");
     assert_eq!(entries[0].rcpt_to, [SENDER], "{entries:?}");
     assert!(entries[0].size < 100_000, "{entries:?}");
@@ -686,13 +680,7 @@ async fn over_the_graph_limit_goes_over_smtp_when_configured() {
     relay
         .wait_stats("both delivered", |s| s.messages_delivered == 2)
         .await;
-    let entries = relay
-        .sandbox
-        .smtp
-        .inbox()
-        .wait_for_count(2, WAIT)
-        .await
-        .expect("both arrived");
+    let entries = relay.arrived(2, "both arrived").await;
     let mut transports: Vec<&str> = entries.iter().map(|e| e.transport.as_str()).collect();
     transports.sort();
     assert_eq!(transports, ["graph", "smtp"]);
@@ -962,13 +950,7 @@ async fn oxirelay_send_works_through_each_api() {
             .await
             .expect("sent");
         assert!(report.accepted(), "{report:?}");
-        let entries = relay
-            .sandbox
-            .smtp
-            .inbox()
-            .wait_for_count(1, WAIT)
-            .await
-            .expect("arrived");
+        let entries = relay.arrived(1, "arrived").await;
         assert_eq!(
             entries[0].rcpt_to,
             ["bob@example.net", "hidden@example.net"]
@@ -997,13 +979,7 @@ async fn graph_takes_entra_app_tokens_and_gmail_takes_google_tokens() {
         relay
             .wait_stats("delivered", |s| s.messages_delivered == 1)
             .await;
-        let entries = relay
-            .sandbox
-            .smtp
-            .inbox()
-            .wait_for_count(1, WAIT)
-            .await
-            .expect("arrived");
+        let entries = relay.arrived(1, "arrived").await;
         assert_eq!(entries[0].transport, api_of(transport).transport());
         relay.shutdown().await;
     }
