@@ -380,13 +380,19 @@ async fn insert_in_one_hand_off(
     let written = group_query(sql, batch, &recipients, now)
         .execute(&mut *conn)
         .await;
-    if let Err(error) = written {
-        // SQLite may have rolled back already (a failed COMMIT on a full
-        // disk), when this one fails with "no transaction is active".
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        return Err(error);
+    if written.is_err() {
+        roll_back_raw(conn).await;
     }
-    Ok(())
+    written.map(|_| ())
+}
+
+/// After a transaction written as raw statements (its BEGIN in the text,
+/// not sqlx's `Transaction`) failed: rolls back whatever is still open, so
+/// the connection is left without a transaction. SQLite may have rolled it
+/// back already (a failed COMMIT on a full disk); this ROLLBACK then fails
+/// with "no transaction is active", which is the state wanted.
+async fn roll_back_raw(conn: &mut SqliteConnection) {
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
 }
 
 pub(super) const MESSAGE_COLUMNS: &str = "id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, last_error, lease_owner, lease_expires_at";
@@ -588,9 +594,7 @@ pub(super) async fn complete_attempts(
 ) -> Result<Vec<Result<MessageState, StoreError>>, sqlx::Error> {
     let written = write_outcomes(conn, batch).await;
     if written.is_err() {
-        // Whatever failed, no transaction stays open on the connection
-        // (none may be: "no transaction is active" is then the answer).
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        roll_back_raw(conn).await;
     }
     written
 }
