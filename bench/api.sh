@@ -14,6 +14,9 @@
 #
 # Usage: bench/api.sh [MESSAGES]   (default 2000)
 # Env:   SESSIONS="1 10 50"  SIZE=5120  OUT=dir  SKIP_BUILD=1
+#        WARMUP=500: messages over each side (10 sessions) before the
+#        measured runs and not reported, so that the first run does not
+#        meet an empty store (its index pages only appended to) alone
 #        ROUNDS=1: SMTP and API runs per N, alternating which goes first;
 #        each round's API ÷ SMTP and their median go to $OUT/ratios.jsonl
 #        PERF=1: sample the relay with `perf record` during both runs at
@@ -22,6 +25,12 @@
 #        (the release build has no frame pointers)
 #        STAT=1: count the relay's context switches and CPU time during
 #        each run (`perf stat`, $OUT/stat-LABEL.txt)
+#        CALLGRIND=1: run the relay under valgrind's callgrind, counting
+#        instructions only during each load run ($OUT/callgrind.LABEL,
+#        the top functions in $OUT/callgrind-LABEL.txt, the per-message
+#        total in results.jsonl as instructions_per_msg): repeatable where
+#        timings on a shared machine are not; use small counts (300) and
+#        SESSIONS=1, the relay runs some fifty times slower
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -76,11 +85,18 @@ CONFIG="$WORK/oxirelay.toml"
     --account sandbox 2>/dev/null >"$WORK/api.key"
 chmod 600 "$WORK/api.key"
 
-OXIRELAY_LOG=warn "$OXIRELAY" -c "$CONFIG" serve --max-sessions-per-address 100 \
+UNDER=()
+STARTUP_S=30
+if [[ -n "${CALLGRIND:-}" ]]; then
+    command -v valgrind >/dev/null || { echo "SKIPPED: CALLGRIND=1 needs valgrind" >&2; exit 0; }
+    UNDER=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$OUT/callgrind.out")
+    STARTUP_S=300
+fi
+OXIRELAY_LOG=warn "${UNDER[@]}" "$OXIRELAY" -c "$CONFIG" serve --max-sessions-per-address 100 \
     --retention-every 1h >"$WORK/serve.log" 2>&1 &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
-wait_for "$WORK/serve.log" 'delivering with' 30
+wait_for "$WORK/serve.log" 'delivering with' "$STARTUP_S"
 "$OXIRELAY" -c "$CONFIG" lockdown --reason "api benchmark: acceptance only" >/dev/null 2>&1
 wait_for "$WORK/serve.log" "LOCKDOWN" 30
 
@@ -106,6 +122,25 @@ probe_start() { # n
         PROBE=$!
     fi
 }
+# Instructions counted only while a load run lasts (CALLGRIND=1).
+count_start() { if [[ -n "${CALLGRIND:-}" ]]; then callgrind_control -i on "$RELAY_PID" >/dev/null 2>&1; fi; }
+count_stop() { # label: the run's counts dumped, and their total per message
+    INSTRUCTIONS=null
+    if [[ -z "${CALLGRIND:-}" ]]; then return; fi
+    callgrind_control -i off "$RELAY_PID" >/dev/null 2>&1
+    callgrind_control -d "$1" "$RELAY_PID" >/dev/null 2>&1
+    local dump
+    # The dump is written asynchronously; wait (bounded) for the file.
+    for ((i = 0; i < 100; i++)); do
+        dump=$(ls "$OUT"/callgrind.out.*[0-9] 2>/dev/null | head -1 || true)
+        [[ -n "$dump" ]] && grep -q '^totals:' "$dump" 2>/dev/null && break
+        sleep 0.1
+    done
+    [[ -n "$dump" ]] || { echo "no callgrind dump for $1" >&2; return; }
+    mv "$dump" "$OUT/callgrind.$1"
+    INSTRUCTIONS=$(awk '/^totals:/ {print $2}' "$OUT/callgrind.$1")
+    callgrind_annotate "$OUT/callgrind.$1" 2>/dev/null | head -60 >"$OUT/callgrind-$1.txt" || true
+}
 probe_stop() { # side
     if [[ -z "$PROBE" ]]; then return; fi
     kill -INT "$PROBE" 2>/dev/null || true
@@ -124,6 +159,7 @@ run_side() { # side n label
     cpu=$(cpu_s "$RELAY_PID")
     stat_start "$label"
     probe_start "$n"
+    count_start
     if [[ $side == smtp ]]; then
         /usr/bin/time -f '%U %S' -o "$WORK/client.cpu" "$LOADGEN" --label "$label" --target "127.0.0.1:$RELAY_PORT" --auth none \
             --from "$SENDER" --to "$RECIPIENT" --sessions "$n" --messages "$MESSAGES" \
@@ -133,14 +169,22 @@ run_side() { # side n label
             --from "$SENDER" --to "$RECIPIENT" --clients "$n" --messages "$MESSAGES" \
             --size "$SIZE" --timeout-s 300 >"$OUT/$label.json" || true
     fi
+    count_stop "$label"
     stat_stop
     probe_stop "$side"
     summary "$label" "$OUT/$label.json" "$(printf "%.3f" "$(echo "$(cpu_s "$RELAY_PID") - $cpu" | bc -l)")" \
-        "$(client_cpu "$WORK/client.cpu")" | jq -c --arg side "$side" --argjson round "${4:-1}" '. + {side: $side, round: $round}' | tee -a "$RESULTS"
+        "$(client_cpu "$WORK/client.cpu")" | jq -c --arg side "$side" --argjson round "${4:-1}" --argjson instructions "$INSTRUCTIONS" \
+        '. + {side: $side, round: $round} + (if $instructions == null then {} else {instructions_per_msg: (if .accepted > 0 then ($instructions / .accepted | round) else null end)} end)' | tee -a "$RESULTS"
     acknowledged=$((acknowledged + $(jq .messages_sent "$OUT/$label.json")))
 }
 
 acknowledged=0
+WARMUP="${WARMUP:-500}"
+if ((WARMUP > 0)); then
+    for side in smtp api; do
+        MESSAGES="$WARMUP" run_side "$side" 10 "warmup-$side" 0 >/dev/null
+    done
+fi
 for n in $SESSIONS; do
     for ((round = 1; round <= ROUNDS; round++)); do
         suffix=""
@@ -158,7 +202,7 @@ done
 # over the rounds (the figure to read on a machine shared with others).
 jq -s -c --argjson sessions "[$(echo "$SESSIONS" | tr ' ' ',')]" '
     def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    map(select(.side != null)) as $runs
+    map(select(.side != null and .round > 0)) as $runs
     | $sessions[] as $n
     | ($runs | map(select(.n == $n))) as $at
     | ($at | map(.round) | unique) as $rounds

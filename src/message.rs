@@ -151,17 +151,54 @@ pub fn from_file_bytes(bytes: &[u8]) -> Result<Vec<u8>, MessageError> {
 /// Turns lone LF and lone CR into CRLF, leaving CRLF alone.
 pub fn normalize_line_endings(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    let mut rest = bytes;
+    let mut from = 0;
     // Whole runs between line ends are copied at once: a byte at a time,
     // this was a visible part of the send API's CPU per message.
-    while let Some(at) = memchr::memchr2(b'\r', b'\n', rest) {
-        out.extend_from_slice(&rest[..at]);
+    for end in bare_line_ends(bytes) {
+        out.extend_from_slice(&bytes[from..end.start]);
         out.extend_from_slice(b"\r\n");
-        let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
-        rest = &rest[at + if crlf { 2 } else { 1 }..];
+        from = end.end;
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&bytes[from..]);
     out
+}
+
+/// [`normalize_line_endings`] for text: the text itself when every line
+/// end is already CRLF, and never a second look at its UTF-8 (only ASCII
+/// bytes change, at character boundaries).
+pub fn normalize_text_line_endings(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut ends = bare_line_ends(text.as_bytes()).peekable();
+    if ends.peek().is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + text.len() / 32);
+    let mut from = 0;
+    for end in ends {
+        out.push_str(&text[from..end.start]);
+        out.push_str("\r\n");
+        from = end.end;
+    }
+    out.push_str(&text[from..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where `bytes` has a line end other than CRLF (a lone CR or a lone LF),
+/// in order, as the range of the one byte.
+fn bare_line_ends(bytes: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = memchr::memchr2(b'\r', b'\n', &bytes[at..]) {
+            let end = at + found;
+            if bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n') {
+                at = end + 2;
+            } else {
+                at = end + 1;
+                return Some(end..end + 1);
+            }
+        }
+        at = bytes.len();
+        None
+    })
 }
 
 /// The value of the first header `name` (case-insensitive), unfolded.
@@ -463,6 +500,24 @@ mod tests {
         #[test]
         fn fuzz_line_ends_are_normalized_as_the_bytewise_rule(bytes in crate::fuzzing::data_bytes(48)) {
             prop_assert_eq!(normalize_line_endings(&bytes), normalized_bytewise(&bytes));
+        }
+
+        /// The text version gives the same bytes, and borrows exactly
+        /// when nothing changes.
+        #[test]
+        fn fuzz_text_line_ends_are_normalized_as_the_bytewise_rule(
+            text in proptest::collection::vec(
+                proptest::sample::select(vec!["line", "\r\n", "\n", "\r", "caf\u{e9}", "\u{1F600}", " "]),
+                0..24,
+            ).prop_map(|pieces| pieces.concat()),
+        ) {
+            let normalized = normalize_text_line_endings(&text);
+            let expected = normalized_bytewise(text.as_bytes());
+            prop_assert_eq!(normalized.as_bytes(), &expected[..]);
+            prop_assert_eq!(
+                matches!(normalized, std::borrow::Cow::Borrowed(_)),
+                expected == text.as_bytes()
+            );
         }
     }
 }

@@ -6,7 +6,7 @@
 //! header the relay writes itself) and the limits on sizes.
 
 use super::error::ApiError;
-use crate::message::{MessageError, check_address, normalize_line_endings};
+use crate::message::{MessageError, check_address, normalize_text_line_endings};
 use crate::store::MessageId;
 use base64::Engine as _;
 use mail_builder::MessageBuilder;
@@ -14,6 +14,7 @@ use mail_builder::headers::address::Address;
 use mail_builder::headers::text::Text;
 use mail_builder::mime::MimePart;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Tags a message may carry, and how long each may be.
@@ -154,7 +155,9 @@ fn check_header_text(field: &str, value: &str) -> Result<(), ApiError> {
             "{field} contains a line break (CR or LF); header values must be one line (a line break could inject headers)"
         )));
     }
-    if value.contains('\0') {
+    // memchr's search, many bytes at a time: `str::contains` took them
+    // one by one, on every body of the send API.
+    if memchr::memchr(0, value.as_bytes()).is_some() {
         return Err(ApiError::Invalid(format!(
             "{field} holds a NUL byte, which mail cannot carry; remove it"
         )));
@@ -163,7 +166,9 @@ fn check_header_text(field: &str, value: &str) -> Result<(), ApiError> {
 }
 
 fn check_body_text(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.contains('\0') {
+    // memchr's search, many bytes at a time: `str::contains` took them
+    // one by one, on every body of the send API.
+    if memchr::memchr(0, value.as_bytes()).is_some() {
         return Err(ApiError::Invalid(format!(
             "{field} holds a NUL byte, which mail cannot carry; send the content as a base64 attachment"
         )));
@@ -328,12 +333,12 @@ impl MessageRequest {
         let text = self
             .text
             .as_deref()
-            .map(|t| normalized("text", t))
+            .map(|t| BodyText::new("text", t))
             .transpose()?;
         let html = self
             .html
             .as_deref()
-            .map(|t| normalized("html", t))
+            .map(|t| BodyText::new("html", t))
             .transpose()?;
 
         let domain = self
@@ -360,14 +365,18 @@ impl MessageRequest {
         }
         // The structure mail-builder gives text, html and attachments,
         // built here so that each text part can say its own encoding.
+        let empty = BodyText {
+            text: Cow::Borrowed(""),
+            plain_7bit: true,
+        };
         let content = match (
-            text.as_deref().map(|t| text_part("text/plain", t)),
-            html.as_deref().map(|t| text_part("text/html", t)),
+            text.as_ref().map(|t| t.part("text/plain")),
+            html.as_ref().map(|t| t.part("text/html")),
         ) {
             (Some(text), Some(html)) => MimePart::new("multipart/alternative", vec![text, html]),
             (Some(part), None) | (None, Some(part)) => part,
             // A body needs a part: an empty text.
-            (None, None) => text_part("text/plain", ""),
+            (None, None) => empty.part("text/plain"),
         };
         let attachments: Vec<MimePart> = self
             .attachments
@@ -405,18 +414,36 @@ impl MessageRequest {
     }
 }
 
-/// A text part (its lines already end in CRLF: [`normalized`]). Left to
-/// itself, mail-builder scans the text to choose its transfer encoding and
-/// then copies a 7-bit body a byte at a time: the largest part of the send
-/// API's own CPU per message (BENCHMARKS.md, issue 12). Text that is
-/// plainly 7-bit, the common case, is labelled so after one quick look and
-/// written as it is; any other goes to mail-builder's choice.
-fn text_part<'x>(content_type: &'static str, text: &'x str) -> MimePart<'x> {
-    let part = MimePart::new(content_type, text);
-    if is_plain_7bit(text.as_bytes()) {
-        part.transfer_encoding("7bit")
-    } else {
-        part
+/// A body text as its part carries it: every line ending in CRLF, and
+/// whether it is plain 7-bit ([`is_plain_7bit`]).
+struct BodyText<'t> {
+    text: Cow<'t, str>,
+    plain_7bit: bool,
+}
+
+impl<'t> BodyText<'t> {
+    /// A text without NUL, its line ends made CRLF (mail-builder writes a
+    /// lone CR as it is, which RFC 5322 forbids): borrowed when they are
+    /// already, and never copied or read again for its UTF-8.
+    fn new(field: &str, text: &'t str) -> Result<Self, ApiError> {
+        check_body_text(field, text)?;
+        let text = normalize_text_line_endings(text);
+        let plain_7bit = is_plain_7bit(text.as_bytes());
+        Ok(BodyText { text, plain_7bit })
+    }
+
+    /// Its MIME part. Left to itself, mail-builder scans the text to
+    /// choose its transfer encoding and then copies a 7-bit body a byte at
+    /// a time: the largest part of the send API's own CPU per message
+    /// (BENCHMARKS.md, issue 12). Plain 7-bit text is labelled so and
+    /// written as it is; any other goes to mail-builder's choice.
+    fn part(&self, content_type: &'static str) -> MimePart<'_> {
+        let part = MimePart::new(content_type, self.text.as_ref());
+        if self.plain_7bit {
+            part.transfer_encoding("7bit")
+        } else {
+            part
+        }
     }
 }
 
@@ -425,32 +452,29 @@ fn text_part<'x>(content_type: &'static str, text: &'x str) -> MimePart<'x> {
 /// `7bit` carries unchanged (trailing white space may be stripped on the
 /// way, and mail-builder quoted-printable-encodes lines longer than that).
 fn is_plain_7bit(text: &[u8]) -> bool {
-    let mut rest = text;
-    while let Some(at) = memchr::memchr(b'\n', rest) {
-        match rest[..at].strip_suffix(b"\r") {
-            Some(line) if is_plain_7bit_line(line) => rest = &rest[at + 1..],
-            _ => return false,
-        }
-    }
-    is_plain_7bit_line(rest)
-}
-
-fn is_plain_7bit_line(content: &[u8]) -> bool {
     const MAX_LINE: usize = 76;
-    // No early exit inside a line: the compiler checks many bytes at a
-    // time, where `all` took them one by one (BENCHMARKS.md, issue 12).
-    content.len() <= MAX_LINE
-        && !matches!(content.last(), Some(b' ' | b'\t'))
-        && content.iter().fold(true, |plain, &b| {
-            plain & (b == b'\t' || (b' '..=b'~').contains(&b))
-        })
-}
-
-/// A body with every line ending CRLF (mail-builder writes a lone CR as
-/// it is, which RFC 5322 forbids); only ASCII bytes change.
-fn normalized(field: &str, text: &str) -> Result<String, ApiError> {
-    check_body_text(field, text)?;
-    Ok(String::from_utf8(normalize_line_endings(text.as_bytes())).unwrap_or_else(|_| text.into()))
+    let fits = |line: &[u8]| line.len() <= MAX_LINE && !matches!(line.last(), Some(b' ' | b'\t'));
+    // The bytes in one pass over the whole text, with no early exit and
+    // no branch per byte, so that the compiler checks many at a time
+    // (line by line, the short runs kept it to one: BENCHMARKS.md, issue 12).
+    let plain_bytes = text.iter().fold(true, |plain, &b| {
+        plain & ((b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\r') | (b == b'\n'))
+    });
+    if !plain_bytes {
+        return false;
+    }
+    let mut line_start = 0;
+    let mut line_ends = 0;
+    for at in memchr::memchr_iter(b'\n', text) {
+        let crlf = at > line_start && text[at - 1] == b'\r';
+        if !crlf || !fits(&text[line_start..at - 1]) {
+            return false;
+        }
+        line_ends += 1;
+        line_start = at + 1;
+    }
+    // Every LF has its CR before it; a CR beyond those is a bare one.
+    memchr::memchr_iter(b'\r', text).count() == line_ends && fits(&text[line_start..])
 }
 
 /// `type/subtype`, each an RFC 2045 token, optionally with parameters.
@@ -555,7 +579,11 @@ mod tests {
             "a line of trailing space \r\n",
         ] {
             assert_eq!(
-                write(text_part("text/plain", text)),
+                write(
+                    BodyText::new("text", text)
+                        .expect("text")
+                        .part("text/plain")
+                ),
                 write(MimePart::new("text/plain", text)),
                 "{text:?}"
             );

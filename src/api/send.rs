@@ -484,21 +484,12 @@ async fn refused(state: &ApiState, key: &ApiKey, account: Option<&str>, error: &
         .await;
 }
 
-/// The `Received:` header of a message submitted over HTTP(S). The key's
-/// name is not written: it would tell every recipient which key was used.
+/// The `Received:` header of a message submitted over HTTP(S).
 fn trace_header(peer: PeerAddr, https: bool) -> String {
-    let ip = peer.0.ip().to_canonical();
-    let literal = match ip {
-        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
-        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    };
-    let by: String = crate::delivery::upstream::ehlo_name()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(*c))
-        .collect();
-    format!(
-        "Received: from {literal}\r\n\tby {by} (oxirelay) with {};\r\n\t{}\r\n",
-        if https { "HTTPS" } else { "HTTP" },
-        chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S +0000"),
+    crate::submit::received::http_received_header(
+        peer.0.ip(),
+        https,
+        &crate::delivery::upstream::ehlo_name(),
+        chrono::Utc::now(),
     )
 }
