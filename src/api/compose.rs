@@ -155,9 +155,7 @@ fn check_header_text(field: &str, value: &str) -> Result<(), ApiError> {
             "{field} contains a line break (CR or LF); header values must be one line (a line break could inject headers)"
         )));
     }
-    // memchr's search, many bytes at a time: `str::contains` took them
-    // one by one, on every body of the send API.
-    if memchr::memchr(0, value.as_bytes()).is_some() {
+    if has_nul(value) {
         return Err(ApiError::Invalid(format!(
             "{field} holds a NUL byte, which mail cannot carry; remove it"
         )));
@@ -165,10 +163,14 @@ fn check_header_text(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// memchr's search, many bytes at a time: `str::contains` took them one
+/// by one, on every body of the send API.
+fn has_nul(text: &str) -> bool {
+    memchr::memchr(0, text.as_bytes()).is_some()
+}
+
 fn check_body_text(field: &str, value: &str) -> Result<(), ApiError> {
-    // memchr's search, many bytes at a time: `str::contains` took them
-    // one by one, on every body of the send API.
-    if memchr::memchr(0, value.as_bytes()).is_some() {
+    if has_nul(value) {
         return Err(ApiError::Invalid(format!(
             "{field} holds a NUL byte, which mail cannot carry; send the content as a base64 attachment"
         )));
