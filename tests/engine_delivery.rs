@@ -405,3 +405,79 @@ async fn a_message_past_its_maximum_age_expires_with_an_event_and_a_dsn() {
     let events = h.store.events(100).await.expect("events");
     assert!(events.iter().any(|e| e.kind == "message.expired"));
 }
+
+/// One message delivered, so that the pool holds an idle session, with
+/// every reuse going straight to MAIL (no RSET) however slow the machine.
+async fn with_an_idle_session() -> (Harness, oxirelay::delivery::engine::RunningEngine) {
+    let h = harness().await;
+    let mut config = test_config();
+    config.pool.probe_after_idle = Duration::from_secs(600);
+    let engine = h.start(config);
+    h.enqueue(1, &["first@example.net"]).await;
+    h.sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(1, WAIT)
+        .await
+        .expect("the first message delivered");
+    engine
+        .wait_until(|s| s.messages_delivered == 1, WAIT)
+        .await
+        .expect("the first recorded");
+    (h, engine)
+}
+
+/// A session reused without RSET that the server had dropped while idle
+/// (here: closed at MAIL, no reply) costs the message nothing: it goes on
+/// another session in the same attempt, neither deferred nor sent twice.
+#[tokio::test]
+async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
+    let (h, engine) = with_an_idle_session().await;
+    h.sandbox.smtp.faults().inject(
+        Fault::Disconnect {
+            stage: FaultStage::Mail,
+        },
+        FaultTimes::Next(1),
+    );
+    let ids = h.enqueue(1, &["second@example.net"]).await;
+    h.sandbox
+        .smtp
+        .inbox()
+        .wait_for_count(2, WAIT)
+        .await
+        .expect("the second message delivered");
+    engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .expect("the second recorded");
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Delivered, "{message:?}");
+    assert_eq!(message.attempts, 1, "not deferred: {message:?}");
+    let pool = engine.pool_stats();
+    assert_eq!(pool.reused_found_gone, 1, "{pool:?}");
+    assert_eq!(pool.sessions_opened, 2, "{pool:?}");
+    assert_eq!(h.sandbox.smtp.inbox().count(), 2, "once each");
+}
+
+/// A connection lost after the message's content was sent is not a stale
+/// session: the server may have the message, so it is not sent again at
+/// once on another session but deferred as any lost transfer is.
+#[tokio::test]
+async fn a_session_lost_after_the_content_is_not_resent_at_once() {
+    let (h, engine) = with_an_idle_session().await;
+    h.sandbox.smtp.faults().inject(
+        Fault::Disconnect {
+            stage: FaultStage::EndOfData,
+        },
+        FaultTimes::Next(1),
+    );
+    let ids = h.enqueue(1, &["second@example.net"]).await;
+    engine
+        .wait_until(|s| s.messages_delivered == 2, WAIT)
+        .await
+        .expect("delivered on a later attempt");
+    let message = h.message(&ids[0]).await;
+    assert_eq!(message.state, MessageState::Delivered, "{message:?}");
+    assert_eq!(message.attempts, 2, "deferred once: {message:?}");
+    assert_eq!(engine.pool_stats().reused_found_gone, 0);
+}

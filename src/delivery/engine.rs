@@ -708,6 +708,25 @@ impl AttemptResult {
             .push((index, state, Some(reply.to_string())));
     }
 
+    /// No upstream session could be had: every open recipient waits.
+    fn no_session(&mut self, open: &[usize], error: &UpstreamError) {
+        match error {
+            UpstreamError::AuthFailed { .. } => self.auth_failed = true,
+            UpstreamError::NeedsAdmin { step, .. } => self.admin = Some(*step),
+            UpstreamError::Smtp(client) => {
+                if let Some(reply) = client.reply() {
+                    self.note_account(classify(ReplyFacts::of(reply, &reply.text())));
+                }
+            }
+            _ => {}
+        }
+        // Whatever stops a session (network, token endpoint down, consent
+        // needed, a refused token after contract 4) is the relay's or the
+        // provider's problem, never the recipient's: defer, and the message
+        // expires if it never clears.
+        self.defer_all(open, &error.to_string());
+    }
+
     fn defer_all(&mut self, indices: &[usize], reason: &str) {
         self.note_error(|| reason.to_string());
         for &index in indices {
@@ -1025,21 +1044,7 @@ impl Shared {
         let mut pooled = match self.pool.checkout(account).await {
             Ok(pooled) => pooled,
             Err(error) => {
-                match &error {
-                    UpstreamError::AuthFailed { .. } => result.auth_failed = true,
-                    UpstreamError::NeedsAdmin { step, .. } => result.admin = Some(*step),
-                    UpstreamError::Smtp(client) => {
-                        if let Some(reply) = client.reply() {
-                            result.note_account(classify(ReplyFacts::of(reply, &reply.text())));
-                        }
-                    }
-                    _ => {}
-                }
-                // Whatever stops a session (network, token endpoint down,
-                // consent needed, a refused token after contract 4) is the
-                // relay's or the provider's problem, never the recipient's:
-                // defer, and the message expires if it never clears.
-                result.defer_all(open, &error.to_string());
+                result.no_session(open, &error);
                 return result;
             }
         };
@@ -1068,7 +1073,27 @@ impl Shared {
                     .map(|&i| message.recipients[i].address.clone())
                     .collect(),
             };
-            match pooled.send(&envelope, body).await {
+            let unproven = pooled.is_unproven();
+            let mut sent = pooled.send(&envelope, body).await;
+            if let Err(error) = &sent
+                && unproven
+                && error.is_gone_before_content()
+            {
+                // Reused without RSET, and the server had dropped it while
+                // idle: nothing of the message reached it. Once more, on a
+                // session that answers (the first group: nothing sent yet).
+                tracing::debug!(account = %account.name, %error, "a reused upstream session had gone; sending on another");
+                self.pool.discard_gone(pooled);
+                pooled = match self.pool.checkout_probed(account).await {
+                    Ok(pooled) => pooled,
+                    Err(error) => {
+                        result.no_session(open, &error);
+                        return result;
+                    }
+                };
+                sent = pooled.send(&envelope, body).await;
+            }
+            match sent {
                 Ok(report) => {
                     for (&index, (address, outcome)) in group.iter().zip(report.outcomes()) {
                         match outcome {

@@ -56,6 +56,12 @@ pub struct PoolConfig {
     /// 5321 section 4.5.3.2.7 allows 5); closing ours first avoids a failed
     /// reuse.
     pub max_idle: Duration,
+    /// A session idle at least this long is probed with RSET before it
+    /// carries a message; one idle less, whose last transaction ended, goes
+    /// straight to MAIL (a round trip less per message), and if it turns
+    /// out gone before the message was sent the engine sends the message
+    /// on another ([`ClientError::is_gone_before_content`]).
+    pub probe_after_idle: Duration,
 }
 
 impl Default for PoolConfig {
@@ -67,6 +73,7 @@ impl Default for PoolConfig {
             generic_max_messages_per_session: 1000,
             max_session_age: Duration::from_secs(5 * 60),
             max_idle: Duration::from_secs(30),
+            probe_after_idle: Duration::from_secs(2),
         }
     }
 }
@@ -83,6 +90,9 @@ pub struct PoolStats {
     pub open_failures: u64,
     /// Checkouts served by an idle session.
     pub sessions_reused: u64,
+    /// Reused sessions (without RSET) found gone before the message was
+    /// sent, the message then sent on another.
+    pub reused_found_gone: u64,
     /// Messages the upstream accepted (final 2xx after DATA).
     pub messages_sent: u64,
     pub sessions_closed: u64,
@@ -93,6 +103,7 @@ struct Counters {
     sessions_opened: AtomicU64,
     open_failures: AtomicU64,
     sessions_reused: AtomicU64,
+    reused_found_gone: AtomicU64,
     messages_sent: AtomicU64,
     sessions_closed: AtomicU64,
 }
@@ -159,6 +170,8 @@ pub struct PooledSession {
     account: Arc<AccountSessions>,
     counters: Arc<Counters>,
     reused: bool,
+    /// Reused without RSET, and nothing sent on it since.
+    unproven: bool,
     credentials: u64,
     _permit: OwnedSemaphorePermit,
 }
@@ -170,7 +183,9 @@ impl PooledSession {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<SendReport, ClientError> {
-        let report = self.session.send(envelope, message).await?;
+        let sent = self.session.send(envelope, message).await;
+        self.unproven = false;
+        let report = sent?;
         if report.accepted() {
             self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -180,6 +195,14 @@ impl PooledSession {
     /// Whether this session came from the idle list rather than a new login.
     pub fn was_reused(&self) -> bool {
         self.reused
+    }
+
+    /// Whether it was reused without RSET ([`PoolConfig::probe_after_idle`])
+    /// and has sent nothing since: a failure of its first transaction that
+    /// [`ClientError::is_gone_before_content`] is the server having dropped
+    /// it while idle, not a verdict on the message.
+    pub fn is_unproven(&self) -> bool {
+        self.unproven
     }
 
     pub fn session(&self) -> &Session {
@@ -209,6 +232,7 @@ impl SessionPool {
             authentications: opened,
             open_failures: c.open_failures.load(Ordering::Relaxed),
             sessions_reused: c.sessions_reused.load(Ordering::Relaxed),
+            reused_found_gone: c.reused_found_gone.load(Ordering::Relaxed),
             messages_sent: c.messages_sent.load(Ordering::Relaxed),
             sessions_closed: c.sessions_closed.load(Ordering::Relaxed),
         }
@@ -248,9 +272,38 @@ impl SessionPool {
             || now.saturating_duration_since(session.connected_at()) >= self.config.max_session_age
     }
 
-    /// A ready session for `account`: an idle one that answers RSET, or a
-    /// new one. Waits while the account is at its connection cap.
+    /// A ready session for `account`: an idle one (probed with RSET if it
+    /// was idle [`PoolConfig::probe_after_idle`] or more), or a new one.
+    /// Waits while the account is at its connection cap.
     pub async fn checkout(&self, account: &Account) -> Result<PooledSession, UpstreamError> {
+        self.checkout_probing(account, self.config.probe_after_idle)
+            .await
+    }
+
+    /// [`SessionPool::checkout`] with every idle session probed with RSET:
+    /// after a reused one turned out gone, the others may be too (a server
+    /// restarted).
+    pub async fn checkout_probed(&self, account: &Account) -> Result<PooledSession, UpstreamError> {
+        self.checkout_probing(account, Duration::ZERO).await
+    }
+
+    /// Drops a session that turned out gone (closed by the server while
+    /// idle), freeing its place under the account's cap.
+    pub fn discard_gone(&self, pooled: PooledSession) {
+        self.counters
+            .reused_found_gone
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .sessions_closed
+            .fetch_add(1, Ordering::Relaxed);
+        drop(pooled);
+    }
+
+    async fn checkout_probing(
+        &self,
+        account: &Account,
+        probe_after_idle: Duration,
+    ) -> Result<PooledSession, UpstreamError> {
         let sessions = self.account_sessions(account);
         let permit = sessions
             .permits
@@ -282,27 +335,29 @@ impl SessionPool {
                 self.close(session);
                 continue;
             }
-            // RSET: a clean transaction state, and proof the server is
-            // still there before we commit a message to this connection.
-            match session.reset().await {
-                Ok(()) => {
-                    self.counters
-                        .sessions_reused
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(PooledSession {
-                        session,
-                        account: sessions,
-                        counters: self.counters.clone(),
-                        reused: true,
-                        credentials,
-                        _permit: permit,
-                    });
-                }
-                Err(error) => {
+            let unproven = session.is_between_transactions()
+                && now.saturating_duration_since(idle_since) < probe_after_idle;
+            if !unproven {
+                // RSET: a clean transaction state, and proof the server is
+                // still there before we commit a message to this connection.
+                if let Err(error) = session.reset().await {
                     tracing::debug!(account = %account.name, %error, "a pooled session failed RSET; opening another");
                     self.close(session);
+                    continue;
                 }
             }
+            self.counters
+                .sessions_reused
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(PooledSession {
+                session,
+                account: sessions,
+                counters: self.counters.clone(),
+                reused: true,
+                unproven,
+                credentials,
+                _permit: permit,
+            });
         }
         // The version before the token is taken: if the credentials change
         // while the session logs in, it may have used the old token.
@@ -330,6 +385,7 @@ impl SessionPool {
                 account: sessions,
                 counters: self.counters.clone(),
                 reused: false,
+                unproven: false,
                 credentials,
                 _permit: permit,
             });

@@ -188,6 +188,24 @@ impl ClientError {
         }
     }
 
+    /// The connection had gone (closed or reset by the server, or its 421
+    /// "closing") before any of the message was sent: the failure came at
+    /// MAIL, RCPT or DATA, before the server's 354, so the server cannot
+    /// have taken the message, and sending it on another connection cannot
+    /// deliver it twice. What a pooled session reused without RSET meets
+    /// when the server dropped it while idle.
+    pub fn is_gone_before_content(&self) -> bool {
+        let before_content =
+            |stage: &Stage| matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data);
+        match self {
+            ClientError::Closed { stage, .. } | ClientError::Io { stage, .. } => {
+                before_content(stage)
+            }
+            ClientError::Reply { stage, reply, .. } => reply.code == 421 && before_content(stage),
+            _ => false,
+        }
+    }
+
     /// Retrying the same thing will fail the same way.
     pub fn is_permanent(&self) -> bool {
         !self.is_transient()
@@ -252,6 +270,47 @@ mod tests {
         assert_eq!(
             starttls.to_string(),
             "smtp.example.com:587 does not offer STARTTLS; refusing to send credentials over an unencrypted connection (no credentials were sent). Use port 465 with tls = \"implicit\" if the server offers implicit TLS there"
+        );
+    }
+
+    /// Only a failure before the server's 354 may be sent again on another
+    /// connection: after it, the server may have taken the message.
+    #[test]
+    fn only_a_connection_gone_before_the_content_allows_a_resend() {
+        let address = || "h:25".to_string();
+        let closed = |stage| ClientError::Closed {
+            address: address(),
+            stage,
+        };
+        let io = |stage| ClientError::Io {
+            address: address(),
+            stage,
+            reason: "connection reset by peer".into(),
+        };
+        let replied = |stage, code| ClientError::Reply {
+            address: address(),
+            stage,
+            reply: reply(code, "x"),
+        };
+        for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
+            assert!(closed(stage).is_gone_before_content(), "{stage}");
+            assert!(io(stage).is_gone_before_content(), "{stage}");
+            assert!(replied(stage, 421).is_gone_before_content(), "{stage}");
+            assert!(!replied(stage, 451).is_gone_before_content(), "{stage}");
+        }
+        for stage in [Stage::DataEnd, Stage::Rset, Stage::Auth, Stage::Connect] {
+            assert!(!closed(stage).is_gone_before_content(), "{stage}");
+            assert!(!io(stage).is_gone_before_content(), "{stage}");
+            assert!(!replied(stage, 421).is_gone_before_content(), "{stage}");
+        }
+        let timeout = ClientError::Timeout {
+            address: address(),
+            stage: Stage::Mail,
+            after: std::time::Duration::from_secs(1),
+        };
+        assert!(
+            !timeout.is_gone_before_content(),
+            "a slow server, not a gone one"
         );
     }
 

@@ -45,6 +45,10 @@ pub struct Session {
     authenticated: bool,
     messages_sent: u64,
     connected_at: Instant,
+    /// No mail transaction is open at the server: none was begun, or the
+    /// last one ended (its final reply, or RSET) rather than failing
+    /// half-way.
+    between_transactions: bool,
 }
 
 impl Session {
@@ -60,7 +64,14 @@ impl Session {
             authenticated: false,
             messages_sent: 0,
             connected_at: Instant::now(),
+            between_transactions: true,
         }
+    }
+
+    /// Whether the server holds no mail transaction of ours: a next MAIL
+    /// needs no RSET before it.
+    pub fn is_between_transactions(&self) -> bool {
+        self.between_transactions && self.wire.ensure_usable().is_ok()
     }
 
     /// What the server offers on this (secured) connection.
@@ -285,6 +296,9 @@ impl Session {
         self.wire.ensure_usable()?;
         let transaction =
             Transaction::plan(envelope, message, &self.capabilities, self.wire.address())?;
+        // Until the transaction ends, one way or the other (both paths
+        // below end every transaction they open before returning Ok).
+        self.between_transactions = false;
         tracing::debug!(
             address = %self.wire.address(),
             mail_from = %envelope.mail_from,
@@ -298,6 +312,7 @@ impl Session {
         } else {
             self.send_step_by_step(envelope, transaction).await?
         };
+        self.between_transactions = true;
         tracing::debug!(
             address = %self.wire.address(),
             accepted = report.accepted(),
@@ -447,7 +462,9 @@ impl Session {
 
     /// RSET: abandons any transaction in progress.
     pub async fn reset(&mut self) -> Result<(), ClientError> {
-        self.simple_command("RSET\r\n", Stage::Rset).await
+        self.simple_command("RSET\r\n", Stage::Rset).await?;
+        self.between_transactions = true;
+        Ok(())
     }
 
     /// NOOP: checks that the server is still there (before reusing a pooled
