@@ -5,9 +5,10 @@
 mod engine_common;
 
 use engine_common::*;
+use oxirelay::delivery::engine::RunningEngine;
 use oxirelay::sandbox::smtp::{Fault, FaultStage, FaultTimes};
 use oxirelay::smtp::server::Reply;
-use oxirelay::store::{MessageState, RecipientState};
+use oxirelay::store::{MessageId, MessageState, RecipientState};
 use std::time::Duration;
 
 #[tokio::test]
@@ -406,9 +407,10 @@ async fn a_message_past_its_maximum_age_expires_with_an_event_and_a_dsn() {
     assert!(events.iter().any(|e| e.kind == "message.expired"));
 }
 
-/// One message delivered, so that the pool holds an idle session, with
-/// every reuse going straight to MAIL (no RSET) however slow the machine.
-async fn with_an_idle_session() -> (Harness, oxirelay::delivery::engine::RunningEngine) {
+/// One message delivered, so that the pool holds an idle session (every
+/// reuse going straight to MAIL, no RSET, however slow the machine); then
+/// `fault` armed once and a second message queued. Its id.
+async fn after_an_idle_session(fault: Fault) -> (Harness, RunningEngine, MessageId) {
     let h = harness().await;
     let mut config = test_config();
     config.pool.probe_after_idle = Duration::from_secs(600);
@@ -424,7 +426,9 @@ async fn with_an_idle_session() -> (Harness, oxirelay::delivery::engine::Running
         .wait_until(|s| s.messages_delivered == 1, WAIT)
         .await
         .expect("the first recorded");
-    (h, engine)
+    h.sandbox.smtp.faults().inject(fault, FaultTimes::Next(1));
+    let ids = h.enqueue(1, &["second@example.net"]).await;
+    (h, engine, ids[0].clone())
 }
 
 /// A session reused without RSET that the server had dropped while idle
@@ -432,25 +436,15 @@ async fn with_an_idle_session() -> (Harness, oxirelay::delivery::engine::Running
 /// another session in the same attempt, neither deferred nor sent twice.
 #[tokio::test]
 async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
-    let (h, engine) = with_an_idle_session().await;
-    h.sandbox.smtp.faults().inject(
-        Fault::Disconnect {
-            stage: FaultStage::Mail,
-        },
-        FaultTimes::Next(1),
-    );
-    let ids = h.enqueue(1, &["second@example.net"]).await;
-    h.sandbox
-        .smtp
-        .inbox()
-        .wait_for_count(2, WAIT)
-        .await
-        .expect("the second message delivered");
+    let (h, engine, id) = after_an_idle_session(Fault::Disconnect {
+        stage: FaultStage::Mail,
+    })
+    .await;
     engine
         .wait_until(|s| s.messages_delivered == 2, WAIT)
         .await
         .expect("the second recorded");
-    let message = h.message(&ids[0]).await;
+    let message = h.message(&id).await;
     assert_eq!(message.state, MessageState::Delivered, "{message:?}");
     assert_eq!(message.attempts, 1, "not deferred: {message:?}");
     let pool = engine.pool_stats();
@@ -464,19 +458,15 @@ async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
 /// once on another session but deferred as any lost transfer is.
 #[tokio::test]
 async fn a_session_lost_after_the_content_is_not_resent_at_once() {
-    let (h, engine) = with_an_idle_session().await;
-    h.sandbox.smtp.faults().inject(
-        Fault::Disconnect {
-            stage: FaultStage::EndOfData,
-        },
-        FaultTimes::Next(1),
-    );
-    let ids = h.enqueue(1, &["second@example.net"]).await;
+    let (h, engine, id) = after_an_idle_session(Fault::Disconnect {
+        stage: FaultStage::EndOfData,
+    })
+    .await;
     engine
         .wait_until(|s| s.messages_delivered == 2, WAIT)
         .await
         .expect("delivered on a later attempt");
-    let message = h.message(&ids[0]).await;
+    let message = h.message(&id).await;
     assert_eq!(message.state, MessageState::Delivered, "{message:?}");
     assert_eq!(message.attempts, 2, "deferred once: {message:?}");
     assert_eq!(engine.pool_stats().reused_found_gone, 0);
