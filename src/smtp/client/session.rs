@@ -45,9 +45,10 @@ pub struct Session {
     authenticated: bool,
     messages_sent: u64,
     connected_at: Instant,
-    /// No mail transaction is open at the server: none was begun, or the
-    /// last one ended (its final reply, or RSET) rather than failing
-    /// half-way.
+    /// Known to hold no mail transaction at the server: none was begun
+    /// yet, or the last one ended (its final reply, or RSET). False when
+    /// unsure (any error of a transaction, even one that opened none):
+    /// the next reuse then sends RSET first.
     between_transactions: bool,
 }
 
