@@ -6,7 +6,7 @@
 //! header the relay writes itself) and the limits on sizes.
 
 use super::error::ApiError;
-use crate::message::{MessageError, check_address, normalize_text_line_endings};
+use crate::message::{MessageError, check_address, crlf_lines, normalize_text_line_endings};
 use crate::store::MessageId;
 use base64::Engine as _;
 use mail_builder::MessageBuilder;
@@ -462,21 +462,7 @@ fn is_plain_7bit(text: &[u8]) -> bool {
     let plain_bytes = text.iter().fold(true, |plain, &b| {
         plain & ((b' '..=b'~').contains(&b) | (b == b'\t') | (b == b'\r') | (b == b'\n'))
     });
-    if !plain_bytes {
-        return false;
-    }
-    let mut line_start = 0;
-    let mut line_ends = 0;
-    for at in memchr::memchr_iter(b'\n', text) {
-        let crlf = at > line_start && text[at - 1] == b'\r';
-        if !crlf || !fits(&text[line_start..at - 1]) {
-            return false;
-        }
-        line_ends += 1;
-        line_start = at + 1;
-    }
-    // Every LF has its CR before it; a CR beyond those is a bare one.
-    memchr::memchr_iter(b'\r', text).count() == line_ends && fits(&text[line_start..])
+    plain_bytes && crlf_lines(text, fits).is_some_and(fits)
 }
 
 /// `type/subtype`, each an RFC 2045 token, optionally with parameters.

@@ -252,24 +252,14 @@ pub fn check_content(message: &[u8], max: usize) -> Result<(), Refused> {
 
 /// Whether every line ends in CRLF and fits, with no NUL: the common case,
 /// which every accepted message meets, decided by whole-message SIMD
-/// searches (a CR count, a NUL search) and one stop per line, where the
+/// searches (a NUL search, [`crate::message::crlf_lines`]), where the
 /// search that names the line at fault stops at every CR as well
 /// (BENCHMARKS.md, issue 12). False sends the message to that search.
 fn is_clean(message: &[u8]) -> bool {
-    if !message.ends_with(b"\n") || memchr::memchr(0, message).is_some() {
-        return false;
-    }
-    let mut line_start = 0;
-    let mut line_ends = 0;
-    for at in memchr::memchr_iter(b'\n', message) {
-        if at == line_start || message[at - 1] != b'\r' || at - 1 - line_start > MAX_LINE_LEN {
-            return false;
-        }
-        line_ends += 1;
-        line_start = at + 1;
-    }
-    // Every LF has its CR before it; a CR beyond those is a bare one.
-    memchr::memchr_iter(b'\r', message).count() == line_ends
+    message.ends_with(b"\n")
+        && memchr::memchr(0, message).is_none()
+        && crate::message::crlf_lines(message, |line| line.len() <= MAX_LINE_LEN)
+            .is_some_and(<[u8]>::is_empty)
 }
 
 /// One message handed in by a front end.
