@@ -247,43 +247,58 @@ account = "dovecot"
         ),
     );
     let relay = interop_common::relay::ServedRelay::start(&config).await;
-    let subject = "swaks through oxirelay serve";
-    let sent = message(subject);
-    let data = listener_dir.path().join("message.eml");
-    // swaks ends DATA with CRLF "." CRLF after the text it is given, so the
-    // text it is given lacks the message's last CRLF.
-    std::fs::write(&data, sent.strip_suffix(b"\r\n").expect("CRLF")).expect("write message");
-    let output = interop_common::run(tokio::process::Command::new("swaks").args([
-        "--server",
-        &relay.listeners[0].to_string(),
-        "--tls",
-        "--tls-verify",
-        "--tls-ca-path",
-        ca_file.to_str().expect("UTF-8"),
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "printer",
-        "--auth-password",
-        password.expose(),
-        "--from",
-        USER,
-        "--to",
-        RECIPIENT,
-        "--data",
-        &format!("@{}", data.display()),
-    ]))
-    .await;
-    assert!(
-        output.status.success(),
-        "swaks failed: {}",
-        describe(&output)
+    // Three in a row, each sent once the one before has arrived: the relay
+    // checks its session back in as soon as Dovecot answers the final dot,
+    // well before the next swaks has connected, logged in (the app
+    // password's Argon2 check alone takes tens of milliseconds) and sent,
+    // so the second and third go on the same upstream session, straight to
+    // MAIL after the completed transaction (no RSET within 2 s idle).
+    for n in 1..=3 {
+        let subject = format!("swaks through oxirelay serve, message {n}");
+        let sent = message(&subject);
+        let data = listener_dir.path().join("message.eml");
+        // swaks ends DATA with CRLF "." CRLF after the text it is given, so
+        // the text it is given lacks the message's last CRLF.
+        std::fs::write(&data, sent.strip_suffix(b"\r\n").expect("CRLF")).expect("write message");
+        let output = interop_common::run(tokio::process::Command::new("swaks").args([
+            "--server",
+            &relay.listeners[0].to_string(),
+            "--tls",
+            "--tls-verify",
+            "--tls-ca-path",
+            ca_file.to_str().expect("UTF-8"),
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "printer",
+            "--auth-password",
+            password.expose(),
+            "--from",
+            USER,
+            "--to",
+            RECIPIENT,
+            "--data",
+            &format!("@{}", data.display()),
+        ]))
+        .await;
+        assert!(
+            output.status.success(),
+            "swaks failed: {}",
+            describe(&output)
+        );
+        let (_, arrived) = upstream.sink.find(n, &subject).await;
+        // Two trace headers in front: the relay's and Dovecot's.
+        assert_intact(&arrived, &sent);
+        let text = String::from_utf8_lossy(&arrived);
+        assert!(text.contains("by dovecot.test with ESMTPSA"), "{text}");
+        assert_eq!(text.matches("Received:").count(), 2, "{text}");
+    }
+    let log = upstream.dovecot.log();
+    assert_eq!(
+        log.matches(&format!("Login: user=<{USER}>, method=OAUTHBEARER"))
+            .count(),
+        1,
+        "one upstream session carried all three:\n{log}"
     );
-    let (_, arrived) = upstream.sink.find(1, subject).await;
-    // Two trace headers in front: the relay's and Dovecot's.
-    assert_intact(&arrived, &sent);
-    let text = String::from_utf8_lossy(&arrived);
-    assert!(text.contains("by dovecot.test with ESMTPSA"), "{text}");
-    assert_eq!(text.matches("Received:").count(), 2, "{text}");
     relay.stop().await;
 }
