@@ -451,6 +451,11 @@ async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
     assert_eq!(pool.reused_found_gone, 1, "{pool:?}");
     assert_eq!(pool.sessions_opened, 2, "{pool:?}");
     assert_eq!(h.sandbox.smtp.inbox().count(), 2, "once each");
+    assert_eq!(
+        h.sandbox.auth.stats().token_requests,
+        1,
+        "the replacement session logs in with the token already held"
+    );
 }
 
 /// A connection lost after the message's content was sent is not a stale
