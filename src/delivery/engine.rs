@@ -195,6 +195,8 @@ struct Shared {
     /// Accounts whose stored state this process has checked for an
     /// administrator's step an API send clears (see `api_sent`).
     api_admin_checked: Mutex<std::collections::HashSet<String>>,
+    /// Accounts without quotas: the store's answers of a moment ago.
+    unmetered: crate::delivery::limits::UnmeteredAdmissions,
     wake: Arc<Notify>,
     stats: watch::Sender<EngineStats>,
     instance: Holder,
@@ -318,6 +320,7 @@ impl Engine {
             pool: SessionPool::new(broker.clone(), config.pool),
             http: HttpTransports::new(),
             api_admin_checked: Mutex::new(std::collections::HashSet::new()),
+            unmetered: Default::default(),
             store,
             broker,
             wake,
@@ -866,6 +869,30 @@ impl Shared {
         }
     }
 
+    /// Whether a message to `recipients` recipients may go now. Counted in
+    /// the store, for every instance sharing it (issue 13); an account
+    /// without quotas asks it at most once a second.
+    async fn admit(&self, account: &Account, recipients: usize) -> Result<Admission, StoreError> {
+        let limits = self.limits(account);
+        let unmetered = !limits.has_quotas();
+        if unmetered && let Some(known) = self.unmetered.admit(&account.name, Instant::now()) {
+            return Ok(known);
+        }
+        let admission = self
+            .store
+            .admit_delivery(
+                &account.name,
+                &limits,
+                u32::try_from(recipients).unwrap_or(u32::MAX),
+                crate::delivery::limits::now_secs(),
+            )
+            .await;
+        if unmetered && let Ok(answer) = &admission {
+            self.unmetered.note(&account.name, *answer, Instant::now());
+        }
+        admission
+    }
+
     /// One claimed message: admit, send, record.
     async fn deliver(&self, claimed: Claimed) {
         let Claimed {
@@ -901,17 +928,7 @@ impl Shared {
             .await;
             return;
         }
-        let recipients = u32::try_from(open.len()).unwrap_or(u32::MAX);
-        // Counted in the store, for every instance sharing it (issue 13).
-        let admission = self
-            .store
-            .admit_delivery(
-                &account.name,
-                &self.limits(account),
-                recipients,
-                crate::delivery::limits::now_secs(),
-            )
-            .await;
+        let admission = self.admit(account, open.len()).await;
         match admission {
             Ok(Admission::Go) => {}
             Ok(Admission::Limited(wait)) => {
@@ -994,6 +1011,8 @@ impl Shared {
             {
                 tracing::error!(account = %account.name, %error, "cannot record the account's back-off in the store; other messages may meet the provider's refusal meanwhile");
             }
+            // After the write, so that the next admission reads it.
+            self.unmetered.forget(&account.name);
         }
         if result.throttled {
             self.count(|s| s.throttled += 1);

@@ -14,8 +14,9 @@
 //! The time is the wall clock of whichever instance charges (they are
 //! expected to keep NTP time); a clock behind the others never refills a
 //! bucket twice, since `updated_at` only moves forward. An account without
-//! quotas costs one primary-key read per message (for a back-off another
-//! instance may have recorded) and no write.
+//! quotas has only its back-off to check: [`UnmeteredAdmissions`] asks the
+//! store at most once a second per account (a back-off another instance
+//! recorded is seen within that second), not once per message.
 //!
 //! Written as a small token bucket rather than with `governor`: the engine
 //! needs "how long until this message (of N recipients) may go", to release
@@ -31,7 +32,9 @@
 //! [`Store::admit_delivery`]: crate::store::Store::admit_delivery
 
 use crate::oauth::preset::ProviderLimits;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -210,6 +213,72 @@ pub fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// How long the store's answer for an account without quotas stands.
+const UNMETERED_RECHECK: Duration = Duration::from_secs(1);
+
+/// The store's last answers for accounts without quotas, where the only
+/// state is a back-off. Asking the store for each message was a read and a
+/// hand-off to a store connection and back (sqlx's pool, SQLite's thread)
+/// per delivery, a fifth of the store's round trips while delivering at
+/// full rate; a back-off lasts a provider's throttling window (a minute
+/// or more), so an answer a second old is as good. A back-off this engine
+/// records itself is seen at once ([`UnmeteredAdmissions::forget`]).
+#[derive(Default)]
+pub struct UnmeteredAdmissions {
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    /// The back-off in force when the store answered, as a deadline.
+    backed_off_until: Option<Instant>,
+}
+
+impl UnmeteredAdmissions {
+    /// The admission for `account` from the store's answer of less than a
+    /// second ago, if there is one.
+    pub fn admit(&self, account: &str, now: Instant) -> Option<Admission> {
+        let seen = *self.lock().get(account)?;
+        if now.saturating_duration_since(seen.at) >= UNMETERED_RECHECK {
+            return None;
+        }
+        Some(match seen.backed_off_until {
+            Some(until) if until > now => Admission::BackedOff(until - now),
+            // Ended: the store clears it (a write) on the next ask.
+            Some(_) => return None,
+            None => Admission::Go,
+        })
+    }
+
+    /// Keeps the store's answer for `account` at `now`.
+    pub fn note(&self, account: &str, admission: Admission, now: Instant) {
+        let backed_off_until = match admission {
+            Admission::Go => None,
+            Admission::BackedOff(wait) => Some(now + wait),
+            // Only an account with quotas is limited, and those always ask.
+            Admission::Limited(_) => return,
+        };
+        self.lock().insert(
+            account.to_string(),
+            Seen {
+                at: now,
+                backed_off_until,
+            },
+        );
+    }
+
+    /// Drops what is known of `account`: its state in the store changed.
+    pub fn forget(&self, account: &str) {
+        self.lock().remove(account);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        // A panic while holding this lock leaves plain data behind.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +394,45 @@ mod tests {
             Admission::Limited(_)
         ));
         assert_eq!(account.admit(1, START + 120.0), Admission::Go);
+    }
+
+    #[test]
+    fn an_unmetered_answer_stands_for_a_second_and_a_back_off_until_it_ends() {
+        let admissions = UnmeteredAdmissions::default();
+        let t0 = Instant::now();
+        assert_eq!(admissions.admit("office", t0), None, "nothing known: ask");
+        admissions.note("office", Admission::Go, t0);
+        assert_eq!(
+            admissions.admit("office", t0 + Duration::from_millis(999)),
+            Some(Admission::Go)
+        );
+        assert_eq!(admissions.admit("other", t0), None, "per account");
+        assert_eq!(
+            admissions.admit("office", t0 + UNMETERED_RECHECK),
+            None,
+            "a second old: ask again (another instance may have backed off)"
+        );
+
+        admissions.note("office", Admission::BackedOff(Duration::from_secs(60)), t0);
+        assert_eq!(
+            admissions.admit("office", t0 + Duration::from_millis(400)),
+            Some(Admission::BackedOff(Duration::from_millis(59_600)))
+        );
+        admissions.note(
+            "office",
+            Admission::BackedOff(Duration::from_millis(500)),
+            t0,
+        );
+        assert_eq!(
+            admissions.admit("office", t0 + Duration::from_millis(600)),
+            None,
+            "an ended back-off is cleared in the store, so ask"
+        );
+
+        admissions.note("office", Admission::Go, t0);
+        admissions.forget("office");
+        assert_eq!(admissions.admit("office", t0), None, "forgotten: ask");
+        admissions.note("office", Admission::Limited(Duration::from_secs(1)), t0);
+        assert_eq!(admissions.admit("office", t0), None, "quotas always ask");
     }
 }
