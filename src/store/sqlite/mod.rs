@@ -547,8 +547,15 @@ impl Store for SqliteStore {
         lease_until: i64,
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let _writer = self.writer.lock().await;
-        queue::claim(&self.bookkeeping, owner, now, lease_until, limit).await
+        queue::claim(
+            &self.bookkeeping,
+            &self.writer,
+            owner,
+            now,
+            lease_until,
+            limit,
+        )
+        .await
     }
 
     async fn complete_attempt(

@@ -458,20 +458,31 @@ pub(super) fn claim_sql() -> String {
 
 pub(super) async fn claim(
     pool: &SqlitePool,
+    writer: &WriteGate,
     owner: &str,
     now: i64,
     lease_until: i64,
     limit: u32,
 ) -> Result<Vec<Claimed>, StoreError> {
+    // The gate for the one statement that writes (its own transaction),
+    // not for the reads of the bodies and recipients after it: those are
+    // two more hand-offs to the connection's thread, during which a group
+    // commit would otherwise wait. Taken before the connection, as every
+    // gated writer does: a claim holding a connection while it waits for
+    // the gate could leave the gate's holder without one.
+    let writing = writer.lock().await;
     let mut conn = pool.acquire().await?;
-    let rows = sqlx::query(AssertSqlSafe(claim_sql()))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
-        .bind(instance_of(owner))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = {
+        let _writer = writing;
+        sqlx::query(AssertSqlSafe(claim_sql()))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .bind(instance_of(owner))
+            .fetch_all(&mut *conn)
+            .await?
+    };
     let mut messages = rows
         .iter()
         .map(message_from_row)
