@@ -451,6 +451,19 @@ async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
     assert_eq!(pool.reused_found_gone, 1, "{pool:?}");
     assert_eq!(pool.sessions_opened, 2, "{pool:?}");
     assert_eq!(h.sandbox.smtp.inbox().count(), 2, "once each");
+    // And the operator's view of it: /metrics counts the session found gone.
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, oxirelay::metrics::global().registry())
+        .expect("the metrics encode");
+    let found_gone: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("oxirelay_upstream_sessions_total{")
+                && line.contains("event=\"found_gone\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(found_gone >= 1.0, "{metrics}");
     assert_eq!(
         h.sandbox.auth.stats().token_requests,
         1,

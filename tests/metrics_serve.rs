@@ -257,6 +257,16 @@ async fn counters_move_with_real_mail_through_serve() {
         before.value("oxirelay_submission_sessions_open", &[]),
         Some(0.0)
     );
+    for event in ["opened", "open_failed", "reused", "found_gone"] {
+        assert_eq!(
+            before.value(
+                "oxirelay_upstream_sessions_total",
+                &[("account", ACCOUNT), ("event", event)]
+            ),
+            Some(0.0),
+            "{event}"
+        );
+    }
     assert_eq!(before.value("oxirelay_store_up", &[]), Some(1.0));
     assert_eq!(before.value("oxirelay_lockdown", &[]), Some(0.0));
     assert_eq!(before.queue("queued"), Some(0.0));
@@ -345,6 +355,23 @@ async fn counters_move_with_real_mail_through_serve() {
     );
     let commit = after.count("oxirelay_submission_duration_seconds_sum", &[]);
     assert!(commit > 0.0 && commit < 20.0, "{commit}");
+    // Each message went on one session checkout: a new session (one AUTH)
+    // or an idle one reused; none failed to open or was found gone.
+    let sessions = |event: &str| {
+        after.count(
+            "oxirelay_upstream_sessions_total",
+            &[("account", ACCOUNT), ("event", event)],
+        )
+    };
+    assert!(sessions("opened") >= 1.0, "{}", after.text);
+    assert_eq!(
+        sessions("opened") + sessions("reused"),
+        2.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(sessions("open_failed"), 0.0);
+    assert_eq!(sessions("found_gone"), 0.0);
     // One token for both messages (single flight), none failed.
     assert_eq!(
         after.account("oxirelay_token_requests_total"),

@@ -21,6 +21,7 @@
 //! goes out on a session authenticated with a token that was taken away.
 
 use crate::delivery::upstream::{UpstreamError, open_session};
+use crate::metrics::UpstreamSessionEvent;
 use crate::oauth::account::Account;
 use crate::oauth::broker::{Broker, BrokerError};
 use crate::oauth::preset::ProviderKind;
@@ -290,6 +291,8 @@ impl SessionPool {
     /// Drops a session that turned out gone (closed by the server while
     /// idle), freeing its place under the account's cap.
     pub fn discard_gone(&self, pooled: PooledSession) {
+        crate::metrics::global()
+            .upstream_session(&pooled.account.name, UpstreamSessionEvent::FoundGone);
         self.counters
             .reused_found_gone
             .fetch_add(1, Ordering::Relaxed);
@@ -349,6 +352,7 @@ impl SessionPool {
             self.counters
                 .sessions_reused
                 .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().upstream_session(&account.name, UpstreamSessionEvent::Reused);
             return Ok(PooledSession {
                 session,
                 account: sessions,
@@ -363,18 +367,21 @@ impl SessionPool {
         // while the session logs in, it may have used the old token.
         // Twice: a change during one login is rare, two in a row rarer;
         // after that the delivery is deferred and retried.
+        let metrics = crate::metrics::global();
         for _ in 0..2 {
             let credentials = self.broker.credentials_version(&account.name);
             let session = match open_session(&self.broker, account).await {
                 Ok(session) => session,
                 Err(error) => {
                     self.counters.open_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_session(&account.name, UpstreamSessionEvent::OpenFailed);
                     return Err(error);
                 }
             };
             self.counters
                 .sessions_opened
                 .fetch_add(1, Ordering::Relaxed);
+            metrics.upstream_session(&account.name, UpstreamSessionEvent::Opened);
             if !self.credentials_current(&account.name, credentials) {
                 tracing::info!(account = %account.name, "the account's credentials changed while a session logged in; closing it");
                 self.close(session);

@@ -79,6 +79,44 @@ pub struct DeliveryLabels {
     pub outcome: &'static str,
 }
 
+/// What one upstream SMTP session did, as the delivery pool saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamSessionEvent {
+    /// Connected, secured and authenticated.
+    Opened,
+    /// Could not be opened (connection, TLS or AUTH failed).
+    OpenFailed,
+    /// An idle session carried another message.
+    Reused,
+    /// An idle session reused without RSET turned out closed by the
+    /// server; the message went on another.
+    FoundGone,
+}
+
+impl UpstreamSessionEvent {
+    pub const ALL: [UpstreamSessionEvent; 4] = [
+        UpstreamSessionEvent::Opened,
+        UpstreamSessionEvent::OpenFailed,
+        UpstreamSessionEvent::Reused,
+        UpstreamSessionEvent::FoundGone,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamSessionEvent::Opened => "opened",
+            UpstreamSessionEvent::OpenFailed => "open_failed",
+            UpstreamSessionEvent::Reused => "reused",
+            UpstreamSessionEvent::FoundGone => "found_gone",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamSessionLabels {
+    pub account: String,
+    pub event: &'static str,
+}
+
 /// How one submission ended at the acceptance path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubmissionResult {
@@ -130,6 +168,7 @@ pub struct Metrics {
     token_request_failures: Family<TokenFailureLabels, Counter>,
     upstream_token_refusals: Family<AccountLabel, Counter>,
     upstream_auth_failures: Family<AccountLabel, Counter>,
+    upstream_sessions: Family<UpstreamSessionLabels, Counter>,
 }
 
 /// Submission to durable commit: a group commit with `synchronous=FULL`
@@ -229,6 +268,12 @@ impl Metrics {
             "Upstream authentication failures: a freshly refreshed token refused too, so the account was marked failing (contract 4)",
             upstream_auth_failures.clone(),
         );
+        let upstream_sessions = Family::<UpstreamSessionLabels, Counter>::default();
+        registry.register(
+            "upstream_sessions",
+            "Upstream SMTP sessions of the delivery pool, by event: opened (one AUTH each), open_failed, reused (an idle session carried another message), found_gone (reused without RSET and found closed by the server; the message went on another)",
+            upstream_sessions.clone(),
+        );
         Metrics {
             registry,
             deliveries,
@@ -242,6 +287,7 @@ impl Metrics {
             token_request_failures,
             upstream_token_refusals,
             upstream_auth_failures,
+            upstream_sessions,
         }
     }
 
@@ -269,6 +315,15 @@ impl Metrics {
             drop(self.upstream_auth_failures.get_or_create(&label));
             drop(self.delivery_attempt_duration.get_or_create(&label));
             drop(self.delivery_latency.get_or_create(&label));
+            for event in UpstreamSessionEvent::ALL {
+                drop(
+                    self.upstream_sessions
+                        .get_or_create(&UpstreamSessionLabels {
+                            account: account.to_string(),
+                            event: event.as_str(),
+                        }),
+                );
+            }
         }
         for result in [
             SubmissionResult::Accepted,
@@ -353,6 +408,15 @@ impl Metrics {
     pub fn upstream_token_refused(&self, account: &str) {
         self.upstream_token_refusals
             .get_or_create(&account_label(account))
+            .inc();
+    }
+
+    pub fn upstream_session(&self, account: &str, event: UpstreamSessionEvent) {
+        self.upstream_sessions
+            .get_or_create(&UpstreamSessionLabels {
+                account: account.to_string(),
+                event: event.as_str(),
+            })
             .inc();
     }
 
