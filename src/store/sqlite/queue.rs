@@ -41,6 +41,15 @@ pub(super) trait Batch: Sized + Send + 'static {
         batch: &[Self],
     ) -> impl std::future::Future<Output = Result<Vec<Result<Self::Reply, StoreError>>, sqlx::Error>>
     + Send;
+
+    /// Readies a connection the writer has just taken, before its first
+    /// batch (the store's tables exist by then).
+    fn prepare(
+        conn: &mut SqliteConnection,
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
 }
 
 struct Request<B: Batch> {
@@ -106,7 +115,10 @@ async fn commit_batches<B: Batch>(
                 batch.drain(..).map(|r| (r.item, r.done)).unzip();
             let conn = match held.take() {
                 Some(conn) => Ok(conn),
-                None => pool.acquire().await,
+                None => match pool.acquire().await {
+                    Ok(mut conn) => B::prepare(&mut conn).await.map(|()| conn),
+                    Err(error) => Err(error),
+                },
             };
             let written = match conn {
                 Ok(mut conn) => {
@@ -158,13 +170,20 @@ impl Batch for Enqueue {
     ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
         let now = crate::clock::now_unix();
         if fits_one_statement_batch(batch) {
-            insert_in_one_hand_off(conn, batch, now).await?;
+            insert_in_one_statement(conn, batch, now).await?;
         } else {
             let mut tx = conn.begin().await?;
             insert_messages(&mut tx, batch, now).await?;
             tx.commit().await?;
         }
         Ok(batch.iter().map(|_| Ok(())).collect())
+    }
+
+    async fn prepare(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(ONE_STATEMENT_SETUP)
+            .execute(conn)
+            .await
+            .map(drop)
     }
 }
 
@@ -360,30 +379,55 @@ fn fits_one_statement_batch(batch: &[Enqueue]) -> bool {
             <= RECIPIENTS_PER_BATCH
 }
 
+/// The one-statement enqueue: a temporary view whose `INSTEAD OF INSERT`
+/// trigger writes a message's row, its body and its recipients (a JSON
+/// array, unpacked by `json_each` in order). Created on each connection
+/// the writer takes ([`Batch::prepare`]); temporary objects belong to
+/// their connection and go with it.
+pub(super) const ONE_STATEMENT_SETUP: &str = "\
+    CREATE TEMP VIEW IF NOT EXISTS enqueue (id, account, mail_from, size, submitted_by, now, body, recipients) AS \
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0; \
+    CREATE TEMP TRIGGER IF NOT EXISTS enqueue_rows INSTEAD OF INSERT ON enqueue BEGIN \
+        INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) \
+            VALUES (NEW.id, NEW.account, NEW.mail_from, NEW.size, NEW.submitted_by, 'queued', 0, NEW.now, NEW.now, NEW.now); \
+        INSERT INTO message_bodies (message_id, body) VALUES (NEW.id, NEW.body); \
+        INSERT INTO recipients (message_id, idx, address, state, updated_at) \
+            SELECT NEW.id, key, value, 'pending', NEW.now FROM json_each(NEW.recipients); \
+    END;";
+
 /// A group commit that is one batch of statements (the common case: a
-/// message, or a few, with their recipients), its BEGIN and COMMIT in the
-/// same text: one hand-off to the connection's thread and back for the
-/// whole transaction instead of three, which at one client at a time is a
-/// good part of a submission's latency (BENCHMARKS.md). A failure anywhere
-/// is rolled back before the error is returned (and [`commit_batches`]
-/// then closes the connection in any case).
-async fn insert_in_one_hand_off(
+/// message, or a few, with their recipients) written as one `INSERT` into
+/// the `enqueue` view, in SQLite's own transaction for the statement: one
+/// statement is atomic, and sqlx hands back one result. With BEGIN, an
+/// `INSERT` per table and COMMIT in one text, sqlx's worker thread sent the
+/// result of each statement as it finished, each a wake-up of the waiting
+/// task (five per commit, where one message at a time waits for every
+/// commit; BENCHMARKS.md). A failure anywhere rolls the statement back
+/// whole, and [`commit_batches`] then closes the connection in any case.
+async fn insert_in_one_statement(
     conn: &mut SqliteConnection,
     batch: &[Enqueue],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let recipients = recipient_rows(batch);
     let sql = format!(
-        "BEGIN;\n{}COMMIT;\n",
-        messages_sql(batch.len(), recipients.len())
+        "INSERT INTO temp.enqueue (id, account, mail_from, size, submitted_by, now, body, recipients) VALUES {}",
+        values_list("(?, ?, ?, ?, ?, ?, ?, ?)", batch.len())
     );
-    let written = group_query(sql, batch, &recipients, now)
-        .execute(&mut *conn)
-        .await;
-    if written.is_err() {
-        roll_back_raw(conn).await;
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for Enqueue { id, message } in batch {
+        let recipients = serde_json::to_string(&message.recipients)
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        query = query
+            .bind(&id.0)
+            .bind(&message.account)
+            .bind(&message.mail_from)
+            .bind(message.body.len() as i64)
+            .bind(&message.submitted_by)
+            .bind(now)
+            .bind(&message.body)
+            .bind(recipients);
     }
-    written.map(|_| ())
+    query.execute(&mut *conn).await.map(drop)
 }
 
 /// After a transaction written as raw statements (its BEGIN in the text,
@@ -1351,10 +1395,11 @@ mod tests {
         }
     }
 
-    /// The one-hand-off transaction (BEGIN, the rows, COMMIT in one text):
-    /// a statement that fails half-way (here the recipients' INSERT, after
-    /// the message and its body) leaves nothing of the batch written and no
-    /// transaction open on the connection; the next enqueue is stored.
+    /// The one-statement enqueue: a statement that fails half-way (here
+    /// in the trigger's recipients INSERT of the second message, after the
+    /// first message and the second's row and body) leaves nothing of the
+    /// batch written and no transaction open on the connection; the next
+    /// enqueue is stored.
     #[tokio::test]
     async fn a_group_commit_that_fails_half_way_leaves_nothing_and_no_transaction() {
         let (_dir, store, _) = store().await;
@@ -1374,7 +1419,10 @@ mod tests {
             .collect();
         assert!(super::fits_one_statement_batch(&batch));
         let mut conn = store.pool.acquire().await.expect("acquire");
-        let error = super::insert_in_one_hand_off(&mut conn, &batch, crate::clock::now_unix())
+        <super::Enqueue as super::Batch>::prepare(&mut conn)
+            .await
+            .expect("the enqueue view");
+        let error = super::insert_in_one_statement(&mut conn, &batch, crate::clock::now_unix())
             .await
             .expect_err("the trigger refuses the batch");
         assert!(error.to_string().contains("poisoned recipient"), "{error}");
