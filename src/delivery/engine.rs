@@ -874,10 +874,14 @@ impl Shared {
     /// without quotas asks it at most once a second.
     async fn admit(&self, account: &Account, recipients: usize) -> Result<Admission, StoreError> {
         let limits = self.limits(account);
-        let unmetered = !limits.has_quotas();
-        if unmetered && let Some(known) = self.unmetered.admit(&account.name, Instant::now()) {
-            return Ok(known);
-        }
+        let ask = if limits.has_quotas() {
+            None
+        } else {
+            match self.unmetered.admit(&account.name, Instant::now()) {
+                Ok(known) => return Ok(known),
+                Err(ask) => Some(ask),
+            }
+        };
         let admission = self
             .store
             .admit_delivery(
@@ -887,8 +891,8 @@ impl Shared {
                 crate::delivery::limits::now_secs(),
             )
             .await;
-        if unmetered && let Ok(answer) = &admission {
-            self.unmetered.note(&account.name, *answer, Instant::now());
+        if let (Some(ask), Ok(answer)) = (ask, &admission) {
+            self.unmetered.note(&account.name, *answer, ask);
         }
         admission
     }

@@ -225,7 +225,15 @@ const UNMETERED_RECHECK: Duration = Duration::from_secs(1);
 /// records itself is seen at once ([`UnmeteredAdmissions::forget`]).
 #[derive(Default)]
 pub struct UnmeteredAdmissions {
-    seen: Mutex<HashMap<String, Seen>>,
+    accounts: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Default)]
+struct Known {
+    seen: Option<Seen>,
+    /// Moved on by every [`UnmeteredAdmissions::forget`], so that an answer
+    /// the store gave before it is not kept after it.
+    generation: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -235,47 +243,69 @@ struct Seen {
     backed_off_until: Option<Instant>,
 }
 
+/// Handed out when the store must be asked; [`UnmeteredAdmissions::note`]
+/// keeps the answer only if nothing was forgotten meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct AskTheStore {
+    asked_at: Instant,
+    generation: u64,
+}
+
 impl UnmeteredAdmissions {
     /// The admission for `account` from the store's answer of less than a
-    /// second ago, if there is one.
-    pub fn admit(&self, account: &str, now: Instant) -> Option<Admission> {
-        let seen = *self.lock().get(account)?;
+    /// second ago, or what to hand to [`Self::note`] with the store's.
+    pub fn admit(&self, account: &str, now: Instant) -> Result<Admission, AskTheStore> {
+        let accounts = self.lock();
+        let known = accounts.get(account);
+        let ask = AskTheStore {
+            asked_at: now,
+            generation: known.map_or(0, |k| k.generation),
+        };
+        let Some(seen) = known.and_then(|k| k.seen) else {
+            return Err(ask);
+        };
         if now.saturating_duration_since(seen.at) >= UNMETERED_RECHECK {
-            return None;
+            return Err(ask);
         }
-        Some(match seen.backed_off_until {
-            Some(until) if until > now => Admission::BackedOff(until - now),
+        match seen.backed_off_until {
+            Some(until) if until > now => Ok(Admission::BackedOff(until - now)),
             // Ended: the store clears it (a write) on the next ask.
-            Some(_) => return None,
-            None => Admission::Go,
-        })
+            Some(_) => Err(ask),
+            None => Ok(Admission::Go),
+        }
     }
 
-    /// Keeps the store's answer for `account` at `now`.
-    pub fn note(&self, account: &str, admission: Admission, now: Instant) {
+    /// Keeps the store's answer for `account`, as of when it was asked
+    /// (`ask`), unless [`Self::forget`] came in between.
+    pub fn note(&self, account: &str, admission: Admission, ask: AskTheStore) {
         let backed_off_until = match admission {
             Admission::Go => None,
-            Admission::BackedOff(wait) => Some(now + wait),
+            Admission::BackedOff(wait) => Some(ask.asked_at + wait),
             // Only an account with quotas is limited, and those always ask.
             Admission::Limited(_) => return,
         };
-        self.lock().insert(
-            account.to_string(),
-            Seen {
-                at: now,
+        let mut accounts = self.lock();
+        let known = accounts.entry(account.to_string()).or_default();
+        if known.generation == ask.generation {
+            known.seen = Some(Seen {
+                at: ask.asked_at,
                 backed_off_until,
-            },
-        );
+            });
+        }
     }
 
     /// Drops what is known of `account`: its state in the store changed.
+    /// An answer asked for before this and noted after it is not kept.
     pub fn forget(&self, account: &str) {
-        self.lock().remove(account);
+        let mut accounts = self.lock();
+        let known = accounts.entry(account.to_string()).or_default();
+        known.seen = None;
+        known.generation += 1;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         // A panic while holding this lock leaves plain data behind.
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -400,39 +430,65 @@ mod tests {
     fn an_unmetered_answer_stands_for_a_second_and_a_back_off_until_it_ends() {
         let admissions = UnmeteredAdmissions::default();
         let t0 = Instant::now();
-        assert_eq!(admissions.admit("office", t0), None, "nothing known: ask");
-        admissions.note("office", Admission::Go, t0);
+        let ask = admissions
+            .admit("office", t0)
+            .expect_err("nothing known: ask");
+        admissions.note("office", Admission::Go, ask);
         assert_eq!(
-            admissions.admit("office", t0 + Duration::from_millis(999)),
+            admissions
+                .admit("office", t0 + Duration::from_millis(999))
+                .ok(),
             Some(Admission::Go)
         );
-        assert_eq!(admissions.admit("other", t0), None, "per account");
-        assert_eq!(
-            admissions.admit("office", t0 + UNMETERED_RECHECK),
-            None,
+        assert!(admissions.admit("other", t0).is_err(), "per account");
+        assert!(
+            admissions.admit("office", t0 + UNMETERED_RECHECK).is_err(),
             "a second old: ask again (another instance may have backed off)"
         );
 
-        admissions.note("office", Admission::BackedOff(Duration::from_secs(60)), t0);
+        let ask = admissions
+            .admit("office", t0 + UNMETERED_RECHECK)
+            .expect_err("ask");
+        let t1 = t0 + UNMETERED_RECHECK;
+        admissions.note("office", Admission::BackedOff(Duration::from_secs(60)), ask);
         assert_eq!(
-            admissions.admit("office", t0 + Duration::from_millis(400)),
+            admissions
+                .admit("office", t1 + Duration::from_millis(400))
+                .ok(),
             Some(Admission::BackedOff(Duration::from_millis(59_600)))
         );
+        admissions.forget("office");
+        let ask = admissions.admit("office", t1).expect_err("forgotten: ask");
         admissions.note(
             "office",
             Admission::BackedOff(Duration::from_millis(500)),
-            t0,
+            ask,
         );
-        assert_eq!(
-            admissions.admit("office", t0 + Duration::from_millis(600)),
-            None,
+        assert!(
+            admissions
+                .admit("office", t1 + Duration::from_millis(600))
+                .is_err(),
             "an ended back-off is cleared in the store, so ask"
         );
-
-        admissions.note("office", Admission::Go, t0);
         admissions.forget("office");
-        assert_eq!(admissions.admit("office", t0), None, "forgotten: ask");
-        admissions.note("office", Admission::Limited(Duration::from_secs(1)), t0);
-        assert_eq!(admissions.admit("office", t0), None, "quotas always ask");
+        let ask = admissions.admit("office", t1).expect_err("ask");
+        admissions.note("office", Admission::Limited(Duration::from_secs(1)), ask);
+        assert!(admissions.admit("office", t1).is_err(), "quotas always ask");
+    }
+
+    /// A worker asks the store and hears "go"; meanwhile another records a
+    /// back-off and forgets: the late "go" is not kept, the next message
+    /// asks the store (and meets the back-off).
+    #[test]
+    fn an_answer_asked_for_before_a_forget_is_not_kept_after_it() {
+        let admissions = UnmeteredAdmissions::default();
+        let t0 = Instant::now();
+        let ask = admissions.admit("office", t0).expect_err("ask");
+        admissions.forget("office");
+        admissions.note("office", Admission::Go, ask);
+        assert!(admissions.admit("office", t0).is_err(), "asks again");
+        let ask = admissions.admit("office", t0).expect_err("ask");
+        admissions.note("office", Admission::Go, ask);
+        assert_eq!(admissions.admit("office", t0).ok(), Some(Admission::Go));
     }
 }

@@ -116,7 +116,13 @@ async fn commit_batches<B: Batch>(
             let conn = match held.take() {
                 Some(conn) => Ok(conn),
                 None => match pool.acquire().await {
-                    Ok(mut conn) => B::prepare(&mut conn).await.map(|()| conn),
+                    Ok(mut conn) => match B::prepare(&mut conn).await {
+                        Ok(()) => Ok(conn),
+                        Err(error) => {
+                            conn.close_on_drop();
+                            Err(error)
+                        }
+                    },
                     Err(error) => Err(error),
                 },
             };
@@ -341,8 +347,7 @@ fn recipient_rows(group: &[Enqueue]) -> Vec<RecipientRow<'_>> {
         .collect()
 }
 
-/// `sql` (a [`messages_sql`] text, perhaps inside a transaction's BEGIN
-/// and COMMIT) with the binds of `group`'s messages, bodies and the
+/// `sql` (a [`messages_sql`] text) with the binds of `group`'s messages, bodies and the
 /// recipient rows `recipients`.
 fn group_query<'q>(
     sql: String,
@@ -1343,6 +1348,47 @@ mod tests {
         );
     }
 
+    /// The one-statement enqueue carries recipients through JSON and
+    /// `json_each`: addresses with quotes, backslashes, non-ASCII and
+    /// control characters, more than ten of them (index 10 after 9 as a
+    /// number, not as text), come back exact and in order.
+    #[tokio::test]
+    async fn the_one_statement_enqueue_keeps_every_address_exact_and_in_order() {
+        let (_dir, store, _) = store().await;
+        let mut addresses: Vec<String> = vec![
+            r#""a b"@example.net"#.into(),
+            r#""quote\"inside"@example.net"#.into(),
+            r"back\slash@example.net".into(),
+            "jos\u{e9}@exampl\u{e9}.net".into(),
+            "tab\there@example.net".into(),
+            "\u{1F600}@example.net".into(),
+            "postmaster".into(),
+        ];
+        addresses.extend((0..7).map(|i| format!("r{i}@example.net")));
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let batch = [super::Enqueue {
+            id: MessageId::generate(),
+            message: message(&refs),
+        }];
+        assert!(super::fits_one_statement_batch(&batch));
+        let id = batch[0].id.clone();
+        let mut conn = store.pool.acquire().await.expect("acquire");
+        <super::Enqueue as super::Batch>::prepare(&mut conn)
+            .await
+            .expect("the enqueue view");
+        super::insert_in_one_statement(&mut conn, &batch, crate::clock::now_unix())
+            .await
+            .expect("stored");
+        drop(conn);
+        let (shown, _) = store.message(&id).await.expect("read").expect("stored");
+        let stored: Vec<&str> = shown
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(stored, refs);
+    }
+
     /// One group commit of messages of every shape (one recipient, a few,
     /// more than a batch holds, as many as fill a batch exactly), more of
     /// them than one batch of statements takes: every message is stored
@@ -1431,7 +1477,9 @@ mod tests {
             .execute(&mut *conn)
             .await
             .expect("no transaction open");
-        drop(conn);
+        // Closed, not given back: the committer below must take (and
+        // ready) a connection of its own.
+        conn.close().await.expect("close");
         for table in ["messages", "message_bodies", "recipients"] {
             let rows: i64 =
                 sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
