@@ -34,7 +34,8 @@ impl WriteGate {
 /// waiting when the writer is free, each answered on its own.
 pub(super) trait Batch: Sized + Send + 'static {
     type Reply: Send + 'static;
-    /// Writes `batch` in one transaction on `conn` and commits it; `Err`
+    /// Writes `batch` in one transaction on `conn` (readied by
+    /// [`Batch::prepare`]) and commits it; `Err`
     /// when the transaction as a whole failed (nothing of it is written).
     fn write(
         conn: &mut SqliteConnection,
@@ -357,12 +358,7 @@ fn group_query<'q>(
 ) -> SqliteQuery<'q> {
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for Enqueue { id, message } in group {
-        query = query
-            .bind(&id.0)
-            .bind(&message.account)
-            .bind(&message.mail_from)
-            .bind(message.body.len() as i64)
-            .bind(&message.submitted_by)
+        query = bind_message_columns(query, id, message)
             .bind(now)
             .bind(now)
             .bind(now);
@@ -422,17 +418,27 @@ async fn insert_in_one_statement(
     for Enqueue { id, message } in batch {
         let recipients = serde_json::to_string(&message.recipients)
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        query = query
-            .bind(&id.0)
-            .bind(&message.account)
-            .bind(&message.mail_from)
-            .bind(message.body.len() as i64)
-            .bind(&message.submitted_by)
+        query = bind_message_columns(query, id, message)
             .bind(now)
             .bind(&message.body)
             .bind(recipients);
     }
     query.execute(&mut *conn).await.map(drop)
+}
+
+/// A queued message's own columns, in the order both enqueue statements
+/// name them: id, account, mail_from, size, submitted_by.
+fn bind_message_columns<'q>(
+    query: SqliteQuery<'q>,
+    id: &'q MessageId,
+    message: &'q NewMessage,
+) -> SqliteQuery<'q> {
+    query
+        .bind(&id.0)
+        .bind(&message.account)
+        .bind(&message.mail_from)
+        .bind(message.body.len() as i64)
+        .bind(&message.submitted_by)
 }
 
 /// After a transaction written as raw statements (its BEGIN in the text,
@@ -1063,9 +1069,11 @@ mod tests {
             .expect("current lease");
     }
 
+    /// The event a delivery records, at a fixed time: the tests build it
+    /// again to compare, and a clock read would cross a second between.
     fn delivered_event(id: &MessageId) -> Event {
         Event {
-            at: crate::clock::now_unix(),
+            at: 1_800_000_000,
             kind: "message.delivered".into(),
             account: Some("office".into()),
             message_id: Some(id.clone()),
@@ -1334,12 +1342,7 @@ mod tests {
         let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
         let id = store.enqueue(message(&refs)).await.expect("enqueue");
         let (shown, _) = store.message(&id).await.expect("read").expect("exists");
-        let stored: Vec<&str> = shown
-            .recipients
-            .iter()
-            .map(|r| r.address.as_str())
-            .collect();
-        assert_eq!(stored, refs);
+        assert_eq!(addresses_of(&shown), refs);
         assert!(
             shown
                 .recipients
@@ -1381,12 +1384,16 @@ mod tests {
             .expect("stored");
         drop(conn);
         let (shown, _) = store.message(&id).await.expect("read").expect("stored");
-        let stored: Vec<&str> = shown
+        assert_eq!(addresses_of(&shown), refs);
+    }
+
+    /// A stored message's recipient addresses, in order.
+    fn addresses_of(shown: &QueuedMessage) -> Vec<&str> {
+        shown
             .recipients
             .iter()
             .map(|r| r.address.as_str())
-            .collect();
-        assert_eq!(stored, refs);
+            .collect()
     }
 
     /// One group commit of messages of every shape (one recipient, a few,
@@ -1432,12 +1439,7 @@ mod tests {
                 .expect("stored");
             assert_eq!(body, request.message.body);
             assert_eq!(shown.size, request.message.body.len() as i64);
-            let stored: Vec<&str> = shown
-                .recipients
-                .iter()
-                .map(|r| r.address.as_str())
-                .collect();
-            assert_eq!(stored, request.message.recipients);
+            assert_eq!(addresses_of(&shown), request.message.recipients);
         }
     }
 
