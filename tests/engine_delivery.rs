@@ -480,6 +480,43 @@ async fn a_reused_session_the_server_dropped_is_replaced_within_the_attempt() {
     );
 }
 
+/// A 421 to MAIL on a session reused without RSET that says the server is
+/// limiting us ("too many", 4.7.0) is a throttle to wait out, not a dropped
+/// session: no second login at once, the message deferred, the account
+/// backed off.
+#[tokio::test]
+async fn a_throttling_421_on_a_reused_session_is_waited_out_not_resent() {
+    let (h, engine, id) = after_an_idle_session(Fault::Reply {
+        stage: FaultStage::Mail,
+        reply: Reply::new(
+            421,
+            "4.7.0 Too many concurrent connections, try again later",
+        ),
+    })
+    .await;
+    engine
+        .wait_until(|s| s.throttled >= 1 && s.attempts >= 2, WAIT)
+        .await
+        .expect("the throttle recorded");
+    let message = h.message(&id).await;
+    assert_eq!(message.state, MessageState::Deferred, "{message:?}");
+    assert!(
+        message
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Too many concurrent connections"),
+        "{message:?}"
+    );
+    let pool = engine.pool_stats();
+    assert_eq!(pool.reused_found_gone, 0, "{pool:?}");
+    assert_eq!(
+        pool.sessions_opened, 1,
+        "no login after the throttle: {pool:?}"
+    );
+    assert_eq!(h.sandbox.smtp.inbox().count(), 1, "only the first");
+}
+
 /// A connection lost after the message's content was sent is not a stale
 /// session: the server may have the message, so it is not sent again at
 /// once on another session but deferred as any lost transfer is.

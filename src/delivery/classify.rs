@@ -311,6 +311,22 @@ fn provider_reply(reply: &ReplyFacts<'_>, text: &str) -> Option<&'static Provide
     PROVIDER_REPLIES.iter().find(|row| row.matches(reply, text))
 }
 
+/// Whether the reply says the server is limiting this client (too many
+/// connections or messages, a rate, "try again later", policy 4.7.0,
+/// system 4.3.2), as opposed to a connection that broke or timed out: a
+/// 421 of that kind to a session reused without RSET is a throttle to wait
+/// out, not a dropped session to replace at once.
+pub fn says_limited(reply: ReplyFacts<'_>) -> bool {
+    says_limited_in(&reply, &reply.text.to_ascii_lowercase())
+}
+
+fn says_limited_in(reply: &ReplyFacts<'_>, lower_text: &str) -> bool {
+    ["too many", "rate limit", "throttl", "try again later"]
+        .iter()
+        .any(|words| lower_text.contains(words))
+        || matches!(reply.enhanced, Some((4, 7, 0)) | Some((4, 3, 2)))
+}
+
 pub fn classify(reply: ReplyFacts<'_>) -> ReplyClass {
     if (200..400).contains(&reply.code) {
         return ReplyClass::Accepted;
@@ -320,14 +336,8 @@ pub fn classify(reply: ReplyFacts<'_>) -> ReplyClass {
         return row.class;
     }
     let throttling = reply.code == 421
-        || text.contains("too many")
-        || text.contains("rate limit")
-        || text.contains("throttl")
-        || text.contains("try again later")
-        || matches!(
-            reply.enhanced,
-            Some((4, 7, 0)) | Some((4, 4, 2)) | Some((4, 3, 2))
-        );
+        || says_limited_in(&reply, &text)
+        || matches!(reply.enhanced, Some((4, 4, 2)));
     if (400..500).contains(&reply.code) && throttling {
         return ReplyClass::Throttled { pause: None };
     }
@@ -527,5 +537,42 @@ mod tests {
         assert_eq!(AdminStep::of_reason(&text), Some(AdminStep::SendAsDenied));
         assert!(!AdminStep::SendAsDenied.cleared_by_login());
         assert_eq!(AdminStep::of_reason("refresh failed"), None);
+    }
+
+    #[test]
+    fn a_421_that_names_a_limit_is_told_from_one_that_names_a_broken_connection() {
+        let limited = [
+            facts(
+                421,
+                Some((4, 7, 0)),
+                "4.7.0 Too many concurrent connections",
+            ),
+            facts(421, None, "Try again later, closing connection"),
+            facts(
+                421,
+                Some((4, 3, 2)),
+                "4.3.2 System not accepting network messages",
+            ),
+            facts(421, None, "Rate limit exceeded"),
+        ];
+        for reply in limited {
+            assert!(says_limited(reply), "{:?}", reply.text);
+        }
+        let broken = [
+            facts(
+                421,
+                Some((4, 4, 2)),
+                "4.4.2 mx.example.net Error: timeout exceeded",
+            ),
+            facts(
+                421,
+                None,
+                "Service not available, closing transmission channel",
+            ),
+        ];
+        for reply in broken {
+            assert!(!says_limited(reply), "{:?}", reply.text);
+            assert!(matches!(classify(reply), ReplyClass::Throttled { .. }));
+        }
     }
 }

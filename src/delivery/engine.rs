@@ -1101,9 +1101,13 @@ impl Shared {
             if let Err(error) = &sent
                 && unproven
                 && error.is_gone_before_content()
+                && !error.reply().is_some_and(|r| {
+                    crate::delivery::classify::says_limited(ReplyFacts::of(r, &r.text()))
+                })
             {
                 // Reused without RSET, and the server had dropped it while
-                // idle: nothing of the message reached it. Once more, on a
+                // idle (a 421 that says it is limiting us is a throttle,
+                // handled below, not this): nothing of the message reached it. Once more, on a
                 // session that answers (the first group: nothing sent yet).
                 tracing::debug!(account = %account.name, %error, "a reused upstream session had gone; sending on another");
                 self.pool.discard_gone(pooled);
