@@ -176,11 +176,15 @@ impl Batch for Enqueue {
         batch: &[Self],
     ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
         let now = crate::clock::now_unix();
-        if fits_one_statement_batch(batch) {
+        if batch.len() <= MESSAGES_PER_STATEMENT {
+            // The common case: one statement, atomic in SQLite's own
+            // transaction for it.
             insert_in_one_statement(conn, batch, now).await?;
         } else {
             let mut tx = conn.begin().await?;
-            insert_messages(&mut tx, batch, now).await?;
+            for group in batch.chunks(MESSAGES_PER_STATEMENT) {
+                insert_in_one_statement(&mut tx, group, now).await?;
+            }
             tx.commit().await?;
         }
         Ok(batch.iter().map(|_| Ok(())).collect())
@@ -231,153 +235,16 @@ impl Batch for Outcome {
     }
 }
 
-/// At most this many messages, and this many recipients of theirs, go in
-/// one batch of statements (a message with more recipients goes alone,
-/// the rest of its recipients in further batches of this size): bounded
-/// texts and binds, whatever a group commit holds.
-const MESSAGES_PER_BATCH: usize = 16;
-const RECIPIENTS_PER_BATCH: usize = 64;
+/// At most this many messages go in one `INSERT` into the `enqueue` view
+/// (eight binds each; a message's recipients are one of them, as JSON):
+/// bounded texts and binds, whatever a group commit holds.
+const MESSAGES_PER_STATEMENT: usize = 16;
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// One recipient's row: its message, its index there, its address.
-type RecipientRow<'q> = (&'q MessageId, usize, &'q str);
 
 /// `rows` copies of `values`, comma-separated: a multi-row `VALUES` list.
 fn values_list(values: &str, rows: usize) -> String {
     vec![values; rows].join(", ")
-}
-
-/// The statements of one batch: its messages' rows, their bodies and up to
-/// [`RECIPIENTS_PER_BATCH`] recipients, each table in one multi-row
-/// `INSERT`. The text depends only on the two counts, so sqlx's statement
-/// cache keeps the common shapes prepared.
-fn messages_sql(messages: usize, recipients: usize) -> String {
-    let mut sql = format!(
-        "INSERT INTO messages (id, account, mail_from, size, submitted_by, state, attempts, created_at, next_attempt_at, updated_at) VALUES {};\n\
-         INSERT INTO message_bodies (message_id, body) VALUES {};\n",
-        values_list("(?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)", messages),
-        values_list("(?, ?)", messages),
-    );
-    if recipients > 0 {
-        sql.push_str(&recipients_sql(recipients));
-    }
-    sql
-}
-
-fn recipients_sql(recipients: usize) -> String {
-    format!(
-        "INSERT INTO recipients (message_id, idx, address, state, updated_at) VALUES {};\n",
-        values_list("(?, ?, ?, 'pending', ?)", recipients)
-    )
-}
-
-fn bind_recipients<'q>(
-    mut query: SqliteQuery<'q>,
-    rows: &[RecipientRow<'q>],
-    now: i64,
-) -> SqliteQuery<'q> {
-    for (id, index, address) in rows {
-        query = query
-            .bind(&id.0)
-            .bind(*index as i64)
-            .bind(*address)
-            .bind(now);
-    }
-    query
-}
-
-/// How many of the messages at the front of `rest` go in the next batch:
-/// at least one, at most [`MESSAGES_PER_BATCH`], and no more recipients
-/// than [`RECIPIENTS_PER_BATCH`] unless the first alone has more.
-fn next_batch_len(rest: &[Enqueue]) -> usize {
-    let mut recipients = 0;
-    let mut messages = 0;
-    for request in rest.iter().take(MESSAGES_PER_BATCH) {
-        let count = request.message.recipients.len();
-        if messages > 0 && recipients + count > RECIPIENTS_PER_BATCH {
-            break;
-        }
-        recipients += count;
-        messages += 1;
-    }
-    messages.max(1)
-}
-
-/// The rows of a group commit's messages, several messages per batch of
-/// statements: one hand-off to the connection's thread per batch (sqlx
-/// runs each SQLite connection on its own thread) instead of one per
-/// message, or per row as at first (see [`outcome_sql`]).
-async fn insert_messages(
-    conn: &mut SqliteConnection,
-    batch: &[Enqueue],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let mut rest = batch;
-    while !rest.is_empty() {
-        let (group, after) = rest.split_at(next_batch_len(rest));
-        rest = after;
-        let recipients = recipient_rows(group);
-        let (first, more) = recipients.split_at(recipients.len().min(RECIPIENTS_PER_BATCH));
-        group_query(messages_sql(group.len(), first.len()), group, first, now)
-            .execute(&mut *conn)
-            .await?;
-        for chunk in more.chunks(RECIPIENTS_PER_BATCH) {
-            let query = sqlx::query(AssertSqlSafe(recipients_sql(chunk.len())));
-            bind_recipients(query, chunk, now)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// The recipient rows of `group`'s messages, in order.
-fn recipient_rows(group: &[Enqueue]) -> Vec<RecipientRow<'_>> {
-    group
-        .iter()
-        .flat_map(|request| {
-            let id = &request.id;
-            request
-                .message
-                .recipients
-                .iter()
-                .enumerate()
-                .map(move |(index, address)| (id, index, address.as_str()))
-        })
-        .collect()
-}
-
-/// `sql` (a [`messages_sql`] text) with the binds of `group`'s messages, bodies and the
-/// recipient rows `recipients`.
-fn group_query<'q>(
-    sql: String,
-    group: &'q [Enqueue],
-    recipients: &[RecipientRow<'q>],
-    now: i64,
-) -> SqliteQuery<'q> {
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for Enqueue { id, message } in group {
-        query = bind_message_columns(query, id, message)
-            .bind(now)
-            .bind(now)
-            .bind(now);
-    }
-    for Enqueue { id, message } in group {
-        query = query.bind(&id.0).bind(&message.body);
-    }
-    bind_recipients(query, recipients, now)
-}
-
-/// Whether `batch` is one batch of statements (see [`next_batch_len`]),
-/// all of its recipients included.
-fn fits_one_statement_batch(batch: &[Enqueue]) -> bool {
-    next_batch_len(batch) == batch.len()
-        && batch
-            .iter()
-            .map(|request| request.message.recipients.len())
-            .sum::<usize>()
-            <= RECIPIENTS_PER_BATCH
 }
 
 /// The one-statement enqueue: a temporary view whose `INSTEAD OF INSERT`
@@ -396,15 +263,15 @@ pub(super) const ONE_STATEMENT_SETUP: &str = "\
             SELECT NEW.id, key, value, 'pending', NEW.now FROM json_each(NEW.recipients); \
     END;";
 
-/// A group commit that is one batch of statements (the common case: a
-/// message, or a few, with their recipients) written as one `INSERT` into
-/// the `enqueue` view, in SQLite's own transaction for the statement: one
-/// statement is atomic, and sqlx hands back one result. With BEGIN, an
-/// `INSERT` per table and COMMIT in one text, sqlx's worker thread sent the
-/// result of each statement as it finished, each a wake-up of the waiting
-/// task (five per commit, where one message at a time waits for every
-/// commit; BENCHMARKS.md). A failure anywhere rolls the statement back
-/// whole, and [`commit_batches`] then closes the connection in any case.
+/// Messages written as one `INSERT` into the `enqueue` view (at most
+/// [`MESSAGES_PER_STATEMENT`]): one statement, so sqlx hands back one
+/// result. With BEGIN, an `INSERT` per table and COMMIT in one text, sqlx's
+/// worker thread sent the result of each statement as it finished, each a
+/// wake-up of the waiting task (five per commit, where one message at a
+/// time waits for every commit; BENCHMARKS.md). A failure anywhere rolls
+/// the statement back whole (outside a transaction, with SQLite's own for
+/// it; inside one, the caller's is dropped), and [`commit_batches`] then
+/// closes the connection in any case.
 async fn insert_in_one_statement(
     conn: &mut SqliteConnection,
     batch: &[Enqueue],
@@ -418,27 +285,17 @@ async fn insert_in_one_statement(
     for Enqueue { id, message } in batch {
         let recipients = serde_json::to_string(&message.recipients)
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        query = bind_message_columns(query, id, message)
+        query = query
+            .bind(&id.0)
+            .bind(&message.account)
+            .bind(&message.mail_from)
+            .bind(message.body.len() as i64)
+            .bind(&message.submitted_by)
             .bind(now)
             .bind(&message.body)
             .bind(recipients);
     }
     query.execute(&mut *conn).await.map(drop)
-}
-
-/// A queued message's own columns, in the order both enqueue statements
-/// name them: id, account, mail_from, size, submitted_by.
-fn bind_message_columns<'q>(
-    query: SqliteQuery<'q>,
-    id: &'q MessageId,
-    message: &'q NewMessage,
-) -> SqliteQuery<'q> {
-    query
-        .bind(&id.0)
-        .bind(&message.account)
-        .bind(&message.mail_from)
-        .bind(message.body.len() as i64)
-        .bind(&message.submitted_by)
 }
 
 /// After a transaction written as raw statements (its BEGIN in the text,
@@ -1336,7 +1193,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_with_more_recipients_than_a_batch_keeps_them_all_in_order() {
         let (_dir, store, _) = store().await;
-        let addresses: Vec<String> = (0..2 * super::RECIPIENTS_PER_BATCH + 5)
+        let addresses: Vec<String> = (0..2 * MANY_RECIPIENTS + 5)
             .map(|i| format!("r{i}@example.net"))
             .collect();
         let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
@@ -1373,7 +1230,7 @@ mod tests {
             id: MessageId::generate(),
             message: message(&refs),
         }];
-        assert!(super::fits_one_statement_batch(&batch));
+        assert!(batch.len() <= super::MESSAGES_PER_STATEMENT);
         let id = batch[0].id.clone();
         let mut conn = store.pool.acquire().await.expect("acquire");
         <super::Enqueue as super::Batch>::prepare(&mut conn)
@@ -1387,6 +1244,11 @@ mod tests {
         assert_eq!(addresses_of(&shown), refs);
     }
 
+    /// The recipients one batch of statements held before they went as
+    /// JSON: messages with more (and exactly this many) are still among
+    /// the shapes the tests store.
+    const MANY_RECIPIENTS: usize = 64;
+
     /// A stored message's recipient addresses, in order.
     fn addresses_of(shown: &QueuedMessage) -> Vec<&str> {
         shown
@@ -1397,22 +1259,13 @@ mod tests {
     }
 
     /// One group commit of messages of every shape (one recipient, a few,
-    /// more than a batch holds, as many as fill a batch exactly), more of
-    /// them than one batch of statements takes: every message is stored
-    /// whole, its own body and its recipients in order.
+    /// many), more of them than one statement takes: every message is
+    /// stored whole, its own body and its recipients in order.
     #[tokio::test]
     async fn a_group_commit_of_many_shapes_stores_each_message_whole() {
         let (_dir, store, _) = store().await;
-        let shapes = [
-            1,
-            3,
-            1,
-            2 * super::RECIPIENTS_PER_BATCH + 1,
-            1,
-            super::RECIPIENTS_PER_BATCH,
-            2,
-        ];
-        let batch: Vec<super::Enqueue> = (0..3 * super::MESSAGES_PER_BATCH + 1)
+        let shapes = [1, 3, 1, 2 * MANY_RECIPIENTS + 1, 1, MANY_RECIPIENTS, 2];
+        let batch: Vec<super::Enqueue> = (0..3 * super::MESSAGES_PER_STATEMENT + 1)
             .map(|n| {
                 let addresses: Vec<String> = (0..shapes[n % shapes.len()])
                     .map(|i| format!("m{n}r{i}@example.net"))
@@ -1427,6 +1280,9 @@ mod tests {
             })
             .collect();
         let mut conn = store.pool.acquire().await.expect("acquire");
+        <super::Enqueue as super::Batch>::prepare(&mut conn)
+            .await
+            .expect("the enqueue view");
         let replies = <super::Enqueue as super::Batch>::write(&mut conn, &batch)
             .await
             .expect("the group commits");
@@ -1465,7 +1321,7 @@ mod tests {
                 message: message(to),
             })
             .collect();
-        assert!(super::fits_one_statement_batch(&batch));
+        assert!(batch.len() <= super::MESSAGES_PER_STATEMENT);
         let mut conn = store.pool.acquire().await.expect("acquire");
         <super::Enqueue as super::Batch>::prepare(&mut conn)
             .await
