@@ -1107,8 +1107,9 @@ impl Shared {
             {
                 // Reused without RSET, and the server had dropped it while
                 // idle (a 421 that says it is limiting us is a throttle,
-                // handled below, not this): nothing of the message reached it. Once more, on a
-                // session that answers (the first group: nothing sent yet).
+                // handled below, not this): nothing of the message reached
+                // it. Once more, on a session that answers (the first
+                // group: nothing sent yet).
                 tracing::debug!(account = %account.name, %error, "a reused upstream session had gone; sending on another");
                 self.pool.discard_gone(pooled);
                 pooled = match self.pool.checkout_probed(account).await {

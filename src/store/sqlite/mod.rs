@@ -68,12 +68,12 @@ pub struct SqliteStore {
     /// sleeps 1, 2, 5, 10 ... 100 ms between tries, holding up whoever is
     /// queued behind it. Queueing in-process writers here instead, first
     /// come first served, keeps a group commit from sleeping behind the
-    /// delivery side's bookkeeping or the audit anchor's writes (and lets the
-    /// committer take in whoever arrived while it waited). The test
+    /// delivery side's bookkeeping or the audit anchor's writes (and lets
+    /// the committer take in whoever arrived while it waited). The test
     /// `every_writer_of_one_process_waits_its_turn_without_the_busy_handler`
     /// opens the file with no busy timeout at all and runs the hot writers
-    /// and a few rare ones at once. Other processes (the CLI) still meet the busy
-    /// handler, as before.
+    /// and a few rare ones at once. Other processes (the CLI) still meet
+    /// the busy handler, as before.
     writer: queue::WriteGate,
 }
 

@@ -35,8 +35,8 @@ impl WriteGate {
 pub(super) trait Batch: Sized + Send + 'static {
     type Reply: Send + 'static;
     /// Writes `batch` in one transaction on `conn` (readied by
-    /// [`Batch::prepare`]) and commits it; `Err`
-    /// when the transaction as a whole failed (nothing of it is written).
+    /// [`Batch::prepare`]) and commits it; `Err` when the transaction as a
+    /// whole failed (nothing of it is written).
     fn write(
         conn: &mut SqliteConnection,
         batch: &[Self],
